@@ -1,0 +1,48 @@
+"""pgjobs: background jobs for Python whose queue is a PostgreSQL table."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from pgjobs.app import App, HandlerSpec
+from pgjobs.clock import Clock, FrozenClock
+from pgjobs.config import Settings, load_settings
+from pgjobs.context import JobContext
+from pgjobs.errors import (
+    ConfigError,
+    Conflict,
+    Discard,
+    JobNotFound,
+    NotFound,
+    PgJobsError,
+    RetryIn,
+    ServiceUnavailable,
+    StaleRun,
+    ValidationError,
+)
+from pgjobs.models import PRIORITIES, Job, JobFailure, JobResult
+
+__all__ = [
+    "PRIORITIES",
+    "App",
+    "Clock",
+    "ConfigError",
+    "Conflict",
+    "Discard",
+    "FrozenClock",
+    "HandlerSpec",
+    "Job",
+    "JobContext",
+    "JobFailure",
+    "JobNotFound",
+    "JobResult",
+    "NotFound",
+    "PgJobsError",
+    "RetryIn",
+    "ServiceUnavailable",
+    "Settings",
+    "StaleRun",
+    "ValidationError",
+    "__version__",
+    "load_settings",
+]

@@ -1,0 +1,288 @@
+"""`pgjobs.App`: the handlers and settings of one application, and its producer API.
+
+An App holds no global state: create as many as you like (tests do). The async
+methods are the core; the `*_sync` methods are thin adapters that run the same
+statements on a synchronous connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from pgjobs import client
+from pgjobs.clock import Clock
+from pgjobs.config import Settings, load_settings
+from pgjobs.db import connect_kwargs, make_pool
+from pgjobs.errors import ValidationError
+from pgjobs.models import Job
+from pgjobs.options import NewJob, new_job, new_job_from_request
+
+if TYPE_CHECKING:
+    from pgjobs.context import JobContext
+    from pgjobs.worker import Worker
+
+Handler = Callable[["JobContext", Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    type: str
+    func: Handler
+    is_async: bool
+
+
+class App:
+    """Handlers plus settings, and the way to create and steer jobs."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        database_url: str | None = None,
+        clock: Clock | None = None,
+        builtin_types: bool = True,
+    ) -> None:
+        settings = settings or load_settings()
+        if database_url is not None:
+            settings = settings.replace(database_url=database_url)
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.handlers: dict[str, HandlerSpec] = {}
+        self._pool: AsyncConnectionPool | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._sync_pool: ConnectionPool | None = None
+        if builtin_types:
+            from pgjobs.types import register_builtin_types
+
+            register_builtin_types(self)
+
+    # ------------------------------------------------------------ handlers
+
+    def handler(self, type: str) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the handler of job type `type`.
+
+        `async def` handlers run on the worker's event loop; plain `def` handlers run
+        in a thread pool. Either receives `(ctx, payload)` and returns a JSON-able result.
+        """
+
+        def register(func: Handler) -> Handler:
+            self.register(type, func)
+            return func
+
+        return register
+
+    def register(self, type: str, func: Handler) -> None:
+        from pgjobs.options import validate_type
+
+        validate_type(type)
+        self.handlers[type] = HandlerSpec(type, func, inspect.iscoroutinefunction(func))
+
+    # ------------------------------------------------------------ producing
+
+    def build(self, type: str, payload: Any = None, **options: Any) -> NewJob:
+        """Validate a job without storing it (delay and timeout in milliseconds)."""
+        return new_job(self.settings, type, payload, **options)
+
+    async def create(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        **options: Any,
+    ) -> Job:
+        """Create one job; with `conn`, inside that connection's current transaction.
+
+        Options: queue, priority (name or int), attempts or max_retries, delay (ms) or
+        run_at, backoff, timeout (ms), unique_key, depends_on, dependency_policy,
+        rate_limit_key, metadata.
+        """
+        job = self.build(type, payload, **options)
+        return (await self._insert([job], conn))[0]
+
+    async def create_many(
+        self,
+        jobs: Iterable[NewJob | Mapping[str, Any]],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> list[UUID]:
+        """Create many jobs in one transaction and return their ids in order.
+
+        Each item is a `NewJob` from `build()` or an API-shaped mapping
+        `{"type", "queue", "payload", "options"}`.
+        """
+        batch = self._batch(jobs)
+        if not batch:
+            return []
+        if conn is not None:
+            return await client.create_many_async(conn, batch, self.clock)
+        pool = await self.pool()
+        async with pool.connection() as own, own.transaction():
+            return await client.create_many_async(own, batch, self.clock)
+
+    async def get(self, job_id: UUID | str) -> Job:
+        """The job with its results and failure history (JobNotFound if none)."""
+        jid = client.parse_job_id(job_id)
+        return client.decode_job(jid, await self._fetch(client.get_statement(jid)))
+
+    async def cancel(self, job_id: UUID | str) -> Job:
+        """Cancel a waiting job now, or ask the worker running it to stop."""
+        jid = client.parse_job_id(job_id)
+        row = await self._fetch(client.cancel_statement(jid, self.clock))
+        return client.decode_cancel(jid, row)
+
+    async def retry(self, job_id: UUID | str) -> Job:
+        """Queue a failed or cancelled job again with a fresh budget of attempts."""
+        jid = client.parse_job_id(job_id)
+        return client.decode_retry(jid, await self._fetch(client.retry_statement(jid, self.clock)))
+
+    # ------------------------------------------------------------ sync adapters
+
+    def create_sync(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+        **options: Any,
+    ) -> Job:
+        job = self.build(type, payload, **options)
+        if conn is not None:
+            return client.insert_sync(conn, [job], self.clock)[0]
+        with self.sync_pool().connection() as own:
+            return client.insert_sync(own, [job], self.clock)[0]
+
+    def create_many_sync(
+        self,
+        jobs: Iterable[NewJob | Mapping[str, Any]],
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[UUID]:
+        batch = self._batch(jobs)
+        if not batch:
+            return []
+        if conn is not None:
+            return client.create_many_sync(conn, batch, self.clock)
+        with self.sync_pool().connection() as own, own.transaction():
+            return client.create_many_sync(own, batch, self.clock)
+
+    def get_sync(self, job_id: UUID | str) -> Job:
+        jid = client.parse_job_id(job_id)
+        return client.decode_job(jid, self._fetch_sync(client.get_statement(jid)))
+
+    def cancel_sync(self, job_id: UUID | str) -> Job:
+        jid = client.parse_job_id(job_id)
+        return client.decode_cancel(jid, self._fetch_sync(client.cancel_statement(jid, self.clock)))
+
+    def retry_sync(self, job_id: UUID | str) -> Job:
+        jid = client.parse_job_id(job_id)
+        return client.decode_retry(jid, self._fetch_sync(client.retry_statement(jid, self.clock)))
+
+    # ------------------------------------------------------------ running
+
+    def worker(
+        self,
+        queues: Sequence[str] = ("default",),
+        concurrency: int | None = None,
+        **options: Any,
+    ) -> Worker:
+        """A worker for `queues`; use as `async with app.worker(...)` or `await w.run()`."""
+        from pgjobs.worker import Worker
+
+        return Worker(self, queues=queues, concurrency=concurrency, **options)
+
+    async def drain(self, *queues: str, concurrency: int | None = None) -> int:
+        """Run every job of `queues` that is due now, then return how many ran.
+
+        Meant for tests: no maintenance leader, no wake-up listener."""
+        from pgjobs.worker import drain
+
+        return await drain(self, queues or ("default",), concurrency=concurrency)
+
+    # ------------------------------------------------------------ connections
+
+    async def pool(self) -> AsyncConnectionPool:
+        """The app's async pool, opened on first use in the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._pool is not None and self._pool_loop is not loop:
+            self._pool = None  # the old loop is gone; its pool cannot be reused
+        if self._pool is None:
+            pool = make_pool(self.settings.require_database_url(), "api", max_size=8)
+            await pool.open(wait=True, timeout=15)
+            self._pool, self._pool_loop = pool, loop
+        return self._pool
+
+    def sync_pool(self) -> ConnectionPool:
+        if self._sync_pool is None:
+            from psycopg.rows import dict_row
+
+            self._sync_pool = ConnectionPool(
+                self.settings.require_database_url(),
+                min_size=1,
+                max_size=4,
+                kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs("api")},
+                open=True,
+            )
+        return self._sync_pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        pool = await self.pool()
+        async with pool.connection() as conn:
+            yield conn
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        if self._sync_pool is not None:
+            self._sync_pool.close()
+            self._sync_pool = None
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _batch(self, jobs: Iterable[NewJob | Mapping[str, Any]]) -> list[NewJob]:
+        batch: list[NewJob] = []
+        for index, item in enumerate(jobs):
+            if isinstance(item, NewJob):
+                batch.append(item)
+                continue
+            try:
+                batch.append(new_job_from_request(self.settings, item))
+            except ValidationError as exc:
+                raise ValidationError(f"job {index}: {exc}", field=exc.field) from None
+        return batch
+
+    async def _insert(
+        self, jobs: Sequence[NewJob], conn: psycopg.AsyncConnection[Any] | None
+    ) -> list[Job]:
+        if conn is not None:
+            return await client.insert_async(conn, jobs, self.clock)
+        async with self.connection() as own:
+            return await client.insert_async(own, jobs, self.clock)
+
+    async def _fetch(self, statement: client.Statement) -> dict[str, Any] | None:
+        async with self.connection() as conn:
+            return await client.fetch_one_async(conn, statement)
+
+    def _fetch_sync(self, statement: client.Statement) -> dict[str, Any] | None:
+        with self.sync_pool().connection() as conn:
+            return client.fetch_one_sync(conn, statement)

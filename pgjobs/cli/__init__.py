@@ -1,0 +1,153 @@
+"""The `pgjobs` command line: thin click commands over the library.
+
+Errors a user can fix (bad input, unreachable services, bad settings) print one line
+`error: ...` and exit with status 2; nothing else is written when a command fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from pgjobs import __version__
+from pgjobs.config import Settings, load_settings
+from pgjobs.errors import PgJobsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn pgjobs errors into one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PgJobsError as exc:
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    obj = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            obj["settings"] = load_settings()
+        except PgJobsError as exc:
+            fail(str(exc))
+    settings: Settings = obj["settings"]
+    return settings
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def parse_json_option(value: str, name: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        fail(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pgjobs")
+def main() -> None:
+    """pgjobs — background jobs whose queue is a PostgreSQL table.
+
+    Settings come from the environment and a .env file (see .env.example).
+    """
+
+
+@main.command()
+@click.pass_context
+@handle_errors
+def init(ctx: click.Context) -> None:
+    """Check PostgreSQL (and Redis if JOBS_REDIS_URL is set), then create or upgrade
+    the schema, views and the default queues. Safe to run again, and concurrently."""
+    from pgjobs.install import initialise
+
+    report = initialise(settings_from(ctx))
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("type")
+@click.option("--payload", default="{}", show_default=True, help="Job payload as a JSON object.")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--priority", default=None, help="critical, high, normal, low or an integer.")
+@click.option("--delay", type=int, default=None, help="Delay in milliseconds.")
+@click.option(
+    "--attempts", type=int, default=None, help="Total tries (default JOBS_RETRY_ATTEMPTS)."
+)
+@click.option("--timeout", type=int, default=None, help="Per-run timeout in milliseconds.")
+@click.pass_context
+@handle_errors
+def enqueue(
+    ctx: click.Context,
+    type: str,
+    payload: str,
+    queue: str,
+    priority: str | None,
+    delay: int | None,
+    attempts: int | None,
+    timeout: int | None,
+) -> None:
+    """Create a job of TYPE and print its id."""
+    from pgjobs.app import App
+
+    app = App(settings_from(ctx))
+    try:
+        job = app.create_sync(
+            type,
+            parse_json_option(payload, "--payload"),
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            attempts=attempts,
+            timeout=timeout,
+        )
+    finally:
+        app.close_sync()
+    click.echo(str(job.id))
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_context
+@handle_errors
+def get(ctx: click.Context, job_id: str) -> None:
+    """Print a job, its results and its failures as JSON."""
+    from pgjobs.app import App
+
+    app = App(settings_from(ctx))
+    try:
+        job = app.get_sync(job_id)
+    finally:
+        app.close_sync()
+    print_json(job.to_dict())
+
+
+def _attach_commands() -> None:
+    """Commands grouped by concern live in their own modules beside this one."""
+    from pgjobs.cli import dev, ops, schedules, worker
+
+    for module in (worker, ops, schedules, dev):
+        module.register(main)
+
+
+_attach_commands()

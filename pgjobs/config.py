@@ -1,0 +1,170 @@
+"""Settings: every variable pgjobs reads, parsed and validated once into a frozen object.
+
+Values come from the process environment, then from a `.env` file in the working
+directory (the environment wins). An invalid value raises `ConfigError` whose message
+is one line naming the variable and the expected form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from pgjobs.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _positive_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 1:
+        raise ValueError("a positive integer")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("a non-negative integer")
+    return value
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw.strip().replace("_", ""))
+    except ValueError:
+        raise ValueError("an integer") from None
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _port(raw: str) -> int:
+    value = _int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("a TCP port between 1 and 65535")
+    return value
+
+
+def _postgres_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("postgres", "postgresql") or not (parts.netloc or parts.query):
+        raise ValueError("a URL like postgresql://user:password@host:5432/dbname")
+    return raw.strip()
+
+
+def _redis_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+        raise ValueError("a URL like redis://host:6379/0 (or rediss://, unix://)")
+    return raw.strip()
+
+
+def _path(raw: str) -> str:
+    if not raw.startswith("/"):
+        raise ValueError("an absolute path starting with /")
+    return raw.rstrip("/") or "/"
+
+
+def _log_level(raw: str) -> str:
+    lowered = raw.strip().lower()
+    if lowered not in LOG_LEVELS:
+        raise ValueError("one of " + ", ".join(LOG_LEVELS))
+    return lowered
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _host(raw: str) -> str:
+    if not raw.strip() or any(c.isspace() for c in raw.strip()):
+        raise ValueError("a host name or IP address")
+    return raw.strip()
+
+
+def setting(env: str, parse: Callable[[str], Any], default: Any = None) -> Any:
+    """Declare a field read from environment variable `env`."""
+    return field(default=default, metadata={"env": env, "parse": parse})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = setting("DATABASE_URL", _postgres_url)
+    redis_url: str | None = setting("JOBS_REDIS_URL", _redis_url)
+    dashboard_enabled: bool = setting("JOBS_DASHBOARD_ENABLED", _bool, True)
+    dashboard_port: int = setting("JOBS_DASHBOARD_PORT", _port, 3105)
+    dashboard_host: str = setting("JOBS_DASHBOARD_HOST", _host, "127.0.0.1")
+    dashboard_path: str = setting("JOBS_DASHBOARD_PATH", _path, "/dashboard")
+    default_concurrency: int = setting("JOBS_DEFAULT_CONCURRENCY", _positive_int, 5)
+    retry_attempts: int = setting("JOBS_RETRY_ATTEMPTS", _positive_int, 3)
+    retry_delay_ms: int = setting("JOBS_RETRY_DELAY", _non_negative_int, 5000)
+    job_timeout_ms: int = setting("JOBS_JOB_TIMEOUT", _positive_int, 60000)
+    clean_completed_after_ms: int = setting(
+        "JOBS_CLEAN_COMPLETED_AFTER", _non_negative_int, 86_400_000
+    )
+    clean_failed_after_ms: int = setting("JOBS_CLEAN_FAILED_AFTER", _non_negative_int, 604_800_000)
+    log_level: str = setting("LOG_LEVEL", _log_level, "info")
+    lock_duration_ms: int = setting("JOBS_LOCK_DURATION", _positive_int, 30000)
+    stalled_interval_ms: int = setting("JOBS_STALLED_INTERVAL", _positive_int, 30000)
+    max_stalled_count: int = setting("JOBS_MAX_STALLED_COUNT", _positive_int, 2)
+    heartbeat_interval_ms: int = setting("JOBS_HEARTBEAT_INTERVAL", _positive_int, 5000)
+    poll_interval_ms: int = setting("JOBS_POLL_INTERVAL", _positive_int, 1000)
+    shutdown_grace_ms: int = setting("JOBS_SHUTDOWN_GRACE", _non_negative_int, 30000)
+    backoff_max_ms: int = setting("JOBS_BACKOFF_MAX", _positive_int, 3_600_000)
+    max_payload_bytes: int = setting("JOBS_MAX_PAYLOAD_BYTES", _positive_int, 1_048_576)
+    listen: bool = setting("JOBS_LISTEN", _bool, True)
+    app: str | None = setting("JOBS_APP", _text)
+    api_token: str | None = setting("JOBS_API_TOKEN", _text)
+    dashboard_user: str | None = setting("JOBS_DASHBOARD_USER", _text)
+    dashboard_password: str | None = setting("JOBS_DASHBOARD_PASSWORD", _text)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "DATABASE_URL is not set: give a URL like postgresql://user@127.0.0.1:5432/db"
+            )
+        return self.database_url
+
+
+def variables() -> list[tuple[str, str, Any]]:
+    """(variable, field name, default) for every setting, in declaration order."""
+    return [(f.metadata["env"], f.name, f.default) for f in dataclasses.fields(Settings)]
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> Settings:
+    """Parse settings from `environ` (default: os.environ) over an optional `.env` file."""
+    source: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    source.update(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = source.get(f.metadata["env"])
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{f.metadata['env']} must be {exc} (got {raw!r})", variable=f.metadata["env"]
+            ) from None
+    return Settings(**values)

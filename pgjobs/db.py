@@ -1,0 +1,178 @@
+"""Connections and the schema: how pgjobs reaches PostgreSQL and keeps its tables current."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from pgjobs.errors import ServiceUnavailable
+from pgjobs.queries import query
+from pgjobs.resources import read_text
+
+# Our own sessions never hold a transaction open while doing other work; a stuck
+# statement or an abandoned transaction must not pin vacuum or locks for long.
+SESSION_OPTIONS = "-c statement_timeout=60000 -c idle_in_transaction_session_timeout=60000"
+
+TABLES = ("jobs", "job_results", "job_failures", "job_schedules")
+VIEWS = (
+    "jobs_active",
+    "jobs_failed_details",
+    "queue_stats",
+    "job_type_stats",
+    "recent_failures",
+    "scheduled_jobs_overview",
+    "job_failure_rates",
+    "job_processing_percentiles",
+)
+
+
+def application_name(role: str, owner: str | None = None) -> str:
+    """`pgjobs:<role>:<owner>` — lets operators and tests find each connection."""
+    return f"pgjobs:{role}:{owner or os.getpid()}"[:63]
+
+
+def connect_kwargs(role: str, owner: str | None = None) -> dict[str, Any]:
+    return {"application_name": application_name(role, owner), "options": SESSION_OPTIONS}
+
+
+def describe_connect_error(url: str, exc: BaseException) -> str:
+    """One line saying which server could not be reached and why."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        info = {}
+    host = info.get("host") or "localhost"
+    port = info.get("port") or "5432"
+    where = host if str(host).startswith("/") else f"{host}:{port}"
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if "Connection refused" in str(exc):
+        reason = "connection refused"
+    return f"cannot connect to PostgreSQL at {where} ({reason}) — check DATABASE_URL"
+
+
+def connect_sync(url: str, role: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=autocommit,
+            row_factory=dict_row,
+            connect_timeout=10,
+            **connect_kwargs(role),
+        )
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailable(describe_connect_error(url, exc)) from exc
+
+
+async def connect_async(
+    url: str, role: str, owner: str | None = None, *, autocommit: bool = True
+) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url,
+            autocommit=autocommit,
+            row_factory=dict_row,
+            connect_timeout=10,
+            **connect_kwargs(role, owner),
+        )
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailable(describe_connect_error(url, exc)) from exc
+
+
+def make_pool(
+    url: str, role: str, owner: str | None = None, *, min_size: int = 1, max_size: int = 4
+) -> AsyncConnectionPool:
+    """An unopened pool; open it inside the event loop that will use it."""
+    return AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs(role, owner)},
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=0,
+    )
+
+
+# ---------------------------------------------------------------- schema install
+
+_MIGRATION = re.compile(r"^--\s*migration:\s*(\d+)\s+(\S.*?)\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@dataclass
+class InstallReport:
+    version_before: int
+    version_after: int
+    applied: list[Migration] = field(default_factory=list)
+    server_version: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied)
+
+
+def migrations() -> list[Migration]:
+    """The versioned sections of schema.sql, in order."""
+    text = read_text("schema.sql")
+    parts = _MIGRATION.split(text)
+    found = [
+        Migration(int(version), name, body)
+        for version, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True)
+    ]
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"schema.sql migrations must be numbered 1..N, found {versions}")
+    return found
+
+
+def install_schema(conn: psycopg.Connection[Any], *, up_to: int | None = None) -> InstallReport:
+    """Create or upgrade the schema and views in one transaction, serialised by a lock.
+
+    `up_to` stops at an older version (used to test upgrades of old installs).
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SET LOCAL client_min_messages = warning")
+        cur.execute(query("init_lock"))
+        installed = _fetch(cur, query("schema_installed"))["installed"]
+        before = int(_fetch(cur, query("schema_version"))["version"]) if installed else 0
+        report = InstallReport(version_before=before, version_after=before)
+        for migration in migrations():
+            if migration.version <= before or (up_to is not None and migration.version > up_to):
+                continue
+            cur.execute(migration.sql.encode())
+            cur.execute(
+                query("record_migration"),
+                {"version": migration.version, "name": migration.name},
+            )
+            report.applied.append(migration)
+            report.version_after = migration.version
+        if up_to is None:
+            cur.execute(read_text("views.sql").encode())
+            cur.execute(query("ensure_default_queues"))
+        report.server_version = str(_fetch(cur, query("server_info"))["server_version"])
+    return report
+
+
+def missing_relations(conn: psycopg.Connection[Any]) -> list[str]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query("missing_relations"), {"names": list(TABLES + VIEWS)})
+        return [row["name"] for row in cur.fetchall()]
+
+
+def _fetch(cur: psycopg.Cursor[dict[str, Any]], sql: LiteralString) -> dict[str, Any]:
+    cur.execute(sql)
+    row = cur.fetchone()
+    assert row is not None
+    return row

@@ -1,0 +1,64 @@
+"""`pgjobs init`: check the services, then create or upgrade the schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pgjobs.config import Settings
+from pgjobs.db import VIEWS, connect_sync, install_schema, missing_relations
+from pgjobs.errors import ServiceUnavailable
+
+
+@dataclass
+class InitReport:
+    ok: bool = True
+    messages: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return self.messages
+
+
+def redis_status(url: str | None) -> str:
+    """'ok', 'disabled' or 'down: <reason>' — Redis is optional, so never raises."""
+    if not url:
+        return "disabled"
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return f"down: {exc}"
+    return "ok"
+
+
+def initialise(settings: Settings) -> InitReport:
+    """Create or upgrade everything; raises ServiceUnavailable when PostgreSQL is down."""
+    url = settings.require_database_url()
+    report = InitReport()
+    with connect_sync(url, "init") as conn:
+        result = install_schema(conn)
+        missing = missing_relations(conn)
+    report.messages.append(f"postgres: ok (PostgreSQL {result.server_version})")
+    if result.changed:
+        names = ", ".join(f"{m.version} {m.name}" for m in result.applied)
+        report.messages.append(
+            f"schema: upgraded from version {result.version_before} to "
+            f"{result.version_after} (applied: {names})"
+        )
+    else:
+        report.messages.append(f"schema: up to date (version {result.version_after})")
+    report.messages.append(f"views: {len(VIEWS)} refreshed")
+    report.messages.append("queues: default, high-priority, low-priority")
+    if missing:
+        raise ServiceUnavailable(f"schema is incomplete after init: missing {', '.join(missing)}")
+    redis = redis_status(settings.redis_url)
+    if redis.startswith("down"):
+        report.messages.append(f"redis: {redis} — check JOBS_REDIS_URL")
+        report.ok = False
+    else:
+        report.messages.append(f"redis: {redis}")
+    return report

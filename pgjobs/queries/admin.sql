@@ -1,0 +1,29 @@
+-- Schema installation and upgrades (pgjobs init).
+
+-- name: init_lock
+-- Transaction-scoped, so a crashed init can never leave the lock held.
+SELECT pg_advisory_xact_lock(7423510001);
+
+-- name: schema_installed
+SELECT to_regclass('pgjobs_schema_migrations') IS NOT NULL AS installed;
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) AS version FROM pgjobs_schema_migrations;
+
+-- name: record_migration
+INSERT INTO pgjobs_schema_migrations (version, name) VALUES (%(version)s, %(name)s)
+ON CONFLICT (version) DO NOTHING;
+
+-- name: ensure_default_queues
+INSERT INTO job_queues (name) VALUES ('default'), ('high-priority'), ('low-priority')
+ON CONFLICT (name) DO NOTHING;
+
+-- name: server_info
+SELECT current_setting('server_version_num')::int AS server_version_num,
+       current_setting('server_version') AS server_version,
+       current_database() AS database;
+
+-- name: missing_relations
+SELECT r.name
+FROM unnest(%(names)s::text[]) AS r(name)
+WHERE to_regclass(r.name) IS NULL;

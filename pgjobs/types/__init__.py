@@ -1,0 +1,18 @@
+"""The built-in job types, registered on every App (one module per type)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgjobs.app import App
+
+
+def register_builtin_types(app: App) -> None:
+    """Register send-email, http-request, database-backup, file-cleanup and custom."""
+    # Each module exposes `TYPE` and `handle(ctx, payload)`; imported lazily so an App
+    # that never runs them does not pay for their imports.
+    from pgjobs.types import builtin
+
+    for type_name, handler in builtin.handlers().items():
+        app.register(type_name, handler)

@@ -1,0 +1,12 @@
+"""The table of built-in handlers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgjobs.app import Handler
+
+
+def handlers() -> dict[str, Handler]:
+    return {}
