@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +61,14 @@ def _port(raw: str) -> int:
 
 
 def _postgres_url(raw: str) -> str:
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("postgres", "postgresql") or not (parts.netloc or parts.query):
+    value = raw.strip()
+    parts = urlsplit(value)
+    # libpq also accepts an empty host (postgresql:///db = the local socket).
+    if not value.lower().startswith(("postgresql://", "postgres://")) or not (
+        parts.netloc or parts.query or parts.path.strip("/")
+    ):
         raise ValueError("a URL like postgresql://user:password@host:5432/dbname")
-    return raw.strip()
+    return value
 
 
 def _redis_url(raw: str) -> str:
@@ -165,6 +170,17 @@ def load_settings(
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
             raise ConfigError(
-                f"{f.metadata['env']} must be {exc} (got {raw!r})", variable=f.metadata["env"]
+                f"{f.metadata['env']} must be {exc} (got {_shown(raw)})",
+                variable=f.metadata["env"],
             ) from None
     return Settings(**values)
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/\s]*@")
+
+
+def _shown(raw: str) -> str:
+    """`raw` as an error message may quote it: a URL's password masked (error lines end
+    up in logs), at most 100 characters."""
+    masked = _URL_PASSWORD.sub(r"\1***@", raw)
+    return repr(masked if len(masked) <= 100 else masked[:97] + "...")
