@@ -122,8 +122,14 @@ def new_job(
     dependency_policy: str | None = None,
     rate_limit_key: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    **unknown: Any,
 ) -> NewJob:
     """Validate one job's type, payload and options (delay and timeout in ms)."""
+    if unknown:
+        # Keyword options arrive through **options in App.create: a typo must be a
+        # ValidationError like the API's, not a TypeError from deep inside.
+        name = sorted(unknown)[0]
+        raise ValidationError(f"unknown option '{name}'", field=name)
     if delay is not None and run_at is not None:
         raise ValidationError("give either delay or runAt, not both", field="delay")
     return NewJob(
@@ -154,14 +160,18 @@ def new_job_from_request(settings: Settings, body: Any) -> NewJob:
         raise ValidationError(f"unknown field '{unknown[0]}'", field=unknown[0])
     if "type" not in body:
         raise ValidationError("missing field 'type'", field="type")
-    options = body.get("options") or {}
+    # Only an absent or null field takes the default: "" or [] are mistakes to report.
+    options = body.get("options")
+    if options is None:
+        options = {}
     if not isinstance(options, Mapping):
         raise ValidationError("options must be a JSON object", field="options")
+    queue = body.get("queue")
     return new_job(
         settings,
         body["type"],
         body.get("payload"),
-        queue=body.get("queue") or "default",
+        queue="default" if queue is None else queue,
         **keyword_options(options),
     )
 
@@ -189,17 +199,20 @@ def validate_type(value: Any) -> str:
         )
     if "\x00" in value:
         raise ValidationError("job type contains a NUL character (\\u0000)", field="type")
+    _require_utf8(value, "job type", "type")
     if not value.isprintable():
         raise ValidationError("job type contains a control character", field="type")
-    _require_utf8(value, "job type")
     return value
 
 
 def validate_queue(value: Any) -> str:
-    if not isinstance(value, str) or not QUEUE_NAME.match(value) or value.endswith("\n"):
-        shown = value if isinstance(value, str) else type(value).__name__
+    if not isinstance(value, str):
         raise ValidationError(
-            f"invalid queue name {shown!r}: use 1-100 characters a-z 0-9 . _ : - "
+            f"queue name must be a string (got {type(value).__name__})", field="queue"
+        )
+    if not QUEUE_NAME.fullmatch(value):
+        raise ValidationError(
+            f"invalid queue name {value[:120]!r}: use 1-100 characters a-z 0-9 . _ : - "
             "starting with a letter or digit",
             field="queue",
         )
@@ -240,8 +253,14 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
         raise ValidationError(f"{what} must be a JSON object", field=what)
     try:
         text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except TypeError as exc:
         raise ValidationError(f"{what} is not JSON-serializable: {exc}", field=what) from None
+    except ValueError as exc:
+        # The json module's wording for these differs between Python versions.
+        problem = "a circular reference" if "ircular" in str(exc) else "NaN or Infinity"
+        raise ValidationError(
+            f"{what} is not JSON-serializable: it contains {problem}", field=what
+        ) from None
     except RecursionError:
         raise ValidationError(f"{what} is nested too deeply", field=what) from None
     try:
@@ -263,27 +282,44 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
     return text
 
 
-def _require_utf8(value: str, what: str) -> None:
+def _require_utf8(value: str, what: str, field: str | None = None) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValidationError(f"{what} contains invalid Unicode (a lone surrogate)") from None
+        raise ValidationError(
+            f"{what} contains invalid Unicode (a lone surrogate)", field=field
+        ) from None
 
 
-def _whole_number(name: str, value: Any, *, minimum: int, maximum: int, unit: str = "") -> int:
+def _whole_number(
+    name: str,
+    value: Any,
+    *,
+    minimum: int,
+    maximum: int,
+    ms: bool = False,
+    integral: bool = False,
+) -> int:
+    """`value` rounded to an int within bounds. Milliseconds (`ms`) may come with a
+    fraction and are rounded; counts (`integral`) may not."""
+    unit = " of milliseconds" if ms else ""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"{name} must be a number{unit} (got {value!r})", field=name)
     if isinstance(value, float) and not math.isfinite(value):
         raise ValidationError(f"{name} must be a finite number (got {value!r})", field=name)
+    if integral and value != int(value):
+        raise ValidationError(f"{name} must be a whole number (got {value!r})", field=name)
     number = round(value)
-    if number < minimum:
+    # Bounds apply to the value given, so -0.4 is negative rather than rounded to 0.
+    if value < minimum:
         if minimum == 0:
             raise ValidationError(
                 f"{name} must be a non-negative number{unit} (got {value!r})", field=name
             )
         raise ValidationError(f"{name} must be at least {minimum} (got {value!r})", field=name)
-    if number > maximum:
-        raise ValidationError(f"{name} must be at most {maximum}{unit} (got {value!r})", field=name)
+    if value > maximum:
+        limit = f"{maximum} ms" if ms else str(maximum)
+        raise ValidationError(f"{name} must be at most {limit} (got {value!r})", field=name)
     return number
 
 
@@ -291,9 +327,12 @@ def _max_attempts(settings: Settings, attempts: Any, max_retries: Any) -> int:
     if attempts is not None and max_retries is not None:
         raise ValidationError("give either attempts or maxRetries, not both", field="attempts")
     if max_retries is not None:
-        return _whole_number("maxRetries", max_retries, minimum=0, maximum=MAX_ATTEMPTS - 1) + 1
+        retries = _whole_number(
+            "maxRetries", max_retries, minimum=0, maximum=MAX_ATTEMPTS - 1, integral=True
+        )
+        return retries + 1
     if attempts is not None:
-        return _whole_number("attempts", attempts, minimum=1, maximum=MAX_ATTEMPTS)
+        return _whole_number("attempts", attempts, minimum=1, maximum=MAX_ATTEMPTS, integral=True)
     return settings.retry_attempts
 
 
@@ -302,7 +341,7 @@ def _delay_ms(delay: Any) -> int:
         return 0
     if isinstance(delay, timedelta):
         delay = delay.total_seconds() * 1000
-    return _whole_number("delay", delay, minimum=0, maximum=MAX_DELAY_MS, unit=" of milliseconds")
+    return _whole_number("delay", delay, minimum=0, maximum=MAX_DELAY_MS, ms=True)
 
 
 def _run_at(value: Any) -> datetime | None:
@@ -316,7 +355,9 @@ def _run_at(value: Any) -> datetime | None:
                 f"runAt must be an ISO-8601 time with an offset (got {value!r})", field="runAt"
             ) from None
     if not isinstance(value, datetime):
-        raise ValidationError("runAt must be an ISO-8601 time with an offset", field="runAt")
+        raise ValidationError(
+            f"runAt must be an ISO-8601 time with an offset (got {value!r})", field="runAt"
+        )
     if value.tzinfo is None:
         raise ValidationError(
             "runAt needs a timezone offset, e.g. 2030-01-01T09:00:00+00:00", field="runAt"
@@ -327,7 +368,7 @@ def _run_at(value: Any) -> datetime | None:
 def _timeout_ms(settings: Settings, timeout: Any) -> int:
     if timeout is None:
         return settings.job_timeout_ms
-    return _whole_number("timeout", timeout, minimum=1, maximum=MAX_TIMEOUT_MS, unit=" ms")
+    return _whole_number("timeout", timeout, minimum=1, maximum=MAX_TIMEOUT_MS, ms=True)
 
 
 def _backoff(value: Any) -> str | None:
@@ -339,8 +380,7 @@ def _backoff(value: Any) -> str | None:
                 f"backoff list must have 1 to {MAX_BACKOFF_STEPS} delays", field="backoff"
             )
         delays = [
-            _whole_number("backoff", v, minimum=0, maximum=MAX_DELAY_MS, unit=" of milliseconds")
-            for v in value
+            _whole_number("backoff", v, minimum=0, maximum=MAX_DELAY_MS, ms=True) for v in value
         ]
         return json.dumps({"type": "list", "delays": delays})
     if isinstance(value, Mapping):
@@ -352,12 +392,14 @@ def _backoff(value: Any) -> str | None:
                 "or a list of delays in ms",
                 field="backoff",
             )
+        if "delay" not in value:
+            return json.dumps({"type": kind})  # the worker starts from JOBS_RETRY_DELAY
         delay = _whole_number(
             "backoff delay",
-            value.get("delay", 0),
+            value["delay"],
             minimum=0,
             maximum=MAX_DELAY_MS,
-            unit=" of milliseconds",
+            ms=True,
         )
         return json.dumps({"type": kind, "delay": delay})
     raise ValidationError(
@@ -374,7 +416,7 @@ def _key(name: str, value: Any) -> str | None:
             f"{name} must be a string of 1 to {MAX_KEY_LENGTH} characters without NUL",
             field=name,
         )
-    _require_utf8(value, name)
+    _require_utf8(value, name, name)
     return value
 
 
