@@ -1,0 +1,51 @@
+"""Operator actions shared by the CLI, the REST API and the dashboard."""
+
+from __future__ import annotations
+
+from pgjobs.ops.durations import format_duration_ms, parse_duration_ms
+from pgjobs.ops.filters import JobFilter, clamp_limit
+from pgjobs.ops.health import health_score
+from pgjobs.ops.models import (
+    AuditEntry,
+    CleanReport,
+    DatabaseHealth,
+    DurationStats,
+    FailureGroup,
+    JobPage,
+    JobSummary,
+    MetricsSnapshot,
+    QueueState,
+    QueueStats,
+    RetryCandidate,
+    RetryReport,
+    StatsReport,
+    ThroughputPoint,
+    WorkerInfo,
+)
+from pgjobs.ops.service import DURATION_BUCKETS_S, Ops, window_hours
+
+__all__ = [
+    "DURATION_BUCKETS_S",
+    "AuditEntry",
+    "CleanReport",
+    "DatabaseHealth",
+    "DurationStats",
+    "FailureGroup",
+    "JobFilter",
+    "JobPage",
+    "JobSummary",
+    "MetricsSnapshot",
+    "Ops",
+    "QueueState",
+    "QueueStats",
+    "RetryCandidate",
+    "RetryReport",
+    "StatsReport",
+    "ThroughputPoint",
+    "WorkerInfo",
+    "clamp_limit",
+    "format_duration_ms",
+    "health_score",
+    "parse_duration_ms",
+    "window_hours",
+]

@@ -1,0 +1,488 @@
+"""`Ops`: the operator actions, executed against PostgreSQL.
+
+One async implementation used by the CLI (through `asyncio.run`), the REST API and the
+dashboard. Single-job create/get/cancel/retry go through `App` (pgjobs.client), so their
+rules live in one place; bulk and read-model statements live in queries/ops.sql.
+Every state change is recorded in `job_audit` with the actor that asked for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from pgjobs.app import App
+from pgjobs.client import Statement, fetch_all_async, fetch_one_async, parse_job_id
+from pgjobs.errors import Conflict, JobNotFound, NotFound, ValidationError
+from pgjobs.models import Job
+from pgjobs.ops.filters import DEFAULT_LIMIT, JobFilter, clamp_limit, decode_cursor, encode_cursor
+from pgjobs.ops.health import health_score
+from pgjobs.ops.models import (
+    AuditEntry,
+    CleanReport,
+    DatabaseHealth,
+    DurationStats,
+    FailureGroup,
+    HistogramSeries,
+    JobPage,
+    JobSummary,
+    MetricsSnapshot,
+    QueueState,
+    QueueStats,
+    RetryCandidate,
+    RetryReport,
+    StatsReport,
+    ThroughputPoint,
+    WindowStats,
+    WorkerInfo,
+)
+from pgjobs.options import validate_queue
+from pgjobs.queries import query
+
+Row = dict[str, Any]
+AsyncConn = psycopg.AsyncConnection[Any]
+
+# Upper bounds of job_duration_seconds, the spec's prom-client buckets. The SQL statement
+# ops_metrics_durations counts against the same bounds, in the same order.
+DURATION_BUCKETS_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+MAX_WINDOW_HOURS = 24 * 366
+MAX_BULK = 10_000
+CLEAN_BATCH = 1000
+PAYLOAD_PREVIEW_CHARS = 200
+
+
+def window_hours(value: Any) -> float:
+    """A stats window in hours (0 < h <= one year)."""
+    try:
+        hours = float(value)
+    except (TypeError, ValueError):
+        shown = str(value)[:40]
+        raise ValidationError(f"hours must be a number (got {shown!r})", field="hours") from None
+    if not math.isfinite(hours) or not 0 < hours <= MAX_WINDOW_HOURS:
+        raise ValidationError(f"hours must be above 0 and at most {MAX_WINDOW_HOURS}", field="hours")
+    return hours
+
+
+class Ops:
+    """Operator actions over one `App` (its settings, clock and connection pool)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.clock = app.clock
+
+    # ------------------------------------------------------------ reading
+
+    async def stats(
+        self, *, queue: str | None = None, hours: float = 24.0, performance: bool = False
+    ) -> StatsReport:
+        """Counts per queue and status, the window's throughput and failure rate, health
+        scores, live workers and database health; run-time percentiles on request."""
+        if queue is not None:
+            validate_queue(queue)
+        hours = window_hours(hours)
+        params = {"queue": queue, "now": self.clock.sql_now(), "window_s": hours * 3600}
+        async with self.app.connection() as conn:
+            counts = await self._all(conn, "ops_queue_counts", params)
+            if queue is not None and not counts:
+                raise NotFound(f"no queue named {queue!r}")
+            windows = {r["queue"]: r for r in await self._all(conn, "ops_queue_window", params)}
+            oldest_rows = await self._all(conn, "ops_oldest_pending", params)
+            oldest = {r["queue"]: r["age_s"] for r in oldest_rows}
+            workers = await self._workers(conn)
+            database = await self._database(conn)
+            durations = None
+            if performance:
+                rows = await self._all(conn, "ops_duration_percentiles", params)
+                durations = tuple(DurationStats(**r) for r in rows)
+        queues = tuple(
+            _queue_stats(row, windows.get(row["queue"]), oldest.get(row["queue"]), hours)
+            for row in counts
+        )
+        return StatsReport(
+            generated_at=self._now(),
+            window_hours=hours,
+            queues=queues,
+            workers=sum(1 for w in workers if w.alive),
+            database=database,
+            performance=durations,
+        )
+
+    async def queues(self) -> tuple[QueueStats, ...]:
+        return (await self.stats(hours=24)).queues
+
+    async def list_jobs(
+        self,
+        filters: JobFilter | None = None,
+        *,
+        limit: Any = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Newest first; pass `next_cursor` back to get the following page."""
+        filters = filters or JobFilter()
+        size = clamp_limit(limit)
+        after_created, after_id = decode_cursor(cursor) if cursor else (None, None)
+        params = {
+            "queue": filters.queue,
+            "statuses": list(filters.statuses) if filters.statuses else None,
+            "type": filters.type,
+            "created_after": filters.created_after,
+            "created_before": filters.created_before,
+            "id_prefix": filters.id_prefix,
+            "after_created": after_created,
+            "after_id": after_id,
+            "limit": size + 1,
+            "preview": PAYLOAD_PREVIEW_CHARS,
+        }
+        async with self.app.connection() as conn:
+            rows = await self._all(conn, "ops_list_jobs", params)
+        jobs = tuple(JobSummary(**r) for r in rows[:size])
+        more = len(rows) > size
+        next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more else None
+        return JobPage(jobs=jobs, next_cursor=next_cursor, limit=size)
+
+    async def get_job(self, job_id: UUID | str) -> Job:
+        return await self.app.get(job_id)
+
+    async def workers(self) -> tuple[WorkerInfo, ...]:
+        async with self.app.connection() as conn:
+            return await self._workers(conn)
+
+    async def database_health(self) -> DatabaseHealth:
+        async with self.app.connection() as conn:
+            return await self._database(conn)
+
+    async def ping(self) -> None:
+        """Raise if PostgreSQL cannot answer a trivial query."""
+        async with self.app.connection() as conn:
+            await self._all(conn, "ops_database_ping", {})
+
+    async def throughput(
+        self, *, queue: str | None = None, hours: float = 24.0, buckets: int = 24
+    ) -> tuple[ThroughputPoint, ...]:
+        """Completed and failed jobs per time bucket over the last `hours` (for charts)."""
+        if queue is not None:
+            validate_queue(queue)
+        hours = window_hours(hours)
+        if not 1 <= buckets <= 1000:
+            raise ValidationError("buckets must be between 1 and 1000", field="buckets")
+        window_s = hours * 3600
+        params = {
+            "queue": queue,
+            "now": self.clock.sql_now(),
+            "window_s": window_s,
+            "width_s": window_s / buckets,
+            "buckets": buckets,
+        }
+        async with self.app.connection() as conn:
+            start_row = await self._one(conn, "ops_window_start", params)
+            rows = {r["bucket"]: r for r in await self._all(conn, "ops_throughput_series", params)}
+        assert start_row is not None
+        start: datetime = start_row["start"]
+        width = timedelta(seconds=window_s / buckets)
+        return tuple(
+            ThroughputPoint(
+                start=start + width * i,
+                completed=int(rows[i]["completed"]) if i in rows else 0,
+                failed=int(rows[i]["failed"]) if i in rows else 0,
+            )
+            for i in range(buckets)
+        )
+
+    async def failure_groups(
+        self, *, queue: str | None = None, hours: float = 24.0, limit: int = 50
+    ) -> tuple[FailureGroup, ...]:
+        if queue is not None:
+            validate_queue(queue)
+        params = {
+            "queue": queue,
+            "now": self.clock.sql_now(),
+            "window_s": window_hours(hours) * 3600,
+            "limit": clamp_limit(limit),
+        }
+        async with self.app.connection() as conn:
+            rows = await self._all(conn, "ops_failure_groups", params)
+        return tuple(
+            FailureGroup(**{**r, "sample_ids": tuple(r["sample_ids"] or ())}) for r in rows
+        )
+
+    async def audit_log(self, limit: int = 100) -> tuple[AuditEntry, ...]:
+        async with self.app.connection() as conn:
+            rows = await self._all(conn, "ops_recent_audit", {"limit": clamp_limit(limit)})
+        return tuple(AuditEntry(**r) for r in rows)
+
+    async def metrics_snapshot(self) -> MetricsSnapshot:
+        params = {"queue": None, "now": self.clock.sql_now(), "window_s": 3600.0}
+        async with self.app.connection() as conn:
+            processed = await self._all(conn, "ops_metrics_processed", {})
+            durations = await self._all(conn, "ops_metrics_durations", {})
+            counts = await self._all(conn, "ops_queue_counts", params)
+            oldest = await self._all(conn, "ops_oldest_pending", params)
+            workers = await self._workers(conn)
+            database = await self._database(conn)
+        return MetricsSnapshot(
+            processed=tuple((r["queue"], r["type"], r["status"], int(r["n"])) for r in processed),
+            durations=tuple(_histogram(r) for r in durations),
+            queues=tuple(_queue_stats(r, None, None, 1.0) for r in counts),
+            workers=sum(1 for w in workers if w.alive),
+            oldest_pending_s={r["queue"]: float(r["age_s"]) for r in oldest},
+            database=database,
+        )
+
+    # ------------------------------------------------------------ jobs
+
+    async def create_job(self, body: Mapping[str, Any]) -> Job:
+        """Create one job from an API-shaped body {"type", "queue", "payload", "options"}."""
+        (job_id,) = await self.app.create_many([body])
+        return await self.app.get(job_id)
+
+    async def create_jobs(self, bodies: Sequence[Any]) -> list[UUID]:
+        """Create many API-shaped jobs in one transaction (all or none)."""
+        if not 1 <= len(bodies) <= MAX_BULK:
+            raise ValidationError(f"jobs must hold 1 to {MAX_BULK} jobs", field="jobs")
+        return await self.app.create_many(bodies)
+
+    async def retry_job(self, job_id: UUID | str, *, actor: str) -> Job:
+        job = await self.app.retry(job_id)
+        await self._audit(actor, "retry", str(job.id), {"jobs": [str(job.id)]})
+        return job
+
+    async def cancel_job(self, job_id: UUID | str, *, actor: str) -> Job:
+        job = await self.app.cancel(job_id)
+        await self._audit(actor, "cancel", str(job.id), {"status": job.status})
+        return job
+
+    async def delete_job(self, job_id: UUID | str, *, actor: str) -> None:
+        jid = parse_job_id(job_id)
+        async with self.app.connection() as conn, conn.transaction():
+            row = await self._one(conn, "ops_delete_job", {"id": jid})
+            if row is None:
+                raise JobNotFound(f"no job with id {jid}")
+            if row["id"] is None:
+                if row["previous_status"] == "active":
+                    raise Conflict(f"job {jid} is running; cancel it before deleting it")
+                raise Conflict(
+                    f"job {jid} has {row['blocked_children']} blocked job(s) waiting on it"
+                )
+            detail = {"status": row["previous_status"]}
+            await self._audit_in(conn, actor, "delete", str(jid), detail)
+
+    async def retry(
+        self,
+        *,
+        queue: str | None = None,
+        type: str | None = None,
+        ids: Sequence[UUID | str] | None = None,
+        error_line: str | None = None,
+        limit: int = 10,
+        show: bool = False,
+        actor: str,
+    ) -> RetryReport:
+        """Retry up to `limit` failed jobs (most recent failure first), or with `show`
+        only list the ones that would be retried."""
+        filters = JobFilter.build(queue=queue, type=type)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_BULK:
+            raise ValidationError(f"limit must be between 1 and {MAX_BULK}", field="limit")
+        params = {
+            "queue": filters.queue,
+            "type": filters.type,
+            "ids": [parse_job_id(i) for i in ids] if ids else None,
+            "error_line": error_line,
+            "limit": limit,
+            "now": self.clock.sql_now(),
+        }
+        if show:
+            async with self.app.connection() as conn:
+                rows = await self._all(conn, "ops_retryable_jobs", params)
+            return RetryReport(tuple(RetryCandidate(**r) for r in rows), retried=False)
+        async with self.app.connection() as conn, conn.transaction():
+            rows = await self._all(conn, "ops_retry_failed", params)
+            if rows:
+                detail = {"jobs": [str(r["id"]) for r in rows], "queue": queue, "type": type}
+                await self._audit_in(conn, actor, "retry", queue or type, detail)
+        return RetryReport(tuple(RetryCandidate(**r) for r in rows), retried=True)
+
+    async def promote(
+        self,
+        *,
+        queue: str | None = None,
+        ids: Sequence[UUID | str] | None = None,
+        limit: int = MAX_BULK,
+        actor: str,
+    ) -> list[UUID]:
+        """Run delayed jobs now; returns the ids promoted."""
+        params = {
+            "queue": validate_queue(queue) if queue else None,
+            "ids": [parse_job_id(i) for i in ids] if ids else None,
+            "limit": max(1, min(MAX_BULK, limit)),
+            "now": self.clock.sql_now(),
+        }
+        async with self.app.connection() as conn, conn.transaction():
+            rows = await self._all(conn, "ops_promote_delayed", params)
+            promoted = [r["id"] for r in rows]
+            if promoted:
+                detail = {"jobs": [str(i) for i in promoted]}
+                await self._audit_in(conn, actor, "promote", queue, detail)
+        return promoted
+
+    async def clean(
+        self,
+        *,
+        completed_older_than_ms: int | None = None,
+        failed_older_than_ms: int | None = None,
+        dry_run: bool = False,
+        batch_size: int = CLEAN_BATCH,
+        actor: str,
+    ) -> CleanReport:
+        """Delete completed jobs older than one age and failed/cancelled jobs older than
+        another, in batches of `batch_size`. With neither age given, the JOBS_CLEAN_*
+        settings apply."""
+        if completed_older_than_ms is None and failed_older_than_ms is None:
+            completed_older_than_ms = self.settings.clean_completed_after_ms
+            failed_older_than_ms = self.settings.clean_failed_after_ms
+        for name, value in (
+            ("completed-older-than", completed_older_than_ms),
+            ("failed-older-than", failed_older_than_ms),
+        ):
+            if value is not None and value < 0:
+                raise ValidationError(f"{name} must not be negative", field=name)
+        params = {
+            "completed_s": _seconds(completed_older_than_ms),
+            "failed_s": _seconds(failed_older_than_ms),
+            "now": self.clock.sql_now(),
+            "batch": max(1, batch_size),
+        }
+        completed = failed = batches = 0
+        async with self.app.connection() as conn:
+            if dry_run:
+                row = await self._one(conn, "ops_clean_count", params)
+                assert row is not None
+                completed, failed = int(row["completed"]), int(row["failed"])
+            else:
+                while True:
+                    row = await self._one(conn, "ops_clean_batch", params)
+                    assert row is not None
+                    batches += 1
+                    completed += int(row["completed"])
+                    failed += int(row["failed"])
+                    if row["completed"] + row["failed"] < params["batch"]:
+                        break
+        report = CleanReport(
+            completed=completed,
+            failed=failed,
+            dry_run=dry_run,
+            batches=batches,
+            completed_older_than_ms=completed_older_than_ms,
+            failed_older_than_ms=failed_older_than_ms,
+        )
+        if not dry_run and report.total:
+            await self._audit(actor, "clean", None, report.to_dict())
+        return report
+
+    # ------------------------------------------------------------ queues
+
+    async def pause(self, queue: str, *, actor: str) -> QueueState:
+        """Stop workers from claiming jobs of `queue` (running jobs finish)."""
+        return await self._set_paused(queue, True, actor)
+
+    async def resume(self, queue: str, *, actor: str) -> QueueState:
+        return await self._set_paused(queue, False, actor)
+
+    async def _set_paused(self, queue: str, paused: bool, actor: str) -> QueueState:
+        name = validate_queue(queue)
+        params = {"queue": name, "paused": paused, "now": self.clock.sql_now()}
+        async with self.app.connection() as conn, conn.transaction():
+            row = await self._one(conn, "ops_set_queue_paused", params)
+            if row is None:
+                raise NotFound(f"no queue named {name!r}")
+            await self._audit_in(conn, actor, "pause" if paused else "resume", name, {})
+        return QueueState(**row)
+
+    # ------------------------------------------------------------ internals
+
+    def _now(self) -> datetime:
+        return self.clock.now()
+
+    async def _workers(self, conn: AsyncConn) -> tuple[WorkerInfo, ...]:
+        params = {"now": self.clock.sql_now(), "lease_s": self.settings.lock_duration_ms / 1000}
+        rows = await self._all(conn, "ops_workers", params)
+        return tuple(WorkerInfo(**{**r, "queues": tuple(r["queues"])}) for r in rows)
+
+    async def _database(self, conn: AsyncConn) -> DatabaseHealth:
+        row = await self._one(conn, "ops_db_health", {})
+        assert row is not None
+        return DatabaseHealth(**row)
+
+    async def _audit(self, actor: str, action: str, target: str | None, detail: Any) -> None:
+        async with self.app.connection() as conn:
+            await self._audit_in(conn, actor, action, target, detail)
+
+    async def _audit_in(
+        self, conn: AsyncConn, actor: str, action: str, target: str | None, detail: Any
+    ) -> None:
+        params = {
+            "actor": actor[:200],
+            "action": action,
+            "target": target,
+            "detail": json.dumps(detail, default=str),
+            "now": self.clock.sql_now(),
+        }
+        await fetch_none(conn, Statement(query("ops_record_audit"), params))
+
+    @staticmethod
+    async def _all(conn: AsyncConn, name: str, params: dict[str, Any]) -> list[Row]:
+        return await fetch_all_async(conn, Statement(query(name), params))
+
+    @staticmethod
+    async def _one(conn: AsyncConn, name: str, params: dict[str, Any]) -> Row | None:
+        return await fetch_one_async(conn, Statement(query(name), params))
+
+
+async def fetch_none(conn: AsyncConn, statement: Statement) -> None:
+    async with conn.cursor() as cur:
+        await cur.execute(statement.sql, statement.params)
+
+
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+def _queue_stats(row: Row, window: Row | None, oldest: float | None, hours: float) -> QueueStats:
+    counts = {k: int(row[k]) for k in ("waiting", "active", "completed", "failed", "delayed")}
+    return QueueStats(
+        name=row["queue"],
+        **counts,
+        paused=int(row["paused"]),
+        blocked=int(row["blocked"]),
+        cancelled=int(row["cancelled"]),
+        is_paused=bool(row["is_paused"]),
+        paused_at=row["paused_at"],
+        rate_limit_max=row["rate_limit_max"],
+        rate_limit_duration_ms=row["rate_limit_duration_ms"],
+        health_score=health_score(
+            waiting=counts["waiting"], active=counts["active"], failed=counts["failed"]
+        ),
+        oldest_waiting_s=None if oldest is None else float(oldest),
+        window=WindowStats(
+            hours=hours,
+            completed=int(window["completed"]) if window else 0,
+            failed=int(window["failed"]) if window else 0,
+        ),
+    )
+
+
+def _histogram(row: Row) -> HistogramSeries:
+    cumulative = tuple(zip(DURATION_BUCKETS_S, (int(n) for n in row["buckets"]), strict=True))
+    return HistogramSeries(
+        queue=row["queue"],
+        type=row["type"],
+        count=int(row["count"]),
+        sum_s=float(row["sum_ms"]) / 1000,
+        buckets=cumulative,
+    )
