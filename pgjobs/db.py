@@ -11,7 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgjobs.errors import ServiceUnavailable
+from pgjobs.errors import SchemaError, ServiceUnavailable
 from pgjobs.queries import query
 from pgjobs.resources import read_text
 
@@ -151,7 +151,7 @@ def install_schema(conn: psycopg.Connection[Any], *, up_to: int | None = None) -
         for migration in migrations():
             if migration.version <= before or (up_to is not None and migration.version > up_to):
                 continue
-            cur.execute(migration.sql.encode())
+            _apply(cur, migration.sql, f"migration {migration.version} {migration.name}")
             cur.execute(
                 query("record_migration"),
                 {"version": migration.version, "name": migration.name},
@@ -159,10 +159,20 @@ def install_schema(conn: psycopg.Connection[Any], *, up_to: int | None = None) -
             report.applied.append(migration)
             report.version_after = migration.version
         if up_to is None:
-            cur.execute(read_text("views.sql").encode())
+            _apply(cur, read_text("views.sql"), "views.sql")
             cur.execute(query("ensure_default_queues"))
         report.server_version = str(_fetch(cur, query("server_info"))["server_version"])
     return report
+
+
+def _apply(cur: psycopg.Cursor[dict[str, Any]], sql: str, what: str) -> None:
+    # Raising inside the transaction rolls back everything init did, so a failed
+    # upgrade leaves the previous version intact.
+    try:
+        cur.execute(sql.encode())
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SchemaError(f"{what} failed, nothing was changed: {reason}") from exc
 
 
 def missing_relations(conn: psycopg.Connection[Any]) -> list[str]:

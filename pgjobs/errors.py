@@ -54,6 +54,12 @@ class ServiceUnavailable(PgJobsError):
     code = "unavailable"
 
 
+class SchemaError(PgJobsError):
+    """A migration or the views could not be applied; the whole install was rolled back."""
+
+    code = "schema_error"
+
+
 class HandlerSignal(Exception):
     """Base of the exceptions a handler raises to steer its job's outcome."""
 

@@ -43,7 +43,9 @@ def initialise(settings: Settings) -> InitReport:
         result = install_schema(conn)
         missing = missing_relations(conn)
     report.messages.append(f"postgres: ok (PostgreSQL {result.server_version})")
-    if result.changed:
+    if result.changed and result.version_before == 0:
+        report.messages.append(f"schema: created (version {result.version_after})")
+    elif result.changed:
         names = ", ".join(f"{m.version} {m.name}" for m in result.applied)
         report.messages.append(
             f"schema: upgraded from version {result.version_before} to "
