@@ -101,9 +101,93 @@ def _host(raw: str) -> str:
     return raw.strip()
 
 
-def setting(env: str, parse: Callable[[str], Any], default: Any = None) -> Any:
-    """Declare a field read from environment variable `env`."""
-    return field(default=default, metadata={"env": env, "parse": parse})
+# ---- settings of the built-in job types
+
+
+def _smtp_url(raw: str) -> str:
+    value = raw.strip()
+    parts = urlsplit(value)
+    try:
+        ok = parts.scheme in ("smtp", "smtps") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a malformed port
+        ok = False
+    if not ok:
+        raise ValueError("a URL like smtp://user:password@host:587?starttls=true (or smtps://)")
+    return value
+
+
+def _email_address(raw: str) -> str:
+    from email.utils import parseaddr
+
+    _, address = parseaddr(raw.strip())
+    if "@" not in address:
+        raise ValueError("an email address like Name <jobs@example.com>")
+    return raw.strip()
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("an http:// or https:// URL")
+    return raw.strip()
+
+
+def _path_list(raw: str) -> tuple[str, ...]:
+    # The PATH convention (':'-separated) so paths may contain commas.
+    paths = tuple(os.path.normpath(p.strip()) for p in raw.split(os.pathsep) if p.strip())
+    if not paths or any(not os.path.isabs(p) or p == os.sep for p in paths):
+        raise ValueError(f"absolute directories other than / separated by {os.pathsep!r}")
+    return paths
+
+
+def _encryption_key(raw: str) -> bytes:
+    # Raises ConfigError itself: the generic message quotes the value, and this one is secret.
+    import base64
+    import binascii
+    import contextlib
+
+    value = raw.strip()
+    key: bytes | None = None
+    if len(value) == 64:
+        with contextlib.suppress(ValueError):
+            key = bytes.fromhex(value)
+    for altchars in (None, b"-_"):  # standard or URL-safe alphabet
+        if key is None:
+            with contextlib.suppress(binascii.Error, ValueError):
+                key = base64.b64decode(value, altchars=altchars, validate=True)
+    if key is None or len(key) != 32:
+        raise ConfigError(
+            "JOBS_BACKUP_ENCRYPTION_KEY must be a 32-byte key given as 64 hex characters or "
+            f"as base64 (got {len(value)} characters; make one with `openssl rand -hex 32`)",
+            variable="JOBS_BACKUP_ENCRYPTION_KEY",
+        )
+    return key
+
+
+def _headers(raw: str) -> tuple[tuple[str, str], ...]:
+    # Raises ConfigError itself: header values are usually secrets, never quote them.
+    import json
+
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(
+            "JOBS_CUSTOM_ACTION_HEADERS must be a JSON object of header names to string "
+            'values, like {"x-hasura-admin-secret": "..."}',
+            variable="JOBS_CUSTOM_ACTION_HEADERS",
+        )
+    return tuple(value.items())
+
+
+def setting(
+    env: str, parse: Callable[[str], Any], default: Any = None, *, secret: bool = False
+) -> Any:
+    """Declare a field read from environment variable `env` (`secret`: kept out of repr)."""
+    return field(default=default, repr=not secret, metadata={"env": env, "parse": parse})
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +220,21 @@ class Settings:
     api_token: str | None = setting("JOBS_API_TOKEN", _text)
     dashboard_user: str | None = setting("JOBS_DASHBOARD_USER", _text)
     dashboard_password: str | None = setting("JOBS_DASHBOARD_PASSWORD", _text)
+    smtp_url: str | None = setting("JOBS_SMTP_URL", _smtp_url, secret=True)
+    smtp_from: str | None = setting("JOBS_SMTP_FROM", _email_address)
+    email_templates_dir: str | None = setting("JOBS_EMAIL_TEMPLATES_DIR", _text)
+    email_attachment_roots: tuple[str, ...] = setting("JOBS_EMAIL_ATTACHMENT_ROOTS", _path_list, ())
+    http_max_response_bytes: int = setting("JOBS_HTTP_MAX_RESPONSE_BYTES", _positive_int, 65536)
+    backup_dir: str | None = setting("JOBS_BACKUP_DIR", _text)
+    backup_encryption_key: bytes | None = setting(
+        "JOBS_BACKUP_ENCRYPTION_KEY", _encryption_key, secret=True
+    )
+    pg_bindir: str | None = setting("JOBS_PG_BINDIR", _path)
+    cleanup_roots: tuple[str, ...] = setting("JOBS_CLEANUP_ROOTS", _path_list, ())
+    custom_action_url: str | None = setting("JOBS_CUSTOM_ACTION_URL", _http_url)
+    custom_action_headers: tuple[tuple[str, str], ...] = setting(
+        "JOBS_CUSTOM_ACTION_HEADERS", _headers, (), secret=True
+    )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -9,4 +9,6 @@ if TYPE_CHECKING:
 
 
 def handlers() -> dict[str, Handler]:
-    return {}
+    from pgjobs.types import send_email
+
+    return {send_email.TYPE: send_email.handle}
