@@ -18,12 +18,13 @@ until stopped, so the next start reuses them. As root, PostgreSQL runs as an
 unprivileged system user, because it refuses to run as root.
 
 `python -m pgjobs.devservices env` prints shell `export` lines for DATABASE_URL, and
-PGJOBS_DEV_REDIS_URL when a Redis is available; `... stop NAME...` stops private
-servers that `env` reported as started in PGJOBS_DEV_STARTED.
+PGJOBS_DEV_REDIS_URL when a Redis is available; `... stop NAME...` stops the private
+servers that `env` reported as started in PGJOBS_DEV_STARTED (bin/test does both).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import glob
@@ -694,6 +695,8 @@ def resolve(data_dir: Path, sources: Sources, *, redis: bool = True) -> Resoluti
 def stop_private(data_dir: Path, names: list[str]) -> list[str]:
     """Stop the private servers called `names` ("postgres", "redis") running in `data_dir`."""
     stopped: list[str] = []
+    if not data_dir.is_dir():
+        return stopped
     with data_dir_lock(data_dir):
         if "redis" in names:
             server = PrivateRedis(Path("redis-server"), data_dir / "redis")
@@ -758,41 +761,49 @@ def describe(resolution: Resolution) -> list[str]:
 
 # ---------------------------------------------------------------- python -m pgjobs.devservices
 
-USAGE = "usage: python -m pgjobs.devservices env [--data-dir DIR] | stop [postgres] [redis]"
-
 
 def _export(name: str, value: str, out: IO[str]) -> None:
     print(f"export {name}={shlex.quote(value)}", file=out)
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pgjobs.devservices")
+    commands = parser.add_subparsers(dest="command", required=True)
+    env = commands.add_parser("env", help="find or start services; print export lines")
+    env.add_argument("--data-dir", default=None)
+    env.add_argument("--private", action="store_true", help="use private servers only")
+    stop = commands.add_parser("stop", help="stop private servers running in the data folder")
+    stop.add_argument("--data-dir", default=None)
+    stop.add_argument("names", nargs="*", metavar="{postgres,redis}")
+    return parser
+
+
 def main(argv: list[str]) -> int:
-    command, rest = (argv[0], argv[1:]) if argv else ("", [])
-    data_value: str | None = None
-    if rest[:1] == ["--data-dir"] and len(rest) >= 2:
-        data_value, rest = rest[1], rest[2:]
-    data_dir = data_dir_from(data_value, os.environ)
-    if command == "env" and not rest:
-        try:
-            resolution = resolve(data_dir, Sources.default())
-        except ServiceUnavailable as exc:
-            print(f"error: {exc}", file=sys.stderr)
+    args = _parser().parse_args(argv)
+    data_dir = data_dir_from(args.data_dir, os.environ)
+    if args.command == "stop":
+        unknown = set(args.names) - {"postgres", "redis"}
+        if unknown:
+            print(f"error: no service called {sorted(unknown)[0]!r}", file=sys.stderr)
             return 2
-        for line in describe(resolution):
-            print(line, file=sys.stderr)
-        _export("DATABASE_URL", resolution.postgres.url, sys.stdout)
-        if resolution.redis is not None:
-            _export("PGJOBS_DEV_REDIS_URL", resolution.redis.url, sys.stdout)
-        if resolution.postgres.bin_dir is not None:
-            # Client tools (pg_dump, pg_restore) must match the server's major version.
-            print(f'export PATH={shlex.quote(str(resolution.postgres.bin_dir))}:"$PATH"')
-        _export("PGJOBS_DEV_STARTED", " ".join(s.name for s in resolution.started), sys.stdout)
-        return 0
-    if command == "stop" and set(rest) <= {"postgres", "redis"}:
-        for name in stop_private(data_dir, rest):
+        for name in stop_private(data_dir, args.names):
             print(f"stopped private {name} in {data_dir}", file=sys.stderr)
         return 0
-    print(USAGE, file=sys.stderr)
-    return 2
+    try:
+        resolution = resolve(data_dir, Sources.default(private=args.private))
+    except ServiceUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in describe(resolution):
+        print(line, file=sys.stderr)
+    _export("DATABASE_URL", resolution.postgres.url, sys.stdout)
+    if resolution.redis is not None:
+        _export("PGJOBS_DEV_REDIS_URL", resolution.redis.url, sys.stdout)
+    if resolution.postgres.bin_dir is not None:
+        # Client tools (pg_dump, pg_restore) must match the server's major version.
+        print(f'export PATH={shlex.quote(str(resolution.postgres.bin_dir))}:"$PATH"')
+    _export("PGJOBS_DEV_STARTED", " ".join(s.name for s in resolution.started), sys.stdout)
+    return 0
 
 
 if __name__ == "__main__":
