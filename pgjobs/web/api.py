@@ -1,0 +1,198 @@
+"""REST API handlers and the route table (`routes()`), all in one place.
+
+Handlers are thin: parse and validate the request (pgjobs.web.requests), call one
+operation (pgjobs.ops / App), serialise its `to_dict()`. Errors raise and are rendered
+by pgjobs.web.errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from pgjobs import __version__
+from pgjobs.errors import ValidationError
+from pgjobs.install import redis_status
+from pgjobs.ops import JobFilter, Ops
+from pgjobs.web import metrics as metrics_text
+from pgjobs.web.openapi import openapi_document
+from pgjobs.web.requests import (
+    bool_param,
+    float_param,
+    job_id_param,
+    object_body,
+    query_param,
+    read_json,
+)
+
+# A single job's body may carry a payload up to JOBS_MAX_PAYLOAD_BYTES plus its options;
+# JSON escapes can make the body several times the stored size.
+BODY_OVERHEAD = 64 * 1024
+BULK_BODY_LIMIT = 32 * 1024 * 1024
+HEALTH_TIMEOUT_S = 3.0
+API_ACTOR = "api"
+
+
+def ops_of(request: Request) -> Ops:
+    ops: Ops = request.app.state.ops
+    return ops
+
+
+def single_body_limit(request: Request) -> int:
+    return int(ops_of(request).settings.max_payload_bytes) * 2 + BODY_OVERHEAD
+
+
+# ------------------------------------------------------------------ service
+
+
+async def health(request: Request) -> Response:
+    """200 when PostgreSQL answers, 503 when it does not; Redis is reported, never fatal."""
+    ops = ops_of(request)
+    database = "ok"
+    try:
+        await asyncio.wait_for(ops.ping(), HEALTH_TIMEOUT_S)
+    except Exception as exc:  # any failure to answer means "down"
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "timed out"
+        database = f"down: {reason[:200]}"
+    try:
+        redis = await asyncio.wait_for(
+            asyncio.to_thread(redis_status, ops.settings.redis_url), HEALTH_TIMEOUT_S
+        )
+    except TimeoutError:
+        redis = "down: timed out"
+    ok = database == "ok"
+    body = {
+        "status": "ok" if ok else "error",
+        "database": database,
+        "redis": redis[:300],
+        "version": __version__,
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    snapshot = await ops_of(request).metrics_snapshot()
+    return Response(
+        metrics_text.render(snapshot),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+    )
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document(request.app.state.settings))
+
+
+# ------------------------------------------------------------------ jobs
+
+
+async def create_job(request: Request) -> Response:
+    body = object_body(await read_json(request, single_body_limit(request)))
+    job = await ops_of(request).create_job(body)
+    return JSONResponse(job.to_dict(), status_code=201)
+
+
+async def create_jobs(request: Request) -> Response:
+    body = object_body(await read_json(request, BULK_BODY_LIMIT))
+    unknown = sorted(set(body) - {"jobs"})
+    if unknown:
+        raise ValidationError(f"unknown field '{unknown[0]}'", field=unknown[0])
+    jobs = body.get("jobs")
+    if not isinstance(jobs, list):
+        raise ValidationError("jobs must be a list of job objects", field="jobs")
+    ids = await ops_of(request).create_jobs(jobs)
+    return JSONResponse({"ids": [str(i) for i in ids], "count": len(ids)}, status_code=201)
+
+
+async def list_jobs(request: Request) -> Response:
+    filters = JobFilter.build(
+        queue=query_param(request, "queue"),
+        status=query_param(request, "status"),
+        type=query_param(request, "type"),
+        created_after=query_param(request, "created_after"),
+        created_before=query_param(request, "created_before"),
+        id_prefix=query_param(request, "id"),
+    )
+    page = await ops_of(request).list_jobs(
+        filters, limit=query_param(request, "limit"), cursor=query_param(request, "cursor")
+    )
+    return JSONResponse(page.to_dict())
+
+
+async def get_job(request: Request) -> Response:
+    job = await ops_of(request).get_job(job_id_param(request))
+    return JSONResponse(job.to_dict())
+
+
+async def retry_job(request: Request) -> Response:
+    job = await ops_of(request).retry_job(job_id_param(request), actor=API_ACTOR)
+    return JSONResponse(job.to_dict())
+
+
+async def cancel_job(request: Request) -> Response:
+    job = await ops_of(request).cancel_job(job_id_param(request), actor=API_ACTOR)
+    return JSONResponse(job.to_dict())
+
+
+async def delete_job(request: Request) -> Response:
+    await ops_of(request).delete_job(job_id_param(request), actor=API_ACTOR)
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------ queues and stats
+
+
+async def stats(request: Request) -> Response:
+    hours = float_param(request, "hours", 24.0)
+    report = await ops_of(request).stats(
+        queue=query_param(request, "queue"),
+        hours=hours,
+        performance=bool_param(request, "performance"),
+    )
+    return JSONResponse(report.to_dict())
+
+
+async def list_queues(request: Request) -> Response:
+    queues = await ops_of(request).queues()
+    return JSONResponse({"queues": [q.to_dict() for q in queues]})
+
+
+async def pause_queue(request: Request) -> Response:
+    state = await ops_of(request).pause(str(request.path_params["queue"]), actor=API_ACTOR)
+    return JSONResponse(state.to_dict())
+
+
+async def resume_queue(request: Request) -> Response:
+    state = await ops_of(request).resume(str(request.path_params["queue"]), actor=API_ACTOR)
+    return JSONResponse(state.to_dict())
+
+
+async def list_workers(request: Request) -> Response:
+    workers = await ops_of(request).workers()
+    return JSONResponse({"workers": [w.to_dict() for w in workers]})
+
+
+def routes() -> list[BaseRoute]:
+    """Every HTTP route except the dashboard's (see pgjobs.web.dashboard)."""
+    from pgjobs.web import schedules_api
+
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/api/stats", stats, methods=["GET"]),
+        Route("/api/jobs", list_jobs, methods=["GET"]),
+        Route("/api/jobs", create_job, methods=["POST"]),
+        Route("/api/jobs/bulk", create_jobs, methods=["POST"]),
+        Route("/api/jobs/{id}", get_job, methods=["GET"]),
+        Route("/api/jobs/{id}", delete_job, methods=["DELETE"]),
+        Route("/api/jobs/{id}/retry", retry_job, methods=["POST"]),
+        Route("/api/jobs/{id}/cancel", cancel_job, methods=["POST"]),
+        Route("/api/queues", list_queues, methods=["GET"]),
+        Route("/api/queues/{queue}/pause", pause_queue, methods=["POST"]),
+        Route("/api/queues/{queue}/resume", resume_queue, methods=["POST"]),
+        Route("/api/workers", list_workers, methods=["GET"]),
+        *schedules_api.routes(),
+    ]

@@ -1,0 +1,51 @@
+"""`create_app(settings)`: the Starlette application behind `pgjobs server`.
+
+The lifespan opens one `pgjobs.App` (its psycopg pool is created inside the running
+event loop) and closes it on shutdown. Routes: pgjobs.web.api (REST, /health, /metrics,
+/openapi.json) and, when JOBS_DASHBOARD_ENABLED, pgjobs.web.dashboard at
+JOBS_DASHBOARD_PATH. Authentication wraps everything (pgjobs.web.auth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from pgjobs.app import App
+from pgjobs.config import Settings
+from pgjobs.ops import Ops
+from pgjobs.web import api, dashboard
+from pgjobs.web.auth import AuthMiddleware
+from pgjobs.web.errors import exception_handlers
+
+
+def create_app(settings: Settings, *, app: App | None = None) -> Starlette:
+    """The web application. Pass `app` to share an existing App (it is then not closed
+    on shutdown); otherwise one is created from `settings`."""
+
+    @asynccontextmanager
+    async def lifespan(web: Starlette) -> AsyncIterator[None]:
+        jobs = app or App(settings)
+        try:
+            await jobs.pool()
+            web.state.pgjobs = jobs
+            web.state.ops = Ops(jobs)
+            yield
+        finally:
+            if app is None:
+                await jobs.close()
+
+    routes = api.routes()
+    if settings.dashboard_enabled:
+        routes += dashboard.routes(settings)
+    web = Starlette(
+        routes=routes,
+        middleware=[Middleware(AuthMiddleware, settings=settings)],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )
+    web.state.settings = settings
+    return web

@@ -1,0 +1,99 @@
+"""Reading untrusted input: JSON bodies with a size limit, query and path parameters.
+
+Anything malformed becomes a 4xx `HTTPError` or `ValidationError` here, before it can
+reach the database (PostgreSQL rejects NUL characters, and Python's int parser rejects
+numbers longer than 4,300 digits — both would otherwise surface as 500s).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from starlette.requests import Request
+
+from pgjobs.errors import JobNotFound, ValidationError
+from pgjobs.web.errors import BadRequest, PayloadTooLarge
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"malformed JSON: {name} is not a JSON number")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body parsed as JSON, refusing bodies over `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+    if not body.strip():
+        raise BadRequest("request body is empty: send a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise BadRequest(f"malformed JSON: {str(exc)[:120]}") from None
+
+
+def query_param(request: Request, name: str) -> str | None:
+    """A query parameter, or None when absent or empty."""
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    if "\x00" in value:
+        raise BadRequest(f"query parameter {name!r} contains a NUL character")
+    if len(value) > 1000:
+        raise BadRequest(f"query parameter {name!r} is too long")
+    return value
+
+
+def bool_param(request: Request, name: str) -> bool:
+    value = query_param(request, name)
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise BadRequest(f"query parameter {name!r} must be true or false")
+
+
+def float_param(request: Request, name: str, default: float) -> float:
+    value = query_param(request, name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValidationError(f"{name} must be a number (got {value[:40]!r})", field=name) from None
+
+
+def job_id_param(request: Request) -> UUID:
+    """The `{id}` path parameter; an id that is not a UUID names no job (404)."""
+    raw = str(request.path_params["id"])
+    try:
+        return UUID(raw)
+    except ValueError:
+        shown = raw[:80].replace("\x00", "\\0")
+        raise JobNotFound(f"no job with id {shown!r} (job ids are UUIDs)") from None
+
+
+def object_body(body: Any, what: str = "request body") -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationError(f"{what} must be a JSON object")
+    return body
