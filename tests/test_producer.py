@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -114,3 +115,158 @@ async def test_unique_key_returns_the_live_job(app: App) -> None:
     first = await app.create("sync-user", {"u": 1}, unique_key="user:1")
     second = await app.create("sync-user", {"u": 1}, unique_key="user:1")
     assert second.id == first.id
+
+
+# ------------------------------------------------------------------ more of the producer API
+
+
+def test_sync_api_round_trip(sync_app: App, db: Any) -> None:
+    job = sync_app.create_sync("report", {"month": 5}, priority="low", attempts=2)
+    assert (job.status, job.priority, job.max_attempts) == ("pending", 20, 2)
+    fetched = sync_app.get_sync(str(job.id))
+    assert fetched.payload == {"month": 5}
+    assert (fetched.results, fetched.failures) == ((), ())
+    assert sync_app.cancel_sync(job.id).status == "cancelled"
+    assert sync_app.get_sync(job.id).cancel_requested_at is not None
+    retried = sync_app.retry_sync(job.id)
+    assert (retried.status, retried.max_attempts) == ("pending", 2)
+    ids = sync_app.create_many_sync([{"type": "bulk", "payload": {"i": i}} for i in range(200)])
+    assert len(set(ids)) == 200
+    assert db.execute("SELECT count(*) AS n FROM jobs").fetchone()["n"] == 201
+
+
+async def test_create_many_50000_in_one_call(app: App, db: Any) -> None:
+    count = 50_000
+    ids = await app.create_many({"type": "bulk", "payload": {"i": i}} for i in range(count))
+    assert len(ids) == count and len(set(ids)) == count
+    assert ids == sorted(ids)  # time-ordered ids keep the request order
+    row = db.execute(
+        "SELECT count(*) AS n, count(DISTINCT id) AS ids, sum((payload->>'i')::int) AS total,"
+        " count(*) FILTER (WHERE status = 'pending') AS pending FROM jobs"
+    ).fetchone()
+    assert row == {"n": count, "ids": count, "total": count * (count - 1) // 2, "pending": count}
+    first, last = ids[0], ids[-1]
+    assert db.execute("SELECT payload FROM jobs WHERE id = %s", (first,)).fetchone() == {
+        "payload": {"i": 0}
+    }
+    assert db.execute("SELECT payload FROM jobs WHERE id = %s", (last,)).fetchone() == {
+        "payload": {"i": count - 1}
+    }
+
+
+async def test_create_many_accepts_built_jobs_and_empty_batches(app: App, db: Any) -> None:
+    assert await app.create_many([]) == []
+    built = [app.build("send-email", {"to": f"u{i}@x.y"}, queue="high-priority") for i in range(3)]
+    ids = await app.create_many(built)
+    assert ids == [job.id for job in built]
+    rows = db.execute("SELECT queue FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall()
+    assert [r["queue"] for r in rows] == ["high-priority"] * 3
+
+
+async def test_create_many_in_a_callers_transaction(app: App, db_url: str, db: Any) -> None:
+    requests: list[Any] = [{"type": "bulk"}] * 100
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        async with conn.transaction(force_rollback=True):
+            await app.create_many(requests, conn=conn)
+        assert db.execute("SELECT count(*) AS n FROM jobs").fetchone()["n"] == 0
+        async with conn.transaction():
+            ids = await app.create_many(requests, conn=conn)
+    assert db.execute("SELECT count(*) AS n FROM jobs").fetchone()["n"] == len(ids) == 100
+
+
+async def test_unique_key_inside_one_batch(app: App) -> None:
+    ids = await app.create_many(
+        [
+            {"type": "sync-user", "options": {"uniqueKey": "user:7"}},
+            {"type": "sync-user", "options": {"uniqueKey": "user:7"}},
+            {"type": "sync-user", "options": {"uniqueKey": "user:8"}},
+        ]
+    )
+    assert ids[0] == ids[1] != ids[2]
+    # A finished job frees its key for a new one.
+    await app.cancel(ids[0])
+    again = await app.create("sync-user", unique_key="user:7")
+    assert again.id != ids[0]
+
+
+async def test_dependencies_block_until_their_parents_complete(app: App, db: Any) -> None:
+    parent = await app.create("extract")
+    child = await app.create("load", depends_on=parent.id)
+    assert child.status == "blocked"
+    assert child.depends_on == [parent.id]
+    db.execute("UPDATE jobs SET status = 'completed' WHERE id = %s", (parent.id,))
+    assert (await app.create("report", depends_on=[parent.id])).status == "pending"
+    # A dependency on a job of the same batch.
+    extract = app.build("extract")
+    load = app.build("load", depends_on=[extract.id])
+    await app.create_many([extract, load])
+    assert (await app.get(load.id)).status == "blocked"
+    [free] = await app.create_many([{"type": "b", "options": {"dependsOn": []}}])
+    assert (await app.get(free)).status == "pending"  # an empty list is no dependency
+
+
+async def test_get_returns_the_history(app: App, db: Any) -> None:
+    job = await app.create("flaky")
+    db.execute(
+        "INSERT INTO job_failures (job_id, attempt_number, error_message, kind)"
+        " VALUES (%s, 1, 'boom', 'error')",
+        (job.id,),
+    )
+    db.execute(
+        "INSERT INTO job_results (job_id, result, duration_ms, attempt)"
+        " VALUES (%s, '{\"rows\": 3}', 12, 2)",
+        (job.id,),
+    )
+    fetched = await app.get(job.id)
+    assert [(f.attempt_number, f.error_message, f.kind) for f in fetched.failures] == [
+        (1, "boom", "error")
+    ]
+    assert fetched.result == {"rows": 3}
+    assert fetched.results[0].duration_ms == 12
+    as_dict = fetched.to_dict()
+    assert as_dict["result"] == {"rows": 3} and as_dict["priority_name"] == "normal"
+    json.dumps(as_dict)  # the API and CLI print this as it is
+
+
+async def test_cancel_of_a_running_job_is_a_request(app: App, db: Any) -> None:
+    job = await app.create("long")
+    db.execute("UPDATE jobs SET status = 'active', attempts = 1 WHERE id = %s", (job.id,))
+    cancelled = await app.cancel(job.id)
+    assert cancelled.status == "active"  # its worker stops it and records the outcome
+    assert cancelled.cancel_requested_at is not None
+    delayed = await app.create("later", delay=60_000)
+    assert (await app.cancel(delayed.id)).status == "cancelled"
+
+
+async def test_retry_grants_a_fresh_budget(app: App, db: Any) -> None:
+    job = await app.create("flaky", attempts=3)
+    db.execute(
+        "UPDATE jobs SET status = 'failed', attempts = 3, completed_at = now() WHERE id = %s",
+        (job.id,),
+    )
+    retried = await app.retry(job.id)
+    assert (retried.status, retried.attempts, retried.max_attempts) == ("pending", 3, 6)
+    assert retried.completed_at is None
+
+
+async def test_a_frozen_clock_decides_creation_and_delay(db_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from conftest import make_settings
+
+    from pgjobs.clock import FrozenClock
+
+    clock = FrozenClock(datetime(2030, 1, 1, 9, 0, tzinfo=UTC))
+    async with App(make_settings(db_url), clock=clock) as frozen:
+        job = await frozen.create("t", delay=1500)
+        assert (job.created_at, job.run_at) == (
+            clock.now(),
+            clock.now() + timedelta(milliseconds=1500),
+        )
+        ids = await frozen.create_many([{"type": "t"}] * 100)  # INSERT path under a frozen clock
+        stored = await frozen.get(ids[-1])
+        assert (stored.created_at, stored.run_at, stored.status) == (
+            clock.now(),
+            clock.now(),
+            "pending",
+        )
