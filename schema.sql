@@ -210,6 +210,10 @@ LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pgjobs_notify_queues(ARRAY(SELECT DISTINCT queue FROM new_jobs
                                        WHERE status = 'pending'));
+    -- Delayed jobs wake the stager, which may need to run earlier than it planned.
+    IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'delayed') THEN
+        PERFORM pg_notify('pgjobs_delayed', '');
+    END IF;
     RETURN NULL;
 END $$;
 

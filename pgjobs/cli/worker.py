@@ -1,9 +1,183 @@
-"""`pgjobs` commands: worker."""
+"""`pgjobs worker`: run worker processes."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
 import click
+
+from pgjobs.config import Settings
+
+
+def load_app(spec: str | None, settings: Settings) -> Any:
+    """`package.module:attribute` -> the App it names (a plain App when None)."""
+    from pgjobs.app import App
+
+    if not spec:
+        return App(settings)
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise click.UsageError(f"--app must look like package.module:app (got {spec!r})")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.UsageError(f"cannot import {module_name!r} for --app: {exc}") from None
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise click.UsageError(f"{spec!r} is not a pgjobs.App")
+    # The process's settings (environment, .env, flags) win over import-time ones.
+    app.settings = settings
+    return app
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def serve(
+    app: Any, queues: list[str], concurrency: int, grace: float, maintenance: bool
+) -> None:
+    """Run one worker until SIGTERM/SIGINT; a second signal exits at once."""
+    worker = app.worker(queues, concurrency, grace=grace, maintenance=maintenance)
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            logging.getLogger("pgjobs.worker").warning("second signal: exiting now")
+            os._exit(1)
+        logging.getLogger("pgjobs.worker").info("stopping: finishing running jobs")
+        stopping.append(loop.create_task(worker.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await worker.run()
+    await app.close()
+
+
+def supervise(argv: list[str], processes: int) -> int:
+    """Run `processes` single-process workers and restart any that crash."""
+    log = logging.getLogger("pgjobs.supervisor")
+    command = [sys.executable, "-m", "pgjobs", *argv, "--processes", "1"]
+    children = {i: subprocess.Popen(command) for i in range(processes)}
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            for child in children.values():
+                child.kill()
+            os._exit(1)
+        stopping = True
+        for child in children.values():
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        for index, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            if stopping:
+                children.pop(index)
+                continue
+            log.warning("worker process %d exited with %s; restarting", child.pid, code)
+            time.sleep(0.5)
+            children[index] = subprocess.Popen(command)
+        if stopping and not children:
+            return 0
+        time.sleep(0.2)
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to `group`."""
+    @group.command()
+    @click.argument("queues", nargs=-1)
+    @click.option(
+        "--app",
+        "app_spec",
+        default=None,
+        envvar="JOBS_APP",
+        help="Handlers to load, as package.module:app (default JOBS_APP).",
+    )
+    @click.option(
+        "--concurrency",
+        "-c",
+        type=click.IntRange(1, 10_000),
+        default=None,
+        help="Jobs in flight per process (default JOBS_DEFAULT_CONCURRENCY).",
+    )
+    @click.option(
+        "--processes",
+        "-p",
+        type=click.IntRange(1, 256),
+        default=1,
+        show_default=True,
+        help="Worker processes, restarted if they crash.",
+    )
+    @click.option(
+        "--grace",
+        type=click.FloatRange(0),
+        default=None,
+        help="Seconds to let running jobs finish on shutdown (default JOBS_SHUTDOWN_GRACE).",
+    )
+    @click.option(
+        "--no-maintenance",
+        is_flag=True,
+        help="Do not take part in staging, rescue, pruning and cron.",
+    )
+    @click.pass_context
+    def worker(
+        ctx: click.Context,
+        queues: tuple[str, ...],
+        app_spec: str | None,
+        concurrency: int | None,
+        processes: int,
+        grace: float | None,
+        no_maintenance: bool,
+    ) -> None:
+        """Process jobs from QUEUES (default: default) until SIGTERM/SIGINT.
+
+        The first signal stops claiming and lets running jobs finish for the grace
+        period; unfinished ones go back to the queue. A second signal exits at once.
+        """
+        from pgjobs.cli import handle_errors, settings_from
+        from pgjobs.options import validate_queue
+
+        settings = settings_from(ctx)
+        configure_logging(settings.log_level)
+
+        @handle_errors
+        def start() -> None:
+            names = [validate_queue(q) for q in queues] or ["default"]
+            if processes > 1:
+                sys.exit(supervise(sys.argv[1:], processes))
+            app = load_app(app_spec, settings)
+            grace_s = settings.shutdown_grace_ms / 1000 if grace is None else grace
+            asyncio.run(
+                serve(
+                    app,
+                    names,
+                    concurrency or settings.default_concurrency,
+                    grace_s,
+                    not no_maintenance,
+                )
+            )
+
+        start()

@@ -1,0 +1,148 @@
+"""Batched, fenced recording of run outcomes.
+
+Outcomes are buffered and written in one `finish_runs` statement per batch: when the
+batch is full or a few milliseconds after its first outcome, whichever comes first.
+If PostgreSQL is unreachable the outcomes stay buffered and are retried: the fence in
+the statement makes a retry after an ambiguous failure harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from pgjobs.backoff import ReconnectDelay
+from pgjobs.clock import Clock
+from pgjobs.queries import query
+
+OutcomeKind = Literal["completed", "retry", "failed", "snooze", "cancelled", "release"]
+
+log = logging.getLogger("pgjobs.worker")
+
+
+@dataclass(slots=True)
+class Outcome:
+    job_id: UUID
+    attempt: int
+    kind: OutcomeKind
+    result_json: str | None = None
+    duration_ms: int | None = None
+    message: str | None = None
+    stack: str | None = None
+    failure_kind: str = "error"
+    delay_ms: int = 0
+
+
+class Completer:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        clock: Clock,
+        worker_id: UUID,
+        *,
+        max_batch: int = 500,
+        max_wait: float = 0.002,
+    ) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._worker_id = worker_id
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        self._buffer: list[Outcome] = []
+        self._has_items = asyncio.Event()
+        self._flushed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.recorded = 0
+        self.stale = 0
+
+    @property
+    def backlog(self) -> int:
+        return len(self._buffer)
+
+    def add(self, outcome: Outcome) -> None:
+        self._buffer.append(outcome)
+        self._has_items.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pgjobs-completer")
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Flush what is buffered (retrying for up to `timeout` s), then stop."""
+        self._closing = True
+        self._has_items.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout)
+            except TimeoutError:
+                log.error("could not record %d outcomes before stopping", len(self._buffer))
+                self._task.cancel()
+
+    async def _run(self) -> None:
+        delay = ReconnectDelay()
+        while True:
+            await self._has_items.wait()
+            if not self._buffer:
+                self._has_items.clear()
+                if self._closing:
+                    return
+                continue
+            if len(self._buffer) < self._max_batch and not self._closing:
+                # Let outcomes that finish in the same few milliseconds share the trip.
+                await asyncio.sleep(self._max_wait)
+            batch = self._buffer[: self._max_batch]
+            try:
+                await self._write(batch)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("recording %d outcomes failed (%s); retrying", len(batch), exc)
+                await asyncio.sleep(delay.next())
+                continue
+            delay.reset()
+            del self._buffer[: len(batch)]
+            async with self._flushed:
+                self._flushed.notify_all()
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._has_items.clear()
+
+    async def _write(self, batch: list[Outcome]) -> None:
+        params: dict[str, Any] = {
+            "now": self._clock.sql_now(),
+            "worker": self._worker_id,
+            "ids": [o.job_id for o in batch],
+            "attempts": [o.attempt for o in batch],
+            "outcomes": [o.kind for o in batch],
+            "results": [o.result_json for o in batch],
+            "durations": [o.duration_ms for o in batch],
+            "messages": [o.message for o in batch],
+            "stacks": [o.stack for o in batch],
+            "kinds": [o.failure_kind for o in batch],
+            "delays": [o.delay_ms for o in batch],
+        }
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("finish_runs"), params)
+            applied = {row["id"] for row in await cur.fetchall()}
+        self.recorded += len(applied)
+        for outcome in batch:
+            if outcome.job_id not in applied:
+                self.stale += 1
+                log.warning(
+                    "stale run discarded id=%s attempt=%d outcome=%s (the job was rescued, "
+                    "cancelled or finished elsewhere)",
+                    outcome.job_id,
+                    outcome.attempt,
+                    outcome.kind,
+                )
+
+    async def wait_flushed(self) -> None:
+        """Return once everything added so far has been written (tests, drain)."""
+        async with self._flushed:
+            await self._flushed.wait_for(lambda: not self._buffer)

@@ -1,0 +1,210 @@
+"""Running one claimed job: call its handler under a timeout and classify the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pgjobs.app import HandlerSpec
+from pgjobs.backoff import retry_delay_ms
+from pgjobs.completer import Outcome
+from pgjobs.config import Settings
+from pgjobs.context import JobContext
+from pgjobs.errors import Discard, RetryIn
+
+MAX_MESSAGE = 4000
+MAX_STACK = 64_000
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    id: UUID
+    type: str
+    queue: str
+    payload: Any
+    priority: int
+    attempts: int
+    max_attempts: int
+    timeout_ms: int
+    backoff: dict[str, Any] | None
+    created_at: datetime
+    depends_on: list[UUID] | None
+    cancel_requested_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ClaimedJob:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+class NoHandler(Exception):
+    """The worker has no handler for the job's type (another worker may)."""
+
+
+class Abandoned(Exception):
+    """The run was given up (cancelled by an operator or by shutdown)."""
+
+
+class ThreadRunner:
+    """Runs plain `def` handlers in threads.
+
+    A thread cannot be killed: a timed-out sync handler is abandoned and keeps its thread
+    until it returns by itself. When too many threads are stuck like that, the pool is
+    replaced, so new jobs never wait behind them.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pool = self._new_pool()
+        self._abandoned = 0
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self._size, thread_name_prefix="pgjobs-handler")
+
+    async def run(self, func: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, func)
+
+    def abandoned(self) -> None:
+        self._abandoned += 1
+        if self._abandoned >= max(1, self._size // 2):
+            self._pool.shutdown(wait=False)
+            self._pool = self._new_pool()
+            self._abandoned = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:MAX_MESSAGE]
+
+
+def stack_of(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))[-MAX_STACK:]
+
+
+class Execution:
+    """One run: calls the handler and turns whatever happens into an Outcome."""
+
+    def __init__(
+        self,
+        job: ClaimedJob,
+        spec: HandlerSpec | None,
+        ctx: JobContext,
+        settings: Settings,
+        threads: ThreadRunner,
+    ) -> None:
+        self.job = job
+        self.spec = spec
+        self.ctx = ctx
+        self.settings = settings
+        self.threads = threads
+        self.cancel_requested = False  # by an operator
+        self.released = False  # by shutdown
+        self._started = time.monotonic()
+        self._deadline: asyncio.Timeout | None = None
+
+    @property
+    def elapsed_ms(self) -> int:
+        return round((time.monotonic() - self._started) * 1000)
+
+    async def run(self) -> Outcome:
+        job = self.job
+        try:
+            result = await self._call()
+        except TimeoutError as exc:
+            if self._deadline is None or not self._deadline.expired():
+                return self._failure(exc)  # the handler's own timeout, not the job's
+            self.ctx.mark_cancelled()
+            if self.spec is not None and not self.spec.is_async:
+                self.threads.abandoned()
+            timeout = TimeoutError(f"job exceeded {job.timeout_ms} ms")
+            timeout.__cause__ = exc
+            return self._failure(timeout, kind="timeout")
+        except asyncio.CancelledError:
+            self.ctx.mark_cancelled()
+            if self.spec is not None and not self.spec.is_async:
+                self.threads.abandoned()
+            if self.released:
+                return Outcome(job.id, job.attempts, "release")
+            if self.cancel_requested:
+                return Outcome(job.id, job.attempts, "cancelled", message="cancelled")
+            raise
+        except Discard as exc:
+            return self._failure(exc, kind="discarded", final=True)
+        except RetryIn as exc:
+            return Outcome(
+                job.id,
+                job.attempts,
+                "snooze",
+                delay_ms=round(exc.seconds * 1000),
+                message=exc.reason or None,
+            )
+        except Exception as exc:
+            return self._failure(exc, kind="no_handler" if isinstance(exc, NoHandler) else "error")
+        if self.ctx.completed_in_transaction:
+            # Already recorded by the handler's own transaction; nothing left to write.
+            return Outcome(job.id, job.attempts, "completed", duration_ms=self.elapsed_ms)
+        try:
+            encoded = json.dumps(result, ensure_ascii=False, allow_nan=False, default=_default)
+        except (TypeError, ValueError) as exc:
+            return self._failure(TypeError(f"result is not JSON-serializable: {exc}"))
+        return Outcome(
+            job.id, job.attempts, "completed", result_json=encoded, duration_ms=self.elapsed_ms
+        )
+
+    async def _call(self) -> Any:
+        spec, job, ctx = self.spec, self.job, self.ctx
+        if spec is None:
+            raise NoHandler(f"no handler registered for job type {job.type!r}")
+        async with asyncio.timeout(job.timeout_ms / 1000) as self._deadline:
+            if spec.is_async:
+                return await spec.func(ctx, job.payload)
+            return await self.threads.run(_bind(spec.func, ctx, job.payload))
+
+    def _failure(self, exc: BaseException, *, kind: str = "error", final: bool = False) -> Outcome:
+        job = self.job
+        last = final or job.attempts >= job.max_attempts
+        delay = 0
+        if not last:
+            delay = retry_delay_ms(
+                job.backoff,
+                job.attempts,
+                default_delay_ms=self.settings.retry_delay_ms,
+                cap_ms=self.settings.backoff_max_ms,
+            )
+        return Outcome(
+            job.id,
+            job.attempts,
+            "failed" if last else "retry",
+            message=describe(exc),
+            stack=stack_of(exc),
+            failure_kind=kind,
+            delay_ms=delay,
+        )
+
+
+def _bind(
+    func: Callable[[JobContext, Any], Any], ctx: JobContext, payload: Any
+) -> Callable[[], Any]:
+    def call() -> Any:
+        threading.current_thread().name = f"pgjobs-handler:{ctx.type}"
+        return func(ctx, payload)
+
+    return call
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, UUID | datetime):
+        return str(value) if isinstance(value, UUID) else value.isoformat()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

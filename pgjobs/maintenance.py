@@ -1,0 +1,211 @@
+"""Leader-elected maintenance: stage delayed jobs, rescue stalled ones, prune old ones,
+and whatever other tasks are registered (cron fires).
+
+Every worker runs these loops, but a round only acts while holding its task's
+transaction-scoped advisory lock, taken at the start of the round's transaction: one
+worker acts at a time, and a leader that dies mid-round releases the lock with its
+connection. A task says how long until it wants to run again; the loop sleeps that long
+(capped, so settings changes and missed wake-ups are noticed) or until poked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from pgjobs.backoff import ReconnectDelay
+from pgjobs.clock import Clock
+from pgjobs.queries import query
+
+if TYPE_CHECKING:
+    from pgjobs.app import App
+
+log = logging.getLogger("pgjobs.maintenance")
+
+STAGE_BATCH = 5000
+PRUNE_BATCH = 2000
+
+
+class MaintenanceTask(Protocol):
+    name: str
+    lock_key: int
+
+    async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
+        """One round inside `conn`'s open transaction, holding the leader lock.
+
+        Returns the number of seconds until the next round is wanted."""
+        ...
+
+
+def seconds_until(when: datetime | None, now: datetime, default: float) -> float:
+    if when is None:
+        return default
+    return max(0.0, (when - now).total_seconds())
+
+
+class Stager:
+    """delayed -> pending when run_at comes; sleeps until the earliest run_at."""
+
+    name = "stage"
+    lock_key = 7423510101
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+
+    async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                query("stage_due_jobs"), {"now": clock.sql_now(), "limit": STAGE_BATCH}
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        if row["staged"]:
+            log.debug("staged %d delayed jobs", row["staged"])
+        if row["staged"] >= STAGE_BATCH:
+            return 0.0
+        return seconds_until(row["next_run_at"], row["now"], self.idle)
+
+
+class Rescuer:
+    """Returns the jobs of workers that lost their lease to pending (or failed)."""
+
+    name = "rescue"
+    lock_key = 7423510102
+
+    def __init__(self, interval: float, lock_ms: int, max_stalled: int) -> None:
+        self.interval = interval
+        self.lock_ms = lock_ms
+        self.max_stalled = max_stalled
+
+    async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                query("rescue_stalled_jobs"),
+                {"now": clock.sql_now(), "lock_ms": self.lock_ms, "max_stalled": self.max_stalled},
+            )
+            row = await cur.fetchone()
+        if row and (row["requeued"] or row["failed"]):
+            log.warning(
+                "rescued stalled jobs: %d back to pending, %d failed after too many stalls",
+                row["requeued"],
+                row["failed"],
+            )
+        return self.interval
+
+
+class Pruner:
+    """Deletes finished jobs older than JOBS_CLEAN_COMPLETED_AFTER / _FAILED_AFTER."""
+
+    name = "prune"
+    lock_key = 7423510103
+
+    def __init__(self, interval: float, completed_ms: int, failed_ms: int) -> None:
+        self.interval = interval
+        self.completed_ms = completed_ms
+        self.failed_ms = failed_ms
+
+    async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                query("prune_finished_jobs"),
+                {
+                    "now": clock.sql_now(),
+                    "completed_ms": self.completed_ms,
+                    "failed_ms": self.failed_ms,
+                    "limit": PRUNE_BATCH,
+                },
+            )
+            deleted = cur.rowcount
+        if deleted:
+            log.info("pruned %d finished jobs", deleted)
+        # A full batch means more are waiting: come back at once, in a new transaction.
+        return 0.0 if deleted >= PRUNE_BATCH else self.interval
+
+
+def default_tasks(app: App) -> list[MaintenanceTask]:
+    s = app.settings
+    tasks: list[MaintenanceTask] = [
+        Stager(idle=s.poll_interval_ms / 1000),
+        Rescuer(s.stalled_interval_ms / 1000, s.lock_duration_ms, s.max_stalled_count),
+        Pruner(60.0, s.clean_completed_after_ms, s.clean_failed_after_ms),
+    ]
+    return tasks
+
+
+async def run_round(
+    conn: psycopg.AsyncConnection[Any], task: MaintenanceTask, clock: Clock
+) -> float | None:
+    """One round of `task` if this connection wins its lock; None if another leads."""
+    async with conn.transaction():
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("try_leader_lock"), {"key": task.lock_key})
+            row = await cur.fetchone()
+        if not row or not row["acquired"]:
+            return None
+        return await task.run(conn, clock)
+
+
+class Maintenance:
+    """Runs each task in its own loop on the worker's pool."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        clock: Clock,
+        tasks: list[MaintenanceTask],
+        *,
+        max_sleep: float,
+    ) -> None:
+        self._pool = pool
+        self._clock = clock
+        self.tasks = tasks
+        self._max_sleep = max_sleep
+        self._pokes = {task.name: asyncio.Event() for task in tasks}
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._loop(task), name=f"pgjobs-maint-{task.name}")
+            for task in self.tasks
+        ]
+
+    def poke(self, name: str) -> None:
+        """Run task `name` now instead of at its planned time."""
+        event = self._pokes.get(name)
+        if event is not None:
+            event.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+
+    async def _loop(self, task: MaintenanceTask) -> None:
+        delay = ReconnectDelay(0.5, 10.0)
+        poke = self._pokes[task.name]
+        while not self._stopping:
+            poke.clear()
+            try:
+                async with self._pool.connection() as conn:
+                    wanted = await run_round(conn, task, self._clock)
+                delay.reset()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("maintenance %s failed (%s); retrying", task.name, exc)
+                wanted = delay.next()
+            except Exception:
+                # Log-and-continue: a bug in one round must not stop maintenance.
+                log.exception("maintenance %s crashed; retrying", task.name)
+                wanted = delay.next()
+            sleep = self._max_sleep if wanted is None else min(wanted, self._max_sleep)
+            if sleep > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(poke.wait(), sleep)

@@ -1,0 +1,96 @@
+-- Leader-elected maintenance (maintenance.py). Each round runs in one transaction that
+-- first takes its task's transaction-scoped advisory lock, so one worker acts at a time
+-- and a crashed leader can never keep the lock.
+
+-- name: try_leader_lock
+SELECT pg_try_advisory_xact_lock(%(key)s) AS acquired;
+
+-- name: stage_due_jobs
+-- delayed -> pending for every job whose run_at has come, in bounded batches. Also
+-- returns when the next delayed job is due, so the stager can sleep exactly that long.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+due AS (
+    SELECT j.id
+    FROM jobs j, clock c
+    WHERE j.status = 'delayed' AND j.run_at <= c.now
+    ORDER BY j.run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+staged AS (
+    UPDATE jobs j SET status = 'pending'
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.queue
+),
+wake AS (SELECT pgjobs_notify_queues(array_agg(queue)) FROM staged)
+SELECT (SELECT count(*) FROM staged) AS staged,
+       (SELECT min(j.run_at) FROM jobs j, clock c
+        WHERE j.status = 'delayed' AND j.run_at > c.now) AS next_run_at,
+       (SELECT c.now FROM clock c) AS now
+FROM (SELECT count(*) FROM wake) w;
+
+-- name: rescue_stalled_jobs
+-- Jobs held by a worker that stopped heartbeating (or whose worker row is gone) go back
+-- to pending with a 'stalled' failure row, or fail for good once they stalled more than
+-- max_stalled times or have no attempts left. The dead workers' rows are removed; a
+-- worker that was only frozen re-registers with its next heartbeat, and the fence
+-- rejects whatever its old runs try to record.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+dead AS (
+    SELECT w.id FROM job_workers w, clock c
+    WHERE w.last_heartbeat_at < c.now - %(lock_ms)s * interval '1 millisecond'
+),
+stalled AS (
+    SELECT j.id, j.worker_id
+    FROM jobs j, clock c
+    WHERE j.status = 'active'
+      AND (j.worker_id IN (SELECT id FROM dead)
+           OR NOT EXISTS (SELECT 1 FROM job_workers w WHERE w.id = j.worker_id))
+      AND j.started_at < c.now - %(lock_ms)s * interval '1 millisecond'
+    FOR UPDATE OF j SKIP LOCKED
+),
+rescued AS (
+    UPDATE jobs j
+    SET stalled_count = j.stalled_count + 1,
+        status = CASE WHEN j.stalled_count + 1 > %(max_stalled)s OR j.attempts >= j.max_attempts
+                      THEN 'failed' ELSE 'pending' END,
+        completed_at = CASE WHEN j.stalled_count + 1 > %(max_stalled)s
+                                 OR j.attempts >= j.max_attempts
+                            THEN c.now END,
+        last_error = 'stalled: worker ' || coalesce(s.worker_id::text, 'unknown')
+                     || ' lost its lease',
+        worker_id = NULL
+    FROM stalled s, clock c
+    WHERE j.id = s.id
+    RETURNING j.id, j.queue, j.status, j.attempts, j.last_error, s.worker_id AS old_worker
+),
+failures AS (
+    INSERT INTO job_failures (job_id, attempt_number, error_message, failed_at, kind, worker_id)
+    SELECT r.id, r.attempts, r.last_error, c.now, 'stalled', r.old_worker
+    FROM rescued r CROSS JOIN clock c
+),
+removed AS (DELETE FROM job_workers w USING dead d WHERE w.id = d.id),
+wake AS (SELECT pgjobs_notify_queues(array_agg(queue) FILTER (WHERE status = 'pending'))
+         FROM rescued)
+SELECT count(*) FILTER (WHERE r.status = 'pending') AS requeued,
+       count(*) FILTER (WHERE r.status = 'failed') AS failed
+FROM (SELECT count(*) FROM wake) w
+LEFT JOIN rescued r ON true;
+
+-- name: prune_finished_jobs
+-- Deletes finished jobs past their retention in bounded batches (results and failures
+-- go with them by cascade), so pruning never holds long locks on the hot table.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+doomed AS (
+    SELECT j.id
+    FROM jobs j, clock c
+    WHERE j.status IN ('completed', 'failed', 'cancelled')
+      AND j.completed_at < c.now - least(%(completed_ms)s, %(failed_ms)s) * interval '1 millisecond'
+      AND j.completed_at < c.now - CASE WHEN j.status = 'completed' THEN %(completed_ms)s
+                                        ELSE %(failed_ms)s END * interval '1 millisecond'
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+)
+DELETE FROM jobs j USING doomed d WHERE j.id = d.id
+RETURNING j.status;

@@ -1,0 +1,170 @@
+-- The worker's hot path: claim, finish, progress, heartbeats (worker.py, completer.py).
+
+-- name: claim_jobs
+-- Claims up to %(limit)s pending jobs of the asked queues in one statement.
+-- Each queue is read through its own LATERAL subquery so every read is an ordered scan
+-- of the partial claim index (queue, priority, run_at, id) that stops after LIMIT rows;
+-- a single `queue = ANY(...)` would have to sort every pending row of all the queues.
+-- The picking is a CTE so the planner cannot update more rows than the LIMIT (the
+-- UPDATE joins the already-limited set). Paused queues are skipped here, so a pause
+-- takes effect on the next claim of every worker.
+-- Claiming increments attempts: (id, attempts) is the run's fence token.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+candidates AS (
+    SELECT c.id, c.priority, c.run_at
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at
+        FROM jobs j
+        WHERE j.status = 'pending' AND j.queue = q.name
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)
+),
+picked AS (
+    SELECT id FROM candidates ORDER BY priority, run_at, id LIMIT %(limit)s
+)
+UPDATE jobs j
+SET status = 'active',
+    attempts = j.attempts + 1,
+    started_at = c.now,
+    worker_id = %(worker)s,
+    progress = 0,
+    progress_message = NULL
+FROM picked, clock c
+WHERE j.id = picked.id
+RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
+          j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at;
+
+-- name: finish_runs
+-- Records the outcomes of many runs in one round trip. Every row is fenced on the run
+-- token: a run that was rescued, cancelled or already recorded matches nothing, so its
+-- late outcome is dropped and nothing is ever recorded twice. The rows returned are the
+-- ones that applied.
+--   completed  -> completed + a job_results row
+--   retry      -> delayed (or pending when the backoff is 0) + a job_failures row
+--   failed     -> failed for good + a job_failures row
+--   snooze     -> delayed, and the attempt is given back (RetryIn)
+--   cancelled  -> cancelled (the cancel came from an operator)
+--   release    -> pending, the attempt given back (graceful shutdown)
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+input AS (
+    SELECT *
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(outcomes)s::text[],
+                %(results)s::jsonb[], %(durations)s::int[], %(messages)s::text[],
+                %(stacks)s::text[], %(kinds)s::text[], %(delays)s::bigint[])
+        AS t(id, attempt, outcome, result, duration_ms, message, stack, kind, delay_ms)
+),
+finished AS (
+    UPDATE jobs j
+    SET status = CASE
+            WHEN i.outcome IN ('completed', 'failed', 'cancelled') THEN i.outcome
+            WHEN i.outcome = 'release' THEN 'pending'
+            WHEN i.delay_ms > 0 THEN 'delayed'
+            ELSE 'pending' END,
+        run_at = CASE WHEN i.outcome IN ('retry', 'snooze')
+                      THEN c.now + i.delay_ms * interval '1 millisecond'
+                      ELSE j.run_at END,
+        completed_at = CASE WHEN i.outcome IN ('completed', 'failed', 'cancelled')
+                            THEN c.now END,
+        attempts = CASE WHEN i.outcome IN ('snooze', 'release')
+                        THEN j.attempts - 1 ELSE j.attempts END,
+        progress = CASE WHEN i.outcome = 'completed' THEN 100 ELSE j.progress END,
+        last_error = CASE WHEN i.outcome IN ('retry', 'failed') THEN i.message
+                          ELSE j.last_error END,
+        worker_id = NULL
+    FROM input i, clock c
+    WHERE j.id = i.id AND j.status = 'active' AND j.attempts = i.attempt
+    RETURNING j.id, j.queue, j.status, j.run_at, i.outcome
+),
+results AS (
+    INSERT INTO job_results (job_id, result, duration_ms, completed_at, attempt)
+    SELECT i.id, i.result, i.duration_ms, c.now, i.attempt
+    FROM finished f JOIN input i ON i.id = f.id CROSS JOIN clock c
+    WHERE f.outcome = 'completed'
+),
+failures AS (
+    INSERT INTO job_failures (job_id, attempt_number, error_message, error_stack, failed_at,
+                              kind, worker_id)
+    SELECT i.id, i.attempt, i.message, i.stack, c.now, i.kind, %(worker)s
+    FROM finished f JOIN input i ON i.id = f.id CROSS JOIN clock c
+    WHERE f.outcome IN ('retry', 'failed')
+),
+wake AS (
+    SELECT pgjobs_notify_queues(array_agg(f.queue) FILTER (WHERE f.status = 'pending')),
+           CASE WHEN bool_or(f.status = 'delayed') THEN pg_notify('pgjobs_delayed', '') END
+    FROM finished f
+)
+SELECT f.id, f.status, f.outcome
+FROM finished f
+CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
+
+-- name: complete_in_transaction
+-- ctx.complete_in(conn): completes the job inside the handler's own transaction, fenced
+-- like finish_runs, so its effects and its completion commit or roll back together.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+finished AS (
+    UPDATE jobs j
+    SET status = 'completed', completed_at = c.now, progress = 100, worker_id = NULL
+    FROM clock c
+    WHERE j.id = %(id)s AND j.status = 'active' AND j.attempts = %(attempt)s
+    RETURNING j.id
+),
+results AS (
+    INSERT INTO job_results (job_id, result, duration_ms, completed_at, attempt)
+    SELECT f.id, %(result)s::jsonb, %(duration_ms)s, c.now, %(attempt)s
+    FROM finished f CROSS JOIN clock c
+)
+SELECT id FROM finished;
+
+-- name: update_progress
+UPDATE jobs
+SET progress = %(progress)s, progress_message = %(message)s
+WHERE id = %(id)s AND status = 'active' AND attempts = %(attempt)s;
+
+-- name: parent_results
+SELECT r.job_id, r.result
+FROM job_results r
+WHERE r.job_id = ANY (%(ids)s::uuid[])
+ORDER BY r.completed_at;
+
+-- name: heartbeat_worker
+-- An upsert: a worker that was declared dead (and whose jobs were rescued) and then
+-- comes back re-registers; its old runs stay fenced out. Returns the jobs of this
+-- worker that an operator asked to cancel, in case their NOTIFY was missed.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+beat AS (
+    INSERT INTO job_workers (id, hostname, pid, queues, concurrency, version, started_at,
+                             last_heartbeat_at, in_flight, processed, stopping)
+    SELECT %(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(version)s, c.now,
+           c.now, %(in_flight)s, %(processed)s, %(stopping)s
+    FROM clock c
+    ON CONFLICT (id) DO UPDATE
+    SET last_heartbeat_at = EXCLUDED.last_heartbeat_at,
+        in_flight = EXCLUDED.in_flight,
+        processed = EXCLUDED.processed,
+        stopping = EXCLUDED.stopping
+    RETURNING id
+)
+SELECT j.id
+FROM jobs j
+WHERE j.worker_id = %(id)s AND j.status = 'active' AND j.cancel_requested_at IS NOT NULL
+  AND EXISTS (SELECT 1 FROM beat);
+
+-- name: deregister_worker
+-- A worker that stops cleanly gives back whatever it still holds (its runs are over or
+-- abandoned) without using up an attempt, then removes its row.
+WITH released AS (
+    UPDATE jobs
+    SET status = 'pending', attempts = attempts - 1, worker_id = NULL
+    WHERE worker_id = %(id)s AND status = 'active'
+    RETURNING queue
+),
+removed AS (DELETE FROM job_workers WHERE id = %(id)s),
+wake AS (SELECT pgjobs_notify_queues(array_agg(queue)) FROM released)
+SELECT count(*) AS released FROM released CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
+
+-- name: listen_channels
+LISTEN pgjobs_jobs; LISTEN pgjobs_cancel; LISTEN pgjobs_delayed;

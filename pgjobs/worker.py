@@ -1,0 +1,515 @@
+"""The worker: claims jobs into free slots, runs them, records outcomes, keeps its lease.
+
+One worker is one asyncio loop with `concurrency` slots. The fetch loop claims at most
+as many jobs as there are free slots, in one statement; each job runs as a task; the
+completer records outcomes in batches; a heartbeat keeps the worker's lease; the
+listener turns NOTIFYs into immediate claims (a jittered poll runs underneath); the
+maintenance loops stage, rescue and prune while holding their leader locks.
+
+Shutdown: stop claiming, let running jobs finish for up to the grace period, then give
+the rest back (pending, attempt not used), record everything, deregister.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from pgjobs import __version__
+from pgjobs.backoff import ReconnectDelay
+from pgjobs.completer import Completer, Outcome
+from pgjobs.context import JobContext
+from pgjobs.db import make_pool
+from pgjobs.errors import StaleRun, ValidationError
+from pgjobs.executor import ClaimedJob, Execution, ThreadRunner
+from pgjobs.ids import uuid7
+from pgjobs.maintenance import Maintenance, MaintenanceTask, Stager, default_tasks, run_round
+from pgjobs.options import validate_queue
+from pgjobs.queries import query
+from pgjobs.wakeup import Listener
+
+if TYPE_CHECKING:
+    from pgjobs.app import App
+
+log = logging.getLogger("pgjobs.worker")
+
+PROGRESS_MIN_INTERVAL = 0.25  # seconds between progress writes of one run
+
+
+class Worker:
+    """A worker for `queues`. `async with app.worker(...)` runs it in the background;
+    `await worker.run()` runs it until `stop()` is called."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int | None = None,
+        maintenance: bool = True,
+        listen: bool | None = None,
+        grace: float | None = None,
+        poll_interval: float | None = None,
+        tasks: list[MaintenanceTask] | None = None,
+        drain: bool = False,
+    ) -> None:
+        settings = app.settings
+        if not queues:
+            raise ValidationError("a worker needs at least one queue")
+        self.queues = [validate_queue(q) for q in dict.fromkeys(queues)]
+        self.concurrency = concurrency or settings.default_concurrency
+        if self.concurrency < 1:
+            raise ValidationError("concurrency must be at least 1")
+        self.app = app
+        self.settings = settings
+        self.clock = app.clock
+        self.id = uuid7()
+        self.name = f"{self.id.hex[-12:]}"
+        self.grace = settings.shutdown_grace_ms / 1000 if grace is None else grace
+        self.poll_interval = (
+            settings.poll_interval_ms / 1000 if poll_interval is None else poll_interval
+        )
+        self._drain = drain
+        self._listen = (settings.listen if listen is None else listen) and not drain
+        self._with_maintenance = maintenance and not drain
+        self._tasks = tasks
+        self.processed = 0
+        self._running: dict[UUID, tuple[asyncio.Task[None], Execution]] = {}
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._started = False
+        self._background: list[asyncio.Task[None]] = []
+        self._fetch_task: asyncio.Task[None] | None = None
+        self._pool: AsyncConnectionPool = make_pool(
+            settings.require_database_url(), "claim", self.name, min_size=2, max_size=6
+        )
+        self._completer = Completer(self._pool, self.clock, self.id)
+        self._threads = ThreadRunner(self.concurrency + 4)
+        self._listener: Listener | None = None
+        self._maintenance: Maintenance | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self._pool.open(wait=False)
+        await self._register()
+        self._completer.start()
+        if self._listen:
+            self._listener = Listener(
+                self.settings.require_database_url(),
+                self.name,
+                on_jobs=self._on_jobs,
+                on_cancel=self._on_cancel,
+                on_delayed=self._on_delayed,
+                on_reconnect=self._wake.set,
+            )
+            self._listener.start()
+        if self._with_maintenance:
+            tasks = self._tasks if self._tasks is not None else default_tasks(self.app)
+            self._maintenance = Maintenance(
+                self._pool, self.clock, tasks, max_sleep=self.poll_interval
+            )
+            self._maintenance.start()
+        self._background.append(asyncio.create_task(self._heartbeat_loop(), name="pgjobs-beat"))
+        self._fetch_task = asyncio.create_task(self._fetch_loop(), name="pgjobs-fetch")
+        log.info(
+            "worker %s started queues=%s concurrency=%d",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+        )
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stopped.wait()
+
+    async def wait_listening(self, timeout: float = 10.0) -> None:
+        """Return once the wake-up listener is connected (tests measure latency)."""
+        if self._listener is not None:
+            await asyncio.wait_for(self._listener.connected.wait(), timeout)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming, finish or give back running jobs, record, deregister."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self._wake.set()
+        self._slot_freed.set()
+        if self._fetch_task is not None:
+            await asyncio.gather(self._fetch_task, return_exceptions=True)
+        await self._finish_running(self.grace if grace is None else grace)
+        await self._completer.close()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._maintenance is not None:
+            await self._maintenance.stop()
+        if self._listener is not None:
+            await self._listener.stop()
+        await self._deregister()
+        self._threads.close()
+        await self._pool.close()
+        log.info("worker %s stopped after %d jobs", self.id, self.processed)
+        self._stopped.set()
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def until_idle(self) -> int:
+        """(drain mode) Wait until no due job is left, then stop; return jobs run."""
+        if self._fetch_task is not None:
+            await self._fetch_task
+        await self.stop()
+        return self.processed
+
+    # ---------------------------------------------------------------- claiming
+
+    async def _fetch_loop(self) -> None:
+        delay = ReconnectDelay()
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            if free <= 0 or self._completer.backlog > 10 * self.concurrency:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wake.clear()
+            try:
+                claimed = await self._claim(free)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("claiming failed (%s); retrying", exc)
+                await asyncio.sleep(delay.next())
+                continue
+            delay.reset()
+            for job in claimed:
+                self._launch(job)
+            if len(claimed) == free:
+                await asyncio.sleep(0)  # let finished runs free their slots first
+                continue
+            if self._drain:
+                if not await self._drain_should_continue(claimed):
+                    return
+                continue
+            await self._wait_for_work()
+
+    async def _drain_should_continue(self, claimed: list[ClaimedJob]) -> bool:
+        if claimed or self._running:
+            if not claimed:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            return True
+        # Nothing claimable and nothing running: record outcomes (a retry without
+        # backoff makes its job pending again), stage due delayed jobs, look once more.
+        await self._completer.wait_flushed()
+        async with self._pool.connection() as conn:
+            await run_round(conn, Stager(idle=0), self.clock)
+        again = await self._claim(self.concurrency)
+        for job in again:
+            self._launch(job)
+        return bool(again)
+
+    async def _wait_for_work(self) -> None:
+        """Sleep until a wake-up for our queues or the jittered poll, whichever first."""
+        timeout = self.poll_interval * random.uniform(0.9, 1.1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _claim(self, limit: int) -> list[ClaimedJob]:
+        started = time.perf_counter()
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                query("claim_jobs"),
+                {
+                    "now": self.clock.sql_now(),
+                    "queues": self.queues,
+                    "limit": limit,
+                    "worker": self.id,
+                },
+            )
+            rows = await cur.fetchall()
+        if rows and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "claimed %d jobs in %.1f ms", len(rows), (time.perf_counter() - started) * 1000
+            )
+        return [ClaimedJob.from_row(row) for row in rows]
+
+    # ---------------------------------------------------------------- running
+
+    def _launch(self, job: ClaimedJob) -> None:
+        handle = RunHandle(self, job)
+        ctx = JobContext(
+            id=job.id,
+            type=job.type,
+            queue=job.queue,
+            attempt=job.attempts,
+            max_attempts=job.max_attempts,
+            payload=job.payload,
+            priority=job.priority,
+            timeout_ms=job.timeout_ms,
+            created_at=job.created_at,
+            worker_id=self.id,
+            app=self.app,
+            logger=logging.getLogger(f"pgjobs.job.{job.type}"),
+            _control=handle,
+        )
+        execution = Execution(
+            job, self.app.handlers.get(job.type), ctx, self.settings, self._threads
+        )
+        task = asyncio.create_task(self._run(execution, handle), name=f"pgjobs-job-{job.id}")
+        self._running[job.id] = (task, execution)
+        if job.cancel_requested_at is not None:
+            self._on_cancel(job.id)
+
+    async def _run(self, execution: Execution, handle: RunHandle) -> None:
+        job = execution.job
+        try:
+            outcome = await execution.run()
+        except asyncio.CancelledError:
+            outcome = Outcome(job.id, job.attempts, "release")
+        except Exception as exc:  # a bug of ours, not the handler's: never lose the job
+            log.exception("internal error running job %s", job.id)
+            outcome = Outcome(job.id, job.attempts, "retry", message=repr(exc), delay_ms=1000)
+        finally:
+            handle.finish()
+            self._running.pop(job.id, None)
+            self._slot_freed.set()
+        if not execution.ctx.completed_in_transaction:
+            self._completer.add(outcome)
+        self.processed += 1
+        _log_outcome(job, outcome)
+
+    async def _finish_running(self, grace: float) -> None:
+        if not self._running:
+            return
+        tasks = [task for task, _ in self._running.values()]
+        _, unfinished = await asyncio.wait(tasks, timeout=grace)
+        for task, execution in list(self._running.values()):
+            if task in unfinished:
+                execution.released = True
+                execution.ctx.mark_cancelled()
+                task.cancel()
+        if unfinished:
+            log.warning("giving back %d unfinished jobs after the grace period", len(unfinished))
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    # ---------------------------------------------------------------- signals
+
+    def _on_jobs(self, queue: str) -> None:
+        if queue in self.queues:
+            self._wake.set()
+
+    def _on_delayed(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.poke("stage")
+
+    def _on_cancel(self, job_id: UUID) -> None:
+        running = self._running.get(job_id)
+        if running is None:
+            return
+        task, execution = running
+        if not execution.cancel_requested:
+            log.info("cancelling running job id=%s", job_id)
+            execution.cancel_requested = True
+            execution.ctx.mark_cancelled()
+            task.cancel()
+
+    # ---------------------------------------------------------------- lease
+
+    async def _register(self) -> None:
+        delay = ReconnectDelay()
+        while True:
+            try:
+                await self._heartbeat()
+                return
+            except (psycopg.Error, OSError) as exc:
+                if self._stopping:
+                    raise
+                log.warning("cannot register worker (%s); retrying", exc)
+                await asyncio.sleep(delay.next())
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("heartbeat failed (%s); will retry", exc)
+
+    async def _heartbeat(self) -> None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                query("heartbeat_worker"),
+                {
+                    "now": self.clock.sql_now(),
+                    "id": self.id,
+                    "hostname": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "queues": self.queues,
+                    "concurrency": self.concurrency,
+                    "version": __version__,
+                    "in_flight": len(self._running),
+                    "processed": self.processed,
+                    "stopping": self._stopping,
+                },
+            )
+            to_cancel = [row["id"] for row in await cur.fetchall()]
+        for job_id in to_cancel:
+            self._on_cancel(job_id)
+
+    async def _deregister(self) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(query("deregister_worker"), {"id": self.id})
+        except (psycopg.Error, OSError) as exc:
+            # The rescuer will give the jobs back once the lease expires.
+            log.warning("could not deregister worker %s (%s)", self.id, exc)
+
+    # ---------------------------------------------------------------- run support
+
+    async def write_progress(self, job: ClaimedJob, percent: int, message: str | None) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                query("update_progress"),
+                {"id": job.id, "attempt": job.attempts, "progress": percent, "message": message},
+            )
+
+    async def complete_in(
+        self,
+        job: ClaimedJob,
+        conn: psycopg.AsyncConnection[Any],
+        result_json: str,
+        duration_ms: int,
+    ) -> None:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                query("complete_in_transaction"),
+                {
+                    "now": self.clock.sql_now(),
+                    "id": job.id,
+                    "attempt": job.attempts,
+                    "result": result_json,
+                    "duration_ms": duration_ms,
+                },
+            )
+            if await cur.fetchone() is None:
+                raise StaleRun(f"run {job.attempts} of job {job.id} no longer owns the job")
+
+    async def parent_results(self, job: ClaimedJob) -> dict[str, Any]:
+        if not job.depends_on:
+            return {}
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("parent_results"), {"ids": job.depends_on})
+            return {str(row["job_id"]): row["result"] for row in await cur.fetchall()}
+
+
+class RunHandle:
+    """The worker side of one run (see context.RunControl): throttled, fenced progress
+    writes and in-transaction completion. After the run ends every call is a no-op, so
+    an abandoned handler thread cannot touch a later run of the same job."""
+
+    def __init__(self, worker: Worker, job: ClaimedJob) -> None:
+        self._worker = worker
+        self._job = job
+        self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        self._last_write = 0.0
+        self._pending: tuple[int, str | None] | None = None
+        self._flusher: asyncio.TimerHandle | None = None
+        self._finished = False
+
+    def finish(self) -> None:
+        self._finished = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+
+    async def write_progress(self, percent: int, message: str | None) -> None:
+        if self._finished:
+            return
+        now = time.monotonic()
+        if now - self._last_write >= PROGRESS_MIN_INTERVAL:
+            self._last_write = now
+            self._pending = None
+            await self._worker.write_progress(self._job, percent, message)
+            return
+        # Throttled: keep the latest value and write it when the interval is over.
+        self._pending = (percent, message)
+        if self._flusher is None:
+            wait = PROGRESS_MIN_INTERVAL - (now - self._last_write)
+            self._flusher = self._loop.call_later(wait, self._flush_pending)
+
+    def _flush_pending(self) -> None:
+        self._flusher = None
+        if self._pending is not None and not self._finished:
+            percent, message = self._pending
+            task = asyncio.ensure_future(self.write_progress(percent, message))
+            task.add_done_callback(_log_task_error)
+
+    def write_progress_threadsafe(self, percent: int, message: str | None) -> None:
+        def schedule() -> None:
+            asyncio.ensure_future(self.write_progress(percent, message)).add_done_callback(
+                _log_task_error
+            )
+
+        if not self._finished:
+            self._loop.call_soon_threadsafe(schedule)
+
+    async def complete_in(self, conn: psycopg.AsyncConnection[Any], result: Any) -> None:
+        import json
+
+        if self._finished:
+            raise StaleRun(f"the run of job {self._job.id} is over")
+        duration = round((time.monotonic() - self._started) * 1000)
+        await self._worker.complete_in(self._job, conn, json.dumps(result), duration)
+
+    async def parent_results(self) -> dict[str, Any]:
+        return await self._worker.parent_results(self._job)
+
+
+def _log_task_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("progress write failed: %s", task.exception())
+
+
+def _log_outcome(job: ClaimedJob, outcome: Outcome) -> None:
+    fields = (
+        f"id={job.id} type={job.type} queue={job.queue} attempt={job.attempts}/{job.max_attempts}"
+    )
+    if outcome.kind == "completed":
+        if log.isEnabledFor(logging.INFO):
+            log.info("job completed %s duration_ms=%s", fields, outcome.duration_ms)
+    elif outcome.kind == "retry":
+        log.warning(
+            "job failed, retrying %s in_ms=%d error=%r", fields, outcome.delay_ms, outcome.message
+        )
+    elif outcome.kind == "failed":
+        log.warning("job failed %s error=%r", fields, outcome.message)
+    else:
+        log.info("job %s %s", outcome.kind, fields)
+
+
+async def drain(app: App, queues: Sequence[str], concurrency: int | None = None) -> int:
+    worker = Worker(app, queues=queues, concurrency=concurrency, drain=True)
+    await worker.start()
+    return await worker.until_idle()
