@@ -303,7 +303,7 @@ def test_backoff_shapes() -> None:
         retry_delay_ms(None, 1, default_delay_ms=1000, cap_ms=3_600_000, rng=rng)
         for _ in range(500)
     ]
-    assert 900 <= min(samples) and max(samples) <= 1100
+    assert min(samples) >= 900 and max(samples) <= 1100
     assert retry_delay_ms(
         {"type": "exponential", "delay": 1000}, 2, default_delay_ms=0, cap_ms=10**9, rng=rng
     ) in range(1800, 2201)
