@@ -9,6 +9,9 @@ if TYPE_CHECKING:
 
 
 def handlers() -> dict[str, Handler]:
-    from pgjobs.types import send_email
+    from pgjobs.types import database_backup, send_email
 
-    return {send_email.TYPE: send_email.handle}
+    return {
+        send_email.TYPE: send_email.handle,
+        database_backup.TYPE: database_backup.handle,
+    }

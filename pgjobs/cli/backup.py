@@ -1,0 +1,40 @@
+"""`pgjobs backup-restore`: put a `database-backup` file back into a database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pgjobs.cli import handle_errors, settings_from
+
+
+def register(group: click.Group) -> None:
+    """Add this module's commands to `group`."""
+    group.add_command(backup_restore)
+
+
+@click.command("backup-restore")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--database",
+    "database_url",
+    required=True,
+    metavar="URL",
+    help="PostgreSQL URL of the database to restore into (usually a fresh, empty one).",
+)
+@click.option(
+    "--no-owner",
+    is_flag=True,
+    help="Custom-format backups: do not restore object ownership (restoring as another role).",
+)
+@click.pass_context
+@handle_errors
+def backup_restore(ctx: click.Context, file: Path, database_url: str, no_owner: bool) -> None:
+    """Decrypt (with JOBS_BACKUP_ENCRYPTION_KEY) and decompress FILE as a stream and
+    restore it with pg_restore (custom format) or psql (plain SQL) of the server's major
+    version, in one transaction: on any error the database is left as it was."""
+    from pgjobs.backups.restore import restore
+
+    report = restore(file, database_url, settings_from(ctx), no_owner=no_owner)
+    click.echo(report.describe())

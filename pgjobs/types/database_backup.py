@@ -1,0 +1,277 @@
+"""`database-backup`: run the real `pg_dump` and stream its output into a backup file.
+
+pg_dump's stdout flows through gzip and AES-256-GCM in chunks straight to
+`<destination>/<database>-<UTC time>-<job>.<dump|sql>[.gz][.enc]`, so memory stays flat
+whatever the database size (see pgjobs/backups/fileformat.py for the file format). The
+file is written under a `.partial` name with mode 0600 and renamed only once pg_dump
+succeeded; a failed or cancelled run leaves nothing behind. `pgjobs backup-restore`
+reads every form back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pgjobs.backups.fileformat import BackupWriter
+from pgjobs.backups.pgtools import PgTool, PgToolNotFound, find_tool, target
+from pgjobs.db import connect_async
+from pgjobs.errors import Discard
+from pgjobs.queries import query
+from pgjobs.types import payload as p
+
+if TYPE_CHECKING:
+    from pgjobs.config import Settings
+    from pgjobs.context import JobContext
+
+TYPE = "database-backup"
+KNOWN_FIELDS = frozenset({"database", "destination", "format", "compress", "encrypt", "retention"})
+FORMATS = {"custom": "dump", "plain": "sql"}
+READ_SIZE = 1024 * 1024
+PROGRESS_EVERY_S = 0.5
+
+
+class BackupFailed(Exception):
+    """pg_dump failed (the job is retried)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRequest:
+    database_url: str
+    destination: Path
+    format: str
+    compress: bool
+    encrypt: bool
+    retention: int | None
+
+
+def parse(payload: Any, settings: Settings) -> BackupRequest:
+    data = p.as_object(payload)
+    url = p.text(data, "database", settings.database_url)
+    if url is None:
+        raise p.bad("database", "required (DATABASE_URL is not set either)")
+    if not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
+        raise p.bad("database", "must be a PostgreSQL URL like postgresql://user@host/db")
+    destination = p.text(data, "destination", settings.backup_dir)
+    if destination is None:
+        raise p.bad("destination", "required (or set JOBS_BACKUP_DIR)")
+    if "://" in destination:
+        raise p.bad(
+            "destination",
+            f"only local directories are supported (got {destination}); copy the file "
+            "to object storage in a job of your own",
+        )
+    if not os.path.isabs(destination):
+        raise p.bad("destination", f"must be an absolute directory path (got {destination!r})")
+    fmt = p.text(data, "format", "custom")
+    if fmt not in FORMATS:
+        raise p.bad("format", f"must be custom or plain (got {fmt!r})")
+    encrypt = p.flag(data, "encrypt")
+    if encrypt and settings.backup_encryption_key is None:
+        raise p.bad("encrypt", "JOBS_BACKUP_ENCRYPTION_KEY is not set on the worker")
+    return BackupRequest(
+        database_url=url,
+        destination=Path(destination),
+        format=fmt,
+        compress=p.flag(data, "compress"),
+        encrypt=encrypt,
+        retention=p.integer(data, "retention", None, minimum=1),
+    )
+
+
+def safe_name(database: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", database).strip(".") or "database"
+
+
+def file_name(database: str, when: str, job_suffix: str, request: BackupRequest) -> str:
+    name = f"{safe_name(database)}-{when}-{job_suffix}.{FORMATS[request.format]}"
+    if request.compress:
+        name += ".gz"
+    if request.encrypt:
+        name += ".enc"
+    return name
+
+
+def _backups_of(directory: Path, database: str) -> list[tuple[str, Path]]:
+    """(timestamp, path) of this database's backup files in `directory`."""
+    pattern = re.compile(
+        rf"^{re.escape(safe_name(database))}-(\d{{8}}T\d{{6}}Z)-[0-9a-f]{{8}}"
+        r"\.(?:dump|sql)(?:\.gz)?(?:\.enc)?$"
+    )
+    found = []
+    for entry in directory.iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_file() and not entry.is_symlink():
+            found.append((match.group(1), entry))
+    return found
+
+
+def apply_retention(directory: Path, database: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` backups of `database`; return the removed paths."""
+    backups = sorted(
+        _backups_of(directory, database), key=lambda b: (b[0], b[1].stat().st_mtime_ns)
+    )
+    removed = []
+    for _, path in backups[: max(0, len(backups) - keep)]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(str(path))
+    return removed
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    major: int
+    version: str
+    database: str
+    size_bytes: int
+
+
+async def source_info(url: str) -> Source:
+    conn = await connect_async(url, "backup")
+    try:
+        cur = await conn.execute(query("backup_source_info"))
+        row = await cur.fetchone()
+    finally:
+        await conn.close()
+    assert row is not None
+    return Source(
+        int(row["server_version_num"]) // 10000,
+        str(row["server_version"]),
+        str(row["database"]),
+        int(row["size_bytes"]),
+    )
+
+
+def dump_command(tool: PgTool, request: BackupRequest, conn_args: list[str]) -> list[str]:
+    command = [str(tool.path), f"--format={request.format}", "--no-password", *conn_args]
+    if request.format == "custom":
+        # Compression is ours (gzip, then encryption); pg_dump's own would make the
+        # "compress" flag meaningless and gzip would only waste time on it.
+        command.append("--compress=0")
+    return command
+
+
+async def handle(ctx: JobContext, payload: Any) -> dict[str, Any]:
+    settings = ctx.app.settings
+    unknown = p.unknown_fields(p.as_object(payload), KNOWN_FIELDS)
+    if unknown:
+        ctx.logger.warning("database-backup ignores unknown payload fields: %s", unknown)
+    request = parse(payload, settings)
+    started = time.monotonic()
+    source = await source_info(request.database_url)
+    try:
+        tool = await asyncio.to_thread(find_tool, "pg_dump", source.major, settings)
+    except PgToolNotFound as exc:
+        raise Discard(str(exc)) from None
+    await asyncio.to_thread(request.destination.mkdir, mode=0o700, parents=True, exist_ok=True)
+    when = ctx.app.clock.now().strftime("%Y%m%dT%H%M%SZ")
+    path = request.destination / file_name(source.database, when, ctx.id.hex[-8:], request)
+    partial = path.with_name(path.name + ".partial")
+    await ctx.progress(0, f"dumping {source.database} with pg_dump {tool.version}")
+    written = await _dump(ctx, tool, request, source, partial)
+    removed = await asyncio.to_thread(_publish, partial, path, request, source.database)
+    return {
+        "path": str(path),
+        "size": written.size,
+        "sha256": written.sha256,
+        "durationMs": round((time.monotonic() - started) * 1000),
+        "database": source.database,
+        "format": request.format,
+        "compressed": request.compress,
+        "encrypted": request.encrypt,
+        "dumpBytes": written.dump_bytes,
+        "serverVersion": source.version,
+        "pgDump": {"path": str(tool.path), "version": tool.version},
+        "removed": removed,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    size: int
+    sha256: str
+    dump_bytes: int
+
+
+async def _dump(
+    ctx: JobContext, tool: PgTool, request: BackupRequest, source: Source, partial: Path
+) -> _Written:
+    key = ctx.app.settings.backup_encryption_key if request.encrypt else None
+    where = target(request.database_url, "backup")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    out = os.fdopen(fd, "wb")
+    proc: asyncio.subprocess.Process | None = None
+    drain_errors: asyncio.Task[None] | None = None
+    complete = False
+    try:
+        writer = BackupWriter(out, compress=request.compress, key=key)
+        proc = await asyncio.create_subprocess_exec(
+            *dump_command(tool, request, where.args()),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=where.env,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        errors: collections.deque[str] = collections.deque(maxlen=20)
+        drain_errors = asyncio.create_task(_collect(proc.stderr, errors))
+        dumped = 0
+        reported = time.monotonic()
+        while chunk := await proc.stdout.read(READ_SIZE):
+            # gzip and AES work in a thread: the worker's other jobs keep running.
+            await asyncio.to_thread(writer.write, chunk)
+            dumped += len(chunk)
+            if time.monotonic() - reported >= PROGRESS_EVERY_S:
+                reported = time.monotonic()
+                percent = min(99.0, 100.0 * dumped / max(source.size_bytes, 1))
+                await ctx.progress(percent, f"{dumped / 1048576:.1f} MiB dumped")
+        code = await proc.wait()
+        await drain_errors
+        if code != 0:
+            detail = " | ".join(list(errors)[-3:]) or "no error output"
+            raise BackupFailed(f"pg_dump {tool.version} exited with status {code}: {detail}")
+        result = await asyncio.to_thread(writer.close)
+        await asyncio.to_thread(out.flush)
+        await asyncio.to_thread(os.fsync, out.fileno())
+        complete = True
+        return _Written(result.size, result.sha256, dumped)
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+        if drain_errors is not None and not drain_errors.done():
+            drain_errors.cancel()
+        out.close()
+        if not complete:
+            _remove(partial)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _publish(partial: Path, path: Path, request: BackupRequest, database: str) -> list[str]:
+    """Give the finished file its final name, then apply retention."""
+    os.replace(partial, path)
+    if request.retention is None:
+        return []
+    return apply_retention(request.destination, database, request.retention)
+
+
+async def _collect(stream: asyncio.StreamReader, lines: collections.deque[str]) -> None:
+    pending = b""
+    while data := await stream.read(65536):
+        *complete, pending = (pending + data).split(b"\n")
+        pending = pending[-4096:]  # a runaway line must not grow without bound
+        lines.extend(t for raw in complete if (t := raw.decode("utf-8", "replace").strip()))
+    if pending.strip():
+        lines.append(pending.decode("utf-8", "replace").strip())
