@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -65,17 +66,22 @@ def window_hours(value: Any) -> float:
         shown = str(value)[:40]
         raise ValidationError(f"hours must be a number (got {shown!r})", field="hours") from None
     if not math.isfinite(hours) or not 0 < hours <= MAX_WINDOW_HOURS:
-        raise ValidationError(f"hours must be above 0 and at most {MAX_WINDOW_HOURS}", field="hours")
+        raise ValidationError(
+            f"hours must be above 0 and at most {MAX_WINDOW_HOURS}", field="hours"
+        )
     return hours
 
 
 class Ops:
     """Operator actions over one `App` (its settings, clock and connection pool)."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, *, acquire_timeout: float | None = None) -> None:
+        """`acquire_timeout`: seconds to wait for a pooled connection before failing
+        (the web server sets a short one so requests fail fast while PostgreSQL is down)."""
         self.app = app
         self.settings = app.settings
         self.clock = app.clock
+        self.acquire_timeout = acquire_timeout
 
     # ------------------------------------------------------------ reading
 
@@ -88,7 +94,7 @@ class Ops:
             validate_queue(queue)
         hours = window_hours(hours)
         params = {"queue": queue, "now": self.clock.sql_now(), "window_s": hours * 3600}
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             counts = await self._all(conn, "ops_queue_counts", params)
             if queue is not None and not counts:
                 raise NotFound(f"no queue named {queue!r}")
@@ -140,7 +146,7 @@ class Ops:
             "limit": size + 1,
             "preview": PAYLOAD_PREVIEW_CHARS,
         }
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             rows = await self._all(conn, "ops_list_jobs", params)
         jobs = tuple(JobSummary(**r) for r in rows[:size])
         more = len(rows) > size
@@ -151,16 +157,16 @@ class Ops:
         return await self.app.get(job_id)
 
     async def workers(self) -> tuple[WorkerInfo, ...]:
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             return await self._workers(conn)
 
     async def database_health(self) -> DatabaseHealth:
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             return await self._database(conn)
 
     async def ping(self) -> None:
         """Raise if PostgreSQL cannot answer a trivial query."""
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             await self._all(conn, "ops_database_ping", {})
 
     async def throughput(
@@ -180,7 +186,7 @@ class Ops:
             "width_s": window_s / buckets,
             "buckets": buckets,
         }
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             start_row = await self._one(conn, "ops_window_start", params)
             rows = {r["bucket"]: r for r in await self._all(conn, "ops_throughput_series", params)}
         assert start_row is not None
@@ -206,20 +212,20 @@ class Ops:
             "window_s": window_hours(hours) * 3600,
             "limit": clamp_limit(limit),
         }
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             rows = await self._all(conn, "ops_failure_groups", params)
         return tuple(
             FailureGroup(**{**r, "sample_ids": tuple(r["sample_ids"] or ())}) for r in rows
         )
 
     async def audit_log(self, limit: int = 100) -> tuple[AuditEntry, ...]:
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             rows = await self._all(conn, "ops_recent_audit", {"limit": clamp_limit(limit)})
         return tuple(AuditEntry(**r) for r in rows)
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
         params = {"queue": None, "now": self.clock.sql_now(), "window_s": 3600.0}
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             processed = await self._all(conn, "ops_metrics_processed", {})
             durations = await self._all(conn, "ops_metrics_durations", {})
             counts = await self._all(conn, "ops_queue_counts", params)
@@ -260,7 +266,7 @@ class Ops:
 
     async def delete_job(self, job_id: UUID | str, *, actor: str) -> None:
         jid = parse_job_id(job_id)
-        async with self.app.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             row = await self._one(conn, "ops_delete_job", {"id": jid})
             if row is None:
                 raise JobNotFound(f"no job with id {jid}")
@@ -298,10 +304,10 @@ class Ops:
             "now": self.clock.sql_now(),
         }
         if show:
-            async with self.app.connection() as conn:
+            async with self._connection() as conn:
                 rows = await self._all(conn, "ops_retryable_jobs", params)
             return RetryReport(tuple(RetryCandidate(**r) for r in rows), retried=False)
-        async with self.app.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             rows = await self._all(conn, "ops_retry_failed", params)
             if rows:
                 detail = {"jobs": [str(r["id"]) for r in rows], "queue": queue, "type": type}
@@ -323,7 +329,7 @@ class Ops:
             "limit": max(1, min(MAX_BULK, limit)),
             "now": self.clock.sql_now(),
         }
-        async with self.app.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             rows = await self._all(conn, "ops_promote_delayed", params)
             promoted = [r["id"] for r in rows]
             if promoted:
@@ -359,7 +365,7 @@ class Ops:
             "batch": max(1, batch_size),
         }
         completed = failed = batches = 0
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             if dry_run:
                 row = await self._one(conn, "ops_clean_count", params)
                 assert row is not None
@@ -397,7 +403,7 @@ class Ops:
     async def _set_paused(self, queue: str, paused: bool, actor: str) -> QueueState:
         name = validate_queue(queue)
         params = {"queue": name, "paused": paused, "now": self.clock.sql_now()}
-        async with self.app.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             row = await self._one(conn, "ops_set_queue_paused", params)
             if row is None:
                 raise NotFound(f"no queue named {name!r}")
@@ -405,6 +411,12 @@ class Ops:
         return QueueState(**row)
 
     # ------------------------------------------------------------ internals
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConn]:
+        pool = await self.app.pool()
+        async with pool.connection(timeout=self.acquire_timeout) as conn:
+            yield conn
 
     def _now(self) -> datetime:
         return self.clock.now()
@@ -420,7 +432,7 @@ class Ops:
         return DatabaseHealth(**row)
 
     async def _audit(self, actor: str, action: str, target: str | None, detail: Any) -> None:
-        async with self.app.connection() as conn:
+        async with self._connection() as conn:
             await self._audit_in(conn, actor, action, target, detail)
 
     async def _audit_in(

@@ -21,6 +21,9 @@ from pgjobs.web import api, dashboard
 from pgjobs.web.auth import AuthMiddleware
 from pgjobs.web.errors import exception_handlers
 
+# A request waits at most this long for a database connection, then gets a 503.
+ACQUIRE_TIMEOUT_S = 5.0
+
 
 def create_app(settings: Settings, *, app: App | None = None) -> Starlette:
     """The web application. Pass `app` to share an existing App (it is then not closed
@@ -32,7 +35,7 @@ def create_app(settings: Settings, *, app: App | None = None) -> Starlette:
         try:
             await jobs.pool()
             web.state.pgjobs = jobs
-            web.state.ops = Ops(jobs)
+            web.state.ops = Ops(jobs, acquire_timeout=ACQUIRE_TIMEOUT_S)
             yield
         finally:
             if app is None:
