@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -505,9 +506,13 @@ def test_demo_runs_sample_jobs_to_completion_and_stops_everything_on_ctrl_c(
     text = out.read_text()
     assert code == 0, text
 
-    types = [t for t, _ in rows]
-    assert types.count("resize-image") == 4
-    assert "flaky" in types
+    from pgjobs.examples.demo_app import app as demo_app
+
+    expected = {"resize-image": 4, "flaky": 1}
+    if "http-request" in demo_app.handlers:
+        expected["http-request"] = 1  # GET of the demo server's /health
+    assert Counter(t for t, _ in rows) == expected
+    assert f"dashboard: http://127.0.0.1:{port}/dashboard" in text
     with psycopg.connect(db_url, autocommit=True) as conn:
         flaky = conn.execute(
             "SELECT j.attempts, count(f.*) AS failures FROM jobs j "
@@ -525,8 +530,9 @@ def test_demo_runs_sample_jobs_to_completion_and_stops_everything_on_ctrl_c(
     assert progress == (100,)
     assert connections == (0,)
 
-    pids = [int(p) for p in re.findall(r"^started \S+ \(pid (\d+)\)$", text, re.MULTILINE)]
-    assert len(pids) >= 2  # the workers, and the server when the command exists
+    started = dict(re.findall(r"^started (\S+) \(pid (\d+)\)$", text, re.MULTILINE))
+    assert sorted(started) == ["server", "worker-1", "worker-2"]
+    pids = [int(pid) for pid in started.values()]
     for pid in pids:
         assert not devservices.process_alive(pid), f"child {pid} still running:\n{text}"
     assert "stopped." in text
