@@ -262,3 +262,34 @@ async def test_metrics_text_parses(client: httpx.AsyncClient, db: Conn) -> None:
     assert samples[("queue_size", waiting)] == 1
     assert ("pgjobs_workers", ()) in samples and ("pgjobs_jobs_dead_tuples", ()) in samples
     assert samples[("pgjobs_oldest_pending_job_age_seconds", (("queue", "default"),))] >= 0
+
+
+async def test_schedules_crud(client: httpx.AsyncClient, db: Conn) -> None:
+    pytest.importorskip("pgjobs.schedule_service")
+    body = {
+        "name": "daily-backup",
+        "type": "database-backup",
+        "cron": "0 2 * * *",
+        "payload": {"database": "production", "destination": "/backups"},
+        "description": "Daily production database backup",
+    }
+    created = await client.post("/api/schedules", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["cron_expression"] == "0 2 * * *" and created.json()["next_run_at"]
+    assert_error(await client.post("/api/schedules", json=body), 409, "conflict")
+    assert_error(
+        await client.post("/api/schedules", json={**body, "name": "x", "cron": "61 * * * *"}), 422
+    )
+    assert_error(await client.post("/api/schedules", json={**body, "bogus": 1}), 422)
+    listed = (await client.get("/api/schedules")).json()["schedules"]
+    assert [s["name"] for s in listed] == ["daily-backup"]
+    one = (await client.get("/api/schedules/daily-backup")).json()
+    assert len(one["upcoming"]) == 5
+    disabled = await client.patch("/api/schedules/daily-backup", json={"enabled": False})
+    assert disabled.json()["enabled"] is False and disabled.json()["next_run_at"] is None
+    assert_error(await client.patch("/api/schedules/nope", json={"enabled": True}), 404)
+    assert_error(await client.get("/api/schedules/bad%00name"), 404)
+    assert (await client.delete("/api/schedules/daily-backup")).status_code == 204
+    assert_error(await client.delete("/api/schedules/daily-backup"), 404)
+    actions = [r["action"] for r in db.execute("SELECT action FROM job_audit ORDER BY id")]
+    assert actions == ["schedule.create", "schedule.update", "schedule.delete"]

@@ -23,7 +23,7 @@ from tests.webserver import running_server
 TOKEN = "schema-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Enough for >= 1,000 generated cases over the operations in CI; the soak script raises it.
-EXAMPLES = int(os.environ.get("PGJOBS_SCHEMA_EXAMPLES", "75"))
+EXAMPLES = int(os.environ.get("PGJOBS_SCHEMA_EXAMPLES", "60"))
 MIN_CASES = int(os.environ.get("PGJOBS_SCHEMA_MIN_CASES", "1000"))
 CALLS: dict[str, int] = {}
 CHECKS = [

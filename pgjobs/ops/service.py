@@ -13,7 +13,7 @@ import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import psycopg
@@ -45,6 +45,9 @@ from pgjobs.ops.models import (
 )
 from pgjobs.options import validate_queue
 from pgjobs.queries import query
+
+if TYPE_CHECKING:
+    from pgjobs.schedule_service import Schedule
 
 Row = dict[str, Any]
 AsyncConn = psycopg.AsyncConnection[Any]
@@ -409,6 +412,53 @@ class Ops:
                 raise NotFound(f"no queue named {name!r}")
             await self._audit_in(conn, actor, "pause" if paused else "resume", name, {})
         return QueueState(**row)
+
+    # ------------------------------------------------------------ schedules
+    # Definitions and their rules live in pgjobs.schedule_service; these wrappers give
+    # the surfaces one entry point and record edits in the audit trail.
+
+    async def schedules(self) -> list[Schedule]:
+        from pgjobs import schedule_service
+
+        async with self._connection() as conn:
+            return await schedule_service.list_schedules(conn)
+
+    async def schedule(self, name: str, *, upcoming: int = 5) -> Schedule:
+        from pgjobs import schedule_service
+
+        async with self._connection() as conn:
+            return await schedule_service.get_schedule(conn, name, upcoming=upcoming)
+
+    async def create_schedule(self, fields: Mapping[str, Any], *, actor: str) -> Schedule:
+        from pgjobs import schedule_service
+
+        async with self._connection() as conn, conn.transaction():
+            created = await schedule_service.create_schedule(
+                conn, self.settings, self.clock, fields
+            )
+            await self._audit_in(conn, actor, "schedule.create", created.name, {})
+        return created
+
+    async def update_schedule(
+        self, name: str, changes: Mapping[str, Any], *, actor: str
+    ) -> Schedule:
+        from pgjobs import schedule_service
+
+        async with self._connection() as conn, conn.transaction():
+            updated = await schedule_service.update_schedule(
+                conn, self.settings, self.clock, name, changes
+            )
+            detail = {"fields": sorted(changes)}
+            await self._audit_in(conn, actor, "schedule.update", updated.name, detail)
+        return updated
+
+    async def delete_schedule(self, name: str, *, actor: str) -> Schedule:
+        from pgjobs import schedule_service
+
+        async with self._connection() as conn, conn.transaction():
+            deleted = await schedule_service.delete_schedule(conn, name)
+            await self._audit_in(conn, actor, "schedule.delete", deleted.name, {})
+        return deleted
 
     # ------------------------------------------------------------ internals
 
