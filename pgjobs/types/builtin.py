@@ -9,9 +9,12 @@ if TYPE_CHECKING:
 
 
 def handlers() -> dict[str, Handler]:
-    from pgjobs.types import database_backup, send_email
+    from pgjobs.types import custom_action, database_backup, file_cleanup, http_request, send_email
 
     return {
         send_email.TYPE: send_email.handle,
+        http_request.TYPE: http_request.handle,
         database_backup.TYPE: database_backup.handle,
+        file_cleanup.TYPE: file_cleanup.handle,
+        custom_action.TYPE: custom_action.handle,
     }
