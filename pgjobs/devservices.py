@@ -472,9 +472,14 @@ def start_pgserver(data_dir: Path) -> Service:
     user); stopping uses its pg_ctl directly so that any process can stop the server."""
     module = _import_pgserver()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server_class = module.PostgresServer
+    # Without XDG_RUNTIME_DIR the package locks /tmp/.lockfile, shared by every user of
+    # the machine: whoever creates it first locks the others out. Callers hold our lock
+    # of the data folder already, so its lock can live there.
+    server_class._lock = type(server_class._lock)(str(data_dir.parent / ".pgserver.lock"))
     # The package caches one handle per folder and would not restart a server that was
     # stopped behind its back; cleanup_mode=None lets the server outlive this process.
-    getattr(module.PostgresServer, "_instances", {}).pop(data_dir.resolve(), None)
+    getattr(server_class, "_instances", {}).pop(data_dir.resolve(), None)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
