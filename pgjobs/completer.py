@@ -60,12 +60,13 @@ class Completer:
         self._flushed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._writing = 0  # outcomes taken by a writer whose transaction is not done
         self.recorded = 0
         self.stale = 0
 
     @property
     def backlog(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + self._writing
 
     def add(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
@@ -82,8 +83,36 @@ class Completer:
             try:
                 await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
-                log.error("could not record %d outcomes before stopping", len(self._buffer))
+                log.error("could not record %d outcomes before stopping", self.backlog)
                 self._task.cancel()
+
+    def take(self) -> list[Outcome]:
+        """Hand the buffered outcomes to a caller that writes them itself (the fetch
+        loop, with its next claim) and then calls `written` or `give_back`. Each outcome
+        is taken by exactly one writer."""
+        batch = self._buffer[: self._max_batch]
+        del self._buffer[: len(batch)]
+        self._writing += len(batch)
+        return batch
+
+    def give_back(self, batch: list[Outcome]) -> None:
+        """The write of `batch` failed: keep it for the next attempt."""
+        self._writing -= len(batch)
+        self._buffer[:0] = batch
+        if batch:
+            self._has_items.set()
+
+    async def _write(self, batch: list[Outcome]) -> set[UUID]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("finish_runs"), self.params(batch))
+            return {row["id"] for row in await cur.fetchall()}
+
+    async def written(self, batch: list[Outcome], applied: set[UUID]) -> None:
+        """A caller wrote `batch` (`applied` = the ids whose outcome was recorded)."""
+        self._account(batch, applied)
+        self._writing -= len(batch)
+        async with self._flushed:
+            self._flushed.notify_all()
 
     async def _run(self) -> None:
         delay = ReconnectDelay()
@@ -91,30 +120,31 @@ class Completer:
             await self._has_items.wait()
             if not self._buffer:
                 self._has_items.clear()
-                if self._closing:
+                if self._closing and not self._writing:
                     return
+                if self._closing:
+                    await asyncio.sleep(0.01)  # another writer holds some: wait for it
                 continue
             if len(self._buffer) < self._max_batch and not self._closing:
-                # Let outcomes that finish in the same few milliseconds share the trip.
+                # Let outcomes that finish in the same few milliseconds share the trip;
+                # the fetch loop often takes them first, with its next claim.
                 await asyncio.sleep(self._max_wait)
-            batch = self._buffer[: self._max_batch]
+            batch = self.take()
+            if not batch:
+                continue
             try:
-                await self._write(batch)
+                applied = await self._write(batch)
             except (psycopg.Error, OSError) as exc:
+                self.give_back(batch)
                 log.warning("recording %d outcomes failed (%s); retrying", len(batch), exc)
                 await asyncio.sleep(delay.next())
                 continue
             delay.reset()
-            del self._buffer[: len(batch)]
-            async with self._flushed:
-                self._flushed.notify_all()
-            if not self._buffer:
-                if self._closing:
-                    return
-                self._has_items.clear()
+            await self.written(batch, applied)
 
-    async def _write(self, batch: list[Outcome]) -> None:
-        params: dict[str, Any] = {
+    def params(self, batch: list[Outcome]) -> dict[str, Any]:
+        """Parameters of the finish statements (finish_runs, finish_and_claim)."""
+        return {
             "now": self._clock.sql_now(),
             "worker": self._worker_id,
             "ids": [o.job_id for o in batch],
@@ -127,10 +157,11 @@ class Completer:
             "kinds": [o.failure_kind for o in batch],
             "delays": [o.delay_ms for o in batch],
         }
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query("finish_runs"), params)
-            applied = {row["id"] for row in await cur.fetchall()}
+
+    def _account(self, batch: list[Outcome], applied: set[UUID]) -> None:
         self.recorded += len(applied)
+        if len(applied) == len(batch):
+            return
         for outcome in batch:
             if outcome.job_id not in applied:
                 self.stale += 1
@@ -145,4 +176,4 @@ class Completer:
     async def wait_flushed(self) -> None:
         """Return once everything added so far has been written (tests, drain)."""
         async with self._flushed:
-            await self._flushed.wait_for(lambda: not self._buffer)
+            await self._flushed.wait_for(lambda: not self._buffer and not self._writing)

@@ -89,16 +89,26 @@ async def connect_async(
 
 
 def make_pool(
-    url: str, role: str, owner: str | None = None, *, min_size: int = 1, max_size: int = 4
+    url: str,
+    role: str,
+    owner: str | None = None,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    check: bool = True,
 ) -> AsyncConnectionPool:
-    """An unopened pool; open it inside the event loop that will use it."""
+    """An unopened pool; open it inside the event loop that will use it.
+
+    `check=False` skips the liveness round trip on every checkout: for the worker's hot
+    path, which retries on connection errors anyway (a broken connection is discarded
+    when it is returned)."""
     return AsyncConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         open=False,
         kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs(role, owner)},
-        check=AsyncConnectionPool.check_connection,
+        check=AsyncConnectionPool.check_connection if check else None,
         reconnect_timeout=0,
     )
 

@@ -32,6 +32,8 @@ def load_app(spec: str | None, settings: Settings) -> Any:
     except ImportError as exc:
         raise click.UsageError(f"cannot import {module_name!r} for --app: {exc}") from None
     app = getattr(module, attribute, None)
+    if callable(app) and not isinstance(app, App):
+        app = app()  # a factory: lets a module define handlers without import-time work
     if not isinstance(app, App):
         raise click.UsageError(f"{spec!r} is not a pgjobs.App")
     # The process's settings (environment, .env, flags) win over import-time ones.

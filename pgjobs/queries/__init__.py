@@ -14,6 +14,9 @@ from importlib import resources
 from typing import LiteralString
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+# `{{other_name}}` inside a statement stands for the text of the block `other_name`, so
+# statements that share steps (finish, claim, finish-and-claim) are written once.
+_INCLUDE = re.compile(r"\{\{([a-z_][a-z0-9_]*)\}\}")
 
 
 @cache
@@ -27,8 +30,21 @@ def _load() -> dict[str, str]:
         for name, body in zip(parts[1::2], parts[2::2], strict=True):
             if name in statements:
                 raise RuntimeError(f"SQL statement {name!r} is defined twice ({entry.name})")
-            statements[name] = body.strip().rstrip(";")
-    return statements
+            statements[name] = _strip_comments(body).strip().rstrip(";")
+    return {name: _expand(name, statements, ()) for name in statements}
+
+
+def _strip_comments(body: str) -> str:
+    """Drop whole-line comments (the notes above a statement), keep the SQL."""
+    return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
+
+
+def _expand(name: str, statements: dict[str, str], seen: tuple[str, ...]) -> str:
+    if name in seen:
+        raise RuntimeError(f"SQL block {name!r} includes itself")
+    if name not in statements:
+        raise RuntimeError(f"SQL block {seen[-1]!r} includes unknown block {name!r}")
+    return _INCLUDE.sub(lambda m: _expand(m.group(1), statements, (*seen, name)), statements[name])
 
 
 def query(name: str) -> LiteralString:

@@ -1,7 +1,7 @@
 -- The worker's hot path: claim, finish, progress, heartbeats (worker.py, completer.py).
 
--- name: claim_jobs
--- Claims up to %(limit)s pending jobs of the asked queues in one statement.
+-- name: claim_steps
+-- Picks up to %(limit)s pending jobs of the asked queues and marks them active.
 -- Each queue is read through its own LATERAL subquery so every read is an ordered scan
 -- of the partial claim index (queue, priority, run_at, id) that stops after LIMIT rows;
 -- a single `queue = ANY(...)` would have to sort every pending row of all the queues.
@@ -9,7 +9,6 @@
 -- UPDATE joins the already-limited set). Paused queues are skipped here, so a pause
 -- takes effect on the next claim of every worker.
 -- Claiming increments attempts: (id, attempts) is the run's fence token.
-WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 candidates AS (
     SELECT c.id, c.priority, c.run_at
     FROM unnest(%(queues)s::text[]) AS q(name)
@@ -25,31 +24,31 @@ candidates AS (
 ),
 picked AS (
     SELECT id FROM candidates ORDER BY priority, run_at, id LIMIT %(limit)s
+),
+claimed AS (
+    UPDATE jobs j
+    SET status = 'active',
+        attempts = j.attempts + 1,
+        started_at = c.now,
+        worker_id = %(worker)s,
+        progress = 0,
+        progress_message = NULL
+    FROM picked, clock c
+    WHERE j.id = picked.id
+    RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
+              j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at
 )
-UPDATE jobs j
-SET status = 'active',
-    attempts = j.attempts + 1,
-    started_at = c.now,
-    worker_id = %(worker)s,
-    progress = 0,
-    progress_message = NULL
-FROM picked, clock c
-WHERE j.id = picked.id
-RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
-          j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at;
 
--- name: finish_runs
--- Records the outcomes of many runs in one round trip. Every row is fenced on the run
--- token: a run that was rescued, cancelled or already recorded matches nothing, so its
--- late outcome is dropped and nothing is ever recorded twice. The rows returned are the
--- ones that applied.
+-- name: finish_steps
+-- Records the outcomes of many runs. Every row is fenced on the run token: a run that
+-- was rescued, cancelled or already recorded matches nothing, so its late outcome is
+-- dropped and nothing is ever recorded twice. `finished` holds the rows that applied.
 --   completed  -> completed + a job_results row
 --   retry      -> delayed (or pending when the backoff is 0) + a job_failures row
 --   failed     -> failed for good + a job_failures row
 --   snooze     -> delayed, and the attempt is given back (RetryIn)
 --   cancelled  -> cancelled (the cancel came from an operator)
 --   release    -> pending, the attempt given back (graceful shutdown)
-WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 input AS (
     SELECT *
     FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(outcomes)s::text[],
@@ -97,9 +96,32 @@ wake AS (
            CASE WHEN bool_or(f.status = 'delayed') THEN pg_notify('pgjobs_delayed', '') END
     FROM finished f
 )
+
+-- name: claim_jobs
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+{{claim_steps}}
+SELECT * FROM claimed;
+
+-- name: finish_runs
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+{{finish_steps}}
 SELECT f.id, f.status, f.outcome
 FROM finished f
 CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
+
+-- name: finish_and_claim
+-- The worker's cycle in one round trip and one commit: record the outcomes of finished
+-- runs and claim jobs for the freed slots. The two sets of rows are disjoint (finished
+-- rows are 'active' in the statement's snapshot, claimed ones 'pending'), so one
+-- statement may update both. The first column lists the outcomes that applied; the
+-- rest are the claimed jobs (NULL when none was claimed).
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+{{finish_steps}},
+{{claim_steps}}
+SELECT a.applied, c.*
+FROM (SELECT array_agg(f.id) AS applied FROM finished f) a
+CROSS JOIN LATERAL (SELECT count(*) FROM wake) w
+LEFT JOIN claimed c ON true;
 
 -- name: complete_in_transaction
 -- ctx.complete_in(conn): completes the job inside the handler's own transaction, fenced

@@ -1,0 +1,318 @@
+"""`pgjobs bench`: enqueue, drain and latency figures on a scratch database, next to the
+raw-SQL limit of the same statements, all measured in one run.
+
+Every figure comes from the database's own timestamps where it can (first start to
+last completion for drains, created_at to started_at for latency), so process start-up
+is not counted as queue time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgjobs.app import App
+from pgjobs.clock import Clock
+from pgjobs.config import Settings
+from pgjobs.db import install_schema
+from pgjobs.ids import uuid7
+from pgjobs.queries import query
+
+NOOP = "bench-noop"
+
+
+def bench_app() -> App:
+    """The handlers bench workers load (`--app pgjobs.bench:bench_app`)."""
+    app = App(builtin_types=False)
+
+    @app.handler(NOOP)
+    async def noop(ctx: Any, payload: Any) -> None:
+        return None
+
+    return app
+
+
+@dataclass
+class Sizes:
+    bulk: int = 20_000
+    single: int = 2_000
+    drain: int = 20_000
+    latency: int = 500
+    latency_rate: float = 50.0
+    raw: int = 20_000
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(bulk=2_000, single=200, drain=2_000, latency=40, latency_rate=50.0, raw=2_000)
+
+
+@dataclass
+class Report:
+    started: str
+    server: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, name: str, value: Any) -> None:
+        self.figures[name] = value
+        print(f"  {name:<48} {_fmt(value)}", flush=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@contextmanager
+def scratch_database(admin_url: str) -> Iterator[str]:
+    name = f"pgjobs_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    url = with_database(admin_url, name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            install_schema(conn)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(
+                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    psycopg.sql.Identifier(name)
+                )
+            )
+
+
+def reset(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(query("bench_truncate"))
+        conn.execute(query("bench_vacuum"))
+
+
+# ------------------------------------------------------------------ enqueue
+
+
+async def bench_enqueue(app: App, sizes: Sizes, report: Report) -> None:
+    jobs = [app.build(NOOP, {"n": i}) for i in range(sizes.bulk)]
+    began = time.perf_counter()
+    await app.create_many(jobs)
+    report.add("enqueue: create_many jobs/s", sizes.bulk / (time.perf_counter() - began))
+    began = time.perf_counter()
+    for i in range(sizes.single):
+        await app.create(NOOP, {"n": i})
+    report.add("enqueue: single create jobs/s", sizes.single / (time.perf_counter() - began))
+
+
+# ------------------------------------------------------------------ drain
+
+
+def worker_command(concurrency: int, processes: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pgjobs",
+        "worker",
+        "--app",
+        "pgjobs.bench:bench_app",
+        "--concurrency",
+        str(concurrency),
+        "--processes",
+        str(processes),
+        "--no-maintenance",
+    ]
+
+
+def start_workers(url: str, concurrency: int, processes: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "warning"}
+    return subprocess.Popen(
+        worker_command(concurrency, processes), env=env, stdin=subprocess.DEVNULL
+    )
+
+
+def stop_workers(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def wait_for(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not finish in time")
+        await asyncio.sleep(0.05)
+
+
+def count(url: str, name: str) -> int:
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        row = conn.execute(query(name)).fetchone()
+        return int(row["n"]) if row else 0
+
+
+def drain_rate(url: str) -> float:
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        row = conn.execute(query("bench_drain_window")).fetchone()
+    assert row is not None
+    return float(row["n"]) / max(float(row["s"] or 0), 1e-6)
+
+
+async def bench_drain(
+    app: App, url: str, sizes: Sizes, report: Report, concurrency: int, processes: int
+) -> float:
+    reset(url)
+    await app.create_many([app.build(NOOP, {}) for _ in range(sizes.drain)])
+    proc = start_workers(url, concurrency, processes)
+    try:
+        await wait_for(lambda: count(url, "bench_completed_count") >= sizes.drain, timeout=600)
+    finally:
+        stop_workers(proc)
+    rate = drain_rate(url)
+    report.add(f"drain: {processes} process(es) x concurrency {concurrency} jobs/s", rate)
+    return rate
+
+
+# ------------------------------------------------------------------ latency
+
+
+async def bench_latency(app: App, url: str, sizes: Sizes, report: Report) -> None:
+    reset(url)
+    proc = start_workers(url, 10, 1)
+    try:
+        await wait_for(lambda: count(url, "bench_worker_count") >= 1, 30)
+        await asyncio.sleep(0.5)  # the listener connects right after registration
+        interval = 1 / sizes.latency_rate
+        next_at = time.perf_counter()
+        for _ in range(sizes.latency):
+            await app.create(NOOP, {})
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        await wait_for(lambda: count(url, "bench_completed_count") >= sizes.latency, 60)
+    finally:
+        stop_workers(proc)
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        rows = conn.execute(query("bench_latencies")).fetchall()
+    values = sorted(float(r["ms"]) for r in rows)
+    report.add("latency: enqueue->start p50 ms", percentile(values, 50))
+    report.add("latency: enqueue->start p95 ms", percentile(values, 95))
+    report.add("latency: enqueue->start p99 ms", percentile(values, 99))
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
+
+
+# ------------------------------------------------------------------ raw SQL
+
+
+async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int) -> float:
+    """The same claim and finish statements in a tight loop with no worker machinery."""
+    reset(url)
+    await app.create_many([app.build(NOOP, {}) for _ in range(sizes.raw)])
+    worker = uuid7()
+    async with await psycopg.AsyncConnection.connect(
+        url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        await conn.execute(
+            query("heartbeat_worker"),
+            {
+                "now": None,
+                "id": worker,
+                "hostname": "bench",
+                "pid": os.getpid(),
+                "queues": ["default"],
+                "concurrency": batch,
+                "version": "bench",
+                "in_flight": 0,
+                "processed": 0,
+                "stopping": False,
+            },
+        )
+        began = time.perf_counter()
+        done = 0
+        claim = {"now": None, "queues": ["default"], "limit": batch, "worker": worker}
+        cur = await conn.execute(query("claim_jobs"), claim)
+        rows = await cur.fetchall()
+        while rows:
+            n = len(rows)
+            finish = {
+                "ids": [r["id"] for r in rows],
+                "attempts": [r["attempts"] for r in rows],
+                "outcomes": ["completed"] * n,
+                "results": [None] * n,
+                "durations": [0] * n,
+                "messages": [None] * n,
+                "stacks": [None] * n,
+                "kinds": ["error"] * n,
+                "delays": [0] * n,
+            }
+            cur = await conn.execute(query("finish_and_claim"), {**claim, **finish})
+            rows = [r for r in await cur.fetchall() if r["id"] is not None]
+            done += n
+        elapsed = time.perf_counter() - began
+    rate = done / elapsed
+    report.add(f"raw SQL: finish+claim loop, batch {batch}, jobs/s", rate)
+    return rate
+
+
+# ------------------------------------------------------------------ main
+
+
+async def run(settings: Settings, quick: bool) -> Report:
+    sizes = Sizes.quick() if quick else Sizes()
+    admin_url = settings.require_database_url()
+    with psycopg.connect(admin_url, autocommit=True, row_factory=dict_row) as conn:
+        info = conn.execute(query("server_info")).fetchone()
+    report = Report(
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        server=f"PostgreSQL {info['server_version'] if info else '?'}",
+    )
+    print(f"pgjobs bench ({'quick' if quick else 'full'}) on {report.server}", flush=True)
+    with scratch_database(admin_url) as url:
+        app = App(settings.replace(database_url=url), clock=Clock(), builtin_types=False)
+        app.register(NOOP, bench_app().handlers[NOOP].func)
+        try:
+            await bench_enqueue(app, sizes, report)
+            drain = await bench_drain(app, url, sizes, report, concurrency=10, processes=1)
+            raw = await bench_raw(app, url, sizes, report, batch=10)
+            report.add("ratio: drain / raw SQL (batch 10)", round(drain / raw, 3))
+            await bench_drain(app, url, sizes, report, concurrency=50, processes=2)
+            await bench_raw(app, url, sizes, report, batch=100)
+            await bench_latency(app, url, sizes, report)
+        finally:
+            await app.close()
+    return report
+
+
+def save(report: Report, output: Path) -> Path:
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"bench-{report.started.replace(':', '')}.json"
+    path.write_text(json.dumps(asdict(report), indent=2))
+    return path

@@ -1,0 +1,35 @@
+"""`pgjobs bench`: measure enqueue, drain and latency on a scratch database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+
+def register(group: click.Group) -> None:
+    @group.command()
+    @click.option("--quick", is_flag=True, help="A ~10-second smoke run with small counts.")
+    @click.option(
+        "--output",
+        type=click.Path(path_type=Path),
+        default=Path("bench-results"),
+        show_default=True,
+        help="Folder for the JSON report.",
+    )
+    @click.pass_context
+    def bench(ctx: click.Context, quick: bool, output: Path) -> None:
+        """Benchmark pgjobs against the raw-SQL limit, on a scratch database it creates
+        (next to DATABASE_URL's) and drops."""
+        from pgjobs.bench import run, save
+        from pgjobs.cli import handle_errors, settings_from
+
+        settings = settings_from(ctx)
+
+        @handle_errors
+        def start() -> None:
+            report = asyncio.run(run(settings, quick))
+            click.echo(f"results written to {save(report, output)}")
+
+        start()

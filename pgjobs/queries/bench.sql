@@ -1,0 +1,22 @@
+-- Statements of `pgjobs bench` (bench.py), run only on its scratch database.
+
+-- name: bench_truncate
+TRUNCATE jobs CASCADE;
+
+-- name: bench_vacuum
+VACUUM ANALYZE jobs;
+
+-- name: bench_completed_count
+SELECT count(*) AS n FROM jobs WHERE status = 'completed';
+
+-- name: bench_worker_count
+SELECT count(*) AS n FROM job_workers;
+
+-- name: bench_drain_window
+-- Drain rate from the database's own timestamps: first start to last completion.
+SELECT count(*) AS n, extract(epoch FROM max(completed_at) - min(started_at)) AS s
+FROM jobs WHERE status = 'completed';
+
+-- name: bench_latencies
+SELECT extract(epoch FROM started_at - created_at) * 1000 AS ms
+FROM jobs WHERE started_at IS NOT NULL;
