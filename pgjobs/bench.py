@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -282,10 +283,77 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
     return rate
 
 
+# ------------------------------------------------------------------ table size, memory
+
+
+async def bench_large_table(
+    app: App, url: str, sizes: Sizes, report: Report, empty_rate: float, finished: int
+) -> None:
+    """Drain again with `finished` completed jobs in the table: the claim's partial index
+    does not hold them, so the rate should barely move."""
+    reset(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(query("bench_fill_finished"), {"count": finished})
+        conn.execute(query("bench_vacuum"))
+    await app.create_many([app.build(NOOP, {}) for _ in range(sizes.drain)])
+    proc = start_workers(url, 10, 1)
+    try:
+        await wait_for(
+            lambda: count(url, "bench_completed_count") >= sizes.drain + finished, timeout=600
+        )
+    finally:
+        stop_workers(proc)
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        row = conn.execute(query("bench_recent_drain_window")).fetchone()
+    assert row is not None
+    rate = float(row["n"]) / max(float(row["s"] or 0), 1e-6)
+    report.add(f"drain with {finished:,} finished jobs in the table, jobs/s", rate)
+    report.add("ratio: large table / empty table", round(rate / empty_rate, 3))
+
+
+def reached(url: str, wanted: int) -> bool:
+    return count(url, "bench_completed_count") >= wanted
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def bench_memory(app: App, url: str, report: Report, total: int) -> None:
+    """A worker's RSS across `total` processed jobs, fed in chunks."""
+    reset(url)
+    chunk = 50_000
+    proc = start_workers(url, 10, 1)
+    samples: list[int] = []
+    try:
+        await wait_for(lambda: count(url, "bench_worker_count") >= 1, 30)
+        processed = 0
+        while processed < total:
+            n = min(chunk, total - processed)
+            await app.create_many([app.build(NOOP, {}) for _ in range(n)])
+            await wait_for(partial(reached, url, n), timeout=600)
+            processed += n
+            samples.append(rss_kib(proc.pid))
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(query("bench_truncate"))
+    finally:
+        stop_workers(proc)
+    # The first chunk warms caches and prepared statements: compare from there.
+    first, last = samples[0], samples[-1]
+    report.add(f"memory: worker RSS after first {chunk:,} jobs, MiB", round(first / 1024, 1))
+    report.add(f"memory: worker RSS after {processed:,} jobs, MiB", round(last / 1024, 1))
+    report.add("memory: RSS growth after warm-up, %", round((last - first) / first * 100, 1))
+
+
 # ------------------------------------------------------------------ main
 
 
-async def run(settings: Settings, quick: bool) -> Report:
+async def run(
+    settings: Settings, quick: bool, large_table: int = 0, memory_jobs: int = 0
+) -> Report:
     sizes = Sizes.quick() if quick else Sizes()
     admin_url = settings.require_database_url()
     with psycopg.connect(admin_url, autocommit=True, row_factory=dict_row) as conn:
@@ -306,6 +374,10 @@ async def run(settings: Settings, quick: bool) -> Report:
             await bench_drain(app, url, sizes, report, concurrency=50, processes=2)
             await bench_raw(app, url, sizes, report, batch=100)
             await bench_latency(app, url, sizes, report)
+            if large_table:
+                await bench_large_table(app, url, sizes, report, drain, large_table)
+            if memory_jobs:
+                await bench_memory(app, url, report, memory_jobs)
         finally:
             await app.close()
     return report

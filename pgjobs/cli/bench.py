@@ -18,8 +18,24 @@ def register(group: click.Group) -> None:
         show_default=True,
         help="Folder for the JSON report.",
     )
+    @click.option(
+        "--large-table",
+        type=click.IntRange(0),
+        default=0,
+        metavar="N",
+        help="Also drain with N finished jobs in the table (e.g. 1000000).",
+    )
+    @click.option(
+        "--memory-jobs",
+        type=click.IntRange(0),
+        default=0,
+        metavar="N",
+        help="Also track a worker's RSS over N processed jobs (e.g. 1000000).",
+    )
     @click.pass_context
-    def bench(ctx: click.Context, quick: bool, output: Path) -> None:
+    def bench(
+        ctx: click.Context, quick: bool, output: Path, large_table: int, memory_jobs: int
+    ) -> None:
         """Benchmark pgjobs against the raw-SQL limit, on a scratch database it creates
         (next to DATABASE_URL's) and drops."""
         from pgjobs.bench import run, save
@@ -29,7 +45,7 @@ def register(group: click.Group) -> None:
 
         @handle_errors
         def start() -> None:
-            report = asyncio.run(run(settings, quick))
+            report = asyncio.run(run(settings, quick, large_table, memory_jobs))
             click.echo(f"results written to {save(report, output)}")
 
         start()

@@ -20,3 +20,13 @@ FROM jobs WHERE status = 'completed';
 -- name: bench_latencies
 SELECT extract(epoch FROM started_at - created_at) * 1000 AS ms
 FROM jobs WHERE started_at IS NOT NULL;
+
+-- name: bench_fill_finished
+INSERT INTO jobs (type, status, payload, created_at, started_at, completed_at, run_at)
+SELECT 'bench-old', 'completed', '{}', now() - interval '1 hour', now() - interval '1 hour',
+       now() - interval '1 hour', now() - interval '1 hour'
+FROM generate_series(1, %(count)s);
+
+-- name: bench_recent_drain_window
+SELECT count(*) AS n, extract(epoch FROM max(completed_at) - min(started_at)) AS s
+FROM jobs WHERE status = 'completed' AND type <> 'bench-old';
