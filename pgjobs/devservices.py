@@ -25,6 +25,7 @@ servers that `env` reported as started in PGJOBS_DEV_STARTED (bin/test does both
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import fcntl
 import glob
@@ -483,7 +484,10 @@ def start_pgserver(data_dir: Path) -> Service:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module.get_server(data_dir, cleanup_mode=None)
+            server = module.get_server(data_dir, cleanup_mode=None)
+        # Its exit hook only does bookkeeping for cleanup modes we do not use, yet takes
+        # the lock again at exit, re-creating a folder that may have been removed.
+        atexit.unregister(server._cleanup)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log = data_dir / "log"
         detail = _tail(log.read_text(errors="replace")) if log.exists() else ""
