@@ -19,12 +19,14 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgjobs import client
+from pgjobs import schedule_service as sched
 from pgjobs.clock import Clock
 from pgjobs.config import Settings, load_settings
 from pgjobs.db import connect_kwargs, make_pool
 from pgjobs.errors import ValidationError
 from pgjobs.models import Job
 from pgjobs.options import NewJob, new_job, new_job_from_request
+from pgjobs.schedule_service import Schedule
 
 if TYPE_CHECKING:
     from pgjobs.context import JobContext
@@ -186,6 +188,95 @@ class App:
     def retry_sync(self, job_id: UUID | str) -> Job:
         jid = client.parse_job_id(job_id)
         return client.decode_retry(jid, self._fetch_sync(client.retry_statement(jid, self.clock)))
+
+    # ------------------------------------------------------------ schedules
+
+    async def schedule(
+        self,
+        name: str,
+        type: str,
+        cron: str,
+        payload: Any = None,
+        *,
+        replace: bool = False,
+        **fields: Any,
+    ) -> Schedule:
+        """Create a recurring schedule; with `replace`, redefine one of that name.
+
+        Fields: queue, timezone (IANA, default UTC), description, misfire ("skip",
+        "run_once", "catch_up"), max_catch_up, priority, enabled, and job options
+        (attempts, max_retries, backoff, timeout, rate_limit_key, metadata)."""
+        definition = sched.schedule_fields(name, type, cron, payload, **fields)
+        async with self.connection() as conn:
+            if replace:
+                return await sched.upsert_schedule(conn, self.settings, self.clock, definition)
+            return await sched.create_schedule(conn, self.settings, self.clock, definition)
+
+    async def schedules(self) -> list[Schedule]:
+        async with self.connection() as conn:
+            return await sched.list_schedules(conn)
+
+    async def get_schedule(self, name: str, *, upcoming: int = 0) -> Schedule:
+        async with self.connection() as conn:
+            return await sched.get_schedule(conn, name, upcoming=upcoming)
+
+    async def update_schedule(self, name: str, /, **changes: Any) -> Schedule:
+        """Change fields of a schedule: name, type, cron, payload, queue, timezone,
+        description, misfire, max_catch_up, priority, enabled, options (replaces all)."""
+        async with self.connection() as conn:
+            return await sched.update_schedule(conn, self.settings, self.clock, name, changes)
+
+    async def enable_schedule(self, name: str) -> Schedule:
+        async with self.connection() as conn:
+            return await sched.set_enabled(conn, self.settings, self.clock, name, True)
+
+    async def disable_schedule(self, name: str) -> Schedule:
+        async with self.connection() as conn:
+            return await sched.set_enabled(conn, self.settings, self.clock, name, False)
+
+    async def delete_schedule(self, name: str) -> Schedule:
+        async with self.connection() as conn:
+            return await sched.delete_schedule(conn, name)
+
+    def schedule_sync(
+        self,
+        name: str,
+        type: str,
+        cron: str,
+        payload: Any = None,
+        *,
+        replace: bool = False,
+        **fields: Any,
+    ) -> Schedule:
+        definition = sched.schedule_fields(name, type, cron, payload, **fields)
+        with self.sync_pool().connection() as conn:
+            if replace:
+                return sched.upsert_schedule_sync(conn, self.settings, self.clock, definition)
+            return sched.create_schedule_sync(conn, self.settings, self.clock, definition)
+
+    def schedules_sync(self) -> list[Schedule]:
+        with self.sync_pool().connection() as conn:
+            return sched.list_schedules_sync(conn)
+
+    def get_schedule_sync(self, name: str, *, upcoming: int = 0) -> Schedule:
+        with self.sync_pool().connection() as conn:
+            return sched.get_schedule_sync(conn, name, upcoming=upcoming)
+
+    def update_schedule_sync(self, name: str, /, **changes: Any) -> Schedule:
+        with self.sync_pool().connection() as conn:
+            return sched.update_schedule_sync(conn, self.settings, self.clock, name, changes)
+
+    def enable_schedule_sync(self, name: str) -> Schedule:
+        with self.sync_pool().connection() as conn:
+            return sched.set_enabled_sync(conn, self.settings, self.clock, name, True)
+
+    def disable_schedule_sync(self, name: str) -> Schedule:
+        with self.sync_pool().connection() as conn:
+            return sched.set_enabled_sync(conn, self.settings, self.clock, name, False)
+
+    def delete_schedule_sync(self, name: str) -> Schedule:
+        with self.sync_pool().connection() as conn:
+            return sched.delete_schedule_sync(conn, name)
 
     # ------------------------------------------------------------ running
 

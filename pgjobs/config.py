@@ -212,6 +212,7 @@ class Settings:
     max_stalled_count: int = setting("JOBS_MAX_STALLED_COUNT", _positive_int, 2)
     heartbeat_interval_ms: int = setting("JOBS_HEARTBEAT_INTERVAL", _positive_int, 5000)
     poll_interval_ms: int = setting("JOBS_POLL_INTERVAL", _positive_int, 1000)
+    cron_misfire_grace_ms: int = setting("JOBS_CRON_MISFIRE_GRACE", _non_negative_int, 10000)
     shutdown_grace_ms: int = setting("JOBS_SHUTDOWN_GRACE", _non_negative_int, 30000)
     backoff_max_ms: int = setting("JOBS_BACKOFF_MAX", _positive_int, 3_600_000)
     max_payload_bytes: int = setting("JOBS_MAX_PAYLOAD_BYTES", _positive_int, 1_048_576)

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from pgjobs.backoff import ReconnectDelay
 from pgjobs.clock import Clock
 from pgjobs.queries import query
+from pgjobs.scheduler import CronTask
 
 if TYPE_CHECKING:
     from pgjobs.app import App
@@ -135,6 +136,7 @@ def default_tasks(app: App) -> list[MaintenanceTask]:
         Stager(idle=s.poll_interval_ms / 1000),
         Rescuer(s.stalled_interval_ms / 1000, s.lock_duration_ms, s.max_stalled_count),
         Pruner(60.0, s.clean_completed_after_ms, s.clean_failed_after_ms),
+        CronTask(s),
     ]
     return tasks
 

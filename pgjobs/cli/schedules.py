@@ -1,9 +1,338 @@
-"""`pgjobs` commands: schedules."""
+"""`pgjobs schedule list|show|create|update|enable|disable|delete`: recurring jobs.
+
+Thin over pgjobs.schedule_service: each command runs one operation on one connection
+and prints an aligned table or key/value lines for people, `--json` for programs.
+Bad input (an invalid expression, an unknown timezone or schedule, a payload that is not
+JSON) prints one line `error: ...` and exits 2; nothing is changed.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
 import click
+import psycopg
+
+from pgjobs.cli import fail, handle_errors, parse_json_option, print_json, settings_from
+from pgjobs.cli.tables import table
+from pgjobs.clock import Clock
+from pgjobs.config import Settings
+from pgjobs.schedule_service import Schedule
+
+T = TypeVar("T")
+UPCOMING = 5
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
+
+
+@contextmanager
+def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    from pgjobs.db import connect_sync
+
+    conn = connect_sync(settings.require_database_url(), "cli")
+    try:
+        yield conn
+    except psycopg.errors.UndefinedTable:
+        fail("the pgjobs schema is not installed in this database: run `pgjobs init`")
+    finally:
+        conn.close()
+
+
+def run(ctx: click.Context, action: Callable[[psycopg.Connection[Any], Settings], T]) -> T:
+    settings = settings_from(ctx)
+    with connection(settings) as conn:
+        return action(conn, settings)
+
+
+def when(value: datetime | None, zone: str) -> str:
+    """A fire time in the schedule's own timezone, with its offset."""
+    if value is None:
+        return "-"
+    with suppress(ValueError, KeyError):
+        value = value.astimezone(ZoneInfo(zone))
+    return value.isoformat(sep=" ")
+
+
+def describe(schedule: Schedule) -> str:
+    rows: list[tuple[str, object]] = [
+        ("name", schedule.name),
+        ("type", schedule.type),
+        ("queue", schedule.queue),
+        ("cron", schedule.cron_expression),
+        ("timezone", schedule.timezone),
+        ("enabled", "yes" if schedule.enabled else "no"),
+        ("description", schedule.description or "-"),
+        ("payload", schedule.to_dict()["payload"]),
+        ("priority", schedule.priority),
+        ("misfire", schedule.misfire_policy),
+        ("max catch-up", schedule.max_catch_up),
+        ("job options", schedule.options or "-"),
+        ("last run", when(schedule.last_run_at, schedule.timezone)),
+        ("next run", when(schedule.next_run_at, schedule.timezone)),
+        ("created", when(schedule.created_at, schedule.timezone)),
+        ("updated", when(schedule.updated_at, schedule.timezone)),
+    ]
+    width = max(len(key) for key, _ in rows)
+    lines = [
+        f"{key.ljust(width)}  {json.dumps(value) if isinstance(value, dict) else value}"
+        for key, value in rows
+    ]
+    for index, at in enumerate(schedule.upcoming):
+        label = "upcoming" if index == 0 else ""
+        lines.append(f"{label.ljust(width)}  {when(at, schedule.timezone)}")
+    return "\n".join(lines)
+
+
+def output(schedule: Schedule, as_json: bool, message: str) -> None:
+    if as_json:
+        print_json(schedule.to_dict())
+    else:
+        click.echo(message)
+
+
+def job_options(attempts: int | None, timeout: int | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if attempts is not None:
+        options["attempts"] = attempts
+    if timeout is not None:
+        options["timeout"] = timeout
+    return options
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to `group`."""
+    """Add the `schedule` command group to `group`."""
+
+    @group.group("schedule")
+    def schedule() -> None:
+        """Recurring jobs fired by cron expressions (exactly once per fire)."""
+
+    @schedule.command("list")
+    @json_option
+    @click.pass_context
+    @handle_errors
+    def list_(ctx: click.Context, as_json: bool) -> None:
+        """List every schedule with its next and last run."""
+        from pgjobs.schedule_service import list_schedules_sync
+
+        schedules = run(ctx, lambda conn, _: list_schedules_sync(conn))
+        if as_json:
+            print_json([s.to_dict() for s in schedules])
+            return
+        if not schedules:
+            click.echo("no schedules (create one with `pgjobs schedule create`)")
+            return
+        click.echo(
+            table(
+                ["NAME", "TYPE", "QUEUE", "CRON", "TIMEZONE", "ENABLED", "NEXT RUN", "LAST RUN"],
+                [
+                    [
+                        s.name,
+                        s.type,
+                        s.queue,
+                        s.cron_expression,
+                        s.timezone,
+                        s.enabled,
+                        when(s.next_run_at, s.timezone),
+                        when(s.last_run_at, s.timezone),
+                    ]
+                    for s in schedules
+                ],
+            )
+        )
+
+    @schedule.command()
+    @click.argument("name")
+    @json_option
+    @click.pass_context
+    @handle_errors
+    def show(ctx: click.Context, name: str, as_json: bool) -> None:
+        """Show schedule NAME and its next fires."""
+        from pgjobs.schedule_service import get_schedule_sync
+
+        found = run(ctx, lambda conn, _: get_schedule_sync(conn, name, upcoming=UPCOMING))
+        if as_json:
+            print_json(found.to_dict())
+        else:
+            click.echo(describe(found))
+
+    @schedule.command()
+    @click.option("--name", required=True, help="Unique name of the schedule.")
+    @click.option("--type", "type_", required=True, help="Job type each fire enqueues.")
+    @click.option(
+        "--cron",
+        required=True,
+        help="minute hour day-of-month month day-of-week [second], or @hourly, @daily, ...",
+    )
+    @click.option("--payload", default="{}", show_default=True, help="Job payload (JSON object).")
+    @click.option("--queue", default="default", show_default=True)
+    @click.option("--tz", default="UTC", show_default=True, help="IANA timezone of the cron.")
+    @click.option("--desc", default=None, help="Description.")
+    @click.option(
+        "--misfire",
+        default="skip",
+        show_default=True,
+        help="Fires missed while no worker ran: skip, run_once or catch_up.",
+    )
+    @click.option("--max-catch-up", type=int, default=100, show_default=True)
+    @click.option("--priority", default=None, help="critical, high, normal, low or an integer.")
+    @click.option("--attempts", type=int, default=None, help="Total tries of each job.")
+    @click.option("--timeout", type=int, default=None, help="Per-run timeout in milliseconds.")
+    @click.option("--disabled", is_flag=True, help="Store it disabled.")
+    @click.option("--replace", is_flag=True, help="Redefine the schedule if the name exists.")
+    @json_option
+    @click.pass_context
+    @handle_errors
+    def create(
+        ctx: click.Context,
+        name: str,
+        type_: str,
+        cron: str,
+        payload: str,
+        queue: str,
+        tz: str,
+        desc: str | None,
+        misfire: str,
+        max_catch_up: int,
+        priority: str | None,
+        attempts: int | None,
+        timeout: int | None,
+        disabled: bool,
+        replace: bool,
+        as_json: bool,
+    ) -> None:
+        """Create a schedule that enqueues a TYPE job at every fire of CRON."""
+        from pgjobs.schedule_service import (
+            create_schedule_sync,
+            schedule_fields,
+            upsert_schedule_sync,
+        )
+
+        fields = schedule_fields(
+            name,
+            type_,
+            cron,
+            parse_json_option(payload, "--payload"),
+            queue=queue,
+            timezone=tz,
+            description=desc,
+            misfire=misfire,
+            max_catch_up=max_catch_up,
+            priority=priority,
+            enabled=not disabled,
+            options=job_options(attempts, timeout),
+        )
+        store = upsert_schedule_sync if replace else create_schedule_sync
+        created = run(ctx, lambda conn, settings: store(conn, settings, Clock(), fields))
+        output(
+            created,
+            as_json,
+            f"created schedule {created.name!r}; next run "
+            f"{when(created.next_run_at, created.timezone)}",
+        )
+
+    @schedule.command()
+    @click.argument("name")
+    @click.option("--rename", default=None, help="New name.")
+    @click.option("--type", "type_", default=None, help="Job type each fire enqueues.")
+    @click.option("--cron", default=None)
+    @click.option("--payload", default=None, help="Job payload (JSON object).")
+    @click.option("--queue", default=None)
+    @click.option("--tz", default=None, help="IANA timezone of the cron.")
+    @click.option("--desc", default=None, help="Description.")
+    @click.option("--misfire", default=None, help="skip, run_once or catch_up.")
+    @click.option("--max-catch-up", type=int, default=None)
+    @click.option("--priority", default=None, help="critical, high, normal, low or an integer.")
+    @json_option
+    @click.pass_context
+    @handle_errors
+    def update(
+        ctx: click.Context,
+        name: str,
+        rename: str | None,
+        type_: str | None,
+        cron: str | None,
+        payload: str | None,
+        queue: str | None,
+        tz: str | None,
+        desc: str | None,
+        misfire: str | None,
+        max_catch_up: int | None,
+        priority: str | None,
+        as_json: bool,
+    ) -> None:
+        """Change fields of schedule NAME; a new cron or timezone applies from now."""
+        from pgjobs.schedule_service import update_schedule_sync
+
+        given = {
+            "name": rename,
+            "type": type_,
+            "cron": cron,
+            "payload": None if payload is None else parse_json_option(payload, "--payload"),
+            "queue": queue,
+            "timezone": tz,
+            "description": desc,
+            "misfire": misfire,
+            "max_catch_up": max_catch_up,
+            "priority": priority,
+        }
+        changes = {key: value for key, value in given.items() if value is not None}
+        if not changes:
+            fail("nothing to change: give at least one option (see --help)")
+        updated = run(
+            ctx, lambda conn, settings: update_schedule_sync(conn, settings, Clock(), name, changes)
+        )
+        output(
+            updated,
+            as_json,
+            f"updated schedule {updated.name!r}; next run "
+            f"{when(updated.next_run_at, updated.timezone)}",
+        )
+
+    @schedule.command()
+    @click.argument("name")
+    @json_option
+    @click.pass_context
+    @handle_errors
+    def enable(ctx: click.Context, name: str, as_json: bool) -> None:
+        """Enable schedule NAME; it fires from its next slot on."""
+        from pgjobs.schedule_service import set_enabled_sync
+
+        found = run(
+            ctx, lambda conn, settings: set_enabled_sync(conn, settings, Clock(), name, True)
+        )
+        output(
+            found,
+            as_json,
+            f"enabled schedule {found.name!r}; next run {when(found.next_run_at, found.timezone)}",
+        )
+
+    @schedule.command()
+    @click.argument("name")
+    @json_option
+    @click.pass_context
+    @handle_errors
+    def disable(ctx: click.Context, name: str, as_json: bool) -> None:
+        """Disable schedule NAME; it keeps its definition but does not fire."""
+        from pgjobs.schedule_service import set_enabled_sync
+
+        found = run(
+            ctx, lambda conn, settings: set_enabled_sync(conn, settings, Clock(), name, False)
+        )
+        output(found, as_json, f"disabled schedule {found.name!r}")
+
+    @schedule.command()
+    @click.argument("name")
+    @json_option
+    @click.pass_context
+    @handle_errors
+    def delete(ctx: click.Context, name: str, as_json: bool) -> None:
+        """Delete schedule NAME (jobs it already enqueued stay)."""
+        from pgjobs.schedule_service import delete_schedule_sync
+
+        found = run(ctx, lambda conn, _: delete_schedule_sync(conn, name))
+        output(found, as_json, f"deleted schedule {found.name!r}")
