@@ -441,7 +441,9 @@ def test_concurrent_inits_both_succeed_and_migrate_once(
     ]
     with connect(empty_db_url) as conn:
         assert rows(
-            conn, "SELECT version, count(*) AS n FROM pgjobs_schema_migrations GROUP BY version"
+            conn,
+            "SELECT version, count(*) AS n FROM pgjobs_schema_migrations"
+            " GROUP BY version ORDER BY version",
         ) == [{"version": v, "n": 1} for v in range(1, LATEST + 1)]
     assert schema_snapshot(empty_db_url) == fresh_snapshot
 
