@@ -10,15 +10,16 @@ its transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, LiteralString
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, LiteralString, TypeVar
 from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
 
 from pgjobs.clock import Clock
+from pgjobs.dependencies import check_acyclic
 from pgjobs.errors import Conflict, JobNotFound, ValidationError
 from pgjobs.models import Job
 from pgjobs.options import NewJob
@@ -28,8 +29,12 @@ AsyncConn = psycopg.AsyncConnection[Any]
 SyncConn = psycopg.Connection[Any]
 Row = dict[str, Any]
 
+T = TypeVar("T")
+
 # Below this many plain jobs an INSERT beats setting up a COPY.
 COPY_THRESHOLD = 64
+# Insert attempts of one batch whose unique keys keep changing hands under it.
+MAX_INSERT_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,9 @@ class Statement:
 # --------------------------------------------------------------- statements
 
 
-def insert_statement(jobs: Sequence[NewJob], clock: Clock) -> Statement:
+def insert_statement(jobs: Sequence[NewJob], clock: Clock, *, ids_only: bool = False) -> Statement:
     return Statement(
-        query("insert_jobs"),
+        query("insert_job_ids") if ids_only else query("insert_jobs"),
         {
             "now": clock.sql_now(),
             "ids": [j.id for j in jobs],
@@ -93,36 +98,111 @@ def split_for_copy(jobs: Sequence[NewJob], clock: Clock) -> tuple[list[NewJob], 
     return plain, [j for j in jobs if not j.plain]
 
 
-def _missing_dependencies_statement(jobs: Sequence[NewJob]) -> Statement | None:
+def _outside_dependencies(jobs: Sequence[NewJob]) -> list[UUID]:
     batch = {j.id for j in jobs}
-    wanted = sorted({d for j in jobs for d in (j.depends_on or ()) if d not in batch})
-    if not wanted:
-        return None
-    return Statement(query("missing_job_ids"), {"ids": wanted})
+    return sorted({d for j in jobs for d in (j.depends_on or ()) if d not in batch})
 
 
-def _check_missing(rows: list[Row]) -> None:
-    if rows:
-        raise ValidationError(f"dependsOn names an unknown job {rows[0]['id']}", field="dependsOn")
-
-
-def decode_inserted(jobs: Sequence[NewJob], inserted: list[Row], holders: list[Row]) -> list[Job]:
-    """The stored job for each request, in order: its own row, or the live job that
-    already held its unique key."""
-    by_id = {row["id"]: row for row in inserted}
-    by_key = {row["unique_key"]: row for row in holders}
-    out: list[Job] = []
+def _unique_statement(jobs: Sequence[NewJob], clock: Clock) -> Statement:
+    first: dict[str, NewJob] = {}
     for job in jobs:
-        row = by_id.get(job.id) or by_key.get(job.unique_key)
-        if row is None:
-            raise Conflict(f"unique key {job.unique_key!r} is held by a job that just finished")
-        out.append(Job.from_row(row))
-    return out
+        if job.unique_key is not None:
+            first.setdefault(job.unique_key, job)
+    return Statement(
+        query("resolve_unique_keys"),
+        {
+            "now": clock.sql_now(),
+            "keys": list(first),
+            "states": [json.dumps(list(j.unique_states)) for j in first.values()],
+            "periods": [j.unique_for_ms for j in first.values()],
+        },
+    )
 
 
-def _unresolved_keys(jobs: Sequence[NewJob], inserted: list[Row]) -> list[str]:
-    done = {row["id"] for row in inserted}
-    return [j.unique_key for j in jobs if j.id not in done and j.unique_key is not None]
+def _held(job: NewJob, holder: Row) -> Conflict:
+    return Conflict(
+        f"unique key {job.unique_key!r} is held by job {holder['id']} ({holder['status']})"
+    )
+
+
+def _with_moves(job: NewJob, moves: dict[UUID, UUID]) -> NewJob:
+    if not job.depends_on or not any(d in moves for d in job.depends_on):
+        return job
+    return replace(job, depends_on=sorted({moves.get(d, d) for d in job.depends_on}))
+
+
+def insert_plan(
+    jobs: Sequence[NewJob], clock: Clock, *, ids_only: bool = False
+) -> Generator[Statement, list[Row], list[Row]]:
+    """The statements that insert `jobs`, as a generator: it yields each statement and is
+    sent that statement's rows; it returns, for each job in order, the stored row (its
+    own, or the live job holding its unique key). Run it with `run_async`/`run_sync`.
+
+    Usually one statement. A job whose unique key is held is resolved race-free: holders
+    that no longer count are released and the insert is tried again; the jobs of the
+    batch that depended on a job that was not inserted depend on its holder instead.
+    """
+    check_acyclic(jobs)
+    stored: dict[UUID, Row] = {}
+    moves: dict[UUID, UUID] = {}  # id of a job not inserted -> id of its key's holder
+    todo = list(jobs)
+    for _ in range(MAX_INSERT_ROUNDS):
+        rows = yield insert_statement(todo, clock, ids_only=ids_only)
+        outside = _outside_dependencies(todo)
+        if not rows and outside:
+            # The insert stores nothing when a dependency is unknown: name it.
+            missing = yield Statement(query("missing_job_ids"), {"ids": outside})
+            if missing:
+                raise ValidationError(
+                    f"dependsOn names an unknown job {missing[0]['id']}", field="dependsOn"
+                )
+        for row in rows:
+            stored[row["id"]] = row
+        conflicted = [job for job in todo if job.id not in stored]
+        if not conflicted:
+            break
+        keyed = [job for job in conflicted if job.unique_key is not None]
+        holders = (yield _unique_statement(keyed, clock)) if keyed else []
+        by_key = {row["unique_key"]: row for row in holders}
+        todo = []
+        for job in conflicted:
+            holder = by_key.get(job.unique_key) if job.unique_key is not None else None
+            if holder is None:
+                todo.append(job)  # its key was free after all (or the batch must retry)
+                continue
+            if job.on_conflict == "raise":
+                raise _held(job, holder)
+            stored[job.id] = holder
+            moves[job.id] = holder["id"]
+        if not todo:
+            break
+        todo = [_with_moves(job, moves) for job in todo]
+    else:
+        raise Conflict(
+            f"could not create {len(todo)} job(s): their unique keys changed hands "
+            f"{MAX_INSERT_ROUNDS} times in a row; try again"
+        )
+    if moves:
+        children = [
+            job_id
+            for job_id, row in stored.items()
+            if row["id"] == job_id and any(d in moves for d in row["depends_on"] or ())
+        ]
+        if children:
+            yield Statement(
+                query("redirect_dependencies"),
+                {
+                    "now": clock.sql_now(),
+                    "old": list(moves),
+                    "new": list(moves.values()),
+                    "children": children,
+                },
+            )
+    return [stored[job.id] for job in jobs]
+
+
+def decode_jobs(rows: list[Row]) -> list[Job]:
+    return [Job.from_row(row) for row in rows]
 
 
 def get_statement(job_id: UUID) -> Statement:
@@ -196,31 +276,34 @@ def fetch_all_sync(conn: SyncConn, statement: Statement) -> list[Row]:
         return cur.fetchall()
 
 
+async def run_async(conn: AsyncConn, plan: Generator[Statement, list[Row], T]) -> T:
+    """Execute a plan of statements (see `insert_plan`) on `conn`."""
+    try:
+        statement = next(plan)
+        while True:
+            statement = plan.send(await fetch_all_async(conn, statement))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+def run_sync(conn: SyncConn, plan: Generator[Statement, list[Row], T]) -> T:
+    try:
+        statement = next(plan)
+        while True:
+            statement = plan.send(fetch_all_sync(conn, statement))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
 async def insert_async(conn: AsyncConn, jobs: Sequence[NewJob], clock: Clock) -> list[Job]:
     """Insert `jobs` inside the caller's transaction (or autocommit) and return them."""
-    check = _missing_dependencies_statement(jobs)
-    if check is not None:
-        _check_missing(await fetch_all_async(conn, check))
-    inserted = await fetch_all_async(conn, insert_statement(jobs, clock))
-    keys = _unresolved_keys(jobs, inserted)
-    holders = []
-    if keys:
-        holders = await fetch_all_async(
-            conn, Statement(query("live_jobs_by_unique_key"), {"keys": keys})
-        )
-    return decode_inserted(jobs, inserted, holders)
+    return decode_jobs(await run_async(conn, insert_plan(jobs, clock)))
 
 
 def insert_sync(conn: SyncConn, jobs: Sequence[NewJob], clock: Clock) -> list[Job]:
-    check = _missing_dependencies_statement(jobs)
-    if check is not None:
-        _check_missing(fetch_all_sync(conn, check))
-    inserted = fetch_all_sync(conn, insert_statement(jobs, clock))
-    keys = _unresolved_keys(jobs, inserted)
-    holders = []
-    if keys:
-        holders = fetch_all_sync(conn, Statement(query("live_jobs_by_unique_key"), {"keys": keys}))
-    return decode_inserted(jobs, inserted, holders)
+    return decode_jobs(run_sync(conn, insert_plan(jobs, clock)))
 
 
 async def create_many_async(conn: AsyncConn, jobs: Sequence[NewJob], clock: Clock) -> list[UUID]:
@@ -231,7 +314,7 @@ async def create_many_async(conn: AsyncConn, jobs: Sequence[NewJob], clock: Cloc
         async with conn.cursor() as cur, cur.copy(query("copy_plain_jobs")) as copy:
             for job in copied:
                 await copy.write_row(copy_row(job))
-    stored = await insert_async(conn, inserted, clock) if inserted else []
+    stored = await run_async(conn, insert_plan(inserted, clock, ids_only=True)) if inserted else []
     return _ids_in_order(jobs, copied, stored)
 
 
@@ -241,13 +324,13 @@ def create_many_sync(conn: SyncConn, jobs: Sequence[NewJob], clock: Clock) -> li
         with conn.cursor() as cur, cur.copy(query("copy_plain_jobs")) as copy:
             for job in copied:
                 copy.write_row(copy_row(job))
-    stored = insert_sync(conn, inserted, clock) if inserted else []
+    stored = run_sync(conn, insert_plan(inserted, clock, ids_only=True)) if inserted else []
     return _ids_in_order(jobs, copied, stored)
 
 
-def _ids_in_order(jobs: Sequence[NewJob], copied: list[NewJob], stored: list[Job]) -> list[UUID]:
+def _ids_in_order(jobs: Sequence[NewJob], copied: list[NewJob], stored: list[Row]) -> list[UUID]:
     if not copied:
-        return [job.id for job in stored]
+        return [row["id"] for row in stored]
     stored_iter = iter(stored)
     copied_ids = {job.id for job in copied}
-    return [job.id if job.id in copied_ids else next(stored_iter).id for job in jobs]
+    return [job.id if job.id in copied_ids else next(stored_iter)["id"] for job in jobs]

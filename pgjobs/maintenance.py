@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs.backoff import ReconnectDelay
 from pgjobs.clock import Clock
+from pgjobs.dependencies import DependencySweeper
 from pgjobs.queries import query
 from pgjobs.scheduler import CronTask
 
@@ -136,6 +137,7 @@ def default_tasks(app: App) -> list[MaintenanceTask]:
         Stager(idle=s.poll_interval_ms / 1000),
         Rescuer(s.stalled_interval_ms / 1000, s.lock_duration_ms, s.max_stalled_count),
         Pruner(60.0, s.clean_completed_after_ms, s.clean_failed_after_ms),
+        DependencySweeper(s.stalled_interval_ms / 1000),
         CronTask(s),
     ]
     return tasks

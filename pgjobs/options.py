@@ -18,7 +18,7 @@ from uuid import UUID
 from pgjobs.config import Settings
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
-from pgjobs.models import PRIORITIES
+from pgjobs.models import PRIORITIES, STATUSES
 
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,99}$")
 MAX_PRIORITY = 1_000_000
@@ -28,6 +28,10 @@ MAX_TIMEOUT_MS = 30 * 86_400_000  # thirty days
 MAX_BACKOFF_STEPS = 100
 MAX_KEY_LENGTH = 255
 DEPENDENCY_POLICIES = ("fail", "ignore", "cancel")
+ON_CONFLICT = ("return", "raise")
+# The states in which a job holds its unique key unless told otherwise: while it is live.
+UNIQUE_STATES = ("pending", "delayed", "active", "blocked")
+MAX_UNIQUE_FOR_MS = MAX_DELAY_MS
 # A NUL escape that is not itself escaped (`\\u0000` is a literal backslash + "u0000").
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -44,6 +48,12 @@ OPTION_ALIASES: dict[str, str] = {
     "timeout": "timeout",
     "uniqueKey": "unique_key",
     "unique_key": "unique_key",
+    "uniqueFor": "unique_for",
+    "unique_for": "unique_for",
+    "uniqueStates": "unique_states",
+    "unique_states": "unique_states",
+    "onConflict": "on_conflict",
+    "on_conflict": "on_conflict",
     "dependsOn": "depends_on",
     "depends_on": "depends_on",
     "onDependencyFailure": "dependency_policy",
@@ -73,6 +83,9 @@ class NewJob:
     dependency_policy: str = "fail"
     rate_limit_key: str | None = None
     metadata_json: str = "{}"
+    unique_for_ms: int | None = None
+    unique_states: tuple[str, ...] = UNIQUE_STATES
+    on_conflict: str = "return"
 
     @property
     def plain(self) -> bool:
@@ -101,7 +114,14 @@ class NewJob:
             "dependency_policy": self.dependency_policy,
             "rate_limit_key": self.rate_limit_key,
             "metadata": self.metadata_json,
+            "unique_for_ms": self.unique_for_ms,
+            "unique_states": list(self.unique_states),
+            "on_conflict": self.on_conflict,
         }
+
+
+# A dependency: a job id, or a job built (with its id) for the same batch or flow.
+DependsOn = UUID | str | NewJob | Iterable[UUID | str | NewJob] | None
 
 
 def new_job(
@@ -118,7 +138,10 @@ def new_job(
     backoff: Any = None,
     timeout: float | None = None,
     unique_key: str | None = None,
-    depends_on: UUID | str | Iterable[UUID | str] | None = None,
+    unique_for: float | timedelta | None = None,
+    unique_states: Iterable[str] | None = None,
+    on_conflict: str | None = None,
+    depends_on: DependsOn = None,
     dependency_policy: str | None = None,
     rate_limit_key: str | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -132,6 +155,15 @@ def new_job(
         raise ValidationError(f"unknown option '{name}'", field=name)
     if delay is not None and run_at is not None:
         raise ValidationError("give either delay or runAt, not both", field="delay")
+    key = _key("uniqueKey", unique_key)
+    if key is None:
+        for name, value in (
+            ("uniqueFor", unique_for),
+            ("uniqueStates", unique_states),
+            ("onConflict", on_conflict),
+        ):
+            if value is not None:
+                raise ValidationError(f"{name} needs a uniqueKey", field=name)
     return NewJob(
         id=uuid7(),
         type=validate_type(type),
@@ -143,7 +175,10 @@ def new_job(
         run_at=_run_at(run_at),
         backoff_json=_backoff(backoff),
         timeout_ms=_timeout_ms(settings, timeout),
-        unique_key=_key("uniqueKey", unique_key),
+        unique_key=key,
+        unique_for_ms=_unique_for(unique_for),
+        unique_states=_unique_states(unique_states),
+        on_conflict=_on_conflict(on_conflict),
         depends_on=_depends_on(depends_on),
         dependency_policy=_dependency_policy(dependency_policy),
         rate_limit_key=_key("rateLimitKey", rate_limit_key),
@@ -420,14 +455,49 @@ def _key(name: str, value: Any) -> str | None:
     return value
 
 
+def _unique_for(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds() * 1000
+    return _whole_number("uniqueFor", value, minimum=0, maximum=MAX_UNIQUE_FOR_MS, ms=True)
+
+
+def _unique_states(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return UNIQUE_STATES
+    if isinstance(value, str) or not isinstance(value, Iterable) or isinstance(value, Mapping):
+        raise ValidationError("uniqueStates must be a list of job statuses", field="uniqueStates")
+    states = list(value)
+    unknown = [s for s in states if s not in STATUSES]
+    if unknown or not states:
+        shown = f" (got {unknown[0]!r})" if unknown else ""
+        raise ValidationError(
+            "uniqueStates must be a non-empty list of: " + ", ".join(STATUSES) + shown,
+            field="uniqueStates",
+        )
+    return tuple(s for s in STATUSES if s in states)
+
+
+def _on_conflict(value: Any) -> str:
+    if value is None:
+        return "return"
+    if value not in ON_CONFLICT:
+        raise ValidationError("onConflict must be 'return' or 'raise'", field="onConflict")
+    return str(value)
+
+
 def _depends_on(value: Any) -> list[UUID] | None:
     if value is None:
         return None
-    items = [value] if isinstance(value, UUID | str) else value
+    items = [value] if isinstance(value, UUID | str | NewJob) else value
     if not isinstance(items, Iterable) or isinstance(items, Mapping):
         raise ValidationError("dependsOn must be a job id or a list of job ids", field="dependsOn")
     ids: list[UUID] = []
     for item in items:
+        if isinstance(item, NewJob):
+            ids.append(item.id)  # a job built for the same batch or flow
+            continue
         try:
             ids.append(item if isinstance(item, UUID) else UUID(str(item)))
         except ValueError:

@@ -1,11 +1,18 @@
 -- Producing and looking up jobs (client.py).
 
--- name: insert_jobs
+-- name: insert_steps
 -- One statement for one job or thousands: parallel arrays through unnest keep it one
 -- round trip. The status is decided here against the database clock: 'blocked' while a
--- dependency is unfinished, 'delayed' while run_at is in the future, else 'pending'.
--- A live unique key makes the insert a no-op; the caller then looks up the holder.
-WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+-- dependency is unfinished (one created in the same batch counts as unfinished),
+-- 'failed' or 'cancelled' when a dependency already failed and the job's policy says
+-- so, 'delayed' while run_at is in the future, else 'pending'.
+-- Dependencies outside the batch are share-locked in id order (see
+-- pgjobs_settle_blocked): one finishing right now is read after its outcome commits,
+-- and one finishing later waits for this insert, so its settle step sees the new job.
+-- If any dependency does not exist nothing is inserted (the caller then names it).
+-- A held unique key makes the insert of that job a no-op; the caller then resolves it.
+-- Jobs that start failed or cancelled settle their children within the batch.
+clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 input AS (
     SELECT *
     FROM unnest(%(ids)s::uuid[], %(types)s::text[], %(queues)s::text[], %(payloads)s::jsonb[],
@@ -16,31 +23,82 @@ input AS (
         WITH ORDINALITY AS t(id, type, queue, payload, priority, max_attempts, delay_ms, run_at,
                              backoff, timeout_ms, unique_key, depends_on, dependency_policy,
                              rate_limit_key, metadata, ord)
+),
+deps AS (
+    SELECT i.id AS job, d.id::uuid AS dep, d.ord
+    FROM input i
+    CROSS JOIN LATERAL jsonb_array_elements_text(i.depends_on) WITH ORDINALITY AS d(id, ord)
+    WHERE i.depends_on IS NOT NULL
+),
+parents AS (
+    SELECT j.id, j.status
+    FROM jobs j
+    WHERE j.id IN (SELECT d.dep FROM deps d WHERE d.dep NOT IN (SELECT id FROM input))
+    ORDER BY j.id
+    FOR SHARE
+),
+dep_state AS (
+    SELECT g.job, g.ids, g.known, v.verdict, v.reason
+    FROM (
+        SELECT d.job,
+               array_agg(d.dep ORDER BY d.ord) AS ids,
+               array_agg(CASE WHEN b.id IS NOT NULL THEN 'pending' ELSE p.status END
+                         ORDER BY d.ord) AS statuses,
+               bool_and(b.id IS NOT NULL OR p.id IS NOT NULL) AS known
+        FROM deps d
+        LEFT JOIN parents p ON p.id = d.dep
+        LEFT JOIN input b ON b.id = d.dep
+        GROUP BY d.job
+    ) g
+    JOIN input i ON i.id = g.job
+    CROSS JOIN LATERAL pgjobs_dependency_verdict(i.dependency_policy, g.ids, g.statuses) v
+),
+inserted AS (
+    INSERT INTO jobs (id, type, queue, status, priority, payload, max_attempts, delay_ms,
+                      timeout_ms, run_at, backoff, unique_key, depends_on, dependency_policy,
+                      rate_limit_key, metadata, created_at, completed_at, last_error)
+    SELECT i.id, i.type, i.queue,
+           CASE WHEN s.verdict IN ('blocked', 'failed', 'cancelled') THEN s.verdict
+                WHEN r.run_at > c.now THEN 'delayed'
+                ELSE 'pending' END,
+           i.priority, i.payload, i.max_attempts, i.delay_ms, i.timeout_ms, r.run_at, i.backoff,
+           i.unique_key, s.ids, i.dependency_policy, i.rate_limit_key, i.metadata, c.now,
+           CASE WHEN s.verdict IN ('failed', 'cancelled') THEN c.now END, s.reason
+    FROM input i
+    CROSS JOIN clock c
+    CROSS JOIN LATERAL (
+        SELECT coalesce(i.run_at, c.now + i.delay_ms * interval '1 millisecond') AS run_at) r
+    LEFT JOIN dep_state s ON s.job = i.id
+    WHERE NOT EXISTS (SELECT 1 FROM dep_state x WHERE NOT x.known)
+    ORDER BY i.ord
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND unique_released_at IS NULL
+        DO NOTHING
+    RETURNING *
+),
+failures AS (
+    INSERT INTO job_failures (job_id, attempt_number, error_message, failed_at, kind)
+    SELECT n.id, 0, n.last_error, n.created_at, 'dependency'
+    FROM inserted n WHERE n.status = 'failed'
+),
+settled AS (
+    SELECT pgjobs_settle_blocked(
+               array_agg(x.id) FILTER (WHERE x.status IN ('failed', 'cancelled')), NULL,
+               (SELECT now FROM clock)) AS settled
+    FROM inserted x
 )
-INSERT INTO jobs (id, type, queue, status, priority, payload, max_attempts, delay_ms,
-                  timeout_ms, run_at, backoff, unique_key, depends_on, dependency_policy,
-                  rate_limit_key, metadata, created_at)
-SELECT i.id, i.type, i.queue,
-       CASE WHEN d.ids IS NOT NULL AND (
-                EXISTS (SELECT 1 FROM jobs p WHERE p.id = ANY (d.ids) AND p.status <> 'completed')
-                OR EXISTS (SELECT 1 FROM input x WHERE x.id = ANY (d.ids)))
-            THEN 'blocked'
-            WHEN r.run_at > c.now THEN 'delayed'
-            ELSE 'pending' END,
-       i.priority, i.payload, i.max_attempts, i.delay_ms, i.timeout_ms, r.run_at, i.backoff,
-       i.unique_key, d.ids, i.dependency_policy, i.rate_limit_key, i.metadata, c.now
-FROM input i
-CROSS JOIN clock c
-CROSS JOIN LATERAL (
-    SELECT coalesce(i.run_at, c.now + i.delay_ms * interval '1 millisecond') AS run_at) r
-CROSS JOIN LATERAL (
-    SELECT CASE WHEN i.depends_on IS NULL THEN NULL
-                ELSE ARRAY(SELECT jsonb_array_elements_text(i.depends_on)::uuid) END AS ids) d
-ORDER BY i.ord
-ON CONFLICT (unique_key)
-    WHERE unique_key IS NOT NULL AND status IN ('pending', 'delayed', 'active', 'blocked')
-    DO NOTHING
-RETURNING *;
+
+-- name: insert_jobs
+WITH {{insert_steps}}
+SELECT n.*
+FROM inserted n
+CROSS JOIN LATERAL (SELECT count(*) FROM settled) s;
+
+-- name: insert_job_ids
+-- insert_jobs for callers that only need the ids (bulk creates, flows).
+WITH {{insert_steps}}
+SELECT n.id, n.unique_key, n.depends_on
+FROM inserted n
+CROSS JOIN LATERAL (SELECT count(*) FROM settled) s;
 
 -- name: copy_plain_jobs
 -- Bulk path for jobs that run now: COPY is several times faster than any INSERT.
@@ -48,10 +106,51 @@ RETURNING *;
 COPY jobs (id, type, queue, payload, priority, max_attempts, timeout_ms, backoff,
            rate_limit_key, metadata) FROM STDIN;
 
--- name: live_jobs_by_unique_key
-SELECT * FROM jobs
-WHERE unique_key = ANY (%(keys)s::text[])
-  AND status IN ('pending', 'delayed', 'active', 'blocked');
+-- name: resolve_unique_keys
+-- For keys whose insert found a holder: releases each holder that no longer counts for
+-- the job being created (its status is not one of the states that count and it is
+-- older than the uniqueFor period) and returns the holders that still count. The
+-- release re-checks the holder under its row lock, so a holder that was just made live
+-- again keeps its key. A key left without a holder is free: the caller inserts again.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+wanted AS (
+    SELECT *
+    FROM unnest(%(keys)s::text[], %(states)s::jsonb[], %(periods)s::bigint[])
+        AS w(key, states, period_ms)
+),
+released AS (
+    UPDATE jobs j
+    SET unique_released_at = c.now
+    FROM wanted w, clock c
+    WHERE j.unique_key = w.key AND j.unique_released_at IS NULL
+      AND NOT w.states ? j.status
+      AND (w.period_ms IS NULL
+           OR j.created_at <= c.now - w.period_ms * interval '1 millisecond')
+    RETURNING j.id
+)
+SELECT j.*
+FROM jobs j
+JOIN wanted w ON j.unique_key = w.key
+WHERE j.unique_released_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM released r WHERE r.id = j.id);
+
+-- name: redirect_dependencies
+-- A job of a batch that found its unique key held was not inserted: the jobs of the
+-- batch that depend on it now depend on the holder instead, and are settled against it.
+WITH moves AS (
+    SELECT * FROM unnest(%(old)s::uuid[], %(new)s::uuid[]) AS m(old, new)
+),
+moved AS (
+    UPDATE jobs j
+    SET depends_on = ARRAY(
+        SELECT DISTINCT coalesce(m.new, d.id)
+        FROM unnest(j.depends_on) AS d(id) LEFT JOIN moves m ON m.old = d.id
+        ORDER BY 1)
+    WHERE j.id = ANY (%(children)s::uuid[]) AND j.status = 'blocked'
+    RETURNING j.id
+)
+SELECT pgjobs_settle_blocked(NULL, array_agg(id), %(now)s::timestamptz) AS settled
+FROM moved;
 
 -- name: missing_job_ids
 SELECT i.id FROM unnest(%(ids)s::uuid[]) AS i(id)
@@ -84,20 +183,30 @@ updated AS (
     WHERE j.id = t.id AND t.status IN ('pending', 'delayed', 'blocked', 'active')
     RETURNING j.*
 ),
-signal AS (SELECT pg_notify('pgjobs_cancel', u.id::text) FROM updated u WHERE u.status = 'active')
+signal AS (SELECT pg_notify('pgjobs_cancel', u.id::text) FROM updated u WHERE u.status = 'active'),
+-- A job cancelled now settles the jobs waiting on it (a running one does when its
+-- worker records the outcome).
+settled AS (
+    SELECT pgjobs_settle_blocked(array_agg(u.id) FILTER (WHERE u.status = 'cancelled'), NULL,
+                                 (SELECT now FROM clock))
+    FROM updated u
+)
 SELECT t.status AS previous_status, u.*
 FROM target t
 LEFT JOIN updated u ON true
-CROSS JOIN LATERAL (SELECT count(*) FROM signal) s;
+CROSS JOIN LATERAL (SELECT count(*) FROM signal) s
+CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
 
 -- name: retry_job
 -- An operator retry grants a fresh budget of tries on top of the ones used, so attempts
--- keeps increasing and every run's (id, attempts) fence token stays unique.
+-- keeps increasing and every run's (id, attempts) fence token stays unique. A job with
+-- dependencies waits for them again: it is settled at once against their current
+-- outcomes (it runs if they all completed, fails again if one still has failed).
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 target AS (SELECT id, status FROM jobs WHERE id = %(id)s FOR UPDATE),
 updated AS (
     UPDATE jobs j
-    SET status = 'pending',
+    SET status = CASE WHEN j.depends_on IS NULL THEN 'pending' ELSE 'blocked' END,
         run_at = c.now,
         attempt_budget = coalesce(j.attempt_budget, j.max_attempts),
         max_attempts = j.attempts + coalesce(j.attempt_budget, j.max_attempts),
@@ -112,8 +221,17 @@ updated AS (
     WHERE j.id = t.id AND t.status IN ('failed', 'cancelled')
     RETURNING j.*
 ),
-wake AS (SELECT pgjobs_notify_queues(array_agg(u.queue)) FROM updated u)
+wake AS (
+    SELECT pgjobs_notify_queues(array_agg(u.queue) FILTER (WHERE u.status = 'pending'))
+    FROM updated u
+),
+settled AS (
+    SELECT pgjobs_settle_blocked(NULL, array_agg(u.id) FILTER (WHERE u.status = 'blocked'),
+                                 (SELECT now FROM clock))
+    FROM updated u
+)
 SELECT t.status AS previous_status, u.*
 FROM target t
 LEFT JOIN updated u ON true
-CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
+CROSS JOIN LATERAL (SELECT count(*) FROM wake) w
+CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;

@@ -71,7 +71,10 @@ failures AS (
     FROM rescued r CROSS JOIN clock c
 ),
 removed AS (DELETE FROM job_workers w USING dead d WHERE w.id = d.id),
-wake AS (SELECT pgjobs_notify_queues(array_agg(queue) FILTER (WHERE status = 'pending'))
+wake AS (SELECT pgjobs_notify_queues(array_agg(queue) FILTER (WHERE status = 'pending')),
+                -- Jobs that failed for good settle the jobs waiting on them.
+                pgjobs_settle_blocked(array_agg(id) FILTER (WHERE status = 'failed'), NULL,
+                                      (SELECT now FROM clock))
          FROM rescued)
 SELECT count(*) FILTER (WHERE r.status = 'pending') AS requeued,
        count(*) FILTER (WHERE r.status = 'failed') AS failed

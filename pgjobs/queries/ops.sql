@@ -155,7 +155,7 @@ target AS (
 ),
 updated AS (
     UPDATE jobs j
-    SET status = 'pending',
+    SET status = CASE WHEN j.depends_on IS NULL THEN 'pending' ELSE 'blocked' END,
         run_at = c.now,
         attempt_budget = coalesce(j.attempt_budget, j.max_attempts),
         max_attempts = j.attempts + coalesce(j.attempt_budget, j.max_attempts),
@@ -171,7 +171,13 @@ updated AS (
     RETURNING j.id, j.type, j.queue, j.status, j.attempts, j.max_attempts, j.last_error,
               NULL::timestamptz AS failed_at, j.created_at
 ),
-wake AS (SELECT pgjobs_notify_queues(array_agg(u.queue::text)) FROM updated u)
+wake AS (
+    SELECT pgjobs_notify_queues(array_agg(u.queue::text) FILTER (WHERE u.status = 'pending')),
+           -- Jobs with dependencies wait for them again (see retry_job).
+           pgjobs_settle_blocked(NULL, array_agg(u.id) FILTER (WHERE u.status = 'blocked'),
+                                 (SELECT now FROM clock))
+    FROM updated u
+)
 SELECT u.* FROM updated u CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
 
 -- name: ops_promote_delayed
