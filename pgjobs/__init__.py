@@ -12,6 +12,7 @@ from pgjobs.errors import (
     ConfigError,
     Conflict,
     Discard,
+    JobFailed,
     JobNotFound,
     NotFound,
     PgJobsError,
@@ -20,6 +21,7 @@ from pgjobs.errors import (
     StaleRun,
     ValidationError,
 )
+from pgjobs.events import JobEvent
 from pgjobs.models import PRIORITIES, Job, JobFailure, JobResult
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "HandlerSpec",
     "Job",
     "JobContext",
+    "JobEvent",
+    "JobFailed",
     "JobFailure",
     "JobNotFound",
     "JobResult",

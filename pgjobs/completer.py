@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs.backoff import ReconnectDelay
 from pgjobs.clock import Clock
+from pgjobs.events import JobEvent, Publisher
 from pgjobs.queries import query
 
 OutcomeKind = Literal["completed", "retry", "failed", "snooze", "cancelled", "release"]
@@ -38,6 +39,24 @@ class Outcome:
     stack: str | None = None
     failure_kind: str = "error"
     delay_ms: int = 0
+    queue: str = ""  # queue and type: only for the job event of the outcome
+    type: str = ""
+
+
+# Outcome kind -> (event, status it leaves the job in); snoozes and give-backs are no events.
+_EVENTS = {
+    "completed": ("completed", "completed"),
+    "failed": ("failed", "failed"),
+    "cancelled": ("cancelled", "cancelled"),
+    "retry": ("retrying", ""),
+}
+
+
+class Batch(list[Outcome]):
+    """Outcomes written together; remembers whether their statement NOTIFYed the job
+    events itself or the events are to be published to Redis once written."""
+
+    sql_notify = True
 
 
 class Completer:
@@ -49,8 +68,10 @@ class Completer:
         *,
         max_batch: int = 500,
         max_wait: float = 0.002,
+        events: Publisher | None = None,
     ) -> None:
         self._pool = pool
+        self._events = events
         self._clock = clock
         self._worker_id = worker_id
         self._max_batch = max_batch
@@ -86,11 +107,11 @@ class Completer:
                 log.error("could not record %d outcomes before stopping", self.backlog)
                 self._task.cancel()
 
-    def take(self) -> list[Outcome]:
+    def take(self) -> Batch:
         """Hand the buffered outcomes to a caller that writes them itself (the fetch
         loop, with its next claim) and then calls `written` or `give_back`. Each outcome
         is taken by exactly one writer."""
-        batch = self._buffer[: self._max_batch]
+        batch = Batch(self._buffer[: self._max_batch])
         del self._buffer[: len(batch)]
         self._writing += len(batch)
         return batch
@@ -110,6 +131,8 @@ class Completer:
     async def written(self, batch: list[Outcome], applied: set[UUID]) -> None:
         """A caller wrote `batch` (`applied` = the ids whose outcome was recorded)."""
         self._account(batch, applied)
+        if self._events is not None and not getattr(batch, "sql_notify", True):
+            self._events.emit(_job_events(batch, applied))
         self._writing -= len(batch)
         async with self._flushed:
             self._flushed.notify_all()
@@ -144,7 +167,11 @@ class Completer:
 
     def params(self, batch: list[Outcome]) -> dict[str, Any]:
         """Parameters of the finish statements (finish_runs, finish_and_claim)."""
+        notify = self._events is None or self._events.notify_in_sql
+        if isinstance(batch, Batch):
+            batch.sql_notify = notify
         return {
+            "notify_events": notify,
             "now": self._clock.sql_now(),
             "worker": self._worker_id,
             "ids": [o.job_id for o in batch],
@@ -177,3 +204,16 @@ class Completer:
         """Return once everything added so far has been written (tests, drain)."""
         async with self._flushed:
             await self._flushed.wait_for(lambda: not self._buffer and not self._writing)
+
+
+def _job_events(batch: list[Outcome], applied: set[UUID]) -> list[JobEvent]:
+    out = []
+    for o in batch:
+        names = _EVENTS.get(o.kind)
+        if names is None or o.job_id not in applied:
+            continue
+        event, status = names
+        if not status:
+            status = "delayed" if o.delay_ms > 0 else "pending"
+        out.append(JobEvent(event, o.job_id, o.queue, o.type, status))
+    return out

@@ -217,6 +217,7 @@ class Settings:
     backoff_max_ms: int = setting("JOBS_BACKOFF_MAX", _positive_int, 3_600_000)
     max_payload_bytes: int = setting("JOBS_MAX_PAYLOAD_BYTES", _positive_int, 1_048_576)
     listen: bool = setting("JOBS_LISTEN", _bool, True)
+    rate_limit_fail_open: bool = setting("JOBS_RATE_LIMIT_FAIL_OPEN", _bool, False)
     app: str | None = setting("JOBS_APP", _text)
     api_token: str | None = setting("JOBS_API_TOKEN", _text)
     dashboard_user: str | None = setting("JOBS_DASHBOARD_USER", _text)

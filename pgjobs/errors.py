@@ -87,3 +87,17 @@ class StaleRun(PgJobsError):
     """This run no longer owns its job (it was rescued, cancelled or finished elsewhere)."""
 
     code = "stale_run"
+
+
+class JobFailed(PgJobsError):
+    """An awaited job ended without a result: it failed for good, or was cancelled.
+
+    `str(exc)` and `message` are the job's last error ("cancelled" for a cancel)."""
+
+    code = "job_failed"
+
+    def __init__(self, message: str, *, job_id: object, status: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.job_id = job_id
+        self.status = status

@@ -33,12 +33,14 @@ from pgjobs.completer import Completer, Outcome
 from pgjobs.context import JobContext
 from pgjobs.db import make_pool
 from pgjobs.errors import StaleRun, ValidationError
+from pgjobs.events import JobEvent, Publisher
 from pgjobs.executor import ClaimedJob, Execution, ThreadRunner
 from pgjobs.ids import uuid7
+from pgjobs.limits import RateLimiter
 from pgjobs.maintenance import Maintenance, MaintenanceTask, Stager, default_tasks, run_round
 from pgjobs.options import validate_queue
 from pgjobs.queries import query
-from pgjobs.wakeup import Listener
+from pgjobs.wakeup import Listener, RedisWakeups
 
 if TYPE_CHECKING:
     from pgjobs.app import App
@@ -104,7 +106,11 @@ class Worker:
             max_size=6,
             check=False,
         )
-        self._completer = Completer(self._pool, self.clock, self.id)
+        # Redis extras (each has a Postgres path): job events, rate limits, wake-ups.
+        self._events = Publisher(settings.redis_url, self._pool)
+        self._limiter = RateLimiter(settings, self.id, self.queues)
+        self._redis_wakeups: RedisWakeups | None = None
+        self._completer = Completer(self._pool, self.clock, self.id, events=self._events)
         self._threads = ThreadRunner(self.concurrency + 4)
         self._listener: Listener | None = None
         self._maintenance: Maintenance | None = None
@@ -117,6 +123,8 @@ class Worker:
         self._started = True
         await self._pool.open(wait=False)
         await self._register()
+        await self._events.start()
+        await self._limiter.start(self._pool)
         self._completer.start()
         if self._listen:
             self._listener = Listener(
@@ -128,6 +136,11 @@ class Worker:
                 on_reconnect=self._wake.set,
             )
             self._listener.start()
+        if self.settings.redis_url is not None and not self._drain:
+            self._redis_wakeups = RedisWakeups(
+                self.settings.redis_url, on_jobs=self._on_jobs, on_reconnect=self._wake.set
+            )
+            await self._redis_wakeups.start(self._pool)
         if self._with_maintenance:
             tasks = self._tasks if self._tasks is not None else default_tasks(self.app)
             self._maintenance = Maintenance(
@@ -151,6 +164,8 @@ class Worker:
         """Return once the wake-up listener is connected (tests measure latency)."""
         if self._listener is not None:
             await asyncio.wait_for(self._listener.connected.wait(), timeout)
+        if self._redis_wakeups is not None:
+            await asyncio.wait_for(self._redis_wakeups.connected.wait(), timeout)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming, finish or give back running jobs, record, deregister."""
@@ -164,6 +179,8 @@ class Worker:
             await asyncio.gather(self._fetch_task, return_exceptions=True)
         await self._finish_running(self.grace if grace is None else grace)
         await self._completer.close()
+        await self._events.close()
+        await self._limiter.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -171,6 +188,8 @@ class Worker:
             await self._maintenance.stop()
         if self._listener is not None:
             await self._listener.stop()
+        if self._redis_wakeups is not None:
+            await self._redis_wakeups.stop()
         await self._deregister()
         self._threads.close()
         await self._pool.close()
@@ -256,12 +275,21 @@ class Worker:
     async def _wait_for_work(self) -> None:
         """Sleep until a wake-up for our queues or the jittered poll, whichever first."""
         timeout = self.poll_interval * random.uniform(0.9, 1.1)
+        if self._limiter.active:
+            # Look again as soon as a rate-limited bucket grants again.
+            ready = self._limiter.ready_in()
+            timeout = timeout if ready is None else min(timeout, ready + 0.001)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         """Claim up to `limit` jobs. Outcomes waiting to be recorded ride along in the
-        same statement: one round trip and one commit per cycle instead of two."""
+        same statement: one round trip and one commit per cycle instead of two.
+        With rate limits, the limiter claims (see pgjobs/limits.py) and the completer
+        records outcomes on its own."""
+        if self._limiter.active:
+            limited = await self._limiter.claim(self._pool, limit, self.clock)
+            return [ClaimedJob.from_row(row) for row in limited]
         started = time.perf_counter()
         params = {
             "now": self.clock.sql_now(),
@@ -334,8 +362,11 @@ class Worker:
             handle.finish()
             self._running.pop(job.id, None)
             self._slot_freed.set()
+        outcome.queue, outcome.type = job.queue, job.type
         if not execution.ctx.completed_in_transaction:
             self._completer.add(outcome)
+        elif handle.publish_completion:
+            self._events.emit([JobEvent("completed", job.id, job.queue, job.type, "completed")])
         self.processed += 1
         _log_outcome(job, outcome)
 
@@ -429,11 +460,22 @@ class Worker:
     # ---------------------------------------------------------------- run support
 
     async def write_progress(self, job: ClaimedJob, percent: int, message: str | None) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(
+        notify = self._events.notify_in_sql
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
                 query("update_progress"),
-                {"id": job.id, "attempt": job.attempts, "progress": percent, "message": message},
+                {
+                    "id": job.id,
+                    "attempt": job.attempts,
+                    "progress": percent,
+                    "message": message,
+                    "notify_events": notify,
+                },
             )
+            row = await cur.fetchone()
+        if row is not None and not notify:
+            event = JobEvent("progress", job.id, job.queue, job.type, "active", row["progress"])
+            self._events.emit([event])
 
     async def complete_in(
         self,
@@ -441,7 +483,10 @@ class Worker:
         conn: psycopg.AsyncConnection[Any],
         result_json: str,
         duration_ms: int,
-    ) -> None:
+    ) -> bool:
+        """Returns whether the completed event is still to be published (to Redis,
+        once the handler's transaction committed)."""
+        notify = self._events.notify_in_sql
         async with conn.cursor() as cur:
             await cur.execute(
                 query("complete_in_transaction"),
@@ -451,10 +496,12 @@ class Worker:
                     "attempt": job.attempts,
                     "result": result_json,
                     "duration_ms": duration_ms,
+                    "notify_events": notify,
                 },
             )
             if await cur.fetchone() is None:
                 raise StaleRun(f"run {job.attempts} of job {job.id} no longer owns the job")
+        return not notify
 
     async def parent_results(self, job: ClaimedJob) -> dict[str, Any]:
         if not job.depends_on:
@@ -478,6 +525,7 @@ class RunHandle:
         self._pending: tuple[int, str | None] | None = None
         self._flusher: asyncio.TimerHandle | None = None
         self._finished = False
+        self.publish_completion = False
 
     def finish(self) -> None:
         self._finished = True
@@ -521,7 +569,9 @@ class RunHandle:
         if self._finished:
             raise StaleRun(f"the run of job {self._job.id} is over")
         duration = round((time.monotonic() - self._started) * 1000)
-        await self._worker.complete_in(self._job, conn, json.dumps(result), duration)
+        self.publish_completion = await self._worker.complete_in(
+            self._job, conn, json.dumps(result), duration
+        )
 
     async def parent_results(self) -> dict[str, Any]:
         return await self._worker.parent_results(self._job)

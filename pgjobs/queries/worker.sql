@@ -76,7 +76,7 @@ finished AS (
         worker_id = NULL
     FROM input i, clock c
     WHERE j.id = i.id AND j.status = 'active' AND j.attempts = i.attempt
-    RETURNING j.id, j.queue, j.status, j.run_at, i.outcome
+    RETURNING j.id, j.queue, j.type, j.status, j.run_at, i.outcome
 ),
 results AS (
     INSERT INTO job_results (job_id, result, duration_ms, completed_at, attempt)
@@ -93,7 +93,14 @@ failures AS (
 ),
 wake AS (
     SELECT pgjobs_notify_queues(array_agg(f.queue) FILTER (WHERE f.status = 'pending')),
-           CASE WHEN bool_or(f.status = 'delayed') THEN pg_notify('pgjobs_delayed', '') END
+           CASE WHEN bool_or(f.status = 'delayed') THEN pg_notify('pgjobs_delayed', '') END,
+           -- Job events ride along over NOTIFY unless the worker publishes them to Redis.
+           pgjobs_notify_events(CASE WHEN %(notify_events)s THEN
+               array_agg(json_build_array(CASE f.outcome WHEN 'retry' THEN 'retrying'
+                                                         ELSE f.outcome END,
+                                          f.id, f.queue, f.type, f.status, NULL)::text)
+               FILTER (WHERE f.outcome IN ('completed', 'failed', 'retry', 'cancelled'))
+           END)
     FROM finished f
 )
 
@@ -132,19 +139,36 @@ finished AS (
     SET status = 'completed', completed_at = c.now, progress = 100, worker_id = NULL
     FROM clock c
     WHERE j.id = %(id)s AND j.status = 'active' AND j.attempts = %(attempt)s
-    RETURNING j.id
+    RETURNING j.id, j.queue, j.type
+),
+events AS (
+    SELECT pgjobs_notify_events(ARRAY(
+        SELECT json_build_array('completed', f.id, f.queue, f.type, 'completed', NULL)::text
+        FROM finished f WHERE %(notify_events)s))
 ),
 results AS (
     INSERT INTO job_results (job_id, result, duration_ms, completed_at, attempt)
     SELECT f.id, %(result)s::jsonb, %(duration_ms)s, c.now, %(attempt)s
     FROM finished f CROSS JOIN clock c
 )
-SELECT id FROM finished;
+SELECT f.id FROM finished f CROSS JOIN LATERAL (SELECT count(*) FROM events) e;
 
 -- name: update_progress
-UPDATE jobs
-SET progress = %(progress)s, progress_message = %(message)s
-WHERE id = %(id)s AND status = 'active' AND attempts = %(attempt)s;
+-- Fenced like the finish; the progress event goes out over NOTIFY unless the worker
+-- publishes it to Redis (it then uses the row returned).
+WITH updated AS (
+    UPDATE jobs
+    SET progress = %(progress)s, progress_message = %(message)s
+    WHERE id = %(id)s AND status = 'active' AND attempts = %(attempt)s
+    RETURNING id, queue, type, status, progress
+),
+events AS (
+    SELECT pgjobs_notify_events(ARRAY(
+        SELECT json_build_array('progress', u.id, u.queue, u.type, u.status, u.progress)::text
+        FROM updated u WHERE %(notify_events)s))
+)
+SELECT u.id, u.queue, u.type, u.status, u.progress
+FROM updated u CROSS JOIN LATERAL (SELECT count(*) FROM events) e;
 
 -- name: parent_results
 SELECT r.job_id, r.result

@@ -1,0 +1,180 @@
+"""Redis, the optional cache beside PostgreSQL: clients, key names, an outage breaker and
+a reconnecting pub/sub subscriber.
+
+Redis carries rate-limit tokens, wake-ups and job events, never job data, and nothing
+here is ever required: every caller has a PostgreSQL path for when Redis is not
+configured or down. Clients therefore fail fast (short timeouts, no retries) and a
+`Breaker` keeps a dead Redis from costing a timeout on every call.
+
+Keys and channels are namespaced `pgjobs:{<database name>}:...`, so installations that
+share one Redis keep apart, and the braces (a Redis Cluster hash tag) put all keys of
+one installation in one slot, as the rate-limit script needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from pgjobs.backoff import ReconnectDelay
+
+log = logging.getLogger("pgjobs.redis")
+
+TIMEOUT_S = 1.0
+BREAK_S = 2.0
+
+# What a failing Redis call raises (a refused or reset connection is also an OSError).
+ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
+
+
+class Keys:
+    """Key and channel names of one installation (one PostgreSQL database)."""
+
+    def __init__(self, database: str) -> None:
+        self.prefix = f"pgjobs:{{{database}}}"
+        self.jobs_channel = f"{self.prefix}:jobs"
+        self.events_channel = f"{self.prefix}:events"
+        self.limits_marker = f"{self.prefix}:rl:since"
+
+    def bucket(self, name: str) -> str:
+        return f"{self.prefix}:rl:{name}"
+
+
+def async_client(url: str) -> aioredis.Redis:
+    """An asyncio client that fails within a second instead of retrying."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=TIMEOUT_S,
+        socket_connect_timeout=TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def sync_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=TIMEOUT_S,
+        socket_connect_timeout=TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+class Breaker:
+    """After a failure, Redis is skipped for `pause` seconds; one log line per outage."""
+
+    def __init__(self, what: str, pause: float = BREAK_S) -> None:
+        self.what = what
+        self.pause = pause
+        self._open_until = 0.0
+        self._down = False
+
+    @property
+    def closed(self) -> bool:
+        """True when Redis may be tried."""
+        return time.monotonic() >= self._open_until
+
+    def failed(self, exc: BaseException) -> None:
+        self._open_until = time.monotonic() + self.pause
+        if not self._down:
+            self._down = True
+            log.warning("redis unavailable for %s (%s); using PostgreSQL", self.what, describe(exc))
+
+    def succeeded(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("redis is back for %s", self.what)
+
+
+class Subscriber:
+    """Delivers the messages of Redis channels to a callback and never gives up: after
+    any error it logs one line, waits, reconnects and subscribes again, then calls
+    `on_reconnect` (messages published meanwhile are lost; callers look once)."""
+
+    def __init__(
+        self,
+        url: str,
+        channels: list[str],
+        on_message: Callable[[str, bytes], None],
+        *,
+        on_reconnect: Callable[[], None] | None = None,
+        name: str = "pgjobs-redis-subscriber",
+    ) -> None:
+        self._url = url
+        self._channels = channels
+        self._on_message = on_message
+        self._on_reconnect = on_reconnect
+        self._name = name
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delay = ReconnectDelay()
+        first = True
+        down = False
+        while not self._stopping:
+            client = async_client(self._url)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*self._channels)
+                self.connected.set()
+                delay.reset()
+                if down:
+                    log.info("redis subscription %s is back", ",".join(self._channels))
+                    down = False
+                if not first and self._on_reconnect is not None:
+                    self._on_reconnect()
+                first = False
+                while not self._stopping:
+                    # A read timeout only means "no message yet": get_message returns None.
+                    message = await pubsub.get_message(timeout=0.5)
+                    if message is not None and message.get("type") == "message":
+                        self._deliver(message)
+            except ERRORS as exc:
+                self.connected.clear()
+                if not down:
+                    log.warning(
+                        "redis subscription %s lost (%s); retrying",
+                        ",".join(self._channels),
+                        describe(exc),
+                    )
+                    down = True
+                await asyncio.sleep(delay.next())
+            finally:
+                self.connected.clear()
+                with contextlib.suppress(*ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(*ERRORS):
+                    await client.aclose()
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        channel = message["channel"]
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        data = message["data"]
+        try:
+            self._on_message(name, data if isinstance(data, bytes) else str(data).encode())
+        except Exception:  # a consumer's bug must not end the subscription
+            log.exception("handling a redis message on %s failed", name)

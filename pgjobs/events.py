@@ -1,0 +1,525 @@
+"""Job events — `progress`, `completed`, `failed`, `retrying`, `stalled`, `cancelled` —
+and the two ways of consuming them: `app.events()` and `app.wait(job_id)`.
+
+An event says which job changed and into what: event, job id, queue, job type, status
+(and the percentage of a progress event); never payloads, results or errors.
+
+Publishing. Every event is published only once the change it reports has committed:
+- without Redis (or while Redis is down) the statement that makes the change sends it
+  with NOTIFY on `pgjobs_events` (pgjobs_notify_events), so PostgreSQL delivers it at
+  commit, in commit order;
+- with Redis, the worker publishes the rows those statements returned on the channel
+  `pgjobs:{db}:events`, from one ordered queue per process. A batch Redis refuses goes
+  out over NOTIFY instead.
+
+Consuming. One `EventHub` per App subscribes to Redis (when configured) and LISTENs on
+`pgjobs_events` (unless JOBS_LISTEN=false), and fans events out to streams and waiters.
+Events are hints: a stream misses what was published while its connection was down,
+so `wait()` also re-reads the awaited jobs every poll interval and never depends on
+an event arriving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from pgjobs import cache
+from pgjobs.backoff import ReconnectDelay
+from pgjobs.db import connect_async
+from pgjobs.errors import JobFailed, JobNotFound, ServiceUnavailable
+from pgjobs.queries import query
+
+if TYPE_CHECKING:
+    from pgjobs.app import App
+
+log = logging.getLogger("pgjobs.events")
+
+EVENT_NAMES = ("progress", "completed", "failed", "retrying", "stalled", "cancelled")
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+# finish_runs outcome -> event; snoozes and shutdown give-backs are not events.
+OUTCOME_EVENTS = {
+    "completed": "completed",
+    "failed": "failed",
+    "retry": "retrying",
+    "cancelled": "cancelled",
+}
+PUBLISH_BATCH = 500
+STREAM_BUFFER = 10_000
+WAIT_CHUNK = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    event: str
+    id: UUID
+    queue: str
+    type: str
+    status: str
+    progress: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event": self.event,
+            "id": str(self.id),
+            "queue": self.queue,
+            "type": self.type,
+            "status": self.status,
+        }
+        if self.progress is not None:
+            out["progress"] = self.progress
+        return out
+
+    def wire(self) -> list[Any]:
+        return [self.event, str(self.id), self.queue, self.type, self.status, self.progress]
+
+
+def encode(events: Iterable[JobEvent]) -> str:
+    """The wire form: a JSON array of [event, id, queue, type, status, progress]
+    (the same shape pgjobs_notify_events sends)."""
+    return json.dumps([e.wire() for e in events], separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(data: bytes | str) -> list[JobEvent]:
+    """Events from a message; malformed entries are skipped, never raised."""
+    try:
+        items = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        log.debug("ignoring a malformed event message %r", data[:200])
+        return []
+    out: list[JobEvent] = []
+    for item in items if isinstance(items, list) else ():
+        try:
+            event, job_id, queue, type_, status, progress = item
+            out.append(
+                JobEvent(
+                    str(event),
+                    UUID(str(job_id)),
+                    str(queue),
+                    str(type_),
+                    str(status),
+                    None if progress is None else int(progress),
+                )
+            )
+        except (TypeError, ValueError):
+            log.debug("ignoring a malformed event %r", item)
+    return out
+
+
+def outcome_events(rows: Iterable[dict[str, Any]]) -> list[JobEvent]:
+    """Events of the rows finish_runs applied (id, queue, type, status, outcome)."""
+    out = []
+    for row in rows:
+        name = OUTCOME_EVENTS.get(row["outcome"])
+        if name is not None:
+            out.append(JobEvent(name, row["id"], row["queue"], row["type"], row["status"]))
+    return out
+
+
+# ------------------------------------------------------------------ publishing
+
+
+class Publisher:
+    """The worker's side: publishes committed events to Redis, in order, from one task.
+
+    `notify_in_sql` tells the statements that make changes whether to NOTIFY their
+    events themselves (no Redis, or Redis is down); when it is False the caller hands
+    the returned rows to `emit()` instead.
+    """
+
+    def __init__(self, redis_url: str | None, pool: AsyncConnectionPool) -> None:
+        self._url = redis_url
+        self._pool = pool
+        self._client: Any = None
+        self._channel: str | None = None
+        self._breaker = cache.Breaker("job events")
+        self._buffer: list[JobEvent] = []
+        self._has_items = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.published = 0
+
+    @property
+    def notify_in_sql(self) -> bool:
+        return self._channel is None or not self._breaker.closed
+
+    async def start(self) -> None:
+        if self._url is None:
+            return
+        try:
+            async with self._pool.connection() as conn:
+                self._channel = cache.Keys(conn.info.dbname).events_channel
+        except (psycopg.Error, OSError) as exc:
+            # Without the database name there is no channel: NOTIFY until restarted.
+            log.warning("job events go over NOTIFY only (%s)", exc)
+            return
+        self._client = cache.async_client(self._url)
+        self._task = asyncio.create_task(self._run(), name="pgjobs-events")
+
+    def emit(self, events: list[JobEvent]) -> None:
+        if events:
+            self._buffer.extend(events)
+            self._has_items.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._has_items.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except TimeoutError:
+                self._task.cancel()
+        if self._client is not None:
+            with contextlib.suppress(*cache.ERRORS):
+                await self._client.aclose()
+
+    async def _run(self) -> None:
+        assert self._channel is not None
+        while True:
+            await self._has_items.wait()
+            self._has_items.clear()
+            while self._buffer:
+                batch = self._buffer[:PUBLISH_BATCH]
+                del self._buffer[:PUBLISH_BATCH]
+                await self._send(batch)
+            if self._closing:
+                return
+
+    async def _send(self, batch: list[JobEvent]) -> None:
+        if self._breaker.closed:
+            try:
+                await self._client.publish(self._channel, encode(batch))
+                self._breaker.succeeded()
+                self.published += len(batch)
+                return
+            except cache.ERRORS as exc:
+                self._breaker.failed(exc)
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    query("notify_job_events"),
+                    {"events": [json.dumps(e.wire(), ensure_ascii=False) for e in batch]},
+                )
+            self.published += len(batch)
+        except (psycopg.Error, OSError) as exc:
+            log.warning(
+                "dropped %d job events: neither Redis nor PostgreSQL took them (%s)",
+                len(batch),
+                exc,
+            )
+
+
+# ------------------------------------------------------------------ consuming
+
+
+class PgEventListener:
+    """LISTEN pgjobs_events on a dedicated connection that reconnects after any error."""
+
+    _window = 0.5
+
+    def __init__(self, url: str, on_message: Callable[[str], None]) -> None:
+        self._url = url
+        self._on_message = on_message
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pgjobs-events-listener")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except TimeoutError:
+                self._task.cancel()
+
+    async def _run(self) -> None:
+        delay = ReconnectDelay()
+        while not self._stopping:
+            try:
+                conn = await connect_async(self._url, "listen", "events")
+            except ServiceUnavailable as exc:
+                log.warning("event listener cannot connect (%s); retrying", exc)
+                await asyncio.sleep(delay.next())
+                continue
+            try:
+                await conn.execute(query("listen_events"))
+                delay.reset()
+                self.connected.set()
+                while not self._stopping:
+                    # A bounded window, never `break` inside notifies() (see wakeup.py).
+                    async for notify in conn.notifies(timeout=self._window):
+                        self._on_message(notify.payload)
+            except (psycopg.Error, OSError) as exc:
+                if not self._stopping:
+                    log.warning("event listener lost its connection (%s); reconnecting", exc)
+                    self.connected.clear()
+                    await asyncio.sleep(delay.next())
+            finally:
+                self.connected.clear()
+                await conn.close()
+
+
+class EventStream:
+    """Events as they happen, optionally only of some queues, jobs or event names.
+
+        async with app.events(queues=["emails"]) as stream:
+            async for event in stream:
+                ...
+
+    Entering returns once the subscriptions are live, so nothing published afterwards is
+    missed (as long as the connections stay up). A consumer that falls 10,000 events
+    behind is dropped: the iterator raises ServiceUnavailable.
+    """
+
+    def __init__(
+        self,
+        hub: EventHub,
+        queues: Collection[str] | None,
+        job_ids: Collection[UUID] | None,
+        events: Collection[str] | None,
+    ) -> None:
+        self._hub = hub
+        self._queues = frozenset(queues) if queues else None
+        self._jobs = frozenset(job_ids) if job_ids else None
+        self._events = frozenset(events) if events else None
+        # Unbounded: offer() enforces the limit and keeps room for the end marker.
+        self._items: asyncio.Queue[JobEvent | None] = asyncio.Queue()
+        self._entered = False
+        self._closed = False
+        self.overflowed = False
+
+    def wants(self, event: JobEvent) -> bool:
+        return (
+            (self._queues is None or event.queue in self._queues)
+            and (self._jobs is None or event.id in self._jobs)
+            and (self._events is None or event.event in self._events)
+        )
+
+    def offer(self, event: JobEvent) -> None:
+        if self.overflowed:
+            return
+        if self._items.qsize() >= STREAM_BUFFER:
+            self.overflowed = True
+            self._hub.remove_stream(self)
+            self._items.put_nowait(None)  # wakes the consumer to raise
+            return
+        self._items.put_nowait(event)
+
+    async def __aenter__(self) -> EventStream:
+        if not self._entered and not self._closed:
+            self._entered = True
+            await self._hub.add_stream(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._hub.remove_stream(self)
+            self._items.put_nowait(None)  # ends a consumer waiting in __anext__
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        await self.__aenter__()
+        item = await self._items.get()
+        if item is not None:
+            return item
+        if self.overflowed:
+            raise ServiceUnavailable("event consumer fell 10,000 events behind; subscribe again")
+        raise StopAsyncIteration
+
+
+class EventHub:
+    """One subscription per App, fanned out to EventStreams and wait() callers."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        settings = app.settings
+        self._poll = settings.poll_interval_ms / 1000
+        self._redis: cache.Subscriber | None = None
+        self._listener: PgEventListener | None = None
+        self._redis_url = settings.redis_url
+        self._listen = settings.listen
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._streams: set[EventStream] = set()
+        self._waiters: dict[UUID, list[asyncio.Future[Any]]] = {}
+        self._to_check: set[UUID] = set()
+        self._check = asyncio.Event()
+        self._checker: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- sources
+
+    async def _ensure_started(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+            waits = []
+            if self._redis_url is not None:
+                async with self._app.connection() as conn:
+                    channel = cache.Keys(conn.info.dbname).events_channel
+                self._redis = cache.Subscriber(
+                    self._redis_url,
+                    [channel],
+                    lambda _channel, data: self._dispatch(data),
+                    on_reconnect=self._recheck_all,
+                    name="pgjobs-events-redis",
+                )
+                self._redis.start()
+                waits.append(self._redis.connected.wait())
+            if self._listen:
+                self._listener = PgEventListener(
+                    self._app.settings.require_database_url(), self._dispatch
+                )
+                self._listener.start()
+                waits.append(self._listener.connected.wait())
+            if waits:
+                # Either source suffices; a source that is down is covered by the other
+                # one or, for waiters, by polling.
+                _done, pending = await asyncio.wait(
+                    [asyncio.ensure_future(w) for w in waits],
+                    timeout=5,
+                    return_when=asyncio.ALL_COMPLETED,
+                )
+                for task in pending:
+                    task.cancel()
+
+    def _dispatch(self, data: bytes | str) -> None:
+        for event in decode(data):
+            for stream in list(self._streams):
+                if stream.wants(event):
+                    stream.offer(event)
+            if event.id in self._waiters and event.status in TERMINAL:
+                self._to_check.add(event.id)
+                self._check.set()
+
+    def _recheck_all(self) -> None:
+        self._to_check.update(self._waiters)
+        self._check.set()
+
+    async def close(self) -> None:
+        for stream in list(self._streams):
+            await stream.aclose()
+        if self._checker is not None:
+            self._checker.cancel()
+            await asyncio.gather(self._checker, return_exceptions=True)
+        for futures in self._waiters.values():
+            for future in futures:
+                future.cancel()
+        self._waiters.clear()
+        if self._redis is not None:
+            await self._redis.stop()
+        if self._listener is not None:
+            await self._listener.stop()
+
+    # ---------------------------------------------------------------- streams
+
+    def stream(
+        self,
+        queues: Collection[str] | None = None,
+        job_ids: Collection[UUID] | None = None,
+        events: Collection[str] | None = None,
+    ) -> EventStream:
+        return EventStream(self, queues, job_ids, events)
+
+    async def add_stream(self, stream: EventStream) -> None:
+        await self._ensure_started()
+        self._streams.add(stream)
+
+    def remove_stream(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
+
+    # ---------------------------------------------------------------- waiting
+
+    async def wait(self, job_id: UUID, timeout: float | None) -> Any:
+        """The job's result once it completed; JobFailed once it failed or was
+        cancelled; TimeoutError after `timeout` seconds (None = no limit)."""
+        await self._ensure_started()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        self._to_check.add(job_id)
+        self._check.set()
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.create_task(self._check_loop(), name="pgjobs-waiters")
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        finally:
+            waiting = self._waiters.get(job_id)
+            if waiting is not None:
+                if future in waiting:
+                    waiting.remove(future)
+                if not waiting:
+                    del self._waiters[job_id]
+            if not future.done():
+                future.cancel()
+
+    async def _check_loop(self) -> None:
+        delay = ReconnectDelay()
+        while self._waiters:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check.wait(), self._poll)
+            self._check.clear()
+            due = self._to_check if self._to_check else set(self._waiters)
+            self._to_check = set()
+            ids = [i for i in due if i in self._waiters]
+            try:
+                for start in range(0, len(ids), WAIT_CHUNK):
+                    await self._resolve(ids[start : start + WAIT_CHUNK])
+                delay.reset()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("checking awaited jobs failed (%s); retrying", exc)
+                self._to_check.update(ids)
+                await asyncio.sleep(delay.next())
+
+    async def _resolve(self, ids: list[UUID]) -> None:
+        async with self._app.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("wait_job_states"), {"ids": ids})
+            rows = {row["id"]: row for row in await cur.fetchall()}
+        for job_id in ids:
+            row = rows.get(job_id)
+            if row is None:
+                self._settle(job_id, exception=JobNotFound(f"no job with id {job_id}"))
+            elif row["status"] == "completed":
+                self._settle(job_id, result=row["result"])
+            elif row["status"] in TERMINAL:
+                message = row["last_error"] or row["status"]
+                if row["status"] == "cancelled":
+                    message = "cancelled"
+                self._settle(
+                    job_id, exception=JobFailed(message, job_id=job_id, status=row["status"])
+                )
+
+    def _settle(
+        self, job_id: UUID, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        for future in self._waiters.pop(job_id, []):
+            if future.done():
+                continue
+            if exception is not None:
+                future.set_exception(exception)
+            else:
+                future.set_result(result)
