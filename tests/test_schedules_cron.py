@@ -481,3 +481,48 @@ def test_fixed_offset_zone_matches_croniter_exactly() -> None:
     assert list(itertools.islice(cron.fires(start), 50)) == [
         theirs.get_next(datetime) for _ in range(50)
     ]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(
+    expressions(),
+    instants,
+    st.sampled_from(AWKWARD_ZONES),
+    st.one_of(st.integers(0, 120), st.integers(0, 4 * 3600)),
+    st.sampled_from(["skip", "run_once", "catch_up"]),
+    st.integers(0, 20),
+    st.integers(0, 30),
+)
+def test_misfire_policies_against_enumerated_slots(
+    text: str,
+    instant: datetime,
+    zone: str,
+    outage: int,
+    policy: str,
+    max_catch_up: int,
+    grace_seconds: int,
+) -> None:
+    """After any outage, the fires are: every on-time slot (within the grace period),
+    plus none / the latest / the latest `max_catch_up` of the missed ones."""
+    cron = Cron.parse(text, zone)
+    grace = timedelta(seconds=grace_seconds)
+    next_due = cron.next_fire(instant)
+    now = next_due + timedelta(seconds=outage, microseconds=instant.microsecond)
+    slots = [next_due]
+    while len(slots) <= 200 and slots[-1] <= now:
+        slots.append(cron.next_fire(slots[-1]))
+    assume(slots[-1] > now)  # at most 200 due slots: keeps the enumeration quick
+    slots = slots[:-1]
+    missed = [at for at in slots if at < now - grace]
+    on_time = [at for at in slots if at >= now - grace]
+    expected = {
+        "skip": [],
+        "run_once": missed[-1:],
+        "catch_up": missed[-max_catch_up:] if max_catch_up else [],
+    }[policy]
+    plan = due_fires(cron, next_due, now, misfire=policy, grace=grace, max_catch_up=max_catch_up)
+    assert [(f.at, f.catch_up) for f in plan.fires] == [(at, policy) for at in expected] + [
+        (at, None) for at in on_time
+    ]
+    assert plan.next_run_at == cron.next_fire(now)
+    assert plan.missed_since == (next_due if missed else None)
