@@ -30,6 +30,8 @@ from pgjobs.schedule_service import Schedule
 
 if TYPE_CHECKING:
     from pgjobs.context import JobContext
+    from pgjobs.events import EventHub, EventStream
+    from pgjobs.wakeup import WakeupPublisher
     from pgjobs.worker import Worker
 
 Handler = Callable[["JobContext", Any], Any]
@@ -62,6 +64,10 @@ class App:
         self._pool: AsyncConnectionPool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._sync_pool: ConnectionPool | None = None
+        self._hub: EventHub | None = None
+        self._hub_loop: asyncio.AbstractEventLoop | None = None
+        self._wakeups: WakeupPublisher | None = None
+        self._database: str | None = None
         if builtin_types:
             from pgjobs.types import register_builtin_types
 
@@ -109,7 +115,10 @@ class App:
         rate_limit_key, metadata.
         """
         job = self.build(type, payload, **options)
-        return (await self._insert([job], conn))[0]
+        stored = (await self._insert([job], conn))[0]
+        if conn is None and stored.status == "pending":
+            await self.notify_committed([stored.queue])
+        return stored
 
     async def create_many(
         self,
@@ -129,7 +138,9 @@ class App:
             return await client.create_many_async(conn, batch, self.clock)
         pool = await self.pool()
         async with pool.connection() as own, own.transaction():
-            return await client.create_many_async(own, batch, self.clock)
+            ids = await client.create_many_async(own, batch, self.clock)
+        await self.notify_committed({job.queue for job in batch})
+        return ids
 
     async def get(self, job_id: UUID | str) -> Job:
         """The job with its results and failure history (JobNotFound if none)."""
@@ -161,7 +172,10 @@ class App:
         if conn is not None:
             return client.insert_sync(conn, [job], self.clock)[0]
         with self.sync_pool().connection() as own:
-            return client.insert_sync(own, [job], self.clock)[0]
+            stored = client.insert_sync(own, [job], self.clock)[0]
+        if stored.status == "pending":
+            self.notify_committed_sync([stored.queue])
+        return stored
 
     def create_many_sync(
         self,
@@ -175,7 +189,9 @@ class App:
         if conn is not None:
             return client.create_many_sync(conn, batch, self.clock)
         with self.sync_pool().connection() as own, own.transaction():
-            return client.create_many_sync(own, batch, self.clock)
+            ids = client.create_many_sync(own, batch, self.clock)
+        self.notify_committed_sync({job.queue for job in batch})
+        return ids
 
     def get_sync(self, job_id: UUID | str) -> Job:
         jid = client.parse_job_id(job_id)
@@ -278,6 +294,76 @@ class App:
         with self.sync_pool().connection() as conn:
             return sched.delete_schedule_sync(conn, name)
 
+    # ------------------------------------------------------------ wake-ups, events, results
+
+    async def notify_committed(self, queues: Iterable[str]) -> None:
+        """Wake workers over Redis for jobs enqueued in `queues` by a transaction that
+        has committed. create()/create_many() without `conn` do this themselves; with
+        your own connection, call it after your commit (NOTIFY, sent by PostgreSQL at
+        commit, and the workers' poll cover it otherwise). A no-op without Redis."""
+        names = set(queues)
+        if self.settings.redis_url is None or not names:
+            return
+        if self._database is None:
+            async with self.connection() as conn:
+                self._database = conn.info.dbname
+        await self._wakeup_publisher().publish(self._database, names)
+
+    def notify_committed_sync(self, queues: Iterable[str]) -> None:
+        names = set(queues)
+        if self.settings.redis_url is None or not names:
+            return
+        if self._database is None:
+            with self.sync_pool().connection() as conn:
+                self._database = conn.info.dbname
+        self._wakeup_publisher().publish_sync(self._database, names)
+
+    def _wakeup_publisher(self) -> WakeupPublisher:
+        from pgjobs.wakeup import WakeupPublisher
+
+        if self._wakeups is None:
+            assert self.settings.redis_url is not None
+            self._wakeups = WakeupPublisher(self.settings.redis_url)
+        return self._wakeups
+
+    async def wait(self, job_id: UUID | str, timeout: float | None = None) -> Any:
+        """Wait until the job finishes and return its result.
+
+        Raises `JobFailed` (with the job's last error) if it failed for good or was
+        cancelled, `JobNotFound` if there is no such job, and `TimeoutError` after
+        `timeout` seconds. Job events make it return at once; the awaited jobs are also
+        re-read every poll interval, so it never depends on an event arriving."""
+        return await self._event_hub().wait(client.parse_job_id(job_id), timeout)
+
+    def events(
+        self,
+        *,
+        queues: Iterable[str] | None = None,
+        job_ids: Iterable[UUID | str] | None = None,
+        events: Iterable[str] | None = None,
+    ) -> EventStream:
+        """Job events as they happen (`progress`, `completed`, `failed`, `retrying`,
+        `stalled`, `cancelled`), optionally only of some queues, jobs or event names:
+
+            async with app.events(queues=["emails"]) as stream:
+                async for event in stream:
+                    print(event.event, event.id, event.status)
+        """
+        ids = [client.parse_job_id(j) for j in job_ids] if job_ids is not None else None
+        return self._event_hub().stream(
+            list(queues) if queues is not None else None,
+            ids,
+            list(events) if events is not None else None,
+        )
+
+    def _event_hub(self) -> EventHub:
+        from pgjobs.events import EventHub
+
+        loop = asyncio.get_running_loop()
+        if self._hub is None or self._hub_loop is not loop:
+            self._hub, self._hub_loop = EventHub(self), loop
+        return self._hub
+
     # ------------------------------------------------------------ running
 
     def worker(
@@ -332,12 +418,21 @@ class App:
             yield conn
 
     async def close(self) -> None:
+        if self._hub is not None:
+            if self._hub_loop is asyncio.get_running_loop():
+                await self._hub.close()
+            self._hub = None
+        if self._wakeups is not None:
+            await self._wakeups.close()
+            self._wakeups = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
         self.close_sync()
 
     def close_sync(self) -> None:
+        if self._wakeups is not None:
+            self._wakeups.close_sync()
         if self._sync_pool is not None:
             self._sync_pool.close()
             self._sync_pool = None
