@@ -24,6 +24,7 @@ from pgjobs.clock import Clock
 from pgjobs.config import Settings, load_settings
 from pgjobs.db import connect_kwargs, make_pool
 from pgjobs.errors import ValidationError
+from pgjobs.flows import CreatedFlow, FlowItem, create_flow_async, create_flow_sync, plan_flow
 from pgjobs.models import Job
 from pgjobs.options import NewJob, new_job, new_job_from_request
 from pgjobs.schedule_service import Schedule
@@ -142,6 +143,31 @@ class App:
         await self.notify_committed({job.queue for job in batch})
         return ids
 
+    async def flow(
+        self,
+        jobs: Iterable[FlowItem],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> CreatedFlow:
+        """Create a tree or DAG of jobs, all or nothing, and return their ids.
+
+        Items are `NewJob`s from `build()` (`depends_on` may name other built jobs) or
+        API-shaped mappings with an optional `"ref"` that other items' `dependsOn` can
+        name. A flow without unique keys is one statement, whatever its size.
+        """
+        plan = plan_flow(self.settings, jobs)
+        if conn is not None:
+            return await create_flow_async(conn, plan, self.clock)
+        pool = await self.pool()
+        async with pool.connection() as own:
+            if not plan.needs_transaction:
+                created = await create_flow_async(own, plan, self.clock)
+            else:
+                async with own.transaction():
+                    created = await create_flow_async(own, plan, self.clock)
+        await self.notify_committed(plan.start_queues)
+        return created
+
     async def get(self, job_id: UUID | str) -> Job:
         """The job with its results and failure history (JobNotFound if none)."""
         jid = client.parse_job_id(job_id)
@@ -156,7 +182,9 @@ class App:
     async def retry(self, job_id: UUID | str) -> Job:
         """Queue a failed or cancelled job again with a fresh budget of attempts."""
         jid = client.parse_job_id(job_id)
-        return client.decode_retry(jid, await self._fetch(client.retry_statement(jid, self.clock)))
+        job = client.decode_retry(jid, await self._fetch(client.retry_statement(jid, self.clock)))
+        # A job with dependencies was settled against them after the row was returned.
+        return job if job.status != "blocked" else await self.get(jid)
 
     # ------------------------------------------------------------ sync adapters
 
@@ -193,6 +221,24 @@ class App:
         self.notify_committed_sync({job.queue for job in batch})
         return ids
 
+    def flow_sync(
+        self,
+        jobs: Iterable[FlowItem],
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> CreatedFlow:
+        plan = plan_flow(self.settings, jobs)
+        if conn is not None:
+            return create_flow_sync(conn, plan, self.clock)
+        with self.sync_pool().connection() as own:
+            if not plan.needs_transaction:
+                created = create_flow_sync(own, plan, self.clock)
+            else:
+                with own.transaction():
+                    created = create_flow_sync(own, plan, self.clock)
+        self.notify_committed_sync(plan.start_queues)
+        return created
+
     def get_sync(self, job_id: UUID | str) -> Job:
         jid = client.parse_job_id(job_id)
         return client.decode_job(jid, self._fetch_sync(client.get_statement(jid)))
@@ -203,7 +249,8 @@ class App:
 
     def retry_sync(self, job_id: UUID | str) -> Job:
         jid = client.parse_job_id(job_id)
-        return client.decode_retry(jid, self._fetch_sync(client.retry_statement(jid, self.clock)))
+        job = client.decode_retry(jid, self._fetch_sync(client.retry_statement(jid, self.clock)))
+        return job if job.status != "blocked" else self.get_sync(jid)
 
     # ------------------------------------------------------------ schedules
 

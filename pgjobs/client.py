@@ -48,7 +48,7 @@ class Statement:
 
 def insert_statement(jobs: Sequence[NewJob], clock: Clock, *, ids_only: bool = False) -> Statement:
     return Statement(
-        query("insert_job_ids") if ids_only else query("insert_jobs"),
+        _insert_query(any(j.depends_on for j in jobs), ids_only),
         {
             "now": clock.sql_now(),
             "ids": [j.id for j in jobs],
@@ -70,6 +70,12 @@ def insert_statement(jobs: Sequence[NewJob], clock: Clock, *, ids_only: bool = F
             "metadatas": [j.metadata_json for j in jobs],
         },
     )
+
+
+def _insert_query(dependent: bool, ids_only: bool) -> LiteralString:
+    if dependent:
+        return query("insert_dependent_job_ids") if ids_only else query("insert_dependent_jobs")
+    return query("insert_job_ids") if ids_only else query("insert_jobs")
 
 
 def copy_row(job: NewJob) -> tuple[Any, ...]:
@@ -148,27 +154,51 @@ def insert_plan(
     todo = list(jobs)
     for _ in range(MAX_INSERT_ROUNDS):
         rows = yield insert_statement(todo, clock, ids_only=ids_only)
+        holders: dict[str, Row] = {}
+        inserted = 0
+        for row in rows:
+            if row["held"]:
+                holders.setdefault(row["unique_key"], row)
+                continue
+            inserted += 1
+            stored[row["id"]] = row
+            if row["unique_key"] is not None:
+                holders[row["unique_key"]] = row  # held by a job of this batch
         outside = _outside_dependencies(todo)
-        if not rows and outside:
+        if not inserted and outside:
             # The insert stores nothing when a dependency is unknown: name it.
             missing = yield Statement(query("missing_job_ids"), {"ids": outside})
             if missing:
                 raise ValidationError(
                     f"dependsOn names an unknown job {missing[0]['id']}", field="dependsOn"
                 )
-        for row in rows:
-            stored[row["id"]] = row
         conflicted = [job for job in todo if job.id not in stored]
         if not conflicted:
             break
-        keyed = [job for job in conflicted if job.unique_key is not None]
-        holders = (yield _unique_statement(keyed, clock)) if keyed else []
-        by_key = {row["unique_key"]: row for row in holders}
+        # Per key (the first job asking for it sets the rules): a holder in a state that
+        # counts answers at once; any other is looked at again by the database, which
+        # releases it if it no longer counts (then the key is free: insert again).
+        rules: dict[str, NewJob] = {}
+        for job in conflicted:
+            if job.unique_key is not None:
+                rules.setdefault(job.unique_key, job)
+        final: dict[str, Row | None] = {}
+        undecided: list[NewJob] = []
+        for key, job in rules.items():
+            holder = holders.get(key)
+            if holder is not None and holder["status"] in job.unique_states:
+                final[key] = holder
+            else:
+                undecided.append(job)
+        if undecided:
+            found = {row["unique_key"]: row for row in (yield _unique_statement(undecided, clock))}
+            for job in undecided:
+                final[str(job.unique_key)] = found.get(str(job.unique_key))
         todo = []
         for job in conflicted:
-            holder = by_key.get(job.unique_key) if job.unique_key is not None else None
+            holder = final.get(job.unique_key) if job.unique_key is not None else None
             if holder is None:
-                todo.append(job)  # its key was free after all (or the batch must retry)
+                todo.append(job)  # its key is free now (or the batch must retry)
                 continue
             if job.on_conflict == "raise":
                 raise _held(job, holder)

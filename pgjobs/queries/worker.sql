@@ -91,6 +91,8 @@ failures AS (
     FROM finished f JOIN input i ON i.id = f.id CROSS JOIN clock c
     WHERE f.outcome IN ('retry', 'failed')
 ),
+-- Jobs that finished for good settle the jobs waiting on them in this same
+-- transaction (see pgjobs_settle_blocked in schema.sql).
 wake AS (
     SELECT pgjobs_notify_queues(array_agg(f.queue) FILTER (WHERE f.status = 'pending')),
            CASE WHEN bool_or(f.status = 'delayed') THEN pg_notify('pgjobs_delayed', '') END,
@@ -100,7 +102,10 @@ wake AS (
                                                          ELSE f.outcome END,
                                           f.id, f.queue, f.type, f.status, NULL)::text)
                FILTER (WHERE f.outcome IN ('completed', 'failed', 'retry', 'cancelled'))
-           END)
+           END),
+           pgjobs_settle_blocked(
+               array_agg(f.id) FILTER (WHERE f.status IN ('completed', 'failed', 'cancelled')),
+               NULL, (SELECT now FROM clock))
     FROM finished f
 )
 
@@ -150,8 +155,13 @@ results AS (
     INSERT INTO job_results (job_id, result, duration_ms, completed_at, attempt)
     SELECT f.id, %(result)s::jsonb, %(duration_ms)s, c.now, %(attempt)s
     FROM finished f CROSS JOIN clock c
+),
+settled AS (
+    SELECT pgjobs_settle_blocked(array_agg(f.id), NULL, (SELECT now FROM clock))
+    FROM finished f
 )
-SELECT f.id FROM finished f CROSS JOIN LATERAL (SELECT count(*) FROM events) e;
+SELECT f.id FROM finished f CROSS JOIN LATERAL (SELECT count(*) FROM settled) s
+CROSS JOIN LATERAL (SELECT count(*) FROM events) e;
 
 -- name: update_progress
 -- Fenced like the finish; the progress event goes out over NOTIFY unless the worker
