@@ -222,6 +222,13 @@ class Settings:
     api_token: str | None = setting("JOBS_API_TOKEN", _text)
     dashboard_user: str | None = setting("JOBS_DASHBOARD_USER", _text)
     dashboard_password: str | None = setting("JOBS_DASHBOARD_PASSWORD", _text)
+    dashboard_readonly: bool = setting("JOBS_DASHBOARD_READONLY", _bool, False)
+    dashboard_readonly_user: str | None = setting("JOBS_DASHBOARD_READONLY_USER", _text)
+    dashboard_readonly_password: str | None = setting(
+        "JOBS_DASHBOARD_READONLY_PASSWORD", _text, secret=True
+    )
+    dashboard_secret: str | None = setting("JOBS_DASHBOARD_SECRET", _text, secret=True)
+    dashboard_refresh_ms: int = setting("JOBS_DASHBOARD_REFRESH", _non_negative_int, 5000)
     smtp_url: str | None = setting("JOBS_SMTP_URL", _smtp_url, secret=True)
     smtp_from: str | None = setting("JOBS_SMTP_FROM", _email_address)
     email_templates_dir: str | None = setting("JOBS_EMAIL_TEMPLATES_DIR", _text)

@@ -83,7 +83,7 @@ def test_spec_rest_and_health_check_examples_work_as_written(db_url: str) -> Non
         assert default["delayed"] == 1
         # Health Checks: `open http://localhost:3105/dashboard`
         status, body = curl(f"{base}/dashboard")
-        assert status == 200 and "<table>" in body and "default" in body
+        assert status == 200 and "<table" in body and "default" in body
 
 
 def test_auth_is_required_on_every_route_but_health(db_url: str) -> None:

@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from pgjobs.ops.health import health_score
+
 
 def jsonable(value: Any) -> Any:
     """`value` with ids and times as strings, dataclasses as dicts."""
@@ -309,3 +311,73 @@ class MetricsSnapshot:
     workers: int
     oldest_pending_s: dict[str, float]
     database: DatabaseHealth
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts(Jsonable):
+    """Jobs per status in one queue, cheap enough to read on every dashboard refresh.
+
+    Live statuses are always exact. A finished status (completed, failed, cancelled) with
+    more jobs than the exact limit is estimated from a sample of the table; its name is
+    then in `estimated`."""
+
+    name: str
+    is_paused: bool
+    waiting: int
+    active: int
+    delayed: int
+    paused: int
+    blocked: int
+    completed: int
+    failed: int
+    cancelled: int
+    estimated: frozenset[str]
+
+    @property
+    def health_score(self) -> int:
+        return health_score(waiting=self.waiting, active=self.active, failed=self.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = jsonable(self)
+        out["estimated"] = sorted(self.estimated)
+        out["health_score"] = self.health_score
+        return dict(out)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedMinute(Jsonable):
+    """Jobs of one queue that finished (completed or failed for good) in one minute."""
+
+    queue: str
+    minute: datetime
+    completed: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedSeries(Jsonable):
+    """Finished jobs per queue and minute from `since` up to the database's `now`."""
+
+    now: datetime
+    since: datetime
+    minutes: tuple[FinishedMinute, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobLink(Jsonable):
+    """A job related to another one (a dependency or a dependent, a schedule's run)."""
+
+    id: UUID
+    type: str
+    queue: str
+    status: str
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRun(Jsonable):
+    """The latest fire of a schedule and the job it enqueued (None when pruned)."""
+
+    schedule_id: UUID
+    fire_time: datetime
+    job: JobLink | None

@@ -21,7 +21,7 @@ import psycopg
 from pgjobs.app import App
 from pgjobs.client import Statement, fetch_all_async, fetch_one_async, parse_job_id
 from pgjobs.errors import Conflict, JobNotFound, NotFound, ValidationError
-from pgjobs.models import Job
+from pgjobs.models import FINISHED, Job
 from pgjobs.ops.filters import DEFAULT_LIMIT, JobFilter, clamp_limit, decode_cursor, encode_cursor
 from pgjobs.ops.health import health_score
 from pgjobs.ops.models import (
@@ -30,14 +30,19 @@ from pgjobs.ops.models import (
     DatabaseHealth,
     DurationStats,
     FailureGroup,
+    FinishedMinute,
+    FinishedSeries,
     HistogramSeries,
+    JobLink,
     JobPage,
     JobSummary,
     MetricsSnapshot,
+    QueueCounts,
     QueueState,
     QueueStats,
     RetryCandidate,
     RetryReport,
+    ScheduleRun,
     StatsReport,
     ThroughputPoint,
     WindowStats,
@@ -59,6 +64,11 @@ MAX_WINDOW_HOURS = 24 * 366
 MAX_BULK = 10_000
 CLEAN_BATCH = 1000
 PAYLOAD_PREVIEW_CHARS = 200
+# Dashboard counts: a finished status with more jobs than this in a queue is estimated
+# from a sample of about SAMPLE_ROWS rows (see Ops.queue_counts).
+EXACT_COUNT_LIMIT = 5000
+SAMPLE_ROWS = 20_000
+AUDIT_MAX_IDS = 1000
 
 
 def window_hours(value: Any) -> float:
@@ -460,6 +470,120 @@ class Ops:
             await self._audit_in(conn, actor, "schedule.delete", deleted.name, {})
         return deleted
 
+    # ------------------------------------------------------------ dashboard
+    # Read models sized for the dashboard's overview, which refreshes every few seconds
+    # on tables of millions of jobs (statements in queries/dashboard.sql).
+
+    async def queue_counts(
+        self, *, exact_limit: int = EXACT_COUNT_LIMIT, sample_rows: int = SAMPLE_ROWS
+    ) -> tuple[QueueCounts, ...]:
+        """Jobs per queue and status without reading every finished job: live statuses
+        exactly, finished ones exactly up to `exact_limit` and estimated from a sample
+        of about `sample_rows` rows above it."""
+        async with self._connection() as conn:
+            rows = await self._all(conn, "dashboard_queue_status_counts", {"cap": exact_limit})
+            known = await self._all(conn, "dashboard_known_queues", {})
+            estimates: dict[tuple[str, str], int] = {}
+            exact_sample = False
+            if any(r["status"] in FINISHED and r["n"] > exact_limit for r in rows):
+                size = await self._one(conn, "dashboard_jobs_reltuples", {})
+                percent = sample_percent(size["reltuples"] if size else -1.0, sample_rows)
+                exact_sample = percent >= 100
+                sample = await self._all(conn, "dashboard_finished_sample", {"percent": percent})
+                estimates = {
+                    (r["queue"], r["status"]): round(int(r["n"]) * 100 / percent) for r in sample
+                }
+        paused = {r["name"]: bool(r["paused"]) for r in known}
+        counts: dict[str, dict[str, int]] = {name: {} for name in paused}
+        estimated: dict[str, set[str]] = {}
+        for r in rows:
+            n = int(r["n"])
+            if r["status"] in FINISHED and n > exact_limit:
+                n = estimates.get((r["queue"], r["status"]), 0)
+                if not exact_sample:
+                    n = max(n, exact_limit + 1)
+                    estimated.setdefault(r["queue"], set()).add(r["status"])
+            counts.setdefault(r["queue"], {})[r["status"]] = n
+        return tuple(
+            _queue_counts(name, counts[name], paused.get(name, False), estimated.get(name))
+            for name in sorted(counts)
+        )
+
+    async def finished_minutes(
+        self, *, since: datetime | None = None, window_minutes: int = 24 * 60
+    ) -> FinishedSeries:
+        """Completed and failed jobs per queue and minute, from `since` (at most
+        `window_minutes` back, the current minute included) up to now."""
+        async with self._connection() as conn:
+            row = await self._one(conn, "dashboard_now", {"now": self.clock.sql_now()})
+            assert row is not None
+            now: datetime = row["now"]
+            start = minute_floor(now) - timedelta(minutes=window_minutes - 1)
+            since = start if since is None or since < start else since
+            params = {"since": since, "until": now}
+            rows = await self._all(conn, "dashboard_finished_minutes", params)
+        minutes = tuple(FinishedMinute(**r) for r in rows)
+        return FinishedSeries(now=now, since=since, minutes=minutes)
+
+    async def job_links(
+        self, job: Job, *, limit: int = 50
+    ) -> tuple[tuple[JobLink, ...], tuple[JobLink, ...]]:
+        """(the jobs `job` depends on, up to `limit` jobs that depend on it)."""
+        params = {"id": job.id, "parents": list(job.depends_on or []), "limit": limit}
+        async with self._connection() as conn:
+            rows = await self._all(conn, "dashboard_job_links", params)
+        links: dict[str, list[JobLink]] = {"parent": [], "child": []}
+        for r in rows:
+            links[r["relation"]].append(_job_link(r))
+        return tuple(links["parent"]), tuple(links["child"])
+
+    async def worker_jobs(
+        self, workers: Sequence[UUID], *, limit: int = 1000
+    ) -> dict[UUID, tuple[JobLink, ...]]:
+        """The jobs each of `workers` is running now."""
+        params = {"workers": list(workers), "limit": limit}
+        async with self._connection() as conn:
+            rows = await self._all(conn, "dashboard_worker_jobs", params)
+        running: dict[UUID, list[JobLink]] = {}
+        for r in rows:
+            running.setdefault(r["worker_id"], []).append(_job_link(r))
+        return {worker: tuple(jobs) for worker, jobs in running.items()}
+
+    async def schedule_last_runs(self, ids: Sequence[UUID]) -> dict[UUID, ScheduleRun]:
+        """The latest fire of each schedule in `ids` that has fired, with its job."""
+        async with self._connection() as conn:
+            rows = await self._all(conn, "dashboard_schedule_last_runs", {"ids": list(ids)})
+        return {
+            r["schedule_id"]: ScheduleRun(
+                schedule_id=r["schedule_id"],
+                fire_time=r["fire_time"],
+                job=_job_link({**r, "id": r["job_id"]}) if r["status"] is not None else None,
+            )
+            for r in rows
+        }
+
+    async def clean_queue(self, queue: str, *, batch_size: int = CLEAN_BATCH, actor: str) -> int:
+        """Delete every completed job of `queue` in batches; returns how many."""
+        batch = max(1, batch_size)
+        params: dict[str, Any] = {"queue": validate_queue(queue), "batch": batch}
+        deleted: list[str] = []
+        async with self._connection() as conn:
+            while True:
+                rows = await self._all(conn, "dashboard_clean_queue_batch", params)
+                deleted.extend(str(r["id"]) for r in rows)
+                if len(rows) < batch:
+                    break
+        if deleted:
+            detail = {
+                "queue": queue,
+                "status": "completed",
+                "count": len(deleted),
+                "jobs": deleted[:AUDIT_MAX_IDS],
+                "jobs_truncated": len(deleted) > AUDIT_MAX_IDS,
+            }
+            await self._audit(actor, "clean", queue, detail)
+        return len(deleted)
+
     # ------------------------------------------------------------ internals
 
     @asynccontextmanager
@@ -547,4 +671,45 @@ def _histogram(row: Row) -> HistogramSeries:
         count=int(row["count"]),
         sum_s=float(row["sum_ms"]) / 1000,
         buckets=cumulative,
+    )
+
+
+def sample_percent(reltuples: float, sample_rows: int) -> float:
+    """The share of the jobs table's pages (in percent) that holds about `sample_rows`
+    rows; the whole table while its size is unknown (never analysed)."""
+    if reltuples <= 0:
+        return 100.0
+    return min(100.0, max(0.01, 100.0 * sample_rows / reltuples))
+
+
+def minute_floor(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+def _queue_counts(
+    name: str, counts: Mapping[str, int], is_paused: bool, estimated: set[str] | None
+) -> QueueCounts:
+    pending = counts.get("pending", 0)
+    return QueueCounts(
+        name=name,
+        is_paused=is_paused,
+        waiting=0 if is_paused else pending,
+        active=counts.get("active", 0),
+        delayed=counts.get("delayed", 0),
+        paused=pending if is_paused else 0,
+        blocked=counts.get("blocked", 0),
+        completed=counts.get("completed", 0),
+        failed=counts.get("failed", 0),
+        cancelled=counts.get("cancelled", 0),
+        estimated=frozenset(estimated or ()),
+    )
+
+
+def _job_link(row: Row) -> JobLink:
+    return JobLink(
+        id=row["id"],
+        type=row["type"],
+        queue=row["queue"],
+        status=row["status"],
+        completed_at=row["completed_at"],
     )

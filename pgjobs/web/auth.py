@@ -5,7 +5,9 @@
   when a token is configured.
 - The dashboard needs HTTP Basic auth with JOBS_DASHBOARD_USER / JOBS_DASHBOARD_PASSWORD;
   with those unset but a token configured, Basic auth with the token as password (any
-  user name) or the Bearer token opens it, so no route is left open by accident.
+  user name) or the Bearer token opens it, so no route is left open by accident. A
+  second, read-only login (JOBS_DASHBOARD_READONLY_USER / _PASSWORD) may be configured;
+  `request.state.read_only` tells the dashboard which kind of user is asking.
 
 Secrets are compared with `hmac.compare_digest` so timing reveals nothing about them.
 Binding to a non-loopback address without credentials is refused by `pgjobs server`
@@ -87,6 +89,22 @@ def dashboard_user(settings: Settings, header: str | None) -> str | None:
     return "anonymous"
 
 
+def dashboard_identity(settings: Settings, header: str | None) -> tuple[str, bool] | None:
+    """(user, read_only) of a dashboard request, or None when it is not allowed in.
+
+    The read-only login (JOBS_DASHBOARD_READONLY_USER / _PASSWORD) sees everything and
+    changes nothing; with JOBS_DASHBOARD_READONLY every user is read-only. Configuring a
+    read-only login alone still requires a login: it never leaves the dashboard open."""
+    ro_user, ro_password = settings.dashboard_readonly_user, settings.dashboard_readonly_password
+    readonly_login = bool(ro_user and ro_password)
+    if readonly_login and basic_ok(header, ro_user or "", ro_password or ""):
+        return ro_user or "", True
+    user = dashboard_user(settings, header)
+    if user is None or (user == "anonymous" and readonly_login):
+        return None
+    return user, settings.dashboard_readonly
+
+
 def is_loopback(host: str) -> bool:
     name = host.strip().strip("[]").lower()
     if name in LOOPBACK_NAMES:
@@ -140,8 +158,8 @@ class AuthMiddleware:
                 await response(scope, receive, send)
                 return
         elif self._is_dashboard(path):
-            user = dashboard_user(self.settings, header)
-            if user is None:
+            identity = dashboard_identity(self.settings, header)
+            if identity is None:
                 response = error_response(
                     401,
                     "unauthorized",
@@ -150,7 +168,8 @@ class AuthMiddleware:
                 )
                 await response(scope, receive, send)
                 return
-            scope.setdefault("state", {})["user"] = user
+            state = scope.setdefault("state", {})
+            state["user"], state["read_only"] = identity
         await self.app(scope, receive, send)
 
     @staticmethod

@@ -1,0 +1,136 @@
+"""The dashboard's actions (POST handlers). Each one passes the role, origin and CSRF
+checks (security.checked_form), calls one operation of pgjobs.ops with the user as the
+actor (so it lands in job_audit), and redirects back with a notice (303 See Other)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from pgjobs.errors import Conflict, ValidationError
+from pgjobs.ops.service import MAX_BULK
+from pgjobs.web.dashboard.pages import job_id, ops_of, queue_name
+from pgjobs.web.dashboard.render import PAGE_HEADERS, Dashboard
+from pgjobs.web.dashboard.security import checked_form, user_of
+
+
+def actor(request: Request) -> str:
+    return f"dashboard:{user_of(request)}"
+
+
+def back(url: str) -> Response:
+    return RedirectResponse(url, status_code=303, headers=PAGE_HEADERS)
+
+
+# ---------------------------------------------------------------- queue
+
+
+async def pause_queue(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    name = queue_name(request)
+    await ops_of(request).pause(name, actor=actor(request))
+    return back(dash.url("queues", name, done="pause"))
+
+
+async def resume_queue(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    name = queue_name(request)
+    await ops_of(request).resume(name, actor=actor(request))
+    return back(dash.url("queues", name, done="resume"))
+
+
+async def retry_failed(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    name = queue_name(request)
+    report = await ops_of(request).retry(queue=name, limit=MAX_BULK, actor=actor(request))
+    return back(dash.url("queues", name, status="failed", done="retry", n=report.count))
+
+
+async def promote_delayed(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    name = queue_name(request)
+    promoted = await ops_of(request).promote(queue=name, actor=actor(request))
+    return back(dash.url("queues", name, status="delayed", done="promote", n=len(promoted)))
+
+
+async def clean_completed(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    name = queue_name(request)
+    deleted = await ops_of(request).clean_queue(name, actor=actor(request))
+    return back(dash.url("queues", name, status="completed", done="clean", n=deleted))
+
+
+# ---------------------------------------------------------------- job
+
+
+async def retry_job(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    job = await ops_of(request).retry_job(job_id(request), actor=actor(request))
+    return back(dash.url("jobs", job.id, done="retry", n=1))
+
+
+async def cancel_job(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    job = await ops_of(request).cancel_job(job_id(request), actor=actor(request))
+    return back(dash.url("jobs", job.id, done="cancel"))
+
+
+async def promote_job(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    ops = ops_of(request)
+    jid = job_id(request)
+    job = await ops.get_job(jid)
+    if job.status != "delayed":
+        raise Conflict(f"job {jid} is {job.status}; only delayed jobs can be promoted")
+    promoted = await ops.promote(ids=[jid], actor=actor(request))
+    return back(dash.url("jobs", jid, done="promote", n=len(promoted)))
+
+
+async def delete_job(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    ops = ops_of(request)
+    jid = job_id(request)
+    job = await ops.get_job(jid)
+    await ops.delete_job(jid, actor=actor(request))
+    return back(dash.url("queues", job.queue, done="delete"))
+
+
+# ---------------------------------------------------------------- failures
+
+
+async def retry_group(request: Request, dash: Dashboard) -> Response:
+    form = await checked_form(request, dash.signer)
+    if "type" not in form or "error_line" not in form:
+        raise ValidationError("retrying a failure group needs its type and error line")
+    report = await ops_of(request).retry(
+        type=form["type"], error_line=form["error_line"], limit=MAX_BULK, actor=actor(request)
+    )
+    hours = form.get("hours") if form.get("hours") in ("1", "24", "168") else None
+    return back(dash.url("failures", hours=hours, done="retry", n=report.count))
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def schedule_name(request: Request) -> str:
+    return str(request.path_params["name"])
+
+
+async def enable_schedule(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    changes = {"enabled": True}
+    await ops_of(request).update_schedule(schedule_name(request), changes, actor=actor(request))
+    return back(dash.url("schedules", done="enable"))
+
+
+async def disable_schedule(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    changes = {"enabled": False}
+    await ops_of(request).update_schedule(schedule_name(request), changes, actor=actor(request))
+    return back(dash.url("schedules", done="disable"))
+
+
+async def delete_schedule(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer)
+    await ops_of(request).delete_schedule(schedule_name(request), actor=actor(request))
+    return back(dash.url("schedules", done="schedule-delete"))

@@ -1,0 +1,316 @@
+"""Formatting for the dashboard's templates: numbers, times, durations, payloads with
+their secrets masked and their size capped, and cron expressions in words.
+
+Pure functions of their arguments (the current time is passed in), so they are tested
+without a server. Everything returned is plain text: the templates escape it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pgjobs.ops import format_duration_ms
+
+MASK = "••••••"
+# Payload keys whose values are never shown: password, passwd, token, access_token,
+# secret, client_secret, authorization, apiKey, api_key, x-api-key, privateKey, ...
+_SECRET_KEY = re.compile(
+    r"pass(word|wd|phrase)?$|^pwd$|token|secret|authori[sz]ation|api[-_ ]?key|"
+    r"private[-_ ]?key|credential|cookie",
+    re.IGNORECASE,
+)
+# A JSON object key followed by its colon, in possibly truncated JSON text.
+_JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
+_JSON_STRING_REST = re.compile(r'"(?:[^"\\]|\\.)*("|$)')
+_JSON_SCALAR = re.compile(r"-?[0-9][0-9.eE+-]*|true|false|null")
+
+
+# ---------------------------------------------------------------- numbers and time
+
+
+def number(value: int | float | None) -> str:
+    """1234567 -> "1,234,567"."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}"
+    return f"{int(value):,}"
+
+
+def percent(share: float | None) -> str:
+    """0.0312 -> "3.1%"."""
+    if share is None:
+        return "-"
+    shown = share * 100
+    return f"{shown:.0f}%" if shown in (0, 100) else f"{shown:.1f}%"
+
+
+def rate_per_minute(count: int, minutes: float) -> str:
+    if minutes <= 0:
+        return "-"
+    per_min = count / minutes
+    if per_min >= 10:
+        return f"{per_min:,.0f}/min"
+    return f"{per_min:.2g}/min" if per_min else "0/min"
+
+
+def duration_ms(ms: float | None) -> str:
+    return format_duration_ms(ms)
+
+
+def between(start: datetime | None, end: datetime | None) -> str:
+    """The time from `start` to `end` ("-" when either is missing)."""
+    if start is None or end is None:
+        return "-"
+    return format_duration_ms(max(0.0, (end - start).total_seconds() * 1000))
+
+
+def timestamp(at: datetime | None) -> str:
+    """An exact UTC time: 2026-11-28 18:33:22Z."""
+    if at is None:
+        return "-"
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def iso(at: datetime | None) -> str:
+    return "" if at is None else at.isoformat()
+
+
+def relative(at: datetime | None, now: datetime) -> str:
+    """ "3m ago", "in 2h05m", "just now"."""
+    if at is None:
+        return "-"
+    delta = (at - now).total_seconds()
+    if abs(delta) < 1:
+        return "just now"
+    text = format_duration_ms(abs(delta) * 1000)
+    if abs(delta) >= 60:
+        text = text.replace(".0s", "s")
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def short_id(value: Any) -> str:
+    """An id shortened for lists. Job ids are time-ordered (UUIDv7): their first digits
+    are the creation time, the same for jobs created together, so the end is kept too."""
+    text = str(value)
+    return text if len(text) <= 13 else f"{text[:8]}…{text[-4:]}"
+
+
+def truncate(text: str | None, limit: int) -> str:
+    if not text:
+        return ""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n", 1)[0]
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key.strip()))
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of `value` with the value of every secret-looking key replaced by MASK."""
+    if isinstance(value, Mapping):
+        return {k: MASK if is_secret_key(str(k)) else mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def pretty_json(value: Any, limit: int) -> tuple[str, bool]:
+    """(`value` masked and indented, cut to `limit` characters; whether it was cut)."""
+    text = json.dumps(mask_secrets(value), indent=2, ensure_ascii=False, default=str)
+    if len(text) <= limit:
+        return text, False
+    return text[:limit], True
+
+
+def mask_preview(text: str) -> str:
+    """Mask secrets in a preview of JSON text that may be cut anywhere: a string or
+    scalar value of a secret key is replaced; an object or array value ends the preview
+    there, since its end may not be in the text."""
+    out: list[str] = []
+    pos = 0
+    for match in _JSON_KEY.finditer(text):
+        if match.start() < pos or not is_secret_key(_unescape(match.group(1))):
+            continue
+        out.append(text[pos : match.end()])
+        rest = text[match.end() :]
+        if rest.startswith("{") or rest.startswith("["):
+            out.append(MASK + "…")
+            return "".join(out)
+        value = _JSON_STRING_REST.match(rest) or _JSON_SCALAR.match(rest)
+        out.append(f'"{MASK}"')
+        pos = match.end() + (value.end() if value else 0)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def preview(text: str | None, total_bytes: int | None, limit: int) -> str:
+    """A one-line payload preview for lists: secrets masked, at most `limit` characters."""
+    if not text:
+        return ""
+    masked = " ".join(mask_preview(text).split())
+    cut = len(masked) > limit or (total_bytes is not None and total_bytes > len(text))
+    return masked[:limit] + ("…" if cut else "")
+
+
+def _unescape(key: str) -> str:
+    try:
+        decoded = json.loads(f'"{key}"')
+    except ValueError:
+        return key
+    return decoded if isinstance(decoded, str) else key
+
+
+def byte_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+# ---------------------------------------------------------------- cron in words
+
+_DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+_DAY_NAMES = {name[:3].lower(): i for i, name in enumerate(_DAYS)}
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_ALIASES = {
+    "@yearly": "every year on 1 January at 00:00",
+    "@annually": "every year on 1 January at 00:00",
+    "@monthly": "every month on day 1 at 00:00",
+    "@weekly": "every Sunday at 00:00",
+    "@daily": "every day at 00:00",
+    "@midnight": "every day at 00:00",
+    "@hourly": "every hour at minute 0",
+}
+
+
+def cron_in_words(expression: str) -> str | None:
+    """Common 5-field expressions in words ("every day at 02:30", "every 5 minutes");
+    None when the expression is not one of the easy shapes."""
+    text = expression.strip()
+    if text.lower() in _ALIASES:
+        return _ALIASES[text.lower()]
+    parts = text.split()
+    if len(parts) == 6:
+        if parts[5] != "0":
+            return None
+        parts = parts[:5]
+    if len(parts) != 5:
+        return None
+    minute, hour, dom, month, dow = parts
+    days = _days(dow)
+    if days is None or not _simple(dom) or not _simple(month):
+        return None
+    on = _on(dom, month, days)
+    if on is None:
+        return None
+    if hour == "*" and on == "":
+        if minute == "*":
+            return "every minute"
+        step = _step(minute)
+        if step is not None:
+            return "every minute" if step == 1 else f"every {step} minutes"
+        if minute.isdigit():
+            return f"every hour at minute {int(minute)}"
+        return None
+    if not minute.isdigit():
+        return None
+    step = _step(hour)
+    if step is not None and on == "":
+        return f"every {step} hours at minute {int(minute)}" if step > 1 else None
+    hours = _numbers(hour, 23)
+    if hours is None:
+        return None
+    times = " and ".join(f"{h:02d}:{int(minute):02d}" for h in hours)
+    if on == "":
+        return f"every day at {times}"
+    return f"at {times} {on}"
+
+
+def _simple(field: str) -> bool:
+    return field == "*" or _numbers(field, 31) is not None
+
+
+def _step(field: str) -> int | None:
+    if field.startswith("*/") and field[2:].isdigit() and int(field[2:]) > 0:
+        return int(field[2:])
+    return None
+
+
+def _numbers(field: str, top: int) -> list[int] | None:
+    out: list[int] = []
+    for part in field.split(","):
+        if not part.isdigit() or int(part) > top:
+            return None
+        out.append(int(part))
+    return out
+
+
+def _days(field: str) -> list[int] | None:
+    """Days of week (0 = Sunday) of a dow field, [] for *, None when not easy."""
+    if field == "*":
+        return []
+    out: list[int] = []
+    for part in field.lower().split(","):
+        first, _, last = part.partition("-")
+        a, b = _day(first), _day(last) if last else _day(first)
+        if a is None or b is None or b < a:
+            return None
+        out.extend(range(a, b + 1))
+    return out
+
+
+def _day(token: str) -> int | None:
+    if token.isdigit() and int(token) <= 7:
+        return int(token) % 7
+    return _DAY_NAMES.get(token[:3]) if len(token) >= 3 else None
+
+
+def _on(dom: str, month: str, days: list[int]) -> str | None:
+    """The "on ..." part of the words; "" for every day, None when not easy."""
+    if dom != "*" and days:
+        return None  # cron ORs the two fields: not easy to say
+    if days:
+        if days == [1, 2, 3, 4, 5]:
+            return "on Monday to Friday"
+        if sorted(days) == [0, 6]:
+            return "on Saturday and Sunday"
+        return "on " + ", ".join(_DAYS[d] for d in days)
+    if dom == "*" and month == "*":
+        return ""
+    if dom == "*":
+        return None
+    doms = ", ".join(dom.split(","))
+    if month == "*":
+        return f"on day {doms} of every month"
+    months = _numbers(month, 12)
+    if not months or 0 in months:
+        return None
+    return f"on {doms} " + ", ".join(_MONTHS[m - 1] for m in months)

@@ -1,0 +1,119 @@
+"""Rendering: the Jinja2 environment (autoescape on for everything), URL helpers, and
+the one function that turns a template into a response with the security headers.
+
+Templates live in the top-level `templates/dashboard/` folder, shipped in the wheel
+(found with pgjobs.resources.data_path). They receive plain data and the formatting
+helpers of pgjobs.web.dashboard.format as filters; nothing in them is marked safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from pgjobs import __version__
+from pgjobs.config import Settings
+from pgjobs.models import priority_name
+from pgjobs.resources import data_path
+from pgjobs.web.dashboard import format as fmt
+from pgjobs.web.dashboard.history import HistoryCache
+from pgjobs.web.dashboard.security import SECURITY_HEADERS, CsrfSigner, read_only, user_of
+
+STATIC_FILES = {
+    "dashboard.css": "text/css; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+PAGE_HEADERS = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
+
+
+def environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(data_path("templates"))),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        number=fmt.number,
+        percent=fmt.percent,
+        duration_ms=fmt.duration_ms,
+        timestamp=fmt.timestamp,
+        iso=fmt.iso,
+        short_id=fmt.short_id,
+        truncate_text=fmt.truncate,
+        first_line=fmt.first_line,
+        byte_size=fmt.byte_size,
+    )
+    env.globals.update(
+        between=fmt.between,
+        relative=fmt.relative,
+        rate_per_minute=fmt.rate_per_minute,
+        cron_in_words=fmt.cron_in_words,
+        preview=fmt.preview,
+        priority_name=priority_name,
+        version=__version__,
+    )
+    return env
+
+
+@dataclass
+class Dashboard:
+    """What the dashboard's handlers share for the life of the server process."""
+
+    settings: Settings
+    signer: CsrfSigner
+    history: HistoryCache = field(default_factory=HistoryCache)
+    templates: Environment = field(default_factory=environment)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Dashboard:
+        return cls(settings=settings, signer=CsrfSigner(settings.dashboard_secret))
+
+    @property
+    def base(self) -> str:
+        """The mount path without a trailing slash ("" when mounted at /)."""
+        path = self.settings.dashboard_path
+        return "" if path == "/" else path
+
+    def url(self, *segments: Any, **params: Any) -> str:
+        """A dashboard URL: each segment percent-encoded whole (a name can never add a
+        path level or a scheme), then the non-empty query parameters."""
+        path = self.base + "".join("/" + quote(str(s), safe="") for s in segments)
+        query = {k: str(v) for k, v in params.items() if v is not None and v != ""}
+        return (path or "/") + ("?" + urlencode(query) if query else "")
+
+    def static_url(self, name: str) -> str:
+        return self.url("static", name, v=__version__)
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        context: Mapping[str, Any],
+        *,
+        status: int = 200,
+        now: datetime | None = None,
+    ) -> HTMLResponse:
+        user = user_of(request)
+        values = {
+            "dashboard": self,
+            "url": self.url,
+            "static_url": self.static_url,
+            "user": user,
+            "read_only": read_only(request),
+            "csrf": self.signer.token(user),
+            "refresh_ms": self.settings.dashboard_refresh_ms,
+            "now": now or datetime.now(UTC),
+            **context,
+        }
+        html = self.templates.get_template(f"dashboard/{template}").render(values)
+        return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
