@@ -1,5 +1,4 @@
--- Dependencies between jobs: the settling safety net (dependencies.py) and the
--- parents/children of a job (ops/relations.py).
+-- Dependencies between jobs: the settling safety net (dependencies.py).
 
 -- name: sweep_blocked_jobs
 -- Safety net behind the settling that every finish does in its own transaction: finds
@@ -25,25 +24,3 @@ stuck AS (
 SELECT pgjobs_settle_blocked(NULL, array_agg(st.id), (SELECT now FROM clock)) AS settled,
        count(*) AS found
 FROM stuck st;
-
--- name: job_parents
--- The jobs a job depends on, in the order it names them (missing ones left out).
-SELECT p.id, p.type, p.queue, p.status, p.created_at, p.started_at, p.completed_at,
-       p.last_error
-FROM jobs j
-CROSS JOIN LATERAL unnest(j.depends_on) WITH ORDINALITY AS d(id, ord)
-JOIN jobs p ON p.id = d.id
-WHERE j.id = %(id)s
-ORDER BY d.ord;
-
--- name: job_children
--- The jobs that depend on a job, oldest first, at most %(limit)s of them.
-SELECT c.id, c.type, c.queue, c.status, c.created_at, c.started_at, c.completed_at,
-       c.last_error, c.dependency_policy
-FROM jobs c
-WHERE c.depends_on @> ARRAY[%(id)s::uuid] AND c.depends_on IS NOT NULL
-ORDER BY c.id
-LIMIT %(limit)s;
-
--- name: job_exists
-SELECT EXISTS (SELECT 1 FROM jobs WHERE id = %(id)s) AS found;
