@@ -96,12 +96,18 @@ def make_pool(
     min_size: int = 1,
     max_size: int = 4,
     check: bool = True,
+    wait: float = 30.0,
 ) -> AsyncConnectionPool:
     """An unopened pool; open it inside the event loop that will use it.
 
     `check=False` skips the liveness round trip on every checkout: for the worker's hot
     path, which retries on connection errors anyway (a broken connection is discarded
-    when it is returned)."""
+    when it is returned).
+
+    `wait`: how long a checkout waits for a connection. With `reconnect_timeout=0` the
+    pool tries to connect once per checkout that finds it empty and then gives up, so
+    after the server comes back a checkout already waiting is only served when it times
+    out and asks again: loops that retry by themselves should wait briefly."""
     return AsyncConnectionPool(
         url,
         min_size=min_size,
@@ -110,6 +116,7 @@ def make_pool(
         kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs(role, owner)},
         check=AsyncConnectionPool.check_connection if check else None,
         reconnect_timeout=0,
+        timeout=wait,
     )
 
 

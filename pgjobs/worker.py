@@ -49,6 +49,10 @@ log = logging.getLogger("pgjobs.worker")
 
 PROGRESS_MIN_INTERVAL = 0.25  # seconds between progress writes of one run
 CLAIM_BATCH_WAIT = 0.002  # longest wait for more free slots before claiming
+# Every loop of the worker retries on its own, so a checkout waits briefly: after a
+# database outage a waiting checkout is served only once it times out and asks again
+# (see db.make_pool), and a heartbeat stuck longer than the lease loses the worker's jobs.
+POOL_WAIT = 2.0
 
 
 class Worker:
@@ -105,6 +109,7 @@ class Worker:
             min_size=2,
             max_size=6,
             check=False,
+            wait=POOL_WAIT,
         )
         # Redis extras (each has a Postgres path): job events, rate limits, wake-ups.
         self._events = Publisher(settings.redis_url, self._pool)
