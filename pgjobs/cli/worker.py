@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -71,6 +72,33 @@ async def serve(
         loop.add_signal_handler(sig, on_signal)
     await worker.run()
     await app.close()
+
+
+def exit_past_abandoned_threads(settle: float = 0.5) -> None:
+    """Leave even if a timed-out sync handler is still running in its thread.
+
+    A thread cannot be killed, and Python waits for every pool thread at exit: a handler
+    stuck in a sleep or a loop would keep a stopped worker alive for as long as it
+    hangs. By now every outcome is recorded and the worker has deregistered, so the
+    process exits without waiting for such threads (idle ones get `settle` s to end)."""
+    deadline = time.monotonic() + settle
+    stuck = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            stuck.append(thread.name)
+    if stuck:
+        logging.getLogger("pgjobs.worker").warning(
+            "exiting with %d abandoned handler threads still running (%s)",
+            len(stuck),
+            ", ".join(sorted(set(stuck))),
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def supervise(argv: list[str], processes: int) -> int:
@@ -181,5 +209,6 @@ def register(group: click.Group) -> None:
                     not no_maintenance,
                 )
             )
+            exit_past_abandoned_threads()
 
         start()
