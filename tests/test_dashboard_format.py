@@ -108,6 +108,8 @@ def test_numbers_times_and_durations() -> None:
     assert fmt.between(now, now + timedelta(milliseconds=850)) == "850ms"
     assert fmt.between(None, now) == "-"
     assert fmt.rate_per_minute(120, 60) == "2/min" and fmt.rate_per_minute(0, 60) == "0/min"
+    assert fmt.rate_per_minute(7, 60) == "7/h" and fmt.rate_per_minute(7, 1440) == "0.29/h"
+    assert fmt.rate_per_minute(60_000, 60) == "1,000/min"
     uuid = "0193a1b2-0000-7000-8000-00000000abcd"
     assert fmt.short_id(uuid) == "0193a1b2…abcd"
 

@@ -50,12 +50,18 @@ def percent(share: float | None) -> str:
 
 
 def rate_per_minute(count: int, minutes: float) -> str:
+    """Jobs per minute, or per hour when that reads better (less than one a minute)."""
     if minutes <= 0:
         return "-"
     per_min = count / minutes
     if per_min >= 10:
         return f"{per_min:,.0f}/min"
-    return f"{per_min:.2g}/min" if per_min else "0/min"
+    if per_min >= 1:
+        return f"{per_min:.2g}/min"
+    per_hour = per_min * 60
+    if per_hour >= 10:
+        return f"{per_hour:,.0f}/h"
+    return f"{per_hour:.2g}/h" if per_hour else "0/min"
 
 
 def duration_ms(ms: float | None) -> str:
@@ -132,6 +138,12 @@ def pretty_json(value: Any, limit: int) -> tuple[str, bool]:
     if len(text) <= limit:
         return text, False
     return text[:limit], True
+
+
+def compact_json(value: Any, limit: int) -> str:
+    """`value` as one line of JSON, secrets masked, at most `limit` characters."""
+    text = json.dumps(mask_secrets(value), ensure_ascii=False, default=str)
+    return truncate(text, limit)
 
 
 def mask_preview(text: str) -> str:

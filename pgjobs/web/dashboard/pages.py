@@ -332,8 +332,12 @@ def _audit_row(entry: Any) -> dict[str, Any]:
     detail = dict(entry.detail or {})
     ids = detail.pop("jobs", None)
     jobs = [str(i) for i in ids] if isinstance(ids, list) else []
-    rest = fmt.truncate(fmt.pretty_json(detail, 2000)[0], 2000) if detail else ""
-    return {"entry": entry, "jobs": jobs[:10], "more": max(0, len(jobs) - 10), "detail": rest}
+    shown = [
+        (str(key), value if isinstance(value, str) else fmt.compact_json(value, 300))
+        for key, value in fmt.mask_secrets(detail).items()
+        if value is not None and key != "jobs_truncated"
+    ]
+    return {"entry": entry, "jobs": jobs[:10], "more": max(0, len(jobs) - 10), "detail": shown}
 
 
 async def audit(request: Request, dash: Dashboard) -> Response:
