@@ -176,7 +176,7 @@ async def list_workers(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     """Every HTTP route except the dashboard's (see pgjobs.web.dashboard)."""
-    from pgjobs.web import schedules_api
+    from pgjobs.web import live_api, schedules_api
 
     return [
         Route("/health", health, methods=["GET"]),
@@ -195,4 +195,5 @@ def routes() -> list[BaseRoute]:
         Route("/api/queues/{queue}/resume", resume_queue, methods=["POST"]),
         Route("/api/workers", list_workers, methods=["GET"]),
         *schedules_api.routes(),
+        *live_api.routes(),
     ]

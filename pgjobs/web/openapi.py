@@ -578,6 +578,7 @@ def _paths() -> dict[str, Schema]:
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
+    from pgjobs.web import live_api
     from pgjobs.web.schedules_api import openapi_paths, openapi_schemas
 
     return {
@@ -591,9 +592,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
-        "paths": {**_paths(), **openapi_paths(ERRORS)},
+        "paths": {**_paths(), **openapi_paths(ERRORS), **live_api.openapi_paths(ERRORS)},
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-            "schemas": {**_schemas(), **openapi_schemas()},
+            "schemas": {**_schemas(), **openapi_schemas(), **live_api.openapi_schemas()},
         },
     }

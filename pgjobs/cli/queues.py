@@ -1,0 +1,139 @@
+"""`pgjobs queue ...`: rate limits of queues and of rate-limit keys.
+
+pgjobs queue limit QUEUE --max N --duration MS     at most N starts per MS
+pgjobs queue limit QUEUE --clear
+pgjobs queue key-limit PATTERN --max N --duration MS
+pgjobs queue key-limit PATTERN --clear
+pgjobs queue limits                                 every limit
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pgjobs.cli import fail, handle_errors, print_json, settings_from
+from pgjobs.cli.ops import actor, json_option, run_ops
+from pgjobs.cli.tables import table
+
+
+def register(group: click.Group) -> None:
+    group.add_command(queue)
+
+
+@click.group()
+def queue() -> None:
+    """Queue settings: rate limits per queue and per rate-limit key."""
+
+
+def _limit_args(max_jobs: str | None, duration: str | None, clear: bool) -> None:
+    if clear and (max_jobs is not None or duration is not None):
+        fail("--clear cannot be combined with --max or --duration")
+    if not clear and (max_jobs is None or duration is None):
+        fail("give --max N and --duration MS, or --clear")
+
+
+def _line(what: str, limit: Any) -> str:
+    if limit is None:
+        return f"{what}: no rate limit"
+    return f"{what}: {limit.describe()}"
+
+
+@queue.command("limit")
+@click.argument("name")
+@click.option("--max", "max_jobs", default=None, help="Most jobs started per window.")
+@click.option("--duration", default=None, help="Window length in milliseconds.")
+@click.option("--clear", is_flag=True, help="Remove the queue's limit.")
+@json_option
+@click.pass_context
+@handle_errors
+def limit_command(
+    ctx: click.Context,
+    name: str,
+    max_jobs: str | None,
+    duration: str | None,
+    clear: bool,
+    as_json: bool,
+) -> None:
+    """Limit queue NAME to at most --max job starts per --duration ms, across all
+    workers (the spec's limiter {max, duration})."""
+    from pgjobs import limits
+
+    _limit_args(max_jobs, duration, clear)
+
+    async def action(ops: Any) -> limits.QueueLimit:
+        async with ops.app.connection() as conn:
+            if clear:
+                return await limits.clear_queue_limit(conn, name, actor=actor())
+            return await limits.set_queue_limit(conn, name, max_jobs, duration, actor=actor())
+
+    result = run_ops(settings_from(ctx), action)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        click.echo(_line(f"queue {result.queue}", result.limit))
+
+
+@queue.command("key-limit")
+@click.argument("pattern")
+@click.option("--max", "max_jobs", default=None, help="Most jobs started per window, per key.")
+@click.option("--duration", default=None, help="Window length in milliseconds.")
+@click.option("--clear", is_flag=True, help="Remove the limit of this pattern.")
+@json_option
+@click.pass_context
+@handle_errors
+def key_limit_command(
+    ctx: click.Context,
+    pattern: str,
+    max_jobs: str | None,
+    duration: str | None,
+    clear: bool,
+    as_json: bool,
+) -> None:
+    """Limit jobs whose rateLimitKey matches PATTERN to at most --max starts per
+    --duration ms, each key on its own (`tenant:*` gives every tenant that budget).
+    `*` matches any characters and `?` one; an exact pattern wins over a glob."""
+    from pgjobs import limits
+
+    _limit_args(max_jobs, duration, clear)
+
+    async def action(ops: Any) -> limits.KeyLimit:
+        async with ops.app.connection() as conn:
+            if clear:
+                return await limits.clear_key_limit(conn, pattern, actor=actor())
+            return await limits.set_key_limit(conn, pattern, max_jobs, duration, actor=actor())
+
+    result = run_ops(settings_from(ctx), action)
+    if as_json:
+        print_json(result.to_dict() if not clear else {"pattern": result.pattern, "cleared": True})
+    elif clear:
+        click.echo(f"keys {result.pattern}: no rate limit")
+    else:
+        click.echo(_line(f"keys {result.pattern}", result.limit))
+
+
+@queue.command("limits")
+@json_option
+@click.pass_context
+@handle_errors
+def limits_command(ctx: click.Context, as_json: bool) -> None:
+    """Every rate limit: queues, then key patterns."""
+    from pgjobs import limits
+
+    async def action(ops: Any) -> limits.Limits:
+        async with ops.app.connection() as conn:
+            return await limits.list_limits(conn)
+
+    result = run_ops(settings_from(ctx), action)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    rows: list[list[object]] = [
+        ["queue", q.queue, q.limit.max_jobs, q.limit.duration_ms] for q in result.queues if q.limit
+    ]
+    rows += [["key", k.pattern, k.limit.max_jobs, k.limit.duration_ms] for k in result.keys]
+    if not rows:
+        click.echo("no rate limits")
+        return
+    click.echo(table(["kind", "name", "max", "duration_ms"], rows))
