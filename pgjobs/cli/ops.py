@@ -164,6 +164,7 @@ def stats(
 
 def format_stats(report: Any) -> str:
     from pgjobs.ops import format_duration_ms
+    from pgjobs.ops.health import long_transaction_warning
 
     rows = []
     for q in report.queues:
@@ -210,6 +211,9 @@ def format_stats(report: Any) -> str:
         f"{db.dead_tuples} dead tuples   oldest transaction: "
         f"{'-' if oldest is None else f'{oldest:.0f}s'}"
     )
+    warning = long_transaction_warning(oldest)
+    if warning is not None:
+        out.append(warning)
     if report.performance is not None:
         perf_rows = [
             [
