@@ -62,9 +62,8 @@ def insert_statement(jobs: Sequence[NewJob], clock: Clock, *, ids_only: bool = F
             "backoffs": [j.backoff_json for j in jobs],
             "timeouts": [j.timeout_ms for j in jobs],
             "unique_keys": [j.unique_key for j in jobs],
-            "depends_ons": [
-                json.dumps([str(d) for d in j.depends_on]) if j.depends_on else None for j in jobs
-            ],
+            "dep_jobs": [j.id for j in jobs for _ in j.depends_on or ()],
+            "dep_ids": [d for j in jobs for d in j.depends_on or ()],
             "policies": [j.dependency_policy for j in jobs],
             "rate_keys": [j.rate_limit_key for j in jobs],
             "metadatas": [j.metadata_json for j in jobs],

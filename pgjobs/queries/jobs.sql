@@ -9,10 +9,10 @@ input AS (
     FROM unnest(%(ids)s::uuid[], %(types)s::text[], %(queues)s::text[], %(payloads)s::jsonb[],
                 %(priorities)s::int[], %(max_attempts)s::int[], %(delays)s::bigint[],
                 %(run_ats)s::timestamptz[], %(backoffs)s::jsonb[], %(timeouts)s::bigint[],
-                %(unique_keys)s::text[], %(depends_ons)s::jsonb[], %(policies)s::text[],
-                %(rate_keys)s::text[], %(metadatas)s::jsonb[])
+                %(unique_keys)s::text[], %(policies)s::text[], %(rate_keys)s::text[],
+                %(metadatas)s::jsonb[])
         WITH ORDINALITY AS t(id, type, queue, payload, priority, max_attempts, delay_ms, run_at,
-                             backoff, timeout_ms, unique_key, depends_on, dependency_policy,
+                             backoff, timeout_ms, unique_key, dependency_policy,
                              rate_limit_key, metadata, ord)
 )
 
@@ -50,11 +50,11 @@ settled AS (SELECT 0)
 -- and one finishing later waits for this insert, so its settle step sees the new job.
 -- If any dependency does not exist nothing is inserted (the caller then names it).
 -- Jobs that start failed or cancelled settle their children within the batch.
+-- One row per (job, dependency), flattened by the caller: exact row estimates keep the
+-- planner (and JIT) from pricing a 10,000-job flow as if it were a billion rows.
 deps AS (
-    SELECT i.id AS job, d.id::uuid AS dep, d.ord
-    FROM input i
-    CROSS JOIN LATERAL jsonb_array_elements_text(i.depends_on) WITH ORDINALITY AS d(id, ord)
-    WHERE i.depends_on IS NOT NULL
+    SELECT d.job, d.dep, d.ord
+    FROM unnest(%(dep_jobs)s::uuid[], %(dep_ids)s::uuid[]) WITH ORDINALITY AS d(job, dep, ord)
 ),
 parents AS (
     SELECT j.id, j.status
