@@ -264,3 +264,27 @@ async def test_dead_redis_costs_producers_nothing(db_url: str) -> None:
             await wait_until_async(all_done, timeout=20)
     finally:
         await app.close()
+
+
+async def test_rescued_jobs_send_a_stalled_event(event_settings: Settings, db: Any) -> None:
+    """A job whose worker vanished is rescued by the maintenance leader: `stalled`,
+    then it runs again. (Sent over NOTIFY in both modes: see the rescue statement.)"""
+    app = with_handlers(
+        App(
+            event_settings.replace(lock_duration_ms=300, stalled_interval_ms=200),
+            builtin_types=False,
+        )
+    )
+    try:
+        job = await app.create("double", {"n": 5})
+        db.execute(
+            "UPDATE jobs SET status = 'active', attempts = 1, worker_id = gen_random_uuid(), "
+            "started_at = now() - interval '1 minute' WHERE id = %s",
+            (job.id,),
+        )
+        async with app.events(job_ids=[job.id]) as stream, app.worker(["default"], concurrency=2):
+            stalled = await asyncio.wait_for(stream.__anext__(), 15)
+            assert await app.wait(job.id, timeout=15) == 10
+    finally:
+        await app.close()
+    assert (stalled.event, stalled.status, stalled.type) == ("stalled", "pending", "double")

@@ -63,7 +63,8 @@ rescued AS (
         worker_id = NULL
     FROM stalled s, clock c
     WHERE j.id = s.id
-    RETURNING j.id, j.queue, j.status, j.attempts, j.last_error, s.worker_id AS old_worker
+    RETURNING j.id, j.queue, j.type, j.status, j.attempts, j.last_error,
+              s.worker_id AS old_worker
 ),
 failures AS (
     INSERT INTO job_failures (job_id, attempt_number, error_message, failed_at, kind, worker_id)
@@ -74,7 +75,11 @@ removed AS (DELETE FROM job_workers w USING dead d WHERE w.id = d.id),
 wake AS (SELECT pgjobs_notify_queues(array_agg(queue) FILTER (WHERE status = 'pending')),
                 -- Jobs that failed for good settle the jobs waiting on them.
                 pgjobs_settle_blocked(array_agg(id) FILTER (WHERE status = 'failed'), NULL,
-                                      (SELECT now FROM clock))
+                                      (SELECT now FROM clock)),
+                -- 'stalled' job events, sent at commit. Always over NOTIFY: this runs in
+                -- the maintenance leader's transaction, which has no Redis publisher.
+                pgjobs_notify_events(array_agg(
+                    json_build_array('stalled', id, queue, type, status, NULL)::text))
          FROM rescued)
 SELECT count(*) FILTER (WHERE r.status = 'pending') AS requeued,
        count(*) FILTER (WHERE r.status = 'failed') AS failed
