@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pgjobs.config import Settings
 from pgjobs.db import VIEWS, connect_sync, install_schema, missing_relations
 from pgjobs.errors import ServiceUnavailable
+from pgjobs.sql_api import record_settings
 
 
 @dataclass
@@ -42,6 +43,7 @@ def initialise(settings: Settings) -> InitReport:
     with connect_sync(url, "init") as conn:
         result = install_schema(conn)
         missing = missing_relations(conn)
+        record_settings(conn, settings)
     report.messages.append(f"postgres: ok (PostgreSQL {result.server_version})")
     if result.changed and result.version_before == 0:
         report.messages.append(f"schema: created (version {result.version_after})")
