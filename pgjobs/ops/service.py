@@ -521,7 +521,9 @@ class Ops:
             start = minute_floor(now) - timedelta(minutes=window_minutes - 1)
             since = start if since is None or since < start else since
             params = {"since": since, "until": now}
-            rows = await self._all(conn, "dashboard_finished_minutes", params)
+            async with conn.transaction():
+                await fetch_none(conn, Statement(query("dashboard_serial_scan"), {}))
+                rows = await self._all(conn, "dashboard_finished_minutes", params)
         minutes = tuple(FinishedMinute(**r) for r in rows)
         return FinishedSeries(now=now, since=since, minutes=minutes)
 

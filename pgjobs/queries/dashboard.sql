@@ -51,6 +51,12 @@ GROUP BY 1, 2;
 -- name: dashboard_now
 SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now;
 
+-- name: dashboard_serial_scan
+-- For the transaction of the first history fill, which reads a day of finished jobs in
+-- the background: one backend is enough, and the other cores stay with the workers and
+-- the pages being served (a parallel scan would take them all).
+SET LOCAL max_parallel_workers_per_gather = 0;
+
 -- name: dashboard_finished_minutes
 -- Jobs that finished per queue and minute since %(since)s (served by jobs_finished_idx).
 -- Minutes are aligned to the epoch so callers can cache the ones that are over.

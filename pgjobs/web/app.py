@@ -29,6 +29,8 @@ def create_app(settings: Settings, *, app: App | None = None) -> Starlette:
     """The web application. Pass `app` to share an existing App (it is then not closed
     on shutdown); otherwise one is created from `settings`."""
 
+    board = dashboard.Dashboard.create(settings) if settings.dashboard_enabled else None
+
     @asynccontextmanager
     async def lifespan(web: Starlette) -> AsyncIterator[None]:
         jobs = app or App(settings)
@@ -36,14 +38,18 @@ def create_app(settings: Settings, *, app: App | None = None) -> Starlette:
             await jobs.pool()
             web.state.pgjobs = jobs
             web.state.ops = Ops(jobs, acquire_timeout=ACQUIRE_TIMEOUT_S)
+            if board is not None:
+                board.start(web.state.ops)
             yield
         finally:
+            if board is not None:
+                await board.stop()
             if app is None:
                 await jobs.close()
 
     routes = api.routes()
-    if settings.dashboard_enabled:
-        routes += dashboard.routes(settings)
+    if board is not None:
+        routes += dashboard.routes(board)
     web = Starlette(
         routes=routes,
         middleware=[Middleware(AuthMiddleware, settings=settings)],

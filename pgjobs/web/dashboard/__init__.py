@@ -4,6 +4,8 @@ Modules: `pages` (GET handlers), `actions` (POST handlers), `render` (templates 
 URLs), `security` (headers, CSRF, origin and role checks), `format` and `charts`
 (pure formatting helpers), `history` (the throughput history cache). The route table
 is below, in one place. Authentication happens before any of it, in pgjobs.web.auth.
+The web app's lifespan calls `Dashboard.start` so the throughput history is counted in
+the background before the first page asks for it.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pgjobs.config import Settings
 from pgjobs.errors import PgJobsError
 from pgjobs.web.dashboard import actions, pages
 from pgjobs.web.dashboard.render import Dashboard
 from pgjobs.web.errors import STATUS_OF, HTTPError
 
+__all__ = ["Dashboard", "routes"]
+
 Handler = Callable[[Request, Dashboard], Awaitable[Response]]
 
 
-def routes(settings: Settings) -> list[BaseRoute]:
-    """Every dashboard route, mounted at the configured path."""
-    dash = Dashboard.create(settings)
+def routes(dash: Dashboard) -> list[BaseRoute]:
+    """Every dashboard route, mounted at JOBS_DASHBOARD_PATH."""
     base = dash.base
 
     def get(path: str, handler: Handler) -> Route:

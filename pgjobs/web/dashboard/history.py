@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pgjobs.ops import Ops
@@ -36,46 +34,55 @@ MINUTE = timedelta(minutes=1)
 Counts = dict[str, tuple[int, int]]  # queue -> (completed, failed)
 
 
-@dataclass(frozen=True, slots=True)
 class History:
-    """Finished jobs per minute up to `now` (minutes without jobs are absent)."""
+    """Finished jobs per minute up to `now` (minutes without jobs are absent).
 
-    now: datetime
-    minutes: dict[datetime, Counts]
+    Minutes are indexed once by their number since the epoch, so each chart and total
+    is one pass of integer arithmetic, per queue or over all queues."""
+
+    def __init__(self, now: datetime, minutes: dict[datetime, Counts]) -> None:
+        self.now = now
+        self._now_minute = _epoch_minute(now)
+        self._all: dict[int, list[int]] = {}
+        self._by_queue: dict[str, list[tuple[int, int, int]]] = {}
+        for minute, counts in minutes.items():
+            m = _epoch_minute(minute)
+            total = self._all.setdefault(m, [0, 0])
+            for name, (completed, failed) in counts.items():
+                total[0] += completed
+                total[1] += failed
+                self._by_queue.setdefault(name, []).append((m, completed, failed))
+
+    def _rows(self, queue: str | None) -> list[tuple[int, int, int]]:
+        if queue is None:
+            return [(m, c, f) for m, (c, f) in self._all.items()]
+        return self._by_queue.get(queue, [])
 
     def buckets(self, count: int, width_minutes: int, queue: str | None = None) -> list[Bucket]:
-        """`count` buckets of `width_minutes`, aligned to the clock, the last one holding
-        the current minute."""
-        width = timedelta(minutes=width_minutes)
-        last = _floor(self.now, width_minutes)
-        starts = [last - width * (count - 1 - i) for i in range(count)]
-        totals = {start: [0, 0] for start in starts}
-        first = starts[0]
-        for minute, counts in self.minutes.items():
-            if minute < first:
-                continue
-            slot = totals.get(_floor(minute, width_minutes))
-            if slot is None:
-                continue
-            for name, (completed, failed) in counts.items():
-                if queue is None or name == queue:
-                    slot[0] += completed
-                    slot[1] += failed
-        return [Bucket(start, totals[start][0], totals[start][1]) for start in starts]
+        """`count` buckets of `width_minutes`, aligned to the clock (UTC), the last one
+        holding the current minute."""
+        last = self._now_minute - self._now_minute % width_minutes
+        first = last - width_minutes * (count - 1)
+        totals = [[0, 0] for _ in range(count)]
+        for m, completed, failed in self._rows(queue):
+            if first <= m <= self._now_minute:
+                slot = totals[(m - first) // width_minutes]
+                slot[0] += completed
+                slot[1] += failed
+        return [
+            Bucket(_from_epoch_minute(first + i * width_minutes), c, f)
+            for i, (c, f) in enumerate(totals)
+        ]
 
     def totals(self, minutes: int, queue: str | None = None) -> tuple[int, int]:
         """(completed, failed) over the last `minutes` minutes, the current one included."""
-        first = _floor(self.now, 1) - MINUTE * (minutes - 1)
+        first = self._now_minute - (minutes - 1)
         completed = failed = 0
-        for counts in self._since(first):
-            for name, (c, f) in counts.items():
-                if queue is None or name == queue:
-                    completed += c
-                    failed += f
+        for m, c, f in self._rows(queue):
+            if first <= m <= self._now_minute:
+                completed += c
+                failed += f
         return completed, failed
-
-    def _since(self, first: datetime) -> Iterator[Counts]:
-        return (c for m, c in self.minutes.items() if m >= first)
 
 
 class HistoryCache:
@@ -116,13 +123,13 @@ class HistoryCache:
                 since=self._closed_until, window_minutes=WINDOW_MINUTES
             )
             now = series.now.astimezone(UTC)
-            closed_until = _floor(now - GRACE, 1)
+            closed_until = _floor_minute(now - GRACE)
             live: dict[datetime, Counts] = {}
             for row in series.minutes:
                 minute = row.minute.astimezone(UTC)
                 target = self._closed if minute < closed_until else live
                 target.setdefault(minute, {})[row.queue] = (row.completed, row.failed)
-            window_start = _floor(now, 1) - MINUTE * (WINDOW_MINUTES - 1)
+            window_start = _floor_minute(now) - MINUTE * (WINDOW_MINUTES - 1)
             for minute in [m for m in self._closed if m < window_start]:
                 del self._closed[minute]
             if self._closed_until is None or closed_until > self._closed_until:
@@ -136,12 +143,16 @@ class HistoryCache:
                 await self._fill
 
 
-def _floor(at: datetime, minutes: int) -> datetime:
-    base = at.replace(second=0, microsecond=0)
-    if minutes <= 1:
-        return base
-    since_midnight = base.hour * 60 + base.minute
-    return base - timedelta(minutes=since_midnight % minutes)
+def _epoch_minute(at: datetime) -> int:
+    return int(at.timestamp()) // 60
+
+
+def _from_epoch_minute(minute: int) -> datetime:
+    return datetime.fromtimestamp(minute * 60, UTC)
+
+
+def _floor_minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
 
 
 def _log_failure(task: asyncio.Task[History]) -> None:

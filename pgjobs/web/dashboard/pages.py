@@ -22,9 +22,10 @@ from pgjobs.web.dashboard.render import PAGE_HEADERS, STATIC_FILES, Dashboard
 from pgjobs.web.dashboard.security import SECURITY_HEADERS
 from pgjobs.web.requests import query_param
 
-# How long a page waits for the first fill of the throughput history before it renders
-# without charts (the fill goes on; pages show the charts once it is done).
-HISTORY_WAIT_S = 0.15
+# How long a page waits for the first fill of the throughput history (started with the
+# server) before it renders without charts; the fill goes on, and the page reloads
+# itself once it is done.
+HISTORY_WAIT_S = 0.05
 PAGE_SIZE = 50
 PREVIEW_CHARS = 120
 DETAIL_CHARS = 64 * 1024

@@ -21,6 +21,7 @@ from starlette.responses import HTMLResponse
 from pgjobs import __version__
 from pgjobs.config import Settings
 from pgjobs.models import priority_name
+from pgjobs.ops import Ops
 from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.history import HistoryCache
@@ -77,6 +78,13 @@ class Dashboard:
     @classmethod
     def create(cls, settings: Settings) -> Dashboard:
         return cls(settings=settings, signer=CsrfSigner(settings.dashboard_secret))
+
+    def start(self, ops: Ops) -> None:
+        """Begin counting the throughput history (a day of finished jobs) now."""
+        self.history.warm_up(ops)
+
+    async def stop(self) -> None:
+        await self.history.close()
 
     @property
     def base(self) -> str:
