@@ -176,7 +176,7 @@ async def list_workers(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     """Every HTTP route except the dashboard's (see pgjobs.web.dashboard)."""
-    from pgjobs.web import live_api, schedules_api
+    from pgjobs.web import flows_api, live_api, schedules_api
 
     return [
         Route("/health", health, methods=["GET"]),
@@ -196,4 +196,5 @@ def routes() -> list[BaseRoute]:
         Route("/api/workers", list_workers, methods=["GET"]),
         *schedules_api.routes(),
         *live_api.routes(),
+        *flows_api.routes(),
     ]

@@ -133,8 +133,32 @@ def _schemas() -> dict[str, Schema]:
             "backoff": backoff,
             "timeout": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS},
             "uniqueKey": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+            "uniqueFor": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_DELAY_MS,
+                "description": "ms: the key also counts for a job created this recently",
+            },
+            "uniqueStates": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "enum": statuses},
+                "description": "statuses in which a job holds its key "
+                "(default pending, delayed, active, blocked)",
+            },
+            "onConflict": {
+                "type": "string",
+                "enum": ["return", "raise"],
+                "description": "a held key returns the holder (201) or is a 409",
+            },
             "dependsOn": {"oneOf": [UUID, {"type": "array", "items": UUID, "maxItems": 100}]},
-            "onDependencyFailure": {"type": "string", "enum": ["fail", "ignore", "cancel"]},
+            "onDependencyFailure": {
+                "type": "string",
+                "enum": ["fail", "ignore", "cancel"],
+                "description": "when a dependency fails for good: fail this job (default), "
+                "run it anyway once all finished, or cancel it; a cancelled dependency "
+                "cancels it unless ignore",
+            },
             "rateLimitKey": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
             "metadata": {"type": "object"},
         },
@@ -476,7 +500,7 @@ def _paths() -> dict[str, Schema]:
                     "content": {"application/json": {"schema": _ref("JobCreate")}},
                 },
                 "responses": _responses(
-                    {"201": _json("The job as stored", _ref("Job"))}, "400", "413", "422"
+                    {"201": _json("The job as stored", _ref("Job"))}, "400", "409", "413", "422"
                 ),
             },
         },
@@ -491,6 +515,7 @@ def _paths() -> dict[str, Schema]:
                 "responses": _responses(
                     {"201": _json("Ids in request order", _ref("BulkCreated"))},
                     "400",
+                    "409",
                     "413",
                     "422",
                 ),
@@ -578,8 +603,10 @@ def _paths() -> dict[str, Schema]:
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
-    from pgjobs.web import live_api
+    from pgjobs.web import flows_api, live_api
     from pgjobs.web.schedules_api import openapi_paths, openapi_schemas
+
+    schemas = _schemas()
 
     return {
         "openapi": "3.0.3",
@@ -592,9 +619,19 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
-        "paths": {**_paths(), **openapi_paths(ERRORS), **live_api.openapi_paths(ERRORS)},
+        "paths": {
+            **_paths(),
+            **openapi_paths(ERRORS),
+            **live_api.openapi_paths(ERRORS),
+            **flows_api.openapi_paths(ERRORS),
+        },
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-            "schemas": {**_schemas(), **openapi_schemas(), **live_api.openapi_schemas()},
+            "schemas": {
+                **schemas,
+                **openapi_schemas(),
+                **live_api.openapi_schemas(),
+                **flows_api.openapi_schemas(schemas["JobOptions"]),
+            },
         },
     }
