@@ -22,6 +22,7 @@ from pgjobs.errors import (
     ValidationError,
 )
 from pgjobs.events import JobEvent
+from pgjobs.flows import CreatedFlow
 from pgjobs.models import PRIORITIES, Job, JobFailure, JobResult
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Clock",
     "ConfigError",
     "Conflict",
+    "CreatedFlow",
     "Discard",
     "FrozenClock",
     "HandlerSpec",

@@ -112,8 +112,9 @@ class App:
         """Create one job; with `conn`, inside that connection's current transaction.
 
         Options: queue, priority (name or int), attempts or max_retries, delay (ms) or
-        run_at, backoff, timeout (ms), unique_key, depends_on, dependency_policy,
-        rate_limit_key, metadata.
+        run_at, backoff, timeout (ms), unique_key (with unique_for in ms, unique_states,
+        on_conflict "return"/"raise"), depends_on (ids or built jobs) with
+        dependency_policy ("fail", "ignore", "cancel"), rate_limit_key, metadata.
         """
         job = self.build(type, payload, **options)
         stored = (await self._insert([job], conn))[0]

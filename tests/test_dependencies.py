@@ -24,7 +24,7 @@ from pgjobs.completer import Completer, Outcome, OutcomeKind
 from pgjobs.dependencies import DependencySweeper
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
-from pgjobs.maintenance import Rescuer, run_round
+from pgjobs.maintenance import Pruner, Rescuer, run_round
 from pgjobs.queries import query
 from tests.helpers import wait_until
 
@@ -503,3 +503,29 @@ async def test_sweeper_settles_what_was_left_blocked(app: App, db: Conn) -> None
     async with await psycopg.AsyncConnection.connect(app.settings.require_database_url()) as conn:
         await run_round(conn, DependencySweeper(1.0), app.clock)
     assert statuses(db, a.id, b.id, c.id) == ["pending", "failed", "blocked"]
+
+
+async def test_pruning_keeps_a_parent_that_a_blocked_job_still_waits_on(app: App, db: Conn) -> None:
+    @app.handler("part")
+    async def part(ctx: pgjobs.JobContext, payload: Any) -> str:
+        return str(payload["name"])
+
+    @app.handler("merge")
+    async def merge(ctx: pgjobs.JobContext, payload: Any) -> Any:
+        return await ctx.parent_results()
+
+    early = await app.create("part", {"name": "early"})
+    late = await app.create("part", {"name": "late"}, delay=60_000)
+    child = await app.create("merge", depends_on=[early.id, late.id])
+    other = await app.create("part", {"name": "other"})
+    await app.drain()
+    db.execute(
+        "UPDATE jobs SET completed_at = now() - interval '2 days' WHERE status = 'completed'"
+    )
+    async with await psycopg.AsyncConnection.connect(app.settings.require_database_url()) as conn:
+        await run_round(conn, Pruner(60.0, completed_ms=1000, failed_ms=1000), app.clock)
+    remaining = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
+    assert remaining == {early.id, late.id, child.id} and other.id not in remaining
+    db.execute("UPDATE jobs SET run_at = now(), status = 'pending' WHERE id = %s", (late.id,))
+    await app.drain()
+    assert (await app.get(child.id)).result == {str(early.id): "early", str(late.id): "late"}

@@ -172,3 +172,24 @@ async def test_a_10000_job_flow_is_one_statement(app: App, db: Conn, db_url: str
     assert len(created) == 10_000
     assert count(db) == 10_000 and count(db, "status = 'blocked'") == 100
     assert count(db, "status = 'pending'") == 9_900
+
+
+def test_flow_sync_with_a_unique_key_is_all_or_nothing(sync_app: App, db: Conn) -> None:
+    holder = sync_app.create_sync("sync", unique_key="user:3")
+    created = sync_app.flow_sync(
+        [
+            {"ref": "sync", "type": "sync", "options": {"uniqueKey": "user:3"}},
+            {"ref": "notify", "type": "notify", "options": {"dependsOn": "sync"}},
+        ]
+    )
+    assert created["sync"] == holder.id
+    assert sync_app.get_sync(created["notify"]).depends_on == [holder.id]
+    before = count(db)
+    with pytest.raises(pgjobs.Conflict):
+        sync_app.flow_sync(
+            [
+                {"type": "first"},
+                {"type": "sync", "options": {"uniqueKey": "user:3", "onConflict": "raise"}},
+            ]
+        )
+    assert count(db) == before

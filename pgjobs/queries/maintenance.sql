@@ -88,7 +88,8 @@ LEFT JOIN rescued r ON true;
 
 -- name: prune_finished_jobs
 -- Deletes finished jobs past their retention in bounded batches (results and failures
--- go with them by cascade), so pruning never holds long locks on the hot table.
+-- go with them by cascade), so pruning never holds long locks on the hot table. A job
+-- that a blocked job still waits on is kept: its outcome and result are still needed.
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 doomed AS (
     SELECT j.id
@@ -97,6 +98,8 @@ doomed AS (
       AND j.completed_at < c.now - least(%(completed_ms)s, %(failed_ms)s) * interval '1 millisecond'
       AND j.completed_at < c.now - CASE WHEN j.status = 'completed' THEN %(completed_ms)s
                                         ELSE %(failed_ms)s END * interval '1 millisecond'
+      AND NOT EXISTS (SELECT 1 FROM jobs child
+                      WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[j.id])
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
 )
