@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs.backoff import ReconnectDelay
 from pgjobs.clock import Clock
-from pgjobs.events import JobEvent, Publisher
+from pgjobs.events import JobEvent, Publisher, Route
 from pgjobs.queries import query
 
 OutcomeKind = Literal["completed", "retry", "failed", "snooze", "cancelled", "release"]
@@ -53,10 +53,10 @@ _EVENTS = {
 
 
 class Batch(list[Outcome]):
-    """Outcomes written together; remembers whether their statement NOTIFYed the job
-    events itself or the events are to be published to Redis once written."""
+    """Outcomes written together; remembers where their job events go (see
+    events.Publisher.route): NOTIFYed by the statement, published once written, or off."""
 
-    sql_notify = True
+    events: Route = "sql"
 
 
 class Completer:
@@ -131,7 +131,7 @@ class Completer:
     async def written(self, batch: list[Outcome], applied: set[UUID]) -> None:
         """A caller wrote `batch` (`applied` = the ids whose outcome was recorded)."""
         self._account(batch, applied)
-        if self._events is not None and not getattr(batch, "sql_notify", True):
+        if self._events is not None and getattr(batch, "events", "sql") == "redis":
             self._events.emit(_job_events(batch, applied))
         self._writing -= len(batch)
         async with self._flushed:
@@ -167,11 +167,11 @@ class Completer:
 
     def params(self, batch: list[Outcome]) -> dict[str, Any]:
         """Parameters of the finish statements (finish_runs, finish_and_claim)."""
-        notify = self._events is None or self._events.notify_in_sql
+        route: Route = "sql" if self._events is None else self._events.route()
         if isinstance(batch, Batch):
-            batch.sql_notify = notify
+            batch.events = route
         return {
-            "notify_events": notify,
+            "notify_events": route == "sql",
             "now": self._clock.sql_now(),
             "worker": self._worker_id,
             "ids": [o.job_id for o in batch],

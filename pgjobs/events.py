@@ -25,10 +25,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 import psycopg
@@ -56,6 +57,9 @@ OUTCOME_EVENTS = {
     "cancelled": "cancelled",
 }
 PUBLISH_BATCH = 500
+WATCH_S = 1.0  # how often workers look for event consumers
+NOTICE_S = 1.5  # how long a new consumer waits for workers to notice it
+CONSUMER_LOCK = 7423510201  # shared advisory lock held by every event consumer
 STREAM_BUFFER = 10_000
 WAIT_CHUNK = 5_000
 
@@ -130,12 +134,19 @@ def outcome_events(rows: Iterable[dict[str, Any]]) -> list[JobEvent]:
 # ------------------------------------------------------------------ publishing
 
 
-class Publisher:
-    """The worker's side: publishes committed events to Redis, in order, from one task.
+Route = Literal["off", "sql", "redis"]
 
-    `notify_in_sql` tells the statements that make changes whether to NOTIFY their
-    events themselves (no Redis, or Redis is down); when it is False the caller hands
-    the returned rows to `emit()` instead.
+
+class Publisher:
+    """The worker's side: decides where job events go, and publishes those for Redis in
+    order, from one task.
+
+    `route()` says, for a statement about to make changes: "sql" (the statement NOTIFYs
+    its events itself: no Redis, or Redis is down), "redis" (hand the returned rows to
+    `emit()` once it returned) or "off". Events cost the hot path (a NOTIFY per commit
+    takes a database-wide lock), so they are only sent while someone consumes them: a
+    consumer holds a shared advisory lock on its LISTEN connection or subscribes to the
+    Redis channel, and this checks for either every WATCH_S.
     """
 
     def __init__(self, redis_url: str | None, pool: AsyncConnectionPool) -> None:
@@ -146,26 +157,31 @@ class Publisher:
         self._breaker = cache.Breaker("job events")
         self._buffer: list[JobEvent] = []
         self._has_items = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._closing = False
+        self.wanted = True  # until the first look says otherwise
         self.published = 0
 
-    @property
-    def notify_in_sql(self) -> bool:
-        return self._channel is None or not self._breaker.closed
+    def route(self) -> Route:
+        if not self.wanted:
+            return "off"
+        if self._channel is not None and self._breaker.closed:
+            return "redis"
+        return "sql"
 
     async def start(self) -> None:
-        if self._url is None:
-            return
-        try:
-            async with self._pool.connection() as conn:
-                self._channel = cache.Keys(conn.info.dbname).events_channel
-        except (psycopg.Error, OSError) as exc:
-            # Without the database name there is no channel: NOTIFY until restarted.
-            log.warning("job events go over NOTIFY only (%s)", exc)
-            return
-        self._client = cache.async_client(self._url)
-        self._task = asyncio.create_task(self._run(), name="pgjobs-events")
+        if self._url is not None:
+            try:
+                async with self._pool.connection() as conn:
+                    self._channel = cache.Keys(conn.info.dbname).events_channel
+            except (psycopg.Error, OSError) as exc:
+                # Without the database name there is no channel: NOTIFY until restarted.
+                log.warning("job events go over NOTIFY only (%s)", exc)
+            else:
+                self._client = cache.async_client(self._url)
+                self._runner = asyncio.create_task(self._run(), name="pgjobs-events")
+        self._watcher = asyncio.create_task(self._watch(), name="pgjobs-events-watch")
 
     def emit(self, events: list[JobEvent]) -> None:
         if events:
@@ -175,14 +191,39 @@ class Publisher:
     async def close(self) -> None:
         self._closing = True
         self._has_items.set()
-        if self._task is not None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._runner is not None:
             try:
-                await asyncio.wait_for(self._task, 5)
+                await asyncio.wait_for(self._runner, 5)
             except TimeoutError:
-                self._task.cancel()
+                self._runner.cancel()
         if self._client is not None:
             with contextlib.suppress(*cache.ERRORS):
                 await self._client.aclose()
+
+    async def _watch(self) -> None:
+        while True:
+            # On failure keep the last answer; the claim loop reports database trouble.
+            with contextlib.suppress(psycopg.Error, OSError):
+                self.wanted = await self._consumed()
+            await asyncio.sleep(WATCH_S)
+
+    async def _consumed(self) -> bool:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("events_consumed"), consumer_lock())
+            row = await cur.fetchone()
+        if row is not None and row["consumed"]:
+            return True
+        if self._client is None or not self._breaker.closed:
+            return False
+        try:
+            counts = await self._client.pubsub_numsub(self._channel)
+        except cache.ERRORS as exc:
+            self._breaker.failed(exc)
+            return self.wanted
+        return any(int(n) for _, n in counts)
 
     async def _run(self) -> None:
         assert self._channel is not None
@@ -218,6 +259,15 @@ class Publisher:
                 len(batch),
                 exc,
             )
+
+
+def consumer_lock() -> dict[str, int]:
+    """The advisory lock consumers hold, as pg_locks shows a bigint key."""
+    return {
+        "key": CONSUMER_LOCK,
+        "classid": CONSUMER_LOCK >> 32,
+        "objid": CONSUMER_LOCK & 0xFFFFFFFF,
+    }
 
 
 # ------------------------------------------------------------------ consuming
@@ -257,6 +307,8 @@ class PgEventListener:
                 continue
             try:
                 await conn.execute(query("listen_events"))
+                # Held as long as this connection lives: tells workers to send events.
+                await conn.execute(query("events_consumer_lock"), consumer_lock())
                 delay.reset()
                 self.connected.set()
                 while not self._stopping:
@@ -358,12 +410,14 @@ class EventHub:
     def __init__(self, app: App) -> None:
         self._app = app
         settings = app.settings
-        self._poll = settings.poll_interval_ms / 1000
+        # Re-reading awaited jobs is one query for all of them: at least every second.
+        self._poll = min(settings.poll_interval_ms / 1000, 1.0)
         self._redis: cache.Subscriber | None = None
         self._listener: PgEventListener | None = None
         self._redis_url = settings.redis_url
         self._listen = settings.listen
         self._started = False
+        self._live_since = 0.0
         self._start_lock = asyncio.Lock()
         self._streams: set[EventStream] = set()
         self._waiters: dict[UUID, list[asyncio.Future[Any]]] = {}
@@ -397,6 +451,7 @@ class EventHub:
                 )
                 self._listener.start()
                 waits.append(self._listener.connected.wait())
+            self._live_since = time.monotonic()
             if waits:
                 # Either source suffices; a source that is down is covered by the other
                 # one or, for waiters, by polling.
@@ -449,6 +504,11 @@ class EventHub:
     async def add_stream(self, stream: EventStream) -> None:
         await self._ensure_started()
         self._streams.add(stream)
+        # Workers only send events while someone consumes them and look every WATCH_S:
+        # a new consumer lets them notice before promising to miss nothing.
+        wait = self._live_since + NOTICE_S - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     def remove_stream(self, stream: EventStream) -> None:
         self._streams.discard(stream)
@@ -481,7 +541,7 @@ class EventHub:
         delay = ReconnectDelay()
         while self._waiters:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._check.wait(), self._poll)
+                await asyncio.wait_for(self._check.wait(), self._poll_interval())
             self._check.clear()
             due = self._to_check if self._to_check else set(self._waiters)
             self._to_check = set()
@@ -494,6 +554,12 @@ class EventHub:
                 log.warning("checking awaited jobs failed (%s); retrying", exc)
                 self._to_check.update(ids)
                 await asyncio.sleep(delay.next())
+
+    def _poll_interval(self) -> float:
+        # Until workers noticed this new consumer they may send no events: look often.
+        if time.monotonic() < self._live_since + NOTICE_S:
+            return min(self._poll, 0.2)
+        return self._poll
 
     async def _resolve(self, ids: list[UUID]) -> None:
         async with self._app.connection() as conn, conn.cursor(row_factory=dict_row) as cur:

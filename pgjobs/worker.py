@@ -465,7 +465,7 @@ class Worker:
     # ---------------------------------------------------------------- run support
 
     async def write_progress(self, job: ClaimedJob, percent: int, message: str | None) -> None:
-        notify = self._events.notify_in_sql
+        route = self._events.route()
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 query("update_progress"),
@@ -474,11 +474,11 @@ class Worker:
                     "attempt": job.attempts,
                     "progress": percent,
                     "message": message,
-                    "notify_events": notify,
+                    "notify_events": route == "sql",
                 },
             )
             row = await cur.fetchone()
-        if row is not None and not notify:
+        if row is not None and route == "redis":
             event = JobEvent("progress", job.id, job.queue, job.type, "active", row["progress"])
             self._events.emit([event])
 
@@ -491,7 +491,7 @@ class Worker:
     ) -> bool:
         """Returns whether the completed event is still to be published (to Redis,
         once the handler's transaction committed)."""
-        notify = self._events.notify_in_sql
+        route = self._events.route()
         async with conn.cursor() as cur:
             await cur.execute(
                 query("complete_in_transaction"),
@@ -501,12 +501,12 @@ class Worker:
                     "attempt": job.attempts,
                     "result": result_json,
                     "duration_ms": duration_ms,
-                    "notify_events": notify,
+                    "notify_events": route == "sql",
                 },
             )
             if await cur.fetchone() is None:
                 raise StaleRun(f"run {job.attempts} of job {job.id} no longer owns the job")
-        return not notify
+        return route == "redis"
 
     async def parent_results(self, job: ClaimedJob) -> dict[str, Any]:
         if not job.depends_on:

@@ -96,13 +96,16 @@ failures AS (
 wake AS (
     SELECT pgjobs_notify_queues(array_agg(f.queue) FILTER (WHERE f.status = 'pending')),
            CASE WHEN bool_or(f.status = 'delayed') THEN pg_notify('pgjobs_delayed', '') END,
-           -- Job events ride along over NOTIFY unless the worker publishes them to Redis.
-           pgjobs_notify_events(CASE WHEN %(notify_events)s THEN
+           -- Job events ride along over NOTIFY when the worker asks (someone listens and
+           -- no Redis takes them). The flag also sits in FILTER, so nothing is built when
+           -- it is off.
+           CASE WHEN %(notify_events)s THEN pgjobs_notify_events(
                array_agg(json_build_array(CASE f.outcome WHEN 'retry' THEN 'retrying'
                                                          ELSE f.outcome END,
                                           f.id, f.queue, f.type, f.status, NULL)::text)
-               FILTER (WHERE f.outcome IN ('completed', 'failed', 'retry', 'cancelled'))
-           END),
+               FILTER (WHERE %(notify_events)s
+                             AND f.outcome IN ('completed', 'failed', 'retry', 'cancelled')))
+           END,
            pgjobs_settle_blocked(
                array_agg(f.id) FILTER (WHERE f.status IN ('completed', 'failed', 'cancelled')),
                NULL, (SELECT now FROM clock))
