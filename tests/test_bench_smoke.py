@@ -40,3 +40,32 @@ def test_create_many_benchmark_runs(tmp_path: Path) -> None:
         ("create, one call per job", 10),
     ]
     assert all(r["jobs_per_s"] > 0 for r in record["results"])
+
+
+def test_rate_limits_benchmark_runs(tmp_path: Path) -> None:
+    """Only its quickest scenario: the others measure rates over tens of seconds."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "rate_limits.py"),
+            "--only",
+            "wakeups",
+            "--wakeups",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        env={**os.environ, "PGJOBS_BENCH_DATABASE_URL": ADMIN_URL},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    [written] = list(tmp_path.glob("rate_limits-*.json"))
+    record = json.loads(written.read_text())
+    assert [r["scenario"] for r in record["results"]] == [
+        "start latency: LISTEN off, Redis wake-ups, poll 5 s",
+        "start latency: LISTEN on, no Redis, poll 5 s",
+        "start latency: LISTEN off, no Redis, poll 1 s",
+    ]
