@@ -99,6 +99,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._start_done = asyncio.Event()
         self._started = False
         self._background: list[asyncio.Task[None]] = []
         self._fetch_task: asyncio.Task[None] | None = None
@@ -126,8 +127,16 @@ class Worker:
         if self._started:
             return
         self._started = True
+        try:
+            await self._start()
+        finally:
+            self._start_done.set()
+
+    async def _start(self) -> None:
         await self._pool.open(wait=False)
         await self._register()
+        if self._stopping:
+            return  # a signal arrived while we were starting: stop() takes over
         await self._events.start()
         await self._limiter.start(self._pool)
         self._completer.start()
@@ -180,6 +189,10 @@ class Worker:
         self._stopping = True
         self._wake.set()
         self._slot_freed.set()
+        if self._started:
+            # Stopping while start() is still running (a signal during start-up):
+            # let it finish, or there would be loops left running after stop().
+            await self._start_done.wait()
         if self._fetch_task is not None:
             await asyncio.gather(self._fetch_task, return_exceptions=True)
         await self._finish_running(self.grace if grace is None else grace)
@@ -420,7 +433,7 @@ class Worker:
                 return
             except (psycopg.Error, OSError) as exc:
                 if self._stopping:
-                    raise
+                    return
                 log.warning("cannot register worker (%s); retrying", exc)
                 await asyncio.sleep(delay.next())
 

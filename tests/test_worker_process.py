@@ -198,3 +198,12 @@ def test_supervisor_restarts_crashed_processes(db: Any, spawn: Spawn) -> None:
     wait_until(lambda: all_completed(db, ids), timeout=30, message="jobs done")
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(30) == 0
+
+
+def test_signal_during_start_up_stops_cleanly(db: Any, spawn: Spawn) -> None:
+    for _ in range(3):
+        worker = spawn("--concurrency", "2")
+        wait_until(lambda: query(db, "SELECT 1 FROM job_workers"), timeout=20, message="row")
+        worker.send_signal(signal.SIGINT)  # start-up is still wiring its loops
+        assert worker.wait(15) == 0
+        assert query(db, "SELECT count(*) AS n FROM job_workers")[0]["n"] == 0
