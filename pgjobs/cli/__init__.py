@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -59,9 +59,40 @@ def parse_json_option(value: str, name: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         fail(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        fail(f"{name} is nested too deeply")
+    except ValueError as exc:  # an integer beyond Python's digit limit
+        fail(f"{name} is not valid JSON: {str(exc).split(';')[0][:120]}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """The command group. Its usage errors (a bad option value, a missing argument, an
+    unknown command) print one `error: ...` line, like every other error, instead of
+    click's usage block; the exit status stays click's (2 for usage errors)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            fail(" ".join(exc.format_message().split()), exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        # Without standalone mode click returns the exit code of ctx.exit(), or the
+        # command's return value (None for every pgjobs command).
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pgjobs")
 def main() -> None:
     """pgjobs — background jobs whose queue is a PostgreSQL table.
