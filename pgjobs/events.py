@@ -431,11 +431,14 @@ class EventHub:
         async with self._start_lock:
             if self._started:
                 return
-            self._started = True
             waits = []
+            channel = None
             if self._redis_url is not None:
-                async with self._app.connection() as conn:
+                async with self._app.connection() as conn:  # may raise: start again later
                     channel = cache.Keys(conn.info.dbname).events_channel
+            self._started = True
+            if channel is not None:
+                assert self._redis_url is not None
                 self._redis = cache.Subscriber(
                     self._redis_url,
                     [channel],

@@ -554,18 +554,15 @@ class RateLimiter:
 
     def ready_in(self) -> float | None:
         """Seconds until the earliest exhausted bucket grants again (None: none is)."""
+        self._forget_expired()
         if not self._exhausted:
             return None
         return max(0.0, min(self._exhausted.values()) - time.monotonic())
 
-    def _is_exhausted(self, bucket: str, now: float) -> bool:
-        until = self._exhausted.get(bucket)
-        if until is None:
-            return False
-        if until <= now:
-            del self._exhausted[bucket]
-            return False
-        return True
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        if any(until <= now for until in self._exhausted.values()):
+            self._exhausted = {b: t for b, t in self._exhausted.items() if t > now}
 
     async def claim(
         self, pool: AsyncConnectionPool, limit: int, clock: Clock
@@ -576,12 +573,11 @@ class RateLimiter:
             await self.refresh(pool)
         claimed: list[dict[str, Any]] = []
         for _ in range(MAX_ROUNDS):
-            now = time.monotonic()
-            queues = [q for q in self._queues if not self._is_exhausted(f"q:{q}", now)]
+            self._forget_expired()
+            queues = [q for q in self._queues if f"q:{q}" not in self._exhausted]
             if not queues:
                 break
-            excluded = [b[2:] for b in list(self._exhausted) if b.startswith("k:")]
-            excluded = [k for k in excluded[-MAX_EXCLUDED:] if self._is_exhausted(f"k:{k}", now)]
+            excluded = [b[2:] for b in self._exhausted if b.startswith("k:")][-MAX_EXCLUDED:]
             rows, refused = await self._claim_round(
                 pool, queues, excluded, limit - len(claimed), clock
             )
@@ -660,6 +656,8 @@ class RateLimiter:
             if wait > 0:
                 self._exhausted.pop(bucket, None)  # re-insert: newest last
                 self._exhausted[bucket] = now + wait / 1000
+        while len(self._exhausted) > 4 * MAX_EXCLUDED:  # bounded memory: oldest go first
+            del self._exhausted[next(iter(self._exhausted))]
 
     async def _take(
         self, conn: AsyncConn, request: TokenRequest, prefix: str, clock: Clock

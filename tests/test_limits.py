@@ -388,3 +388,17 @@ async def test_limiter_is_inactive_without_limits(app: App) -> None:
     assert limiter.active
     await limiter.stop()
     await asyncio.sleep(0)
+
+
+def test_limiter_forgets_exhausted_buckets(settings: Settings) -> None:
+    limiter = RateLimiter(settings, uuid7(), ["default"])
+    request = TokenRequest()
+    for n in range(5000):
+        request.bucket(f"k:tenant-{n}", RateLimit(1, 1000))
+    answer = limits.TokenAnswer([], [1] * 4999 + [60_000], None)
+    limiter._note_waits(request, answer)
+    assert len(limiter._exhausted) == 4 * limits.MAX_EXCLUDED  # bounded, newest kept
+    time.sleep(0.01)
+    # Expired waits are forgotten, so the worker never spins on a stale one.
+    assert limiter.ready_in() is not None and limiter.ready_in() > 50  # type: ignore[operator]
+    assert list(limiter._exhausted) == ["k:tenant-4999"]
