@@ -147,7 +147,7 @@ def test_key_limits_do_not_slow_other_keys(db: Any, spawn: Spawn, store: str) ->
         assert times[-1] - times[0] >= 5.0  # 30 starts at 5 per second
     bulk = starts(db, "rate_limit_key = 'bulk'")
     # The unlimited key drains at full speed: 60 slots take all 60 at once.
-    assert len(bulk) == 60 and bulk[-1] - first < 1.5, bulk[-1] - first
+    assert len(bulk) == 60 and bulk[-1] - first < 2.0, bulk[-1] - first
     assert_each_ran_once(db, 120)
 
 
