@@ -273,7 +273,7 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
                 "stacks": [None] * n,
                 "kinds": ["error"] * n,
                 "delays": [0] * n,
-                "notify_events": True,  # as a worker without Redis does
+                "notify_events": False,  # as a worker does while no one consumes events
             }
             cur = await conn.execute(query("finish_and_claim"), {**claim, **finish})
             rows = [r for r in await cur.fetchall() if r["id"] is not None]
