@@ -1,5 +1,7 @@
-"""Rendering: the Jinja2 environment (autoescape on for everything), URL helpers, and
-the one function that turns a template into a response with the security headers.
+"""The `Dashboard` object the handlers share (settings, CSRF signer, throughput history,
+templates) and rendering: the Jinja2 environment (autoescape on for everything), URL
+helpers, and the one method that turns a template into a response with the security
+headers.
 
 Templates live in the top-level `templates/dashboard/` folder, shipped in the wheel
 (found with pgjobs.resources.data_path). They receive plain data and the formatting
@@ -22,6 +24,7 @@ from pgjobs import __version__
 from pgjobs.config import Settings
 from pgjobs.models import priority_name
 from pgjobs.ops import Ops
+from pgjobs.ops.service import EXACT_COUNT_LIMIT
 from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.history import HistoryCache
@@ -120,6 +123,7 @@ class Dashboard:
             "read_only": read_only(request),
             "csrf": self.signer.token(user),
             "refresh_ms": self.settings.dashboard_refresh_ms,
+            "exact_limit": EXACT_COUNT_LIMIT,
             "now": now or datetime.now(UTC),
             **context,
         }
