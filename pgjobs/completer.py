@@ -114,6 +114,9 @@ class Completer:
         batch = Batch(self._buffer[: self._max_batch])
         del self._buffer[: len(batch)]
         self._writing += len(batch)
+        # Rows are locked in id order everywhere jobs are locked in bulk (creators lock
+        # parents that way): the same order here keeps the two from deadlocking.
+        batch.sort(key=_by_id)
         return batch
 
     def give_back(self, batch: list[Outcome]) -> None:
@@ -204,6 +207,10 @@ class Completer:
         """Return once everything added so far has been written (tests, drain)."""
         async with self._flushed:
             await self._flushed.wait_for(lambda: not self._buffer and not self._writing)
+
+
+def _by_id(outcome: Outcome) -> UUID:
+    return outcome.job_id
 
 
 def _job_events(batch: list[Outcome], applied: set[UUID]) -> list[JobEvent]:
