@@ -21,6 +21,10 @@ from pgjobs.ids import uuid7
 from pgjobs.models import PRIORITIES, STATUSES
 
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,99}$")
+# Job types name the handlers that code registers: letters (either case), digits and
+# . _ : -, so a type never carries quotes, spaces or slashes into logs, metric labels
+# or file names.
+JOB_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 MAX_PRIORITY = 1_000_000
 MAX_ATTEMPTS = 1000
 MAX_DELAY_MS = 10 * 365 * 86_400_000  # ten years
@@ -237,6 +241,12 @@ def validate_type(value: Any) -> str:
     _require_utf8(value, "job type", "type")
     if not value.isprintable():
         raise ValidationError("job type contains a control character", field="type")
+    if not JOB_TYPE.fullmatch(value):
+        raise ValidationError(
+            f"invalid job type {value!r}: use 1-100 characters A-Z a-z 0-9 . _ : - "
+            "starting with a letter or digit",
+            field="type",
+        )
     return value
 
 
