@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,11 @@ def load_app(spec: str | None, settings: Settings) -> Any:
     if not spec:
         return App(settings)
     module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
+    # A dotted module path and a plain name: anything else (a file path, a relative
+    # import) would fail deep inside importlib with a traceback.
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module_name) or not (
+        attribute.isidentifier()
+    ):
         raise click.UsageError(f"--app must look like package.module:app (got {spec!r})")
     sys.path.insert(0, os.getcwd())
     try:

@@ -23,6 +23,7 @@ from pgjobs.app import App
 from pgjobs.errors import JobFailed, ValidationError
 from pgjobs.events import EVENT_NAMES, JobEvent
 from pgjobs.ops import Ops
+from pgjobs.options import validate_queue
 from pgjobs.web.requests import job_id_param, object_body, query_param, read_json
 
 API_ACTOR = "api"
@@ -122,6 +123,10 @@ async def stream_events(request: Request) -> Response:
     closing an idle stream. There is no replay: a client that reconnects gets the
     events from then on (use /wait for a job's outcome)."""
     queue = query_param(request, "queue")
+    if queue is not None:
+        # Refused here, before the response starts: a stream for a queue that cannot
+        # exist would otherwise answer 200 and stay open forever.
+        validate_queue(queue)
     job = query_param(request, "job")
     event = query_param(request, "event")
     job_ids = [job_id_param_value(job)] if job else None
