@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -82,6 +83,7 @@ class Completer:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._writing = 0  # outcomes taken by a writer whose transaction is not done
+        self._taken: Counter[UUID] = Counter()  # their jobs
         self.recorded = 0
         self.stale = 0
 
@@ -114,6 +116,7 @@ class Completer:
         batch = Batch(self._buffer[: self._max_batch])
         del self._buffer[: len(batch)]
         self._writing += len(batch)
+        self._taken.update(o.job_id for o in batch)
         # Rows are locked in id order everywhere jobs are locked in bulk (creators lock
         # parents that way): the same order here keeps the two from deadlocking.
         batch.sort(key=_by_id)
@@ -122,9 +125,15 @@ class Completer:
     def give_back(self, batch: list[Outcome]) -> None:
         """The write of `batch` failed: keep it for the next attempt."""
         self._writing -= len(batch)
+        self._taken.subtract(o.job_id for o in batch)
         self._buffer[:0] = batch
         if batch:
             self._has_items.set()
+
+    def unrecorded(self) -> set[UUID]:
+        """Jobs whose outcome is buffered or being written: still active in the
+        database, though their run is over."""
+        return {o.job_id for o in self._buffer} | {k for k, n in self._taken.items() if n > 0}
 
     async def _write(self, batch: list[Outcome]) -> set[UUID]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -137,6 +146,7 @@ class Completer:
         if self._events is not None and getattr(batch, "events", "sql") == "redis":
             self._events.emit(_job_events(batch, applied))
         self._writing -= len(batch)
+        self._taken.subtract(o.job_id for o in batch)
         async with self._flushed:
             self._flushed.notify_all()
 

@@ -53,6 +53,9 @@ CLAIM_BATCH_WAIT = 0.002  # longest wait for more free slots before claiming
 # database outage a waiting checkout is served only once it times out and asks again
 # (see db.make_pool), and a heartbeat stuck longer than the lease loses the worker's jobs.
 POOL_WAIT = 2.0
+# A job held this long (and at least two heartbeats) that the worker is not running is
+# an orphan of a lost claim answer; younger ones may be a claim being received.
+ORPHAN_GRACE_MS = 5000
 
 
 class Worker:
@@ -447,6 +450,9 @@ class Worker:
                 log.warning("heartbeat failed (%s); will retry", exc)
 
     async def _heartbeat(self) -> None:
+        # Runs in progress or awaiting their record before the query: a run that ends
+        # and is recorded while the query is in flight is no orphan.
+        known = set(self._running) | self._completer.unrecorded()
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 query("heartbeat_worker"),
@@ -461,11 +467,30 @@ class Worker:
                     "in_flight": len(self._running),
                     "processed": self.processed,
                     "stopping": self._stopping,
+                    "grace_ms": max(ORPHAN_GRACE_MS, 2 * self.settings.heartbeat_interval_ms),
                 },
             )
-            to_cancel = [row["id"] for row in await cur.fetchall()]
-        for job_id in to_cancel:
-            self._on_cancel(job_id)
+            held = await cur.fetchall()
+        for row in held:
+            if row["cancel"]:
+                self._on_cancel(row["id"])
+        settled = [(row["id"], row["attempts"]) for row in held if row["settled"]]
+        self._give_back_orphans(settled, known)
+
+    def _give_back_orphans(self, held: list[tuple[UUID, int]], known: set[UUID]) -> None:
+        """Jobs the database says this worker holds, that it is not running and has no
+        outcome for: a claim that committed while its answer was lost (the connection
+        died in between). The rescuer never takes them, since this worker is alive and
+        heartbeating, so the worker gives them back itself, fenced on the run token and
+        without using up the attempt (the handler never ran)."""
+        if not held:
+            return
+        known = known | set(self._running) | self._completer.unrecorded()
+        for job_id, attempt in held:
+            if job_id in known:
+                continue
+            log.warning("giving back job %s: claimed by this worker but never received", job_id)
+            self._completer.add(Outcome(job_id, attempt, "release"))
 
     async def _deregister(self) -> None:
         try:

@@ -191,8 +191,10 @@ ORDER BY r.completed_at;
 
 -- name: heartbeat_worker
 -- An upsert: a worker that was declared dead (and whose jobs were rescued) and then
--- comes back re-registers; its old runs stay fenced out. Returns the jobs of this
--- worker that an operator asked to cancel, in case their NOTIFY was missed.
+-- comes back re-registers; its old runs stay fenced out. Returns the jobs this worker
+-- holds: `cancel` for those an operator asked to cancel (in case their NOTIFY was
+-- missed), and `settled` once a job has been held longer than %(grace_ms)s, so the
+-- worker can give back any it is not running (a claim whose answer was lost).
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 beat AS (
     INSERT INTO job_workers (id, hostname, pid, queues, concurrency, version, started_at,
@@ -207,9 +209,11 @@ beat AS (
         stopping = EXCLUDED.stopping
     RETURNING id
 )
-SELECT j.id
-FROM jobs j
-WHERE j.worker_id = %(id)s AND j.status = 'active' AND j.cancel_requested_at IS NOT NULL
+SELECT j.id, j.attempts,
+       j.cancel_requested_at IS NOT NULL AS cancel,
+       j.started_at < c.now - %(grace_ms)s * interval '1 millisecond' AS settled
+FROM jobs j, clock c
+WHERE j.worker_id = %(id)s AND j.status = 'active'
   AND EXISTS (SELECT 1 FROM beat);
 
 -- name: deregister_worker

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.chaos.harness import assert_invariants
+from tests.chaos.harness import Fleet, Ledger, assert_invariants, connect
 from tests.chaos.scenarios import kill_listener, terminate_connections
+from tests.helpers import wait_until
 
 
 def test_terminating_all_pgjobs_connections(chaos_db: str, log_dir: Path) -> None:
@@ -27,3 +28,34 @@ def test_killing_only_the_listen_connection(chaos_db: str, log_dir: Path) -> Non
     assert max(figures.after_kill_ms) <= figures.poll_s * 1100 + 1000, figures
     # Once the listener is back, a NOTIFY wakes the worker: far sooner than the poll.
     assert max(figures.reconnected_ms) < figures.poll_s * 1000 / 4, figures
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back(chaos_db: str, log_dir: Path) -> None:
+    """A claim can commit while its answer never reaches the worker (the connection dies
+    between the two). The job is then active, owned by a worker that is alive and keeps
+    heartbeating, so the rescuer never takes it back; the worker itself must notice that
+    it holds a job it is not running, and give it back."""
+    fleet = Fleet(chaos_db, 1, concurrency=2, log_dir=log_dir).start()
+    ledger = Ledger(chaos_db)
+    try:
+        with connect(chaos_db) as db:
+            wait_until(lambda: db.execute("SELECT id FROM job_workers").fetchone(), timeout=30)
+            [worker] = db.execute("SELECT id FROM job_workers").fetchall()
+            [job] = ledger.enqueue(
+                1, attempts=3, payload=lambda: ({"ms": 1}, "in_tx"), delay=60_000
+            )
+            # What the lost claim left behind: the job active under the live worker.
+            db.execute(
+                "UPDATE jobs SET status = 'active', attempts = attempts + 1, worker_id = %s, "
+                "started_at = now() - interval '10 seconds' WHERE id = %s",
+                (worker["id"], job),
+            )
+            assert ledger.wait_finished(30), ledger.counts()
+            row = db.execute(
+                "SELECT status, attempts, stalled_count FROM jobs WHERE id = %s", (job,)
+            ).fetchone()
+        # Given back without using up an attempt, then run once.
+        assert row == {"status": "completed", "attempts": 1, "stalled_count": 0}
+    finally:
+        fleet.stop()
+        ledger.close()
