@@ -4,8 +4,12 @@ start within the poll interval."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import psycopg
+
+from pgjobs.db import connect_kwargs
 from tests.chaos.harness import Fleet, Ledger, assert_invariants, connect
 from tests.chaos.scenarios import kill_listener, terminate_connections
 from tests.helpers import wait_until
@@ -59,3 +63,37 @@ def test_a_claim_whose_answer_was_lost_is_given_back(chaos_db: str, log_dir: Pat
     finally:
         fleet.stop()
         ledger.close()
+
+
+def test_pgjobs_sessions_are_named_by_role_and_bounded(chaos_db: str, log_dir: Path) -> None:
+    """The scenarios find pgjobs' connections by application_name
+    `pgjobs:<role>:<owner>`; each session bounds its statements and idle transactions."""
+    fleet = Fleet(chaos_db, 1, concurrency=2, log_dir=log_dir).start()
+    try:
+        with connect(chaos_db) as db:
+
+            def names() -> list[str]:
+                return [
+                    r["application_name"]
+                    for r in db.execute(
+                        "SELECT application_name FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND application_name LIKE 'pgjobs:%'"
+                    )
+                ]
+
+            wait_until(
+                lambda: {n.split(":")[1] for n in names()} >= {"claim", "listen"}, timeout=30
+            )
+            assert all(re.fullmatch(r"pgjobs:(claim|listen|maint|api):\S+", n) for n in names())
+    finally:
+        fleet.stop()
+    for role in ("claim", "listen", "maint", "api"):
+        with psycopg.connect(chaos_db, autocommit=True, **connect_kwargs(role)) as conn:
+            settings = {
+                name: conn.execute(f"SHOW {name}").fetchone()[0]
+                for name in ("statement_timeout", "idle_in_transaction_session_timeout")
+            }
+            assert settings == {
+                "statement_timeout": "1min",
+                "idle_in_transaction_session_timeout": "1min",
+            }, role
