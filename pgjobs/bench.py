@@ -254,6 +254,7 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
                 "in_flight": 0,
                 "processed": 0,
                 "stopping": False,
+                "grace_ms": 60_000,
             },
         )
         began = time.perf_counter()
