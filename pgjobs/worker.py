@@ -384,7 +384,10 @@ class Worker:
             self._running.pop(job.id, None)
             self._slot_freed.set()
         outcome.queue, outcome.type = job.queue, job.type
-        if not execution.ctx.completed_in_transaction:
+        # A completion made inside the handler's transaction is recorded by its commit.
+        # Any other ending is recorded here, even after complete_in: a handler that
+        # raised did not commit (or committed and then failed, which the fence drops).
+        if outcome.kind != "completed" or not execution.ctx.completed_in_transaction:
             self._completer.add(outcome)
         elif handle.publish_completion:
             self._events.emit([JobEvent("completed", job.id, job.queue, job.type, "completed")])
