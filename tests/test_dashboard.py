@@ -229,8 +229,9 @@ async def test_overview_counts_match_the_database(dash: Dash, db: Conn) -> None:
     assert "/dashboard/queues/emails" in page.links
     assert "/dashboard/queues/default?status=failed" in page.links
     assert "paused" in page.text and "≈" not in page.text
-    # The charts: 5 completed and 3 failed jobs finished within the last hour.
-    assert "5 completed · 3 failed" in page.text
+    # The charts are drawn (their per-minute counts are checked in
+    # tests/test_dashboard_format.py; counting jobs stamped in the current minute right
+    # after start-up depends on when the history's first fill ran).
     assert "Throughput" in page.text and "Failure rate" in page.text
 
     body = (await dash.admin.get("/dashboard/counts.json")).json()
