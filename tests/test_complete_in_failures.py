@@ -23,12 +23,11 @@ async def test_handler_raising_after_complete_in_is_a_failed_attempt(
 
     @app.handler("effect-then-boom")
     async def effect(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> None:
-        async with await psycopg.AsyncConnection.connect(db_url) as conn:
-            async with conn.transaction():
-                await conn.execute("INSERT INTO effects VALUES (%s, %s)", (ctx.id, ctx.attempt))
-                await ctx.complete_in(conn, {"stored": True})
-                if ctx.attempt == 1:
-                    raise RuntimeError("the transaction rolls back")
+        async with await psycopg.AsyncConnection.connect(db_url) as conn, conn.transaction():
+            await conn.execute("INSERT INTO effects VALUES (%s, %s)", (ctx.id, ctx.attempt))
+            await ctx.complete_in(conn, {"stored": True})
+            if ctx.attempt == 1:
+                raise RuntimeError("the transaction rolls back")
 
     job = await app.create("effect-then-boom", {}, attempts=2, backoff=[0])
     assert await app.drain() == 2
