@@ -177,13 +177,24 @@ def kill9(
     batch: int = 1000,
     timeout: float = 600,
     seed: int = 1,
+    min_duration: float = 0.0,
 ) -> Report:
     """`kill -9` a random worker every `kill_every` s (and respawn it) while `workers`
-    processes drain `jobs` jobs of 5-50 ms; a tenth of them delayed by up to 1 s."""
+    processes drain `jobs` jobs of 5-50 ms; a tenth of them delayed by up to 1 s.
+    `min_duration`: spread the enqueueing over at least that many seconds, so a small
+    run still sees several kills however fast the machine is."""
     run = Run(f"1. kill -9 a worker every {kill_every:g}s", db_url, log_dir)
     rng = random.Random(seed)
     fleet = Fleet(db_url, workers, concurrency=concurrency, log_dir=log_dir).start()
-    producer = Producer(db_url, total=jobs, batch=batch, delayed_share=0.1, seed=seed)
+    rate = jobs / min_duration if min_duration else None
+    producer = Producer(
+        db_url,
+        total=jobs,
+        batch=min(batch, max(1, int(rate / 4))) if rate else batch,
+        rate=rate,
+        delayed_share=0.1,
+        seed=seed,
+    )
     producer.start()
     killer = Ticker(kill_every)
 
