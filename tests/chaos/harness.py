@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -558,7 +558,7 @@ class Ledger:
         return bool(row and row["n"])
 
     def counts(self) -> dict[str, int]:
-        rows = self._query(
+        rows = self.query(
             "SELECT j.status, count(*) AS n FROM chaos_jobs c JOIN jobs j ON j.id = c.job_id "
             "GROUP BY j.status"
         )
@@ -567,7 +567,7 @@ class Ledger:
     def unfinished(self) -> int:
         """Jobs not yet terminal (the scenario's database holds only ledger jobs; the
         report checks every ledger id against the jobs table)."""
-        rows = self._query(
+        rows = self.query(
             "SELECT count(*) AS n FROM jobs "
             "WHERE status NOT IN ('completed', 'failed', 'cancelled')"
         )
@@ -587,7 +587,7 @@ class Ledger:
             time.sleep(0.2)
         return False
 
-    def _query(self, text: str, params: Any = None) -> list[dict[str, Any]]:
+    def query(self, text: str, params: Any = None) -> list[dict[str, Any]]:
         try:
             return self._connection().execute(text, params).fetchall()  # type: ignore[arg-type]
         except psycopg.Error:
@@ -595,8 +595,8 @@ class Ledger:
             raise
 
     def report(self, scenario: str, **extra: Any) -> Report:
-        row = self._query(REPORT_SQL)[0]
-        reasons = {r["kind"]: int(r["n"]) for r in self._query(REASONS_SQL)}
+        row = self.query(REPORT_SQL)[0]
+        reasons = {r["kind"]: int(r["n"]) for r in self.query(REASONS_SQL)}
         report = Report(scenario=scenario, reasons=reasons, **extra)
         for name in (
             "jobs",
@@ -748,15 +748,6 @@ def process_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
-
-
-@contextlib.contextmanager
-def scenario_dir(prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"pgjobs-{prefix}-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Ticker:

@@ -281,7 +281,7 @@ def kill_listener(
         [job] = ledger.enqueue(1, attempts=3, payload=lambda: ({"ms": 1}, "in_tx"))
         deadline = time.monotonic() + 3 * poll_ms / 1000 + 10
         while time.monotonic() < deadline:
-            row = ledger._query(
+            row = ledger.query(
                 "SELECT extract(epoch FROM min(s.started_at) - c.run_at) * 1000 AS ms "
                 "FROM chaos_jobs c JOIN chaos_starts s ON s.job_id = c.job_id "
                 "WHERE c.job_id = %s GROUP BY c.run_at",
@@ -574,7 +574,7 @@ def hangs_and_poison(
 
 def _start_pid(ledger: Ledger, job_id: Any) -> int | None:
     try:
-        rows = ledger._query("SELECT pid FROM chaos_starts WHERE job_id = %s", (job_id,))
+        rows = ledger.query("SELECT pid FROM chaos_starts WHERE job_id = %s", (job_id,))
     except psycopg.Error:
         return None
     return int(rows[0]["pid"]) if rows else None
@@ -625,7 +625,7 @@ def sigstop(
 
     def starts_by(pid: int) -> int:
         return int(
-            ledger._query(
+            ledger.query(
                 "SELECT count(DISTINCT job_id) AS n FROM chaos_starts WHERE pid = %s", (pid,)
             )[0]["n"]
         )
@@ -946,9 +946,3 @@ def _wait(check: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.05)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]

@@ -23,15 +23,15 @@ import pgjobs
 
 app = pgjobs.App(builtin_types=False)
 
-_pools: dict[int, AsyncConnectionPool] = {}
+_pool: AsyncConnectionPool | None = None
 
 
 async def ledger_pool(ctx: pgjobs.JobContext) -> AsyncConnectionPool:
-    """One pool per process, opened lazily in the worker's event loop. Its connections
-    are named `chaos:handler:<pid>`, not `pgjobs:*`: they are the user's, so the
-    scenarios that kill pgjobs' connections leave them alone."""
-    pool = _pools.get(os.getpid())
-    if pool is None:
+    """One pool per worker process, opened lazily in the worker's event loop. Its
+    connections are named `chaos:handler:<pid>`, not `pgjobs:*`: they are the user's,
+    so the scenarios that kill pgjobs' connections leave them alone."""
+    global _pool
+    if _pool is None:
         pool = AsyncConnectionPool(
             ctx.app.settings.require_database_url(),
             min_size=1,
@@ -43,8 +43,8 @@ async def ledger_pool(ctx: pgjobs.JobContext) -> AsyncConnectionPool:
             timeout=3,
         )
         await pool.open(wait=False)
-        _pools[os.getpid()] = pool
-    return pool
+        _pool = pool
+    return _pool
 
 
 @app.handler("chaos")
