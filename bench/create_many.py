@@ -18,53 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg import sql
+from common import ROOT, scratch, server_url, write
 
 from pgjobs.app import App
 from pgjobs.config import load_settings
-from pgjobs.db import install_schema
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def server_url() -> str:
-    for name in ("PGJOBS_BENCH_DATABASE_URL", "PGJOBS_TEST_DATABASE_URL", "DATABASE_URL"):
-        if os.environ.get(name):
-            return os.environ[name]
-    return DEFAULT_SERVER
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip() or None
 
 
 async def timed(action: Callable[[], Awaitable[Any]]) -> float:
@@ -129,34 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args(argv)
 
-    server = server_url()
-    name = f"pgjobs_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        version = admin.execute("SHOW server_version").fetchone()
-    url = with_database(server, name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            install_schema(conn)
-        results = asyncio.run(measure(url, args.count, args.singles))
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-    record = {
-        "benchmark": "create_many",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "python": platform.python_version(),
-        "postgres": version[0] if version else None,
-        "cpus": os.cpu_count(),
-        "results": results,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"create_many-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    with scratch(server_url()) as db:
+        results = asyncio.run(measure(db.url, args.count, args.singles))
+    path = write(args.out, "create_many", db.server_version, results=results)
     print(f"written {path}")
     return 0
 

@@ -24,28 +24,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
-from psycopg import sql
+from common import ROOT, scratch, server_url, write
 
 from pgjobs.config import load_settings
-from pgjobs.db import install_schema
 from pgjobs.web import create_app
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 QUEUES = ("default", "emails", "reports", "high-priority", "low-priority")
 BATCH = 200_000
 
@@ -83,31 +75,6 @@ FILL_WORKER = """
 INSERT INTO job_workers (id, hostname, pid, queues, concurrency, version, in_flight)
 VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, 10, '0.1.0', 17)
 """
-
-
-def server_url() -> str:
-    for name in ("PGJOBS_BENCH_DATABASE_URL", "PGJOBS_TEST_DATABASE_URL", "DATABASE_URL"):
-        if os.environ.get(name):
-            return os.environ[name]
-    return DEFAULT_SERVER
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
 
 
 def fill(url: str, jobs: int, hours: float) -> dict[str, Any]:
@@ -216,34 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args(argv)
 
-    server = server_url()
-    name = f"pgjobs_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        version = admin.execute("SHOW server_version").fetchone()
-    url = with_database(server, name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            install_schema(conn)
-        print(f"filling {name} with {args.jobs:,} jobs", file=sys.stderr)
-        table = fill(url, args.jobs, args.hours)
-        results = asyncio.run(measure(url, args.renders))
-    finally:
-        if args.keep:
-            print(f"kept database {url}", file=sys.stderr)
-        else:
-            with psycopg.connect(server, autocommit=True) as admin:
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+    with scratch(server_url(), keep=args.keep) as db:
+        print(f"filling {db.name} with {args.jobs:,} jobs", file=sys.stderr)
+        table = fill(db.url, args.jobs, args.hours)
+        results = asyncio.run(measure(db.url, args.renders))
 
     record = {
-        "benchmark": "dashboard",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "python": platform.python_version(),
-        "postgres": version[0] if version else None,
-        "cpus": os.cpu_count(),
         "jobs_table": table,
         "finished_spread_hours": args.hours,
         "results": results,
@@ -256,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(first render {results['first_render']['ms']} ms, "
         f"history fill {results['history_fill_s']} s in the background)"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"dashboard-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write(args.out, "dashboard", db.server_version, **record)
     print(f"written {path}")
     return 0
 

@@ -24,26 +24,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import sys
 import threading
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from create_many import ROOT, git_commit, server_url, with_database
+from common import ROOT, scratch, server_url, write
 from psycopg import sql
 from psycopg.rows import dict_row
 
 import pgjobs
 from pgjobs.app import App
 from pgjobs.config import load_settings
-from pgjobs.db import connect_kwargs, install_schema
+from pgjobs.db import connect_kwargs
 from pgjobs.flows import create_flow_async, plan_flow
 from pgjobs.ids import uuid7
 
@@ -323,34 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args(argv)
 
-    server = server_url()
-    name = f"pgjobs_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        version = admin.execute("SHOW server_version").fetchone()
-    url = with_database(server, name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            install_schema(conn)
-        results = asyncio.run(measure(url, args))
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-    record = {
-        "benchmark": "flows",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "python": platform.python_version(),
-        "postgres": version[0] if version else None,
-        "cpus": os.cpu_count(),
-        "results": results,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"flows-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    with scratch(server_url()) as db:
+        results = asyncio.run(measure(db.url, args))
+    path = write(args.out, "flows", db.server_version, results=results)
     print(f"written {path}")
     return 0
 

@@ -1,0 +1,97 @@
+"""What the benchmark scripts share: which server to use, a scratch database on it, and
+the JSON record every script writes to bench-results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgjobs.bench import with_database
+from pgjobs.db import install_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+__all__ = ["ROOT", "Scratch", "git_commit", "scratch", "server_url", "with_database", "write"]
+
+
+def server_url() -> str:
+    """PGJOBS_BENCH_DATABASE_URL, else PGJOBS_TEST_DATABASE_URL, else DATABASE_URL."""
+    for name in ("PGJOBS_BENCH_DATABASE_URL", "PGJOBS_TEST_DATABASE_URL", "DATABASE_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return DEFAULT_SERVER
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+@dataclass(frozen=True)
+class Scratch:
+    name: str
+    url: str
+    server_version: str | None
+
+
+@contextmanager
+def scratch(server: str, *, keep: bool = False) -> Iterator[Scratch]:
+    """A database with the pgjobs schema beside `server`'s, dropped afterwards
+    (unless `keep`)."""
+    name = f"pgjobs_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        version = admin.execute("SHOW server_version").fetchone()
+    url = with_database(server, name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            install_schema(conn)
+        yield Scratch(name, url, version[0] if version else None)
+    finally:
+        if keep:
+            print(f"kept database {url}", file=sys.stderr)
+        else:
+            with psycopg.connect(server, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
+def write(out: Path, benchmark: str, postgres: str | None, **fields: Any) -> Path:
+    """The run's JSON record, with the machine facts every benchmark reports."""
+    record = {
+        "benchmark": benchmark,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "python": platform.python_version(),
+        "postgres": postgres,
+        "cpus": os.cpu_count(),
+        **fields,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{benchmark}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
