@@ -448,9 +448,14 @@ async def test_snoozing_parent_keeps_its_attempt_and_its_children_waiting(app: A
     parent = await app.create("snoozer", attempts=1)
     child = await app.create("after", depends_on=parent.id)
     await app.drain()
-    assert order == ["parent attempt 1"] * 3 + ["child"]
+    assert order == ["parent attempt 1", "parent attempt 2", "parent attempt 3", "child"]
     done = await app.get(parent.id)
-    assert (done.status, done.attempts, done.failures) == ("completed", 1, ())
+    assert (done.status, done.attempts, done.max_attempts, done.failures) == (
+        "completed",
+        3,
+        3,
+        (),
+    )
     assert (await app.get(child.id)).result == {str(parent.id): "ready"}
 
 

@@ -125,8 +125,31 @@ async def test_discard_fails_without_retry_and_retry_in_keeps_attempts(app: App)
     assert (d.status, d.attempts, d.last_error) == ("failed", 1, "Discard: bad input: to")
     assert [f.kind for f in d.failures] == ["discarded"]
     s = await app.get(snoozed.id)
-    # Three runs of a job allowed one attempt: snoozes are not failures.
-    assert (s.status, s.attempts, s.failures, snoozes) == ("completed", 1, (), [1, 1, 1])
+    # Three runs of a job allowed one attempt: snoozes are not failures. Each snooze
+    # raises the limit instead of lowering the count, so every run has its own token.
+    assert (s.status, s.failures, snoozes) == ("completed", (), [1, 2, 3])
+    assert (s.attempts, s.max_attempts) == (3, 3)
+
+
+async def test_a_retry_after_snoozes_grants_the_budget_the_job_was_created_with(
+    app: App,
+) -> None:
+    runs: list[int] = []
+
+    @app.handler("snooze-then-fail")
+    async def snooze_then_fail(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> None:
+        runs.append(ctx.attempt)
+        if len(runs) == 1:
+            raise pgjobs.RetryIn(0)
+        raise RuntimeError("broken")
+
+    job = await app.create("snooze-then-fail", {}, attempts=1)
+    await app.drain()
+    failed = await app.get(job.id)
+    assert (failed.status, failed.attempts, failed.max_attempts, runs) == ("failed", 2, 2, [1, 2])
+    retried = await app.retry(job.id)
+    # One more try, as created: not the two the snooze left in max_attempts.
+    assert (retried.status, retried.attempts, retried.max_attempts) == ("pending", 2, 3)
 
 
 async def test_missing_handler_is_a_retryable_failure(app: App) -> None:

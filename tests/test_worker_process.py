@@ -138,8 +138,11 @@ def test_grace_period_gives_unfinished_jobs_back(db: Any, spawn: Spawn) -> None:
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(15) == 0
     assert time.monotonic() - began < 5
-    [row] = query(db, "SELECT status, attempts, worker_id FROM jobs WHERE id = %s", job)
-    assert row == {"status": "pending", "attempts": 0, "worker_id": None}
+    [row] = query(
+        db, "SELECT status, attempts, max_attempts, worker_id FROM jobs WHERE id = %s", job
+    )
+    # The attempt is given back by raising the limit: the run token never repeats.
+    assert row == {"status": "pending", "attempts": 1, "max_attempts": 4, "worker_id": None}
 
 
 def test_second_signal_exits_at_once(db: Any, spawn: Spawn) -> None:

@@ -49,6 +49,9 @@ claimed AS (
 --   snooze     -> delayed, and the attempt is given back (RetryIn)
 --   cancelled  -> cancelled (the cancel came from an operator)
 --   release    -> pending, the attempt given back (graceful shutdown)
+-- An attempt is given back by raising max_attempts, never by lowering attempts: the
+-- token (id, attempts) must never repeat, or a replayed outcome of this run (a batch
+-- retried after an ambiguous commit) could match the job's next run.
 input AS (
     SELECT *
     FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(outcomes)s::text[],
@@ -68,8 +71,11 @@ finished AS (
                       ELSE j.run_at END,
         completed_at = CASE WHEN i.outcome IN ('completed', 'failed', 'cancelled')
                             THEN c.now END,
-        attempts = CASE WHEN i.outcome IN ('snooze', 'release')
-                        THEN j.attempts - 1 ELSE j.attempts END,
+        max_attempts = CASE WHEN i.outcome IN ('snooze', 'release')
+                            THEN j.max_attempts + 1 ELSE j.max_attempts END,
+        -- an operator's retry grants the budget the job was created with, not the
+        -- raised max_attempts
+        attempt_budget = coalesce(j.attempt_budget, j.max_attempts),
         progress = CASE WHEN i.outcome = 'completed' THEN 100 ELSE j.progress END,
         last_error = CASE WHEN i.outcome IN ('retry', 'failed') THEN i.message
                           ELSE j.last_error END,
@@ -218,10 +224,12 @@ WHERE j.worker_id = %(id)s AND j.status = 'active'
 
 -- name: deregister_worker
 -- A worker that stops cleanly gives back whatever it still holds (its runs are over or
--- abandoned) without using up an attempt, then removes its row.
+-- abandoned) without using up an attempt (max_attempts grows, see finish_steps), then
+-- removes its row.
 WITH released AS (
     UPDATE jobs
-    SET status = 'pending', attempts = attempts - 1, worker_id = NULL
+    SET status = 'pending', max_attempts = max_attempts + 1,
+        attempt_budget = coalesce(attempt_budget, max_attempts), worker_id = NULL
     WHERE worker_id = %(id)s AND status = 'active'
     RETURNING queue
 ),
