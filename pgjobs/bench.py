@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 from pgjobs.app import App
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
-from pgjobs.db import install_schema
+from pgjobs.db import connect_kwargs, install_schema
 from pgjobs.ids import uuid7
 from pgjobs.queries import query
 
@@ -238,8 +238,9 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
     reset(url)
     await app.create_many([app.build(NOOP, {}) for _ in range(sizes.raw)])
     worker = uuid7()
+    # The session a worker claims on: same options, same reused generic plans.
     async with await psycopg.AsyncConnection.connect(
-        url, autocommit=True, row_factory=dict_row
+        url, autocommit=True, row_factory=dict_row, **connect_kwargs("claim", generic_plans=True)
     ) as conn:
         await conn.execute(
             query("heartbeat_worker"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
@@ -41,8 +43,18 @@ def application_name(role: str, owner: str | None = None) -> str:
     return f"pgjobs:{role}:{owner or os.getpid()}"[:63]
 
 
-def connect_kwargs(role: str, owner: str | None = None) -> dict[str, Any]:
-    return {"application_name": application_name(role, owner), "options": SESSION_OPTIONS}
+# For sessions that run only a few statements written for it (the worker's claim and
+# finish): one plan per statement, reused, instead of a custom plan made on every call.
+# A custom plan of the finish-and-claim statement costs about as much to make as the
+# statement takes to run.
+GENERIC_PLANS = " -c plan_cache_mode=force_generic_plan"
+
+
+def connect_kwargs(
+    role: str, owner: str | None = None, *, generic_plans: bool = False
+) -> dict[str, Any]:
+    options = SESSION_OPTIONS + (GENERIC_PLANS if generic_plans else "")
+    return {"application_name": application_name(role, owner), "options": options}
 
 
 def describe_connect_error(url: str, exc: BaseException) -> str:
@@ -88,6 +100,28 @@ async def connect_async(
         raise ServiceUnavailable(describe_connect_error(url, exc)) from exc
 
 
+# A connection back in the pool within this many seconds is handed out again without a
+# liveness round trip (a ping would double the cost of a one-row insert). A server that
+# went away in that window surfaces as the same error as one lost mid-statement.
+RECENT_USE_SECONDS = 1.0
+_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _mark_returned(conn: psycopg.AsyncConnection[Any]) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def _check_unless_recent(conn: psycopg.AsyncConnection[Any]) -> None:
+    returned = _returned_at.get(conn)
+    if returned is not None and time.monotonic() - returned < RECENT_USE_SECONDS:
+        if conn.broken or conn.closed:
+            raise psycopg.OperationalError("connection is broken")
+        return
+    await AsyncConnectionPool.check_connection(conn)
+
+
 def make_pool(
     url: str,
     role: str,
@@ -97,24 +131,34 @@ def make_pool(
     max_size: int = 4,
     check: bool = True,
     wait: float = 30.0,
+    generic_plans: bool = False,
 ) -> AsyncConnectionPool:
     """An unopened pool; open it inside the event loop that will use it.
 
     `check=False` skips the liveness round trip on every checkout: for the worker's hot
     path, which retries on connection errors anyway (a broken connection is discarded
-    when it is returned).
+    when it is returned). Otherwise only connections idle for RECENT_USE_SECONDS or
+    more are pinged.
 
     `wait`: how long a checkout waits for a connection. With `reconnect_timeout=0` the
     pool tries to connect once per checkout that finds it empty and then gives up, so
     after the server comes back a checkout already waiting is only served when it times
-    out and asks again: loops that retry by themselves should wait briefly."""
+    out and asks again: loops that retry by themselves should wait briefly.
+
+    `generic_plans`: see GENERIC_PLANS; only for statements whose generic plan was
+    checked (psycopg prepares a statement after its fifth run on a connection)."""
     return AsyncConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         open=False,
-        kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs(role, owner)},
-        check=AsyncConnectionPool.check_connection if check else None,
+        kwargs={
+            "autocommit": True,
+            "row_factory": dict_row,
+            **connect_kwargs(role, owner, generic_plans=generic_plans),
+        },
+        check=_check_unless_recent if check else None,
+        reset=_mark_returned if check else None,
         reconnect_timeout=0,
         timeout=wait,
     )

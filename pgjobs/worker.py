@@ -115,11 +115,22 @@ class Worker:
             check=False,
             wait=POOL_WAIT,
         )
+        # The claim and finish statements only, with reused generic plans (db.GENERIC_PLANS).
+        self._hot_pool: AsyncConnectionPool = make_pool(
+            settings.require_database_url(),
+            "claim",
+            self.name,
+            min_size=1,
+            max_size=2,
+            check=False,
+            wait=POOL_WAIT,
+            generic_plans=True,
+        )
         # Redis extras (each has a Postgres path): job events, rate limits, wake-ups.
         self._events = Publisher(settings.redis_url, self._pool)
         self._limiter = RateLimiter(settings, self.id, self.queues)
         self._redis_wakeups: RedisWakeups | None = None
-        self._completer = Completer(self._pool, self.clock, self.id, events=self._events)
+        self._completer = Completer(self._hot_pool, self.clock, self.id, events=self._events)
         self._threads = ThreadRunner(self.concurrency + 4)
         self._listener: Listener | None = None
         self._maintenance: Maintenance | None = None
@@ -137,6 +148,7 @@ class Worker:
 
     async def _start(self) -> None:
         await self._pool.open(wait=False)
+        await self._hot_pool.open(wait=False)
         await self._register()
         if self._stopping:
             return  # a signal arrived while we were starting: stop() takes over
@@ -214,6 +226,7 @@ class Worker:
         await self._deregister()
         self._threads.close()
         await self._pool.close()
+        await self._hot_pool.close()
         log.info("worker %s stopped after %d jobs", self.id, self.processed)
         self._stopped.set()
 
@@ -320,7 +333,10 @@ class Worker:
         }
         outcomes = self._completer.take()
         try:
-            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            async with (
+                self._hot_pool.connection() as conn,
+                conn.cursor(row_factory=dict_row) as cur,
+            ):
                 if outcomes:
                     await cur.execute(
                         query("finish_and_claim"), {**params, **self._completer.params(outcomes)}
@@ -332,7 +348,9 @@ class Worker:
             self._completer.give_back(outcomes)
             raise
         if outcomes:
-            await self._completer.written(outcomes, set(rows[0]["applied"] or ()))
+            rejected = set(rows[0]["rejected"] or ())
+            applied = {o.job_id for o in outcomes if o.job_id not in rejected}
+            await self._completer.written(outcomes, applied)
             rows = [row for row in rows if row["id"] is not None]
         if rows and log.isEnabledFor(logging.DEBUG):
             log.debug(

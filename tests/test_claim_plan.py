@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from pgjobs.queries import query
 
@@ -45,3 +48,75 @@ def test_claim_reads_only_the_pending_index_with_a_million_finished_jobs(db: Any
     # Each queue's ordered scan stops after LIMIT rows: no sort of all pending jobs.
     assert all(n["Actual Rows"] <= 10 for n in pending_reads)
     assert sum(n["Actual Rows"] for n in pending_reads) <= 20
+
+
+def prepare_generic(db: Any, name: str, sql: str) -> list[str]:
+    """PREPARE `sql` (psycopg's %(x)s placeholders become $n) and return the parameter
+    names in order. Workers run these statements prepared with generic plans."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    db.execute(f"PREPARE {name} AS " + re.sub(r"%\((\w+)\)s", number, sql))
+    return names
+
+
+def explain_generic(db: Any, name: str, names: list[str], params: dict[str, Any]) -> Any:
+    # Literal arguments: EXECUTE's own parameters would have no type to resolve to.
+    arguments = sql.SQL(", ").join(sql.Literal(params[n]) for n in names)
+    row = db.execute(
+        sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {}({})").format(
+            sql.Identifier(name), arguments
+        )
+    ).fetchone()
+    return row["QUERY PLAN"][0]["Plan"]
+
+
+@pytest.mark.slow
+def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(db: Any) -> None:
+    """The worker's claim and finish run with reused generic plans, made without the
+    parameters' values (the LIMIT, the batch's ids): they must not fall back to reading
+    the table, which holds a million finished jobs here."""
+    db.execute(
+        "INSERT INTO jobs (type, queue, status, payload, created_at, completed_at, run_at) "
+        "SELECT 'old', 'default', 'completed', '{}', now() - interval '1 hour', now(), now() "
+        "FROM generate_series(1, %s)",
+        (FINISHED_ROWS,),
+    )
+    db.execute("INSERT INTO jobs (type, payload) SELECT 'new', '{}' FROM generate_series(1, 1000)")
+    db.execute("VACUUM ANALYZE jobs")
+    worker = uuid.uuid4()
+    claim = {"now": None, "queues": ["default"], "limit": 10, "worker": worker}
+    active = db.execute(query("claim_jobs"), claim).fetchall()
+    db.execute("SET plan_cache_mode = force_generic_plan")
+    names = prepare_generic(db, "finish_and_claim", query("finish_and_claim"))
+    n = len(active)
+    finish = {
+        "ids": [r["id"] for r in active],
+        "attempts": [r["attempts"] for r in active],
+        "outcomes": ["completed"] * n,
+        "results": [None] * n,
+        "durations": [0] * n,
+        "messages": [None] * n,
+        "stacks": [None] * n,
+        "kinds": ["error"] * n,
+        "delays": [0] * n,
+        "notify_events": False,
+    }
+    db.execute("BEGIN")
+    try:
+        plan = explain_generic(db, "finish_and_claim", names, {**claim, **finish})
+    finally:
+        db.execute("ROLLBACK")
+    reads = [n for n in plan_nodes(plan) if n.get("Relation Name") == "jobs"]
+    scans = [n for n in reads if n["Node Type"] != "ModifyTable"]
+    assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, scans
+    assert {n["Index Name"] for n in scans} == {"jobs_claim_idx", "jobs_pkey"}, scans
+    # The finished runs are looked up one by one, not matched against every active job.
+    assert all(n["Actual Rows"] <= 10 for n in scans), scans
+    # Both the finish and the next claim did their work: 10 rows each.
+    updates = [n for n in reads if n["Node Type"] == "ModifyTable"]
+    assert [n["Actual Rows"] for n in updates] == [10, 10], updates

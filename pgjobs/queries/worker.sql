@@ -33,8 +33,8 @@ claimed AS (
         worker_id = %(worker)s,
         progress = 0,
         progress_message = NULL
-    FROM picked, clock c
-    WHERE j.id = picked.id
+    FROM clock c
+    WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
               j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at
 )
@@ -53,7 +53,7 @@ claimed AS (
 -- token (id, attempts) must never repeat, or a replayed outcome of this run (a batch
 -- retried after an ambiguous commit) could match the job's next run.
 input AS (
-    SELECT *
+    SELECT *, 'active'::text AS held
     FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(outcomes)s::text[],
                 %(results)s::jsonb[], %(durations)s::int[], %(messages)s::text[],
                 %(stacks)s::text[], %(kinds)s::text[], %(delays)s::bigint[])
@@ -81,7 +81,11 @@ finished AS (
                           ELSE j.last_error END,
         worker_id = NULL
     FROM input i, clock c
-    WHERE j.id = i.id AND j.status = 'active' AND j.attempts = i.attempt
+    -- `held` is the constant 'active' passed through the input rows: compared with a
+    -- constant, status would let the planner read every active job from the partial
+    -- index jobs_active_worker_idx and test each against the whole batch (quadratic);
+    -- this way each row is found by its primary key.
+    WHERE j.id = i.id AND j.status = i.held AND j.attempts = i.attempt
     RETURNING j.id, j.queue, j.type, j.status, j.run_at, i.outcome
 ),
 results AS (
@@ -134,13 +138,17 @@ CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
 -- The worker's cycle in one round trip and one commit: record the outcomes of finished
 -- runs and claim jobs for the freed slots. The two sets of rows are disjoint (finished
 -- rows are 'active' in the statement's snapshot, claimed ones 'pending'), so one
--- statement may update both. The first column lists the outcomes that applied; the
--- rest are the claimed jobs (NULL when none was claimed).
+-- statement may update both. The first column lists the jobs whose outcome did not
+-- apply (stale runs; NULL when all applied), repeated on every row, so it names the
+-- few rejected rather than the many applied; the rest are the claimed jobs (NULL when
+-- none was claimed).
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 {{finish_steps}},
 {{claim_steps}}
-SELECT a.applied, c.*
-FROM (SELECT array_agg(f.id) AS applied FROM finished f) a
+SELECT r.rejected, c.*
+FROM (SELECT array_agg(i.id) FILTER (WHERE NOT EXISTS (SELECT 1 FROM finished f
+                                                      WHERE f.id = i.id)) AS rejected
+      FROM input i) r
 CROSS JOIN LATERAL (SELECT count(*) FROM wake) w
 LEFT JOIN claimed c ON true;
 
