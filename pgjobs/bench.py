@@ -233,6 +233,23 @@ def percentile(values: list[float], pct: float) -> float:
 # ------------------------------------------------------------------ raw SQL
 
 
+def completed(claimed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Parameters of the finish statements recording every claimed run as completed."""
+    n = len(claimed)
+    return {
+        "ids": [r["id"] for r in claimed],
+        "attempts": [r["attempts"] for r in claimed],
+        "outcomes": ["completed"] * n,
+        "results": [None] * n,
+        "durations": [0] * n,
+        "messages": [None] * n,
+        "stacks": [None] * n,
+        "kinds": ["error"] * n,
+        "delays": [0] * n,
+        "notify_events": False,  # as a worker does while no one consumes events
+    }
+
+
 async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int) -> float:
     """The same claim and finish statements in a tight loop with no worker machinery."""
     reset(url)
@@ -264,22 +281,9 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
         cur = await conn.execute(query("claim_jobs"), claim)
         rows = await cur.fetchall()
         while rows:
-            n = len(rows)
-            finish = {
-                "ids": [r["id"] for r in rows],
-                "attempts": [r["attempts"] for r in rows],
-                "outcomes": ["completed"] * n,
-                "results": [None] * n,
-                "durations": [0] * n,
-                "messages": [None] * n,
-                "stacks": [None] * n,
-                "kinds": ["error"] * n,
-                "delays": [0] * n,
-                "notify_events": False,  # as a worker does while no one consumes events
-            }
-            cur = await conn.execute(query("finish_and_claim"), {**claim, **finish})
+            cur = await conn.execute(query("finish_and_claim"), {**claim, **completed(rows)})
+            done += len(rows)
             rows = [r for r in await cur.fetchall() if r["id"] is not None]
-            done += n
         elapsed = time.perf_counter() - began
     rate = done / elapsed
     report.add(f"raw SQL: finish+claim loop, batch {batch}, jobs/s", rate)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
+from pgjobs.bench import completed
 from pgjobs.queries import query
 
 FINISHED_ROWS = 1_000_000
@@ -21,8 +22,8 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return nodes
 
 
-@pytest.mark.slow
-def test_claim_reads_only_the_pending_index_with_a_million_finished_jobs(db: Any) -> None:
+def fill(db: Any) -> None:
+    """A million finished jobs and 1,000 pending ones, with fresh statistics."""
     db.execute(
         "INSERT INTO jobs (type, queue, status, payload, created_at, completed_at, run_at) "
         "SELECT 'old', 'default', 'completed', '{}', now() - interval '1 hour', now(), now() "
@@ -31,6 +32,11 @@ def test_claim_reads_only_the_pending_index_with_a_million_finished_jobs(db: Any
     )
     db.execute("INSERT INTO jobs (type, payload) SELECT 'new', '{}' FROM generate_series(1, 1000)")
     db.execute("VACUUM ANALYZE jobs")
+
+
+@pytest.mark.slow
+def test_claim_reads_only_the_pending_index_with_a_million_finished_jobs(db: Any) -> None:
+    fill(db)
     params = {"now": None, "queues": ["default", "high-priority"], "limit": 10, "worker": None}
     db.execute("BEGIN")
     try:
@@ -80,35 +86,15 @@ def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(db: Any) -> N
     """The worker's claim and finish run with reused generic plans, made without the
     parameters' values (the LIMIT, the batch's ids): they must not fall back to reading
     the table, which holds a million finished jobs here."""
-    db.execute(
-        "INSERT INTO jobs (type, queue, status, payload, created_at, completed_at, run_at) "
-        "SELECT 'old', 'default', 'completed', '{}', now() - interval '1 hour', now(), now() "
-        "FROM generate_series(1, %s)",
-        (FINISHED_ROWS,),
-    )
-    db.execute("INSERT INTO jobs (type, payload) SELECT 'new', '{}' FROM generate_series(1, 1000)")
-    db.execute("VACUUM ANALYZE jobs")
+    fill(db)
     worker = uuid.uuid4()
     claim = {"now": None, "queues": ["default"], "limit": 10, "worker": worker}
     active = db.execute(query("claim_jobs"), claim).fetchall()
     db.execute("SET plan_cache_mode = force_generic_plan")
     names = prepare_generic(db, "finish_and_claim", query("finish_and_claim"))
-    n = len(active)
-    finish = {
-        "ids": [r["id"] for r in active],
-        "attempts": [r["attempts"] for r in active],
-        "outcomes": ["completed"] * n,
-        "results": [None] * n,
-        "durations": [0] * n,
-        "messages": [None] * n,
-        "stacks": [None] * n,
-        "kinds": ["error"] * n,
-        "delays": [0] * n,
-        "notify_events": False,
-    }
     db.execute("BEGIN")
     try:
-        plan = explain_generic(db, "finish_and_claim", names, {**claim, **finish})
+        plan = explain_generic(db, "finish_and_claim", names, {**claim, **completed(active)})
     finally:
         db.execute("ROLLBACK")
     reads = [n for n in plan_nodes(plan) if n.get("Relation Name") == "jobs"]
