@@ -47,6 +47,8 @@ class Statement:
 
 
 def insert_statement(jobs: Sequence[NewJob], clock: Clock, *, ids_only: bool = False) -> Statement:
+    if len(jobs) == 1 and not jobs[0].depends_on and not ids_only:
+        return _insert_one_statement(jobs[0], clock)
     return Statement(
         _insert_query(any(j.depends_on for j in jobs), ids_only),
         {
@@ -67,6 +69,29 @@ def insert_statement(jobs: Sequence[NewJob], clock: Clock, *, ids_only: bool = F
             "policies": [j.dependency_policy for j in jobs],
             "rate_keys": [j.rate_limit_key for j in jobs],
             "metadatas": [j.metadata_json for j in jobs],
+        },
+    )
+
+
+def _insert_one_statement(job: NewJob, clock: Clock) -> Statement:
+    return Statement(
+        query("insert_one_job"),
+        {
+            "now": clock.sql_now(),
+            "id": job.id,
+            "type": job.type,
+            "queue": job.queue,
+            "payload": job.payload_json,
+            "priority": job.priority,
+            "max_attempts": job.max_attempts,
+            "delay": job.delay_ms,
+            "run_at": job.run_at,
+            "backoff": job.backoff_json,
+            "timeout": job.timeout_ms,
+            "unique_key": job.unique_key,
+            "policy": job.dependency_policy,
+            "rate_key": job.rate_limit_key,
+            "metadata": job.metadata_json,
         },
     )
 
