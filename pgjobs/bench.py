@@ -305,9 +305,7 @@ async def bench_large_table(
     await app.create_many([app.build(NOOP, {}) for _ in range(sizes.drain)])
     proc = start_workers(url, 10, 1)
     try:
-        await wait_for(
-            lambda: count(url, "bench_completed_count") >= sizes.drain + finished, timeout=600
-        )
+        await wait_for(lambda: count(url, "bench_unfinished_count") == 0, timeout=600)
     finally:
         stop_workers(proc)
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:

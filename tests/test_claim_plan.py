@@ -10,6 +10,7 @@ import pytest
 from psycopg import sql
 
 from pgjobs.bench import completed
+from pgjobs.db import GENERIC_PLANS
 from pgjobs.queries import query
 
 FINISHED_ROWS = 1_000_000
@@ -22,8 +23,9 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return nodes
 
 
-def fill(db: Any) -> None:
-    """A million finished jobs and 1,000 pending ones, with fresh statistics."""
+def fill(db: Any, *, analyze: bool = True) -> None:
+    """A million finished jobs and 1,000 pending ones (with fresh statistics unless
+    `analyze` is false)."""
     db.execute(
         "INSERT INTO jobs (type, queue, status, payload, created_at, completed_at, run_at) "
         "SELECT 'old', 'default', 'completed', '{}', now() - interval '1 hour', now(), now() "
@@ -31,7 +33,8 @@ def fill(db: Any) -> None:
         (FINISHED_ROWS,),
     )
     db.execute("INSERT INTO jobs (type, payload) SELECT 'new', '{}' FROM generate_series(1, 1000)")
-    db.execute("VACUUM ANALYZE jobs")
+    if analyze:
+        db.execute("VACUUM ANALYZE jobs")
 
 
 @pytest.mark.slow
@@ -81,17 +84,33 @@ def explain_generic(db: Any, name: str, names: list[str], params: dict[str, Any]
     return row["QUERY PLAN"][0]["Plan"]
 
 
+def use_hot_session_settings(db: Any) -> None:
+    """What the worker's claim sessions set (db.GENERIC_PLANS)."""
+    for name, value in re.findall(r"-c (\w+)=(\S+)", GENERIC_PLANS):
+        db.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+
+
 @pytest.mark.slow
-def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(db: Any) -> None:
+@pytest.mark.parametrize("made", ["with fresh statistics", "on an empty table"])
+def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(db: Any, made: str) -> None:
     """The worker's claim and finish run with reused generic plans, made without the
     parameters' values (the LIMIT, the batch's ids): they must not fall back to reading
-    the table, which holds a million finished jobs here."""
-    fill(db)
-    worker = uuid.uuid4()
-    claim = {"now": None, "queues": ["default"], "limit": 10, "worker": worker}
-    active = db.execute(query("claim_jobs"), claim).fetchall()
-    db.execute("SET plan_cache_mode = force_generic_plan")
+    the table, which holds a million finished jobs here. A plan made while the table was
+    empty is kept while it fills up (until the next ANALYZE): it must hold up too."""
+    use_hot_session_settings(db)
+    claim = {"now": None, "queues": ["default"], "limit": 10, "worker": uuid.uuid4()}
     names = prepare_generic(db, "finish_and_claim", query("finish_and_claim"))
+    if made == "on an empty table":
+        # No ANALYZE may replace the plan behind the test's back.
+        db.execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
+        db.execute("ANALYZE jobs")
+        db.execute("BEGIN")
+        explain_generic(db, "finish_and_claim", names, {**claim, **completed([])})
+        db.execute("ROLLBACK")
+        fill(db, analyze=False)
+    else:
+        fill(db)
+    active = db.execute(query("claim_jobs"), claim).fetchall()
     db.execute("BEGIN")
     try:
         plan = explain_generic(db, "finish_and_claim", names, {**claim, **completed(active)})
@@ -101,8 +120,11 @@ def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(db: Any) -> N
     scans = [n for n in reads if n["Node Type"] != "ModifyTable"]
     assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, scans
     assert {n["Index Name"] for n in scans} == {"jobs_claim_idx", "jobs_pkey"}, scans
-    # The finished runs are looked up one by one, not matched against every active job.
-    assert all(n["Actual Rows"] <= 10 for n in scans), scans
+    # The finished runs are looked up one by one, not matched against every active job,
+    # and the claim reads the pending jobs in order and stops.
+    assert all(n["Actual Rows"] <= 10 for n in scans), [
+        (n["Index Name"], n["Actual Rows"], n.get("Index Cond")) for n in scans
+    ]
     # Both the finish and the next claim did their work: 10 rows each.
     updates = [n for n in reads if n["Node Type"] == "ModifyTable"]
     assert [n["Actual Rows"] for n in updates] == [10, 10], updates

@@ -81,11 +81,14 @@ finished AS (
                           ELSE j.last_error END,
         worker_id = NULL
     FROM input i, clock c
-    -- `held` is the constant 'active' passed through the input rows: compared with a
-    -- constant, status would let the planner read every active job from the partial
-    -- index jobs_active_worker_idx and test each against the whole batch (quadratic);
-    -- this way each row is found by its primary key.
-    WHERE j.id = i.id AND j.status = i.held AND j.attempts = i.attempt
+    -- Each row is found by its primary key, whatever the plan: `id = ANY(ids)` is an
+    -- index condition even when the join is a hash or merge join (a generic plan made
+    -- on an empty table), and `held` is the constant 'active' passed through the input
+    -- rows, because compared with a constant, status would let the planner read every
+    -- active job from the partial index jobs_active_worker_idx and test each against
+    -- the whole batch (quadratic).
+    WHERE j.id = ANY (%(ids)s::uuid[]) AND j.id = i.id
+      AND j.status = i.held AND j.attempts = i.attempt
     RETURNING j.id, j.queue, j.type, j.status, j.run_at, i.outcome
 ),
 results AS (
