@@ -122,10 +122,20 @@ class Completer:
         batch.sort(key=_by_id)
         return batch
 
+    def _untake(self, batch: list[Outcome]) -> None:
+        """The writer of `batch` is done with it. Jobs leave `_taken` once no writer
+        holds them (Counter.subtract would keep every id ever seen, at zero)."""
+        self._writing -= len(batch)
+        for outcome in batch:
+            left = self._taken[outcome.job_id] - 1
+            if left > 0:
+                self._taken[outcome.job_id] = left
+            else:
+                del self._taken[outcome.job_id]
+
     def give_back(self, batch: list[Outcome]) -> None:
         """The write of `batch` failed: keep it for the next attempt."""
-        self._writing -= len(batch)
-        self._taken.subtract(o.job_id for o in batch)
+        self._untake(batch)
         self._buffer[:0] = batch
         if batch:
             self._has_items.set()
@@ -133,7 +143,7 @@ class Completer:
     def unrecorded(self) -> set[UUID]:
         """Jobs whose outcome is buffered or being written: still active in the
         database, though their run is over."""
-        return {o.job_id for o in self._buffer} | {k for k, n in self._taken.items() if n > 0}
+        return {o.job_id for o in self._buffer} | set(self._taken)
 
     async def _write(self, batch: list[Outcome]) -> set[UUID]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -145,8 +155,7 @@ class Completer:
         self._account(batch, applied)
         if self._events is not None and getattr(batch, "events", "sql") == "redis":
             self._events.emit(_job_events(batch, applied))
-        self._writing -= len(batch)
-        self._taken.subtract(o.job_id for o in batch)
+        self._untake(batch)
         async with self._flushed:
             self._flushed.notify_all()
 
