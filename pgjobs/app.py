@@ -442,7 +442,14 @@ class App:
             self._pool = None  # the old loop is gone; its pool cannot be reused
         if self._pool is None:
             pool = make_pool(self.settings.require_database_url(), "api", max_size=8)
-            await pool.open(wait=True, timeout=15)
+            try:
+                await pool.open(wait=True, timeout=15)
+            except BaseException:
+                # An open pool's tasks outlive cancellation (psycopg_pool's workers
+                # swallow it): one left unclosed would hang the loop's shutdown, as
+                # when Ctrl-C lands while `pgjobs stats --watch` connects.
+                await pool.close()
+                raise
             self._pool, self._pool_loop = pool, loop
         return self._pool
 
