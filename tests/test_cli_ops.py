@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.opsdata import insert_job, snapshot, status_of
-from tests.webserver import Process, clean_env, free_port, run_cli
+from tests.webserver import Process, clean_env, ctrl_c_as_in_a_terminal, free_port, run_cli
 
 Conn = psycopg.Connection[Any]
 BIN = str(Path(sys.executable).parent)
@@ -82,6 +82,7 @@ def test_spec_watch_line_as_written(db_url: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     ) as proc:
         assert proc.stdout is not None
         try:
@@ -113,6 +114,7 @@ def test_spec_server_and_worker_lines(db_url: str, db: Conn) -> None:
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=ctrl_c_as_in_a_terminal,
         ) as proc:
             try:
                 row = wait_until(

@@ -49,6 +49,13 @@ def run_cli(
     )
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """For a child the tests send Ctrl-C (SIGINT) to: default handling, as in a terminal.
+    A suite started in the background (`cmd &` in a script) inherits SIGINT ignored,
+    and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Process:
     """A long-running `pgjobs` command whose output goes to a file."""
 
@@ -61,6 +68,7 @@ class Process:
             stderr=subprocess.STDOUT,
             cwd=tempfile.gettempdir(),
             text=True,
+            preexec_fn=ctrl_c_as_in_a_terminal,
         )
 
     def output(self) -> str:
