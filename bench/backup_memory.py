@@ -27,34 +27,18 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg import sql
+from common import ROOT, scratch, server_url
 
 from pgjobs.app import App
 from pgjobs.config import load_settings
-from pgjobs.db import install_schema
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROW_BYTES = 1024  # 32 md5 hex digests per row: text that compresses only about 2:1
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-
-
-def server_url() -> str:
-    for name in ("PGJOBS_BENCH_DATABASE_URL", "PGJOBS_TEST_DATABASE_URL", "DATABASE_URL"):
-        if os.environ.get(name):
-            return os.environ[name]
-    return DEFAULT_SERVER
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 def status_kb(field: str) -> int:
@@ -191,22 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         "encrypt": not args.no_encrypt,
     }
 
-    server = server_url()
-    name = f"pgjobs_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        version = admin.execute("SHOW server_version").fetchone()
-    url = with_database(server, name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            install_schema(conn)
-        with tempfile.TemporaryDirectory(prefix="pgjobs-backup-bench-") as folder:
-            figures = asyncio.run(measure(url, args.mb, payload, Path(folder)))
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with (
+        scratch(server_url()) as db,
+        tempfile.TemporaryDirectory(prefix="pgjobs-backup-bench-") as folder,
+    ):
+        figures = asyncio.run(measure(db.url, args.mb, payload, Path(folder)))
 
     print(
         f"database-backup of {figures['dump_bytes'] / 1048576:.0f} MB of dump "
@@ -224,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "postgres": version[0] if version else None,
+        "postgres": db.server_version,
         "megabytes": args.mb,
         "payload": payload,
         **figures,

@@ -7,8 +7,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from pgjobs.bench import with_database
-from pgjobs.db import install_schema
+from pgjobs.bench import scratch_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -61,23 +57,11 @@ class Scratch:
 def scratch(server: str, *, keep: bool = False) -> Iterator[Scratch]:
     """A database with the pgjobs schema beside `server`'s, dropped afterwards
     (unless `keep`)."""
-    name = f"pgjobs_bench_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         version = admin.execute("SHOW server_version").fetchone()
-    url = with_database(server, name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            install_schema(conn)
+    with scratch_database(server, keep=keep) as url:
+        name = url.rsplit("/", 1)[-1]
         yield Scratch(name, url, version[0] if version else None)
-    finally:
-        if keep:
-            print(f"kept database {url}", file=sys.stderr)
-        else:
-            with psycopg.connect(server, autocommit=True) as admin:
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
 
 
 def write(out: Path, benchmark: str, postgres: str | None, **fields: Any) -> Path:

@@ -38,25 +38,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
-from psycopg import sql
+from common import ROOT, scratch, server_url
 from psycopg.rows import dict_row
 
 from pgjobs.app import App
 from pgjobs.config import load_settings
-from pgjobs.db import install_schema
 from pgjobs.devservices import redis_binaries
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 APP_MODULE = """
 import pgjobs
 
@@ -69,13 +64,6 @@ async def noop(ctx, payload):
 """
 
 
-def server_url() -> str:
-    for name in ("PGJOBS_BENCH_DATABASE_URL", "PGJOBS_TEST_DATABASE_URL", "DATABASE_URL"):
-        if os.environ.get(name):
-            return os.environ[name]
-    return DEFAULT_SERVER
-
-
 def shared_redis() -> str:
     return (
         os.environ.get("PGJOBS_BENCH_REDIS_URL")
@@ -84,26 +72,10 @@ def shared_redis() -> str:
     )
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 @contextlib.contextmanager
 def scratch_database() -> Iterator[str]:
-    admin_url = server_url()
-    name = f"pgjobs_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_database(admin_url, name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            install_schema(conn)
-        yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with scratch(server_url()) as db:
+        yield db.url
 
 
 class PrivateRedis:

@@ -87,7 +87,9 @@ def with_database(url: str, name: str) -> str:
 
 
 @contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
+def scratch_database(admin_url: str, *, keep: bool = False) -> Iterator[str]:
+    """A database with the pgjobs schema beside `admin_url`'s, dropped afterwards
+    (unless `keep`)."""
     name = f"pgjobs_bench_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
@@ -97,12 +99,15 @@ def scratch_database(admin_url: str) -> Iterator[str]:
             install_schema(conn)
         yield url
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(
-                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    psycopg.sql.Identifier(name)
+        if keep:
+            print(f"kept database {url}", file=sys.stderr)
+        else:
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(
+                    psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        psycopg.sql.Identifier(name)
+                    )
                 )
-            )
 
 
 def reset(url: str) -> None:
