@@ -285,7 +285,10 @@ def unlimited_rate(conn: Any, count: int, queue: str) -> float:
     return count / (time.monotonic() - began)
 
 
-def bench_outage(app_dir: str, jobs: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def outage_setup() -> Iterator[tuple[str, Any, PrivateRedis]]:
+    """A scratch database, a connection to it and a private Redis (started) that the
+    outage scenarios stop and start."""
     with (
         tempfile.TemporaryDirectory() as redis_dir,
         scratch_database() as url,
@@ -293,6 +296,11 @@ def bench_outage(app_dir: str, jobs: int) -> dict[str, Any]:
     ):
         server = PrivateRedis(redis_dir)
         server.start()
+        yield url, conn, server
+
+
+def bench_outage(app_dir: str, jobs: int) -> dict[str, Any]:
+    with outage_setup() as (url, conn, server):
         limit_queue(conn, "limited", 10, 1000)
         enqueue(conn, jobs, queue="limited")
         workers = Workers(url, app_dir, server.url, "limited", "-c", "20")
@@ -325,13 +333,7 @@ def bench_outage(app_dir: str, jobs: int) -> dict[str, Any]:
 
 def bench_outage_throughput(app_dir: str, count: int) -> dict[str, Any]:
     """No limit configured: jobs/s with Redis up, then with Redis down."""
-    with (
-        tempfile.TemporaryDirectory() as redis_dir,
-        scratch_database() as url,
-        connect(url) as conn,
-    ):
-        server = PrivateRedis(redis_dir)
-        server.start()
+    with outage_setup() as (url, conn, server):
         workers = Workers(url, app_dir, server.url, "-c", "20")
         workers.start(3)
         try:
