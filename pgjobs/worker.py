@@ -106,26 +106,9 @@ class Worker:
         self._started = False
         self._background: list[asyncio.Task[None]] = []
         self._fetch_task: asyncio.Task[None] | None = None
-        self._pool: AsyncConnectionPool = make_pool(
-            settings.require_database_url(),
-            "claim",
-            self.name,
-            min_size=2,
-            max_size=6,
-            check=False,
-            wait=POOL_WAIT,
-        )
+        self._pool = self._make_pool(min_size=2, max_size=6)
         # The claim and finish statements only, with reused generic plans (db.GENERIC_PLANS).
-        self._hot_pool: AsyncConnectionPool = make_pool(
-            settings.require_database_url(),
-            "claim",
-            self.name,
-            min_size=1,
-            max_size=2,
-            check=False,
-            wait=POOL_WAIT,
-            generic_plans=True,
-        )
+        self._hot_pool = self._make_pool(min_size=1, max_size=2, generic_plans=True)
         # Redis extras (each has a Postgres path): job events, rate limits, wake-ups.
         self._events = Publisher(settings.redis_url, self._pool)
         self._limiter = RateLimiter(settings, self.id, self.queues)
@@ -134,6 +117,21 @@ class Worker:
         self._threads = ThreadRunner(self.concurrency + 4)
         self._listener: Listener | None = None
         self._maintenance: Maintenance | None = None
+
+    def _make_pool(
+        self, *, min_size: int, max_size: int, generic_plans: bool = False
+    ) -> AsyncConnectionPool:
+        # No liveness check: every loop of the worker retries on connection errors.
+        return make_pool(
+            self.settings.require_database_url(),
+            "claim",
+            self.name,
+            min_size=min_size,
+            max_size=max_size,
+            check=False,
+            wait=POOL_WAIT,
+            generic_plans=generic_plans,
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
