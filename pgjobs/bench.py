@@ -30,6 +30,7 @@ from psycopg.rows import dict_row
 
 from pgjobs.app import App
 from pgjobs.clock import Clock
+from pgjobs.completer import Outcome, encode_outcomes
 from pgjobs.config import Settings
 from pgjobs.db import connect_kwargs, install_schema
 from pgjobs.ids import uuid7
@@ -240,19 +241,9 @@ def percentile(values: list[float], pct: float) -> float:
 
 def completed(claimed: list[dict[str, Any]]) -> dict[str, Any]:
     """Parameters of the finish statements recording every claimed run as completed."""
-    n = len(claimed)
-    return {
-        "ids": [r["id"] for r in claimed],
-        "attempts": [r["attempts"] for r in claimed],
-        "outcomes": ["completed"] * n,
-        "results": [None] * n,
-        "durations": [0] * n,
-        "messages": [None] * n,
-        "stacks": [None] * n,
-        "kinds": ["error"] * n,
-        "delays": [0] * n,
-        "notify_events": False,  # as a worker does while no one consumes events
-    }
+    outcomes = [Outcome(r["id"], r["attempts"], "completed", "null", 0) for r in claimed]
+    # notify_events off, as a worker does while no one consumes events
+    return {"outcomes": encode_outcomes(outcomes), "notify_events": False}
 
 
 async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int) -> float:

@@ -2,6 +2,8 @@
 
 Outcomes are buffered and written in one `finish_runs` statement per batch: when the
 batch is full or a few milliseconds after its first outcome, whichever comes first.
+Most of the time the worker's next claim takes them first (`take`), so they cost no
+statement of their own.
 If PostgreSQL is unreachable the outcomes stay buffered and are retried: the fence in
 the statement makes a retry after an ambiguous failure harmless.
 """
@@ -9,6 +11,7 @@ the statement makes a retry after an ambiguous failure harmless.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -196,15 +199,7 @@ class Completer:
             "notify_events": route == "sql",
             "now": self._clock.sql_now(),
             "worker": self._worker_id,
-            "ids": [o.job_id for o in batch],
-            "attempts": [o.attempt for o in batch],
-            "outcomes": [o.kind for o in batch],
-            "results": [o.result_json for o in batch],
-            "durations": [o.duration_ms for o in batch],
-            "messages": [o.message for o in batch],
-            "stacks": [o.stack for o in batch],
-            "kinds": [o.failure_kind for o in batch],
-            "delays": [o.delay_ms for o in batch],
+            "outcomes": encode_outcomes(batch),
         }
 
     def _account(self, batch: list[Outcome], applied: set[UUID]) -> None:
@@ -226,6 +221,41 @@ class Completer:
         """Return once everything added so far has been written (tests, drain)."""
         async with self._flushed:
             await self._flushed.wait_for(lambda: not self._buffer and not self._writing)
+
+
+def encode_outcomes(batch: list[Outcome]) -> str:
+    """The `outcomes` parameter of the finish statements: a JSON array with one
+    [id, attempt, kind, result, duration_ms, message, stack, failure_kind, delay_ms]
+    array per outcome. `result_json` is JSON already and goes in as it is."""
+    return "[" + ",".join(map(_encode_outcome, batch)) + "]"
+
+
+def _encode_outcome(o: Outcome) -> str:
+    return (
+        f'["{o.job_id}",{o.attempt},"{o.kind}",{o.result_json or "null"},'
+        f"{_json_int(o.duration_ms)},{_json_text(o.message)},{_json_text(o.stack)},"
+        f"{_json_text(o.failure_kind)},{int(o.delay_ms)}]"
+    )
+
+
+def _json_int(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
+def _json_text(value: str | None) -> str:
+    return "null" if value is None else json.dumps(_storable_text(value))
+
+
+def _storable_text(text: str) -> str:
+    """`text` as PostgreSQL can store it: text and jsonb hold neither NUL characters nor
+    lone surrogates (an exception message may carry either), so each becomes U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _by_id(outcome: Outcome) -> UUID:

@@ -20,6 +20,7 @@ from pgjobs.completer import Outcome
 from pgjobs.config import Settings
 from pgjobs.context import JobContext
 from pgjobs.errors import Discard, RetryIn
+from pgjobs.options import unstorable_json
 
 MAX_MESSAGE = 4000
 MAX_STACK = 64_000
@@ -159,6 +160,9 @@ class Execution:
             encoded = json.dumps(result, ensure_ascii=False, allow_nan=False, default=_default)
         except (TypeError, ValueError) as exc:
             return self._failure(TypeError(f"result is not JSON-serializable: {exc}"))
+        problem = unstorable_json(encoded)
+        if problem is not None:
+            return self._failure(ValueError(f"result contains {problem}"))
         return Outcome(
             job.id, job.attempts, "completed", result_json=encoded, duration_ms=self.elapsed_ms
         )

@@ -308,23 +308,27 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
         ) from None
     except RecursionError:
         raise ValidationError(f"{what} is nested too deeply", field=what) from None
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValidationError(
-            f"{what} contains invalid Unicode (a lone surrogate)", field=what
-        ) from None
+    unstorable = unstorable_json(text)
+    if unstorable is not None:
+        raise ValidationError(f"{what} contains {unstorable}", field=what)
+    size = len(text.encode("utf-8"))
     if size > max_bytes:
         raise ValidationError(
             f"{what} is {size} bytes; the limit is {max_bytes} (JOBS_MAX_PAYLOAD_BYTES)",
             field=what,
         )
-    if "\\u0000" in text and _JSON_NUL.search(text):
-        raise ValidationError(
-            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store",
-            field=what,
-        )
     return text
+
+
+def unstorable_json(text: str) -> str | None:
+    """What in `text` (JSON from json.dumps) PostgreSQL's jsonb cannot hold, or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "invalid Unicode (a lone surrogate)"
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        return "a NUL character (\\u0000), which PostgreSQL cannot store"
+    return None
 
 
 def _require_utf8(value: str, what: str, field: str | None = None) -> None:

@@ -1,10 +1,12 @@
 """The worker: claims jobs into free slots, runs them, records outcomes, keeps its lease.
 
 One worker is one asyncio loop with `concurrency` slots. The fetch loop claims at most
-as many jobs as there are free slots, in one statement; each job runs as a task; the
-completer records outcomes in batches; a heartbeat keeps the worker's lease; the
-listener turns NOTIFYs into immediate claims (a jittered poll runs underneath); the
-maintenance loops stage, rescue and prune while holding their leader locks.
+as many jobs as there are free slots, in one statement; while runs are shorter than a
+claim's round trip it also claims for the slots that will free before the answer comes
+(see `_claim_limit`); each job runs as a task; the completer records outcomes in
+batches; a heartbeat keeps the worker's lease; the listener turns NOTIFYs into
+immediate claims (a jittered poll runs underneath); the maintenance loops stage, rescue
+and prune while holding their leader locks.
 
 Shutdown: stop claiming, let running jobs finish for up to the grace period, then give
 the rest back (pending, attempt not used), record everything, deregister.
@@ -19,6 +21,7 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -56,6 +59,21 @@ POOL_WAIT = 2.0
 # A job held this long (and at least two heartbeats) that the worker is not running is
 # an orphan of a lost claim answer; younger ones may be a claim being received.
 ORPHAN_GRACE_MS = 5000
+AVERAGE_WEIGHT = 0.1  # of the latest value in the running averages of runs and claims
+
+
+class RunningAverage:
+    """An exponentially weighted mean: recent values count most. None until the first."""
+
+    def __init__(self, weight: float = AVERAGE_WEIGHT) -> None:
+        self.weight = weight
+        self.value: float | None = None
+
+    def add(self, sample: float) -> None:
+        if self.value is None:
+            self.value = sample
+        else:
+            self.value += self.weight * (sample - self.value)
 
 
 class Worker:
@@ -98,6 +116,11 @@ class Worker:
         self._tasks = tasks
         self.processed = 0
         self._running: dict[UUID, tuple[asyncio.Task[None], Execution]] = {}
+        # Claimed jobs waiting for a slot (claimed ahead, see _claim_limit); they start
+        # as soon as runs end, in claim order.
+        self._ready: deque[ClaimedJob] = deque()
+        self._run_seconds = RunningAverage()
+        self._claim_seconds = RunningAverage()
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = False
@@ -208,6 +231,7 @@ class Worker:
             await self._start_done.wait()
         if self._fetch_task is not None:
             await asyncio.gather(self._fetch_task, return_exceptions=True)
+        self._release_ready()
         await self._finish_running(self.grace if grace is None else grace)
         await self._completer.close()
         await self._events.close()
@@ -247,7 +271,7 @@ class Worker:
     async def _fetch_loop(self) -> None:
         delay = ReconnectDelay()
         while not self._stopping:
-            free = self.concurrency - len(self._running)
+            free = self._claim_limit()
             if free <= 0 or self._completer.backlog > 10 * self.concurrency:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -265,10 +289,12 @@ class Worker:
                 await asyncio.sleep(delay.next())
                 continue
             delay.reset()
-            for job in claimed:
-                self._launch(job)
+            if claimed:
+                # Started right after the next claim is sent (or this loop sleeps), so
+                # the runs and the database work on the next claim at the same time.
+                self._ready.extend(claimed)
+                asyncio.get_running_loop().call_soon(self._start_ready)
             if len(claimed) == free:
-                await asyncio.sleep(0)  # let finished runs free their slots first
                 continue
             if self._drain:
                 if not await self._drain_should_continue(claimed):
@@ -276,9 +302,25 @@ class Worker:
                 continue
             await self._wait_for_work()
 
+    def _claim_limit(self) -> int:
+        """How many jobs to claim now: one per free slot, and while runs take less time
+        than a claim's round trip, also one per busy slot (at most `concurrency` in one
+        claim). Such slots free before the answer arrives, so a job claimed for one
+        waits less than the round trip that claiming it later would take; no job is held
+        back from other workers, and the database works on the next claim while this
+        worker runs the last. Slower runs (or rate limits) get exactly the free slots."""
+        held = len(self._running) + len(self._ready)
+        if self._runs_are_short():
+            return min(self.concurrency, 2 * self.concurrency - held)
+        return self.concurrency - held
+
+    def _runs_are_short(self) -> bool:
+        run, trip = self._run_seconds.value, self._claim_seconds.value
+        return run is not None and trip is not None and run < trip and not self._limiter.active
+
     async def _await_slots(self, wanted: int) -> None:
         deadline = time.monotonic() + CLAIM_BATCH_WAIT
-        while self.concurrency - len(self._running) < wanted and not self._stopping:
+        while self._claim_limit() < wanted and not self._stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -289,7 +331,7 @@ class Worker:
                 return
 
     async def _drain_should_continue(self, claimed: list[ClaimedJob]) -> bool:
-        if claimed or self._running:
+        if claimed or self._running or self._ready:
             if not claimed:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -299,9 +341,9 @@ class Worker:
         await self._completer.wait_flushed()
         async with self._pool.connection() as conn:
             await run_round(conn, Stager(idle=0), self.clock)
-        again = await self._claim(self.concurrency)
-        for job in again:
-            self._launch(job)
+        again = await self._claim(self._claim_limit())
+        self._ready.extend(again)
+        self._start_ready()
         return bool(again)
 
     async def _wait_for_work(self) -> None:
@@ -337,7 +379,8 @@ class Worker:
             ):
                 if outcomes:
                     await cur.execute(
-                        query("finish_and_claim"), {**params, **self._completer.params(outcomes)}
+                        query("finish_and_claim"),
+                        {**params, **self._completer.params(outcomes)},
                     )
                 else:
                     await cur.execute(query("claim_jobs"), params)
@@ -345,6 +388,7 @@ class Worker:
         except BaseException:
             self._completer.give_back(outcomes)
             raise
+        self._claim_seconds.add(time.perf_counter() - started)
         if outcomes:
             rejected = set(rows[0]["rejected"] or ())
             applied = {o.job_id for o in outcomes if o.job_id not in rejected}
@@ -360,6 +404,17 @@ class Worker:
         return [ClaimedJob.from_row(row) for row in rows]
 
     # ---------------------------------------------------------------- running
+
+    def _start_ready(self) -> None:
+        while self._ready and len(self._running) < self.concurrency and not self._stopping:
+            self._launch(self._ready.popleft())
+
+    def _release_ready(self) -> None:
+        """Give back the claimed jobs that never started (shutdown): pending again, their
+        attempt not used."""
+        while self._ready:
+            job = self._ready.popleft()
+            self._completer.add(Outcome(job.id, job.attempts, "release"))
 
     def _launch(self, job: ClaimedJob) -> None:
         handle = RunHandle(self, job)
@@ -388,6 +443,7 @@ class Worker:
 
     async def _run(self, execution: Execution, handle: RunHandle) -> None:
         job = execution.job
+        started = time.perf_counter()
         try:
             outcome = await execution.run()
         except asyncio.CancelledError:
@@ -398,6 +454,8 @@ class Worker:
         finally:
             handle.finish()
             self._running.pop(job.id, None)
+            self._run_seconds.add(time.perf_counter() - started)
+            self._start_ready()
             self._slot_freed.set()
         outcome.queue, outcome.type = job.queue, job.type
         # A completion made inside the handler's transaction is recorded by its commit.
@@ -437,6 +495,7 @@ class Worker:
     def _on_cancel(self, job_id: UUID) -> None:
         running = self._running.get(job_id)
         if running is None:
+            self._cancel_ready(job_id)
             return
         task, execution = running
         if not execution.cancel_requested:
@@ -444,6 +503,14 @@ class Worker:
             execution.cancel_requested = True
             execution.ctx.mark_cancelled()
             task.cancel()
+
+    def _cancel_ready(self, job_id: UUID) -> None:
+        for job in self._ready:
+            if job.id == job_id:
+                log.info("cancelling job id=%s before it started", job_id)
+                self._ready.remove(job)
+                self._completer.add(Outcome(job.id, job.attempts, "cancelled", message="cancelled"))
+                return
 
     # ---------------------------------------------------------------- lease
 
@@ -471,7 +538,7 @@ class Worker:
     async def _heartbeat(self) -> None:
         # Runs in progress or awaiting their record before the query: a run that ends
         # and is recorded while the query is in flight is no orphan.
-        known = set(self._running) | self._completer.unrecorded()
+        known = self._held() | self._completer.unrecorded()
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 query("heartbeat_worker"),
@@ -483,7 +550,7 @@ class Worker:
                     "queues": self.queues,
                     "concurrency": self.concurrency,
                     "version": __version__,
-                    "in_flight": len(self._running),
+                    "in_flight": len(self._running) + len(self._ready),
                     "processed": self.processed,
                     "stopping": self._stopping,
                     "grace_ms": max(ORPHAN_GRACE_MS, 2 * self.settings.heartbeat_interval_ms),
@@ -504,12 +571,16 @@ class Worker:
         without using up the attempt (the handler never ran)."""
         if not held:
             return
-        known = known | set(self._running) | self._completer.unrecorded()
+        known = known | self._held() | self._completer.unrecorded()
         for job_id, attempt in held:
             if job_id in known:
                 continue
             log.warning("giving back job %s: claimed by this worker but never received", job_id)
             self._completer.add(Outcome(job_id, attempt, "release"))
+
+    def _held(self) -> set[UUID]:
+        """Jobs this worker claimed and has not finished running."""
+        return set(self._running) | {job.id for job in self._ready}
 
     async def _deregister(self) -> None:
         try:

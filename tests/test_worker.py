@@ -175,6 +175,31 @@ async def test_unserialisable_result_fails_the_attempt(app: App) -> None:
     assert (done.last_error or "").startswith("TypeError: result is not JSON-serializable")
 
 
+async def test_text_postgresql_cannot_store_fails_the_job_not_the_worker(app: App) -> None:
+    # PostgreSQL text and jsonb hold neither NUL characters nor lone surrogates.
+    @app.handler("odd-text")
+    async def odd_text(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> object:
+        odd = {"nul": "a\x00b", "surrogate": "a\udc80b"}[payload["text"]]
+        if payload["where"] == "error":
+            raise ValueError(odd)
+        return {"text": odd}
+
+    cases = [(where, text) for where in ("error", "result") for text in ("nul", "surrogate")]
+    jobs = [
+        await app.create("odd-text", {"where": where, "text": text}, attempts=1)
+        for where, text in cases
+    ]
+    assert await app.drain() == 4
+    errors = [(await app.get(job.id)).last_error for job in jobs]
+    assert errors == [
+        "ValueError: a\ufffdb",
+        "ValueError: a\ufffdb",
+        "ValueError: result contains a NUL character (\\u0000), which PostgreSQL cannot store",
+        "ValueError: result contains invalid Unicode (a lone surrogate)",
+    ]
+    assert [(await app.get(job.id)).status for job in jobs] == ["failed"] * 4
+
+
 @pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_timeouts_fail_the_attempt_and_free_the_slot(app: App, kind: str) -> None:
     release = threading.Event()

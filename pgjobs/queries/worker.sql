@@ -52,12 +52,13 @@ claimed AS (
 -- An attempt is given back by raising max_attempts, never by lowering attempts: the
 -- token (id, attempts) must never repeat, or a replayed outcome of this run (a batch
 -- retried after an ambiguous commit) could match the job's next run.
+-- The outcomes arrive as one JSON array of arrays (see completer.encode_outcomes):
+-- one parameter is several times quicker for the worker to send than nine arrays.
 input AS (
-    SELECT *, 'active'::text AS held
-    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(outcomes)s::text[],
-                %(results)s::jsonb[], %(durations)s::int[], %(messages)s::text[],
-                %(stacks)s::text[], %(kinds)s::text[], %(delays)s::bigint[])
-        AS t(id, attempt, outcome, result, duration_ms, message, stack, kind, delay_ms)
+    SELECT (o->>0)::uuid AS id, (o->>1)::int AS attempt, o->>2 AS outcome, o->3 AS result,
+           (o->>4)::int AS duration_ms, o->>5 AS message, o->>6 AS stack, o->>7 AS kind,
+           (o->>8)::bigint AS delay_ms, 'active'::text AS held
+    FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e(o)
 ),
 finished AS (
     UPDATE jobs j
@@ -81,13 +82,13 @@ finished AS (
                           ELSE j.last_error END,
         worker_id = NULL
     FROM input i, clock c
-    -- Each row is found by its primary key, whatever the plan: `id = ANY(ids)` is an
-    -- index condition even when the join is a hash or merge join (a generic plan made
+    -- Each row is found by its primary key, whatever the plan: `id = ANY(ARRAY(...))` is
+    -- an index condition even when the join is a hash or merge join (a generic plan made
     -- on an empty table), and `held` is the constant 'active' passed through the input
     -- rows, because compared with a constant, status would let the planner read every
     -- active job from the partial index jobs_active_worker_idx and test each against
     -- the whole batch (quadratic).
-    WHERE j.id = ANY (%(ids)s::uuid[]) AND j.id = i.id
+    WHERE j.id = ANY (ARRAY(SELECT id FROM input)) AND j.id = i.id
       AND j.status = i.held AND j.attempts = i.attempt
     RETURNING j.id, j.queue, j.type, j.status, j.run_at, i.outcome
 ),
