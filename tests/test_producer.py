@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -24,6 +25,25 @@ async def test_create_returns_stored_job_with_defaults(app: App) -> None:
     stored = await app.get(job.id)
     assert stored.payload == {"path": "a.png"}
     assert stored.id.version == 7
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"delay": 60_000, "backoff": {"type": "fixed", "delay": 10}, "metadata": {"a": [1]}},
+        {"queue": "low-priority", "priority": "high", "rate_limit_key": "tenant:1"},
+    ],
+)
+async def test_create_returns_the_job_as_stored(app: App, options: dict[str, Any]) -> None:
+    # A job without unique key or dependencies is not read back from the database:
+    # what create returns must equal what get reads.
+    payload = {"text": "é ✓", "n": [1, 2.5, None]}
+    created = await app.create("resize-image", payload, **options)
+    assert created == await app.get(created.id)
+    created_sync = await asyncio.to_thread(app.create_sync, "resize-image", payload, **options)
+    assert created_sync == await app.get(created_sync.id)
+    assert created.status == ("delayed" if "delay" in options else "pending")
 
 
 async def test_create_with_options(app: App) -> None:

@@ -160,6 +160,25 @@ WITH {{insert_input}}, {{insert_independent_steps}} {{insert_rows}};
 -- name: insert_one_job
 WITH {{insert_one_input}}, {{insert_independent_steps}} {{insert_rows}};
 
+-- name: insert_plain_job
+-- App.create of one job without a unique key or dependencies, the common case: a plain
+-- INSERT with no CTE and no unique-key holders to look for runs in a fraction of
+-- insert_one_job's time. Statuses and columns as in insert_independent_steps; it
+-- returns only what the database decides (client.py builds the rest of the Job).
+INSERT INTO jobs (id, type, queue, status, priority, payload, max_attempts, delay_ms,
+                  timeout_ms, run_at, backoff, dependency_policy, rate_limit_key, metadata,
+                  created_at)
+SELECT %(id)s::uuid, %(type)s::text, %(queue)s::text,
+       CASE WHEN r.run_at > c.now THEN 'delayed' ELSE 'pending' END,
+       %(priority)s::int, %(payload)s::jsonb, %(max_attempts)s::int, %(delay)s::bigint,
+       %(timeout)s::bigint, r.run_at, %(backoff)s::jsonb, %(policy)s::text,
+       %(rate_key)s::text, %(metadata)s::jsonb, c.now
+FROM (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now) c
+CROSS JOIN LATERAL (
+    SELECT coalesce(%(run_at)s::timestamptz,
+                    c.now + %(delay)s::bigint * interval '1 millisecond') AS run_at) r
+RETURNING status, run_at, created_at, attempts, progress;
+
 -- name: insert_job_ids
 WITH {{insert_input}}, {{insert_independent_steps}} {{insert_ids}};
 
