@@ -72,7 +72,7 @@ class Report:
 
     def add(self, name: str, value: Any) -> None:
         self.figures[name] = value
-        print(f"  {name:<48} {_fmt(value)}", flush=True)
+        print(f"  {name:<50} {_fmt(value)}", flush=True)
 
 
 def _fmt(value: Any) -> str:
@@ -240,50 +240,92 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def completed(claimed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Parameters of the finish statements recording every claimed run as completed."""
+    """Parameters of finish_runs recording every claimed run as completed."""
     outcomes = [Outcome(r["id"], r["attempts"], "completed", "null", 0) for r in claimed]
     # notify_events off, as a worker does while no one consumes events
     return {"outcomes": encode_outcomes(outcomes), "notify_events": False}
 
 
 async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int) -> float:
-    """The same claim and finish statements in a tight loop with no worker machinery."""
+    """The worker's claim and finish statements in two tight loops with no worker
+    machinery, on two connections: one claims `batch` jobs at a time (holding at most
+    twice that, as a worker claiming ahead does), the other records them as completed,
+    at least `batch` per statement (all that were claimed since its last write)."""
     reset(url)
     await app.create_many([app.build(NOOP, {}) for _ in range(sizes.raw)])
     worker = uuid7()
-    # The session a worker claims on: same options, same reused generic plans.
-    async with await psycopg.AsyncConnection.connect(
-        url, autocommit=True, row_factory=dict_row, **connect_kwargs("claim", generic_plans=True)
-    ) as conn:
-        await conn.execute(
-            query("heartbeat_worker"),
-            {
-                "now": None,
-                "id": worker,
-                "hostname": "bench",
-                "pid": os.getpid(),
-                "queues": ["default"],
-                "concurrency": batch,
-                "version": "bench",
-                "in_flight": 0,
-                "processed": 0,
-                "stopping": False,
-                "grace_ms": 60_000,
-            },
-        )
-        began = time.perf_counter()
-        done = 0
-        claim = {"now": None, "queues": ["default"], "limit": batch, "worker": worker}
-        cur = await conn.execute(query("claim_jobs"), claim)
-        rows = await cur.fetchall()
-        while rows:
-            cur = await conn.execute(query("finish_and_claim"), {**claim, **completed(rows)})
+    claim = {"now": None, "queues": ["default"], "limit": batch, "worker": worker}
+    claimed: list[dict[str, Any]] = []
+    changed = asyncio.Event()
+    done = 0
+    exhausted = False
+
+    async def claimer(conn: psycopg.AsyncConnection[Any]) -> None:
+        nonlocal exhausted
+        while True:
+            while len(claimed) > batch:
+                changed.clear()
+                await changed.wait()
+            rows = await (await conn.execute(query("claim_jobs"), claim)).fetchall()
+            claimed.extend(rows)
+            changed.set()
+            if not rows:
+                exhausted = True
+                return
+
+    async def finisher(conn: psycopg.AsyncConnection[Any]) -> None:
+        nonlocal done
+        while claimed or not exhausted:
+            if len(claimed) < batch and not exhausted:
+                changed.clear()
+                await changed.wait()
+                continue
+            rows = claimed[:]
+            await (
+                await conn.execute(query("finish_runs"), {**claim, **completed(rows)})
+            ).fetchall()
+            del claimed[: len(rows)]
             done += len(rows)
-            rows = [r for r in await cur.fetchall() if r["id"] is not None]
+            changed.set()
+
+    # The sessions a worker claims and finishes on: same options, same generic plans.
+    options = connect_kwargs("claim", generic_plans=True)
+    async with (
+        await psycopg.AsyncConnection.connect(
+            url, autocommit=True, row_factory=dict_row, **options
+        ) as one,
+        await psycopg.AsyncConnection.connect(
+            url, autocommit=True, row_factory=dict_row, **options
+        ) as two,
+    ):
+        await register_bench_worker(one, worker, batch)
+        began = time.perf_counter()
+        await asyncio.gather(claimer(one), finisher(two))
         elapsed = time.perf_counter() - began
     rate = done / elapsed
-    report.add(f"raw SQL: finish+claim loop, batch {batch}, jobs/s", rate)
+    report.add(f"raw SQL: claim+finish loops, batch {batch}, jobs/s", rate)
     return rate
+
+
+async def register_bench_worker(
+    conn: psycopg.AsyncConnection[Any], worker: uuid.UUID, concurrency: int
+) -> None:
+    await conn.execute(
+        query("heartbeat_worker"),
+        {
+            "now": None,
+            "id": worker,
+            "hostname": "bench",
+            "pid": os.getpid(),
+            "queues": ["default"],
+            "concurrency": concurrency,
+            "version": "bench",
+            "in_flight": 0,
+            "processed": 0,
+            "stopping": False,
+            "grace_ms": 60_000,
+        },
+    )
 
 
 # ------------------------------------------------------------------ table size, memory

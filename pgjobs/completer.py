@@ -2,8 +2,6 @@
 
 Outcomes are buffered and written in one `finish_runs` statement per batch: when the
 batch is full or a few milliseconds after its first outcome, whichever comes first.
-Most of the time the worker's next claim takes them first (`take`), so they cost no
-statement of their own.
 If PostgreSQL is unreachable the outcomes stay buffered and are retried: the fence in
 the statement makes a retry after an ambiguous failure harmless.
 """
@@ -13,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -64,6 +62,9 @@ class Batch(list[Outcome]):
 
 
 class Completer:
+    """The one writer of a worker's outcomes. It writes on a pool connection of its own,
+    side by side with the fetch loop's claims (see Worker._claim)."""
+
     def __init__(
         self,
         pool: AsyncConnectionPool,
@@ -73,26 +74,27 @@ class Completer:
         max_batch: int = 500,
         max_wait: float = 0.002,
         events: Publisher | None = None,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._on_written = on_written
         self._events = events
         self._clock = clock
         self._worker_id = worker_id
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._buffer: list[Outcome] = []
+        self._writing: Batch = Batch()  # taken from the buffer, transaction not done
         self._has_items = asyncio.Event()
         self._flushed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._writing = 0  # outcomes taken by a writer whose transaction is not done
-        self._taken: Counter[UUID] = Counter()  # their jobs
         self.recorded = 0
         self.stale = 0
 
     @property
     def backlog(self) -> int:
-        return len(self._buffer) + self._writing
+        return len(self._buffer) + len(self._writing)
 
     def add(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
@@ -112,53 +114,38 @@ class Completer:
                 log.error("could not record %d outcomes before stopping", self.backlog)
                 self._task.cancel()
 
-    def take(self) -> Batch:
-        """Hand the buffered outcomes to a caller that writes them itself (the fetch
-        loop, with its next claim) and then calls `written` or `give_back`. Each outcome
-        is taken by exactly one writer."""
-        batch = Batch(self._buffer[: self._max_batch])
-        del self._buffer[: len(batch)]
-        self._writing += len(batch)
-        self._taken.update(o.job_id for o in batch)
-        # Rows are locked in id order everywhere jobs are locked in bulk (creators lock
-        # parents that way): the same order here keeps the two from deadlocking.
-        batch.sort(key=_by_id)
-        return batch
-
-    def _untake(self, batch: list[Outcome]) -> None:
-        """The writer of `batch` is done with it. Jobs leave `_taken` once no writer
-        holds them (Counter.subtract would keep every id ever seen, at zero)."""
-        self._writing -= len(batch)
-        for outcome in batch:
-            left = self._taken[outcome.job_id] - 1
-            if left > 0:
-                self._taken[outcome.job_id] = left
-            else:
-                del self._taken[outcome.job_id]
-
-    def give_back(self, batch: list[Outcome]) -> None:
-        """The write of `batch` failed: keep it for the next attempt."""
-        self._untake(batch)
-        self._buffer[:0] = batch
-        if batch:
-            self._has_items.set()
-
     def unrecorded(self) -> set[UUID]:
         """Jobs whose outcome is buffered or being written: still active in the
         database, though their run is over."""
-        return {o.job_id for o in self._buffer} | set(self._taken)
+        return {o.job_id for o in self._buffer} | {o.job_id for o in self._writing}
 
-    async def _write(self, batch: list[Outcome]) -> set[UUID]:
+    def _take(self) -> Batch:
+        batch = Batch(self._buffer[: self._max_batch])
+        del self._buffer[: len(batch)]
+        # Rows are locked in id order everywhere jobs are locked in bulk (creators lock
+        # parents that way): the same order here keeps the two from deadlocking.
+        batch.sort(key=_by_id)
+        self._writing = batch
+        return batch
+
+    def _give_back(self, batch: Batch) -> None:
+        """The write of `batch` failed: keep it for the next attempt."""
+        self._writing = Batch()
+        self._buffer[:0] = batch
+
+    async def _write(self, batch: Batch) -> set[UUID]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(query("finish_runs"), self.params(batch))
             return {row["id"] for row in await cur.fetchall()}
 
-    async def written(self, batch: list[Outcome], applied: set[UUID]) -> None:
-        """A caller wrote `batch` (`applied` = the ids whose outcome was recorded)."""
+    async def _written(self, batch: Batch, applied: set[UUID]) -> None:
+        """`batch` was written (`applied` = the ids whose outcome was recorded)."""
         self._account(batch, applied)
-        if self._events is not None and getattr(batch, "events", "sql") == "redis":
+        if self._events is not None and batch.events == "redis":
             self._events.emit(_job_events(batch, applied))
-        self._untake(batch)
+        self._writing = Batch()
+        if self._on_written is not None:
+            self._on_written()
         async with self._flushed:
             self._flushed.notify_all()
 
@@ -168,30 +155,25 @@ class Completer:
             await self._has_items.wait()
             if not self._buffer:
                 self._has_items.clear()
-                if self._closing and not self._writing:
-                    return
                 if self._closing:
-                    await asyncio.sleep(0.01)  # another writer holds some: wait for it
+                    return
                 continue
             if len(self._buffer) < self._max_batch and not self._closing:
-                # Let outcomes that finish in the same few milliseconds share the trip;
-                # the fetch loop often takes them first, with its next claim.
+                # Let outcomes that finish in the same few milliseconds share the trip.
                 await asyncio.sleep(self._max_wait)
-            batch = self.take()
-            if not batch:
-                continue
+            batch = self._take()
             try:
                 applied = await self._write(batch)
             except (psycopg.Error, OSError) as exc:
-                self.give_back(batch)
+                self._give_back(batch)
                 log.warning("recording %d outcomes failed (%s); retrying", len(batch), exc)
                 await asyncio.sleep(delay.next())
                 continue
             delay.reset()
-            await self.written(batch, applied)
+            await self._written(batch, applied)
 
     def params(self, batch: list[Outcome]) -> dict[str, Any]:
-        """Parameters of the finish statements (finish_runs, finish_and_claim)."""
+        """Parameters of finish_runs."""
         route: Route = "sql" if self._events is None else self._events.route()
         if isinstance(batch, Batch):
             batch.events = route

@@ -99,13 +99,15 @@ def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(db: Any, made
     empty is kept while it fills up (until the next ANALYZE): it must hold up too."""
     use_hot_session_settings(db)
     claim = {"now": None, "queues": ["default"], "limit": 10, "worker": uuid.uuid4()}
-    names = prepare_generic(db, "finish_and_claim", query("finish_and_claim"))
+    claim_names = prepare_generic(db, "claim_jobs", query("claim_jobs"))
+    finish_names = prepare_generic(db, "finish_runs", query("finish_runs"))
     if made == "on an empty table":
-        # No ANALYZE may replace the plan behind the test's back.
+        # No ANALYZE may replace the plans behind the test's back.
         db.execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
         db.execute("ANALYZE jobs")
         db.execute("BEGIN")
-        explain_generic(db, "finish_and_claim", names, {**claim, **completed([])})
+        explain_generic(db, "claim_jobs", claim_names, claim)
+        explain_generic(db, "finish_runs", finish_names, {**claim, **completed([])})
         db.execute("ROLLBACK")
         fill(db, analyze=False)
     else:
@@ -113,18 +115,25 @@ def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(db: Any, made
     active = db.execute(query("claim_jobs"), claim).fetchall()
     db.execute("BEGIN")
     try:
-        plan = explain_generic(db, "finish_and_claim", names, {**claim, **completed(active)})
+        claim_plan = explain_generic(db, "claim_jobs", claim_names, claim)
+        finish_plan = explain_generic(
+            db, "finish_runs", finish_names, {**claim, **completed(active)}
+        )
     finally:
         db.execute("ROLLBACK")
-    reads = [n for n in plan_nodes(plan) if n.get("Relation Name") == "jobs"]
-    scans = [n for n in reads if n["Node Type"] != "ModifyTable"]
-    assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, scans
-    assert {n["Index Name"] for n in scans} == {"jobs_claim_idx", "jobs_pkey"}, scans
-    # The finished runs are looked up one by one, not matched against every active job,
-    # and the claim reads the pending jobs in order and stops.
-    assert all(n["Actual Rows"] <= 10 for n in scans), [
-        (n["Index Name"], n["Actual Rows"], n.get("Index Cond")) for n in scans
-    ]
-    # Both the finish and the next claim did their work: 10 rows each.
-    updates = [n for n in reads if n["Node Type"] == "ModifyTable"]
-    assert [n["Actual Rows"] for n in updates] == [10, 10], updates
+    # The claim reads the pending jobs in order and stops; the finished runs are looked
+    # up one by one by primary key, not matched against every active job.
+    for plan, indexes in [
+        (claim_plan, {"jobs_claim_idx", "jobs_pkey"}),
+        (finish_plan, {"jobs_pkey"}),
+    ]:
+        reads = [n for n in plan_nodes(plan) if n.get("Relation Name") == "jobs"]
+        scans = [n for n in reads if n["Node Type"] != "ModifyTable"]
+        assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, scans
+        assert {n["Index Name"] for n in scans} == indexes, scans
+        assert all(n["Actual Rows"] <= 10 for n in scans), [
+            (n["Index Name"], n["Actual Rows"], n.get("Index Cond")) for n in scans
+        ]
+        # Each did its work: 10 rows claimed, then the 10 claimed before recorded.
+        updates = [n for n in reads if n["Node Type"] == "ModifyTable"]
+        assert [n["Actual Rows"] for n in updates] == [10], updates

@@ -320,8 +320,43 @@ async def test_a_worker_keeps_nothing_per_job_once_outcomes_are_recorded(app: Ap
         await wait_until_async(lambda: asyncio.sleep(0, completed() == 2_000), timeout=30)
         await worker._completer.wait_flushed()
         assert worker.processed == 2_000
-        assert not worker._running
-        assert not worker._completer._taken and not worker._completer.unrecorded()
+        assert not worker._running and not worker._ready
+        assert not worker._completer.unrecorded()
+
+
+async def test_claiming_resumes_once_a_stuck_backlog_of_outcomes_is_written(
+    app: App, db: Any, db_url: str
+) -> None:
+    """A worker stops claiming while too many outcomes wait to be written (say, the
+    database is slow) and must start again once they are, with nothing running that
+    could wake it."""
+
+    @app.handler("tiny")
+    async def tiny(ctx: pgjobs.JobContext, payload: Any) -> None:
+        return None
+
+    await app.create_many([app.build("tiny", {}) for _ in range(40)])
+
+    def count(status: str) -> int:
+        row = db.execute("SELECT count(*) AS n FROM jobs WHERE status = %s", (status,)).fetchone()
+        return int(row["n"])
+
+    # Results cannot be written while this transaction holds the table.
+    with psycopg.connect(db_url) as blocker:
+        blocker.execute("LOCK TABLE job_results IN EXCLUSIVE MODE")
+        async with app.worker(["default"], concurrency=1) as worker:
+
+            async def stopped_claiming() -> bool:
+                return worker._completer.backlog > 10 and not worker._running
+
+            await wait_until_async(stopped_claiming, message="a backlog of outcomes")
+            assert count("completed") == 0
+            blocker.rollback()
+
+            async def all_done() -> bool:
+                return count("completed") == 40
+
+            await wait_until_async(all_done, timeout=20, message="every job completed")
 
 
 async def test_delayed_job_waits_for_its_time(app: App) -> None:

@@ -138,24 +138,6 @@ SELECT f.id, f.status, f.outcome
 FROM finished f
 CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
 
--- name: finish_and_claim
--- The worker's cycle in one round trip and one commit: record the outcomes of finished
--- runs and claim jobs for the freed slots. The two sets of rows are disjoint (finished
--- rows are 'active' in the statement's snapshot, claimed ones 'pending'), so one
--- statement may update both. The first column lists the jobs whose outcome did not
--- apply (stale runs; NULL when all applied), repeated on every row, so it names the
--- few rejected rather than the many applied; the rest are the claimed jobs (NULL when
--- none was claimed).
-WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
-{{finish_steps}},
-{{claim_steps}}
-SELECT r.rejected, c.*
-FROM (SELECT array_agg(i.id) FILTER (WHERE NOT EXISTS (SELECT 1 FROM finished f
-                                                      WHERE f.id = i.id)) AS rejected
-      FROM input i) r
-CROSS JOIN LATERAL (SELECT count(*) FROM wake) w
-LEFT JOIN claimed c ON true;
-
 -- name: complete_in_transaction
 -- ctx.complete_in(conn): completes the job inside the handler's own transaction, fenced
 -- like finish_runs, so its effects and its completion commit or roll back together.
