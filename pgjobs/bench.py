@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import os
 import statistics
 import subprocess
@@ -174,10 +175,17 @@ async def wait_for(check: Callable[[], bool], timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-def count(url: str, name: str) -> int:
+async def wait_for_count(url: str, name: str, done: Callable[[int], bool], timeout: float) -> None:
+    """Poll the count query `name` until `done(count)`, on one connection: a connection
+    per poll costs the server a process start twenty times a second, during the very
+    drains being measured."""
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        row = conn.execute(query(name)).fetchone()
-        return int(row["n"]) if row else 0
+
+        def check() -> bool:
+            row = conn.execute(query(name)).fetchone()
+            return done(int(row["n"]) if row else 0)
+
+        await wait_for(check, timeout)
 
 
 def drain_rate(url: str) -> float:
@@ -194,7 +202,7 @@ async def bench_drain(
     await app.create_many([app.build(NOOP, {}) for _ in range(sizes.drain)])
     proc = start_workers(url, concurrency, processes)
     try:
-        await wait_for(lambda: count(url, "bench_completed_count") >= sizes.drain, timeout=600)
+        await wait_for_count(url, "bench_completed_count", lambda n: n >= sizes.drain, 600)
     finally:
         stop_workers(proc)
     rate = drain_rate(url)
@@ -209,7 +217,7 @@ async def bench_latency(app: App, url: str, sizes: Sizes, report: Report) -> Non
     reset(url)
     proc = start_workers(url, 10, 1)
     try:
-        await wait_for(lambda: count(url, "bench_worker_count") >= 1, 30)
+        await wait_for_count(url, "bench_worker_count", lambda n: n >= 1, 30)
         await asyncio.sleep(0.5)  # the listener connects right after registration
         interval = 1 / sizes.latency_rate
         next_at = time.perf_counter()
@@ -217,7 +225,7 @@ async def bench_latency(app: App, url: str, sizes: Sizes, report: Report) -> Non
             await app.create(NOOP, {})
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-        await wait_for(lambda: count(url, "bench_completed_count") >= sizes.latency, 60)
+        await wait_for_count(url, "bench_completed_count", lambda n: n >= sizes.latency, 60)
     finally:
         stop_workers(proc)
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
@@ -343,7 +351,7 @@ async def bench_large_table(
     await app.create_many([app.build(NOOP, {}) for _ in range(sizes.drain)])
     proc = start_workers(url, 10, 1)
     try:
-        await wait_for(lambda: count(url, "bench_unfinished_count") == 0, timeout=600)
+        await wait_for_count(url, "bench_unfinished_count", lambda n: n == 0, 600)
     finally:
         stop_workers(proc)
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
@@ -352,10 +360,6 @@ async def bench_large_table(
     rate = float(row["n"]) / max(float(row["s"] or 0), 1e-6)
     report.add(f"drain with {finished:,} finished jobs in the table, jobs/s", rate)
     report.add("ratio: large table / empty table", round(rate / empty_rate, 3))
-
-
-def reached(url: str, wanted: int) -> bool:
-    return count(url, "bench_completed_count") >= wanted
 
 
 def rss_kib(pid: int) -> int:
@@ -372,12 +376,12 @@ async def bench_memory(app: App, url: str, report: Report, total: int) -> None:
     proc = start_workers(url, 10, 1)
     samples: list[int] = []
     try:
-        await wait_for(lambda: count(url, "bench_worker_count") >= 1, 30)
+        await wait_for_count(url, "bench_worker_count", lambda n: n >= 1, 30)
         processed = 0
         while processed < total:
             n = min(chunk, total - processed)
             await app.create_many([app.build(NOOP, {}) for _ in range(n)])
-            await wait_for(partial(reached, url, n), timeout=600)
+            await wait_for_count(url, "bench_completed_count", partial(operator.le, n), 600)
             processed += n
             samples.append(rss_kib(proc.pid))
             with psycopg.connect(url, autocommit=True) as conn:
