@@ -45,7 +45,7 @@ def application_name(role: str, owner: str | None = None) -> str:
 
 # For sessions that run only a few statements written for it (the worker's claim and
 # finish): one plan per statement, reused, instead of a custom plan made on every call.
-# A custom plan of the finish-and-claim statement costs about as much to make as the
+# A custom plan of the claim or the finish costs about as much to make as the
 # statement takes to run. A generic plan is kept while the table grows, so it must not
 # follow the statistics of the moment it was made: on a table that looked empty the
 # claim sorted every pending row of the (queue, status) index instead of reading the
