@@ -121,7 +121,7 @@ def reset(url: str) -> None:
 # ------------------------------------------------------------------ enqueue
 
 
-async def bench_enqueue(app: App, sizes: Sizes, report: Report) -> None:
+async def bench_enqueue(app: App, url: str, sizes: Sizes, report: Report) -> None:
     jobs = [app.build(NOOP, {"n": i}) for i in range(sizes.bulk)]
     began = time.perf_counter()
     await app.create_many(jobs)
@@ -129,7 +129,22 @@ async def bench_enqueue(app: App, sizes: Sizes, report: Report) -> None:
     began = time.perf_counter()
     for i in range(sizes.single):
         await app.create(NOOP, {"n": i})
-    report.add("enqueue: single create jobs/s", sizes.single / (time.perf_counter() - began))
+    single = sizes.single / (time.perf_counter() - began)
+    report.add("enqueue: single create jobs/s", single)
+    raw = await bench_raw_inserts(url, sizes.single)
+    report.add("raw SQL: one-row insert loop, jobs/s", raw)
+    report.add("ratio: single create / raw SQL insert", round(single / raw, 3))
+
+
+async def bench_raw_inserts(url: str, count: int) -> float:
+    """PostgreSQL's own one-row autocommit insert into the same table, in a tight loop
+    on one connection: each commit waits for its WAL flush, as a `create` does, so the
+    ratio shows what pgjobs adds whatever the disk's flush latency of the moment."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        began = time.perf_counter()
+        for i in range(count):
+            await conn.execute(query("bench_insert_one"), {"id": uuid7(), "n": i})
+        return count / (time.perf_counter() - began)
 
 
 # ------------------------------------------------------------------ drain
@@ -414,7 +429,7 @@ async def run(
         app = App(settings.replace(database_url=url), clock=Clock(), builtin_types=False)
         app.register(NOOP, bench_app().handlers[NOOP].func)
         try:
-            await bench_enqueue(app, sizes, report)
+            await bench_enqueue(app, url, sizes, report)
             drain = await bench_drain(app, url, sizes, report, concurrency=10, processes=1)
             raw = await bench_raw(app, url, sizes, report, batch=10)
             report.add("ratio: drain / raw SQL (batch 10)", round(drain / raw, 3))

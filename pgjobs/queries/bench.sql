@@ -27,6 +27,11 @@ FROM jobs WHERE status = 'completed';
 SELECT extract(epoch FROM started_at - created_at) * 1000 AS ms
 FROM jobs WHERE started_at IS NOT NULL;
 
+-- name: bench_insert_one
+-- The raw-SQL limit of a single create: a bare one-row insert (the same table, so the
+-- same indexes and insert trigger).
+INSERT INTO jobs (id, type, queue, payload) VALUES (%(id)s, 'noop', 'default', jsonb_build_object('n', %(n)s::int));
+
 -- name: bench_fill_finished
 INSERT INTO jobs (type, status, payload, created_at, started_at, completed_at, run_at)
 SELECT 'bench-old', 'completed', '{}', now() - interval '1 hour', now() - interval '1 hour',
