@@ -74,30 +74,31 @@ def insert_statement(jobs: Sequence[NewJob], clock: Clock, *, ids_only: bool = F
 
 
 def _insert_one_statement(job: NewJob, clock: Clock) -> Statement:
-    return Statement(
-        query("insert_one_job"),
-        {
-            "now": clock.sql_now(),
-            "id": job.id,
-            "type": job.type,
-            "queue": job.queue,
-            "payload": job.payload_json,
-            "priority": job.priority,
-            "max_attempts": job.max_attempts,
-            "delay": job.delay_ms,
-            "run_at": job.run_at,
-            "backoff": job.backoff_json,
-            "timeout": job.timeout_ms,
-            "unique_key": job.unique_key,
-            "policy": job.dependency_policy,
-            "rate_key": job.rate_limit_key,
-            "metadata": job.metadata_json,
-        },
-    )
+    return Statement(query("insert_one_job"), _insert_one_params(job, clock))
 
 
 def _insert_plain_statement(job: NewJob, clock: Clock) -> Statement:
-    return Statement(query("insert_plain_job"), _insert_one_statement(job, clock).params)
+    return Statement(query("insert_plain_job"), _insert_one_params(job, clock))
+
+
+def _insert_one_params(job: NewJob, clock: Clock) -> dict[str, Any]:
+    return {
+        "now": clock.sql_now(),
+        "id": job.id,
+        "type": job.type,
+        "queue": job.queue,
+        "payload": job.payload_json,
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+        "delay": job.delay_ms,
+        "run_at": job.run_at,
+        "backoff": job.backoff_json,
+        "timeout": job.timeout_ms,
+        "unique_key": job.unique_key,
+        "policy": job.dependency_policy,
+        "rate_key": job.rate_limit_key,
+        "metadata": job.metadata_json,
+    }
 
 
 def _is_plain_one(jobs: Sequence[NewJob]) -> bool:
