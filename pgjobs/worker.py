@@ -370,7 +370,6 @@ class Worker:
         if self._limiter.active:
             limited = await self._limiter.claim(self._pool, limit, self.clock)
             return [ClaimedJob.from_row(row) for row in limited]
-        started = time.perf_counter()
         params = {
             "now": self.clock.sql_now(),
             "queues": self.queues,
@@ -378,9 +377,12 @@ class Worker:
             "worker": self.id,
         }
         async with self._hot_pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            # The round trip alone: a checkout that waits for a new connection (at start,
+            # after an outage) would make runs look short for many claims to come.
+            started = time.perf_counter()
             await cur.execute(query("claim_jobs"), params)
             rows = await cur.fetchall()
-        elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - started
         self._claim_seconds.add(elapsed)
         if rows and log.isEnabledFor(logging.DEBUG):
             log.debug("claimed %d jobs in %.1f ms", len(rows), elapsed * 1000)
