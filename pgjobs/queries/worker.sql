@@ -1,6 +1,6 @@
 -- The worker's hot path: claim, finish, progress, heartbeats (worker.py, completer.py).
 
--- name: claim_steps
+-- name: claim_jobs
 -- Picks up to %(limit)s pending jobs of the asked queues and marks them active.
 -- Each queue is read through its own LATERAL subquery so every read is an ordered scan
 -- of the partial claim index (queue, priority, run_at, id) that stops after LIMIT rows;
@@ -9,6 +9,7 @@
 -- UPDATE joins the already-limited set). Paused queues are skipped here, so a pause
 -- takes effect on the next claim of every worker.
 -- Claiming increments attempts: (id, attempts) is the run's fence token.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 candidates AS (
     SELECT c.id, c.priority, c.run_at
     FROM unnest(%(queues)s::text[]) AS q(name)
@@ -38,8 +39,9 @@ claimed AS (
     RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
               j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at
 )
+SELECT * FROM claimed;
 
--- name: finish_steps
+-- name: finish_runs
 -- Records the outcomes of many runs. Every row is fenced on the run token: a run that
 -- was rescued, cancelled or already recorded matches nothing, so its late outcome is
 -- dropped and nothing is ever recorded twice. `finished` holds the rows that applied.
@@ -54,6 +56,7 @@ claimed AS (
 -- retried after an ambiguous commit) could match the job's next run.
 -- The outcomes arrive as one JSON array of arrays (see completer.encode_outcomes):
 -- one parameter is several times quicker for the worker to send than nine arrays.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 input AS (
     SELECT (o->>0)::uuid AS id, (o->>1)::int AS attempt, o->>2 AS outcome, o->3 AS result,
            (o->>4)::int AS duration_ms, o->>5 AS message, o->>6 AS stack, o->>7 AS kind,
@@ -125,15 +128,6 @@ wake AS (
                NULL, (SELECT now FROM clock))
     FROM finished f
 )
-
--- name: claim_jobs
-WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
-{{claim_steps}}
-SELECT * FROM claimed;
-
--- name: finish_runs
-WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
-{{finish_steps}}
 SELECT f.id, f.status, f.outcome
 FROM finished f
 CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
@@ -218,7 +212,7 @@ WHERE j.worker_id = %(id)s AND j.status = 'active'
 
 -- name: deregister_worker
 -- A worker that stops cleanly gives back whatever it still holds (its runs are over or
--- abandoned) without using up an attempt (max_attempts grows, see finish_steps), then
+-- abandoned) without using up an attempt (max_attempts grows, see finish_runs), then
 -- removes its row.
 WITH released AS (
     UPDATE jobs
