@@ -8,6 +8,7 @@ statements on a synchronous connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -473,17 +474,20 @@ class App:
             yield conn
 
     async def close(self) -> None:
-        if self._hub is not None:
-            if self._hub_loop is asyncio.get_running_loop():
-                await self._hub.close()
-            self._hub = None
-        if self._wakeups is not None:
-            await self._wakeups.close()
-            self._wakeups = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-        self.close_sync()
+        # Every resource is closed even when closing another one fails (an exit stack
+        # runs all its callbacks): a pool left open keeps psycopg_pool's workers, which
+        # ignore cancellation, and with them the event loop, alive for good.
+        hub, self._hub = self._hub, None
+        wakeups, self._wakeups = self._wakeups, None
+        pool, self._pool = self._pool, None
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.close_sync)
+            if pool is not None:
+                stack.push_async_callback(pool.close)
+            if wakeups is not None:
+                stack.push_async_callback(wakeups.close)
+            if hub is not None and self._hub_loop is asyncio.get_running_loop():
+                stack.push_async_callback(hub.close)
 
     def close_sync(self) -> None:
         if self._wakeups is not None:

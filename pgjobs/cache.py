@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -55,7 +56,7 @@ def async_client(url: str) -> aioredis.Redis:
         url,
         socket_timeout=TIMEOUT_S,
         socket_connect_timeout=TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
+        retry=AsyncRetry(NoBackoff(), 0),
     )
 
 
@@ -166,7 +167,7 @@ class Subscriber:
             finally:
                 self.connected.clear()
                 with contextlib.suppress(*ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 with contextlib.suppress(*ERRORS):
                     await client.aclose()
 

@@ -22,7 +22,7 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -213,7 +213,7 @@ class Worker:
         )
 
     async def run(self) -> None:
-        await self.start()
+        await self._start_or_clean_up()
         await self._stopped.wait()
 
     async def wait_listening(self, timeout: float = 10.0) -> None:
@@ -224,42 +224,75 @@ class Worker:
             await asyncio.wait_for(self._redis_wakeups.connected.wait(), timeout)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop claiming, finish or give back running jobs, record, deregister."""
+        """Stop claiming, finish or give back running jobs, record, deregister.
+
+        Every step runs even when an earlier one failed, and the pools are closed in
+        any case: psycopg_pool's workers ignore cancellation, so a pool left open
+        keeps its event loop from ever closing.
+        """
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
         self._wake.set()
         self._slot_freed.set()
-        if self._started:
-            # Stopping while start() is still running (a signal during start-up):
-            # let it finish, or there would be loops left running after stop().
-            await self._start_done.wait()
-        if self._fetch_task is not None:
-            await asyncio.gather(self._fetch_task, return_exceptions=True)
-        self._release_ready()
-        await self._finish_running(self.grace if grace is None else grace)
-        await self._completer.close()
-        await self._events.close()
-        await self._limiter.stop()
+        try:
+            if self._started:
+                # Stopping while start() is still running (a signal during start-up):
+                # let it finish, or there would be loops left running after stop().
+                await self._start_done.wait()
+            if self._fetch_task is not None:
+                await asyncio.gather(self._fetch_task, return_exceptions=True)
+            self._release_ready()
+            await self._finish_running(self.grace if grace is None else grace)
+            await self._each_step(self._wind_down_steps())
+        finally:
+            self._threads.close()
+            await self._each_step(
+                [("closing the pool", self._pool.close), ("closing the pool", self._hot_pool.close)]
+            )
+            log.info("worker %s stopped after %d jobs", self.id, self.processed)
+            self._stopped.set()
+
+    def _wind_down_steps(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("recording outcomes", self._completer.close),
+            ("closing the event publisher", self._events.close),
+            ("stopping the rate limiter", self._limiter.stop),
+            ("stopping background loops", self._cancel_background),
+        ]
+        if self._maintenance is not None:
+            steps.append(("stopping maintenance", self._maintenance.stop))
+        if self._listener is not None:
+            steps.append(("stopping the listener", self._listener.stop))
+        if self._redis_wakeups is not None:
+            steps.append(("stopping redis wake-ups", self._redis_wakeups.stop))
+        steps.append(("deregistering", self._deregister))
+        return steps
+
+    async def _each_step(self, steps: list[tuple[str, Callable[[], Awaitable[None]]]]) -> None:
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("worker %s: %s failed while stopping", self.id, what)
+
+    async def _cancel_background(self) -> None:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self._maintenance is not None:
-            await self._maintenance.stop()
-        if self._listener is not None:
-            await self._listener.stop()
-        if self._redis_wakeups is not None:
-            await self._redis_wakeups.stop()
-        await self._deregister()
-        self._threads.close()
-        await self._pool.close()
-        await self._hot_pool.close()
-        log.info("worker %s stopped after %d jobs", self.id, self.processed)
-        self._stopped.set()
+
+    async def _start_or_clean_up(self) -> None:
+        # A start that fails half-way has opened pools and started loops: stop them,
+        # or they would outlive the worker (and keep its event loop from closing).
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def __aenter__(self) -> Worker:
-        await self.start()
+        await self._start_or_clean_up()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

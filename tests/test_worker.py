@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import threading
 import time
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 import pgjobs
 from pgjobs.app import App
 from pgjobs.backoff import retry_delay_ms
+from tests.conftest import make_settings
 from tests.helpers import wait_until_async
 
 pytestmark = pytest.mark.anyio
@@ -516,3 +518,28 @@ async def test_worker_serves_several_queues_and_registers(app: App, db: Any) -> 
         await wait_until_async(both_done, timeout=5)
         assert await job_status(app, c.id) == "pending"
     assert rows(db, "SELECT count(*) AS n FROM job_workers")[0]["n"] == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_start_cut_short_leaves_no_task_behind() -> None:
+    """A worker told to stop while it is still starting (here: PostgreSQL unreachable,
+    so it keeps retrying its registration) closes what it opened. psycopg_pool's
+    workers ignore cancellation, so a pool left open would keep the event loop from
+    ever closing: the process, or the test run, would hang."""
+    url = f"postgresql://postgres@127.0.0.1:{_free_port()}/nowhere?connect_timeout=1"
+    app = App(make_settings(url), builtin_types=False)
+    before = asyncio.all_tasks()
+    worker = app.worker(["default"], concurrency=2, maintenance=False)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(worker.__aenter__(), 1.0)
+    await app.close()
+
+    async def only_ours_left() -> bool:
+        return not [task for task in asyncio.all_tasks() - before if not task.done()]
+
+    await wait_until_async(only_ours_left, timeout=10)
