@@ -175,9 +175,9 @@ def get(ctx: click.Context, job_id: str) -> None:
 
 def _attach_commands() -> None:
     """Commands grouped by concern live in their own modules beside this one."""
-    from pgjobs.cli import backup, bench, dev, ops, queues, schedules, worker
+    from pgjobs.cli import backup, bench, dev, ops, producers, queues, schedules, worker
 
-    for module in (worker, ops, schedules, dev, backup, bench, queues):
+    for module in (worker, ops, schedules, dev, backup, bench, queues, producers):
         module.register(main)
 
 
