@@ -331,6 +331,15 @@ def test_producer_types_set_by_the_cli_hold_at_once(
         {"action": "producer-types", "detail": {"types": ["file-cleanup", "report"]}},
         {"action": "producer-types", "detail": {"types": None}},
     ]
+    # `pgjobs init --producer-types` sets the list as part of an install or upgrade.
+    init = run_pgjobs(["init", "--producer-types", "report, send-email"], tmp_path, env)
+    assert init.returncode == 0, init.stderr
+    assert init.stdout.splitlines()[-2:] == ["report", "send-email"]
+    with connect(producer_url) as producer:
+        assert enqueue(producer, "report")["status"] == "pending"
+        assert refused(producer, "SELECT * FROM pgjobs_enqueue('resize', '{}')") == not_allowed(
+            "resize"
+        )
 
 
 def test_a_producer_learns_only_id_and_status_of_a_unique_keys_holder(

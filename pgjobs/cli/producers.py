@@ -13,6 +13,7 @@ import click
 
 from pgjobs.cli import handle_errors, print_json, settings_from
 from pgjobs.cli.ops import actor, json_option
+from pgjobs.config import Settings
 from pgjobs.db import connect_sync
 from pgjobs.sql_api import OPERATOR_TYPES, producer_types, set_producer_types
 
@@ -48,6 +49,12 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
     """Print the allowed types, one a line, or the default rule."""
     with connect_sync(settings_from(ctx).require_database_url(), "cli") as conn:
         _show(producer_types(conn), as_json)
+
+
+def apply_producer_types(settings: Settings, types: Sequence[str] | None) -> None:
+    """Replace the allowlist (None = the default rule) and print the result."""
+    with connect_sync(settings.require_database_url(), "cli") as conn:
+        _show(set_producer_types(conn, types, actor=actor()), as_json=False)
 
 
 @producer_types_group.command("set")
