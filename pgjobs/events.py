@@ -415,8 +415,10 @@ class EventStream:
 
 
 class RecentBatches:
-    """The event batch ids already read. Anyone may NOTIFY a batch id again; a repeat,
-    or an id older than everything remembered, is not read twice."""
+    """The event batch ids already dispatched. Anyone may NOTIFY a batch id again: a
+    repeat, or an id older than everything remembered, is not dispatched twice. Only
+    batches that were found are remembered, so announcing ids that do not exist yet
+    cannot suppress the real batches later."""
 
     def __init__(self, size: int = RECENT_BATCHES) -> None:
         self._ids: set[int] = set()
@@ -424,16 +426,16 @@ class RecentBatches:
         self._size = size
         self._forgotten_up_to = 0
 
-    def first_time(self, batch: int) -> bool:
-        if batch in self._ids or batch <= self._forgotten_up_to:
-            return False
+    def is_new(self, batch: int) -> bool:
+        return batch not in self._ids and batch > self._forgotten_up_to
+
+    def remember(self, batch: int) -> None:
         if len(self._order) >= self._size:
             oldest = self._order.popleft()
             self._ids.discard(oldest)
             self._forgotten_up_to = max(self._forgotten_up_to, oldest)
         self._ids.add(batch)
         self._order.append(batch)
-        return True
 
 
 class EventHub:
@@ -456,7 +458,7 @@ class EventHub:
         self._to_check: set[UUID] = set()
         self._check = asyncio.Event()
         self._checker: asyncio.Task[None] | None = None
-        self._batches: list[int] = []
+        self._batches: dict[int, None] = {}  # notified, not read yet, in order
         self._batches_due = asyncio.Event()
         self._recent = RecentBatches()
         self._reader: asyncio.Task[None] | None = None
@@ -509,8 +511,8 @@ class EventHub:
         except ValueError:
             log.debug("ignoring a malformed event notification %r", payload[:200])
             return
-        if self._recent.first_time(batch):
-            self._batches.append(batch)
+        if self._recent.is_new(batch) and batch not in self._batches:
+            self._batches[batch] = None
             self._batches_due.set()
 
     async def _read_batches(self) -> None:
@@ -519,7 +521,7 @@ class EventHub:
         while True:
             await self._batches_due.wait()
             self._batches_due.clear()
-            batches, self._batches = self._batches, []
+            batches, self._batches = list(self._batches), {}
             if not batches:
                 continue
             try:
@@ -535,7 +537,8 @@ class EventHub:
                 self._recheck_all()
                 continue
             for batch in batches:
-                if batch in found:
+                if batch in found and self._recent.is_new(batch):
+                    self._recent.remember(batch)
                     self._dispatch_events(decode_items(found[batch]))
 
     def _dispatch(self, data: bytes | str) -> None:

@@ -238,6 +238,42 @@ async def test_a_stranger_listening_learns_no_job_ids_or_types(
         stranger.execute("SELECT * FROM job_event_batches")
 
 
+@pytest.mark.anyio
+async def test_a_stranger_can_neither_replay_nor_suppress_events(
+    db_url: str, stranger_url: str
+) -> None:
+    app = App(make_settings(db_url), builtin_types=False)
+
+    @app.handler("double")
+    async def double(ctx: pgjobs.JobContext, payload: dict[str, int]) -> int:
+        return payload["n"] * 2
+
+    async def completed(stream: Any, job_id: Any, seen: list[Any]) -> None:
+        async for event in stream:
+            seen.append(event)
+            if (event.event, event.id) == ("completed", job_id):
+                return
+
+    seen: list[Any] = []
+    try:
+        with connect(stranger_url) as stranger:
+            async with app.events() as stream, app.worker(["default"], concurrency=2) as worker:
+                await worker.wait_listening()
+                # Announce the batch ids the real events are about to get.
+                for batch in range(1, 200):
+                    stranger.execute("SELECT pg_notify('pgjobs_events', %s)", (str(batch),))
+                first = await app.create("double", {"n": 1})
+                await asyncio.wait_for(completed(stream, first.id, seen), 15)
+                # Announce them all again: nothing already delivered comes twice.
+                for batch in range(1, 200):
+                    stranger.execute("SELECT pg_notify('pgjobs_events', %s)", (str(batch),))
+                second = await app.create("double", {"n": 2})
+                await asyncio.wait_for(completed(stream, second.id, seen), 15)
+    finally:
+        await app.close()
+    assert [(e.event, e.id) for e in seen] == [("completed", first.id), ("completed", second.id)]
+
+
 def test_event_batches_are_pruned_after_five_minutes(db: Conn) -> None:
     db.execute(
         "INSERT INTO job_event_batches (at, events) "
