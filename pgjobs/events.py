@@ -5,15 +5,18 @@ An event says which job changed and into what: event, job id, queue, job type, s
 (and the percentage of a progress event); never payloads, results or errors.
 
 Publishing. Every event is published only once the change it reports has committed:
-- without Redis (or while Redis is down) the statement that makes the change sends it
-  with NOTIFY on `pgjobs_events` (pgjobs_notify_events), so PostgreSQL delivers it at
-  commit, in commit order;
+- without Redis (or while Redis is down) the statement that makes the change stores it
+  in `job_event_batches` and NOTIFYs the batch's id on `pgjobs_events`
+  (pgjobs_notify_events), so PostgreSQL delivers it at commit, in commit order. The
+  notification carries nothing else: any database login may LISTEN, and only roles
+  granted the table can read what happened to which job;
 - with Redis, the worker publishes the rows those statements returned on the channel
   `pgjobs:{db}:events`, from one ordered queue per process. A batch Redis refuses goes
   out over NOTIFY instead.
 
 Consuming. One `EventHub` per App subscribes to Redis (when configured) and LISTENs on
-`pgjobs_events` (unless JOBS_LISTEN=false), and fans events out to streams and waiters.
+`pgjobs_events` (unless JOBS_LISTEN=false), reads the batches it is told of, and fans
+events out to streams and waiters.
 Events are hints: a stream misses what was published while its connection was down,
 so `wait()` also re-reads the awaited jobs every poll interval and never depends on
 an event arriving.
@@ -26,6 +29,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -61,6 +65,7 @@ WATCH_S = 1.0  # how often workers look for event consumers
 NOTICE_S = 1.5  # how long a new consumer waits for workers to notice it
 CONSUMER_LOCK = 7423510201  # shared advisory lock held by every event consumer
 STREAM_BUFFER = 10_000
+RECENT_BATCHES = 10_000  # batch ids remembered, so a repeated notification is ignored
 WAIT_CHUNK = 5_000
 
 
@@ -102,6 +107,11 @@ def decode(data: bytes | str) -> list[JobEvent]:
     except (ValueError, UnicodeDecodeError):
         log.debug("ignoring a malformed event message %r", data[:200])
         return []
+    return decode_items(items)
+
+
+def decode_items(items: Any) -> list[JobEvent]:
+    """Events from a decoded JSON array of [event, id, queue, type, status, progress]."""
     out: list[JobEvent] = []
     for item in items if isinstance(items, list) else ():
         try:
@@ -404,6 +414,30 @@ class EventStream:
         raise StopAsyncIteration
 
 
+class RecentBatches:
+    """The event batch ids already dispatched. Anyone may NOTIFY a batch id again: a
+    repeat, or an id older than everything remembered, is not dispatched twice. Only
+    batches that were found are remembered, so announcing ids that do not exist yet
+    cannot suppress the real batches later."""
+
+    def __init__(self, size: int = RECENT_BATCHES) -> None:
+        self._ids: set[int] = set()
+        self._order: deque[int] = deque()
+        self._size = size
+        self._forgotten_up_to = 0
+
+    def is_new(self, batch: int) -> bool:
+        return batch not in self._ids and batch > self._forgotten_up_to
+
+    def remember(self, batch: int) -> None:
+        if len(self._order) >= self._size:
+            oldest = self._order.popleft()
+            self._ids.discard(oldest)
+            self._forgotten_up_to = max(self._forgotten_up_to, oldest)
+        self._ids.add(batch)
+        self._order.append(batch)
+
+
 class EventHub:
     """One subscription per App, fanned out to EventStreams and wait() callers."""
 
@@ -424,6 +458,10 @@ class EventHub:
         self._to_check: set[UUID] = set()
         self._check = asyncio.Event()
         self._checker: asyncio.Task[None] | None = None
+        self._batches: dict[int, None] = {}  # notified, not read yet, in order
+        self._batches_due = asyncio.Event()
+        self._recent = RecentBatches()
+        self._reader: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- sources
 
@@ -450,8 +488,9 @@ class EventHub:
                 waits.append(self._redis.connected.wait())
             if self._listen:
                 self._listener = PgEventListener(
-                    self._app.settings.require_database_url(), self._dispatch
+                    self._app.settings.require_database_url(), self._on_batch
                 )
+                self._reader = asyncio.create_task(self._read_batches(), name="pgjobs-events-read")
                 self._listener.start()
                 waits.append(self._listener.connected.wait())
             self._live_since = time.monotonic()
@@ -466,8 +505,47 @@ class EventHub:
                 for task in pending:
                     task.cancel()
 
+    def _on_batch(self, payload: str) -> None:
+        try:
+            batch = int(payload)
+        except ValueError:
+            log.debug("ignoring a malformed event notification %r", payload[:200])
+            return
+        if self._recent.is_new(batch) and batch not in self._batches:
+            self._batches[batch] = None
+            self._batches_due.set()
+
+    async def _read_batches(self) -> None:
+        """Reads the batches notified so far in one query and dispatches them in the
+        order they were notified (commit order)."""
+        while True:
+            await self._batches_due.wait()
+            self._batches_due.clear()
+            batches, self._batches = list(self._batches), {}
+            if not batches:
+                continue
+            try:
+                async with (
+                    self._app.connection() as conn,
+                    conn.cursor(row_factory=dict_row) as cur,
+                ):
+                    await cur.execute(query("read_event_batches"), {"ids": batches})
+                    found = {row["id"]: row["events"] for row in await cur.fetchall()}
+            except (psycopg.Error, OSError) as exc:
+                # Lost to streams, as if the connection had dropped; waiters look again.
+                log.warning("could not read %d job event batches (%s)", len(batches), exc)
+                self._recheck_all()
+                continue
+            for batch in batches:
+                if batch in found and self._recent.is_new(batch):
+                    self._recent.remember(batch)
+                    self._dispatch_events(decode_items(found[batch]))
+
     def _dispatch(self, data: bytes | str) -> None:
-        for event in decode(data):
+        self._dispatch_events(decode(data))
+
+    def _dispatch_events(self, events: list[JobEvent]) -> None:
+        for event in events:
             for stream in list(self._streams):
                 if stream.wants(event):
                     stream.offer(event)
@@ -493,6 +571,9 @@ class EventHub:
             await self._redis.stop()
         if self._listener is not None:
             await self._listener.stop()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
 
     # ---------------------------------------------------------------- streams
 

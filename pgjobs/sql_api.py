@@ -1,18 +1,30 @@
-"""The SQL API's side in Python: the defaults its functions read from `pgjobs_settings`.
+"""The SQL API's side in Python: what its functions read from `pgjobs_settings`.
 
 The functions themselves (pgjobs_enqueue and friends) live in schema.sql. The Python
 producer takes JOBS_RETRY_ATTEMPTS, JOBS_JOB_TIMEOUT and JOBS_MAX_PAYLOAD_BYTES from its
 settings; SQL callers have no settings, so `pgjobs init` records them in the database.
+
+The producer allowlist says which job types the SQL functions may create. By default
+(NULL) every type except OPERATOR_TYPES, which act on the server's files and databases
+or run operator-defined actions; a list replaces that rule. The Python, REST and CLI
+paths are the operators' own and do not consult it.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from pgjobs.config import Settings
+from pgjobs.options import validate_type
 from pgjobs.queries import query
+
+# Must match pgjobs_operator_types() in schema.sql.
+OPERATOR_TYPES = ("custom", "database-backup", "file-cleanup")
 
 
 def record_settings(conn: psycopg.Connection[Any], settings: Settings) -> None:
@@ -26,3 +38,29 @@ def record_settings(conn: psycopg.Connection[Any], settings: Settings) -> None:
                 "max_payload_bytes": settings.max_payload_bytes,
             },
         )
+
+
+def producer_types(conn: psycopg.Connection[Any]) -> list[str] | None:
+    """The allowlist, or None for the default (every type but OPERATOR_TYPES)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query("sql_api_producer_types"))
+        row = cur.fetchone()
+    return None if row is None or row["producer_types"] is None else list(row["producer_types"])
+
+
+def set_producer_types(
+    conn: psycopg.Connection[Any], types: Sequence[str] | None, *, actor: str
+) -> list[str] | None:
+    """Replace the allowlist (None = back to the default), recorded in job_audit."""
+    chosen = None if types is None else sorted({validate_type(t) for t in types})
+    with conn.transaction():
+        conn.execute(query("sql_api_set_producer_types"), {"types": chosen})
+        conn.execute(
+            query("sql_api_record_audit"),
+            {
+                "actor": actor,
+                "action": "producer-types",
+                "detail": json.dumps({"types": chosen}),
+            },
+        )
+    return chosen

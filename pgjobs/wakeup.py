@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Callable, Collection
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -31,8 +30,9 @@ DELAYED_CHANNEL = "pgjobs_delayed"
 
 
 class Listener:
-    """Delivers NOTIFY payloads to callbacks: a queue got jobs, a job is to be cancelled,
-    a delayed job may be due earlier than planned."""
+    """Delivers NOTIFY payloads to callbacks: a queue got jobs, a worker should look for
+    jobs to cancel, a delayed job may be due earlier than planned. Any database login
+    can send these: the callbacks treat them as hints to look, never as orders."""
 
     def __init__(
         self,
@@ -40,7 +40,7 @@ class Listener:
         owner: str,
         *,
         on_jobs: Callable[[str], None],
-        on_cancel: Callable[[UUID], None],
+        on_cancel: Callable[[str], None],
         on_delayed: Callable[[], None],
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
@@ -104,10 +104,7 @@ class Listener:
         if channel == JOBS_CHANNEL:
             self._on_jobs(payload)
         elif channel == CANCEL_CHANNEL:
-            try:
-                self._on_cancel(UUID(payload))
-            except ValueError:
-                log.debug("ignoring malformed cancel notification %r", payload)
+            self._on_cancel(payload)
         elif channel == DELAYED_CHANNEL:
             self._on_delayed()
 

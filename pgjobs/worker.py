@@ -123,6 +123,7 @@ class Worker:
         self._claim_seconds = RunningAverage()
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._cancel_hinted = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
         self._start_done = asyncio.Event()
@@ -187,7 +188,7 @@ class Worker:
                 self.settings.require_database_url(),
                 self.name,
                 on_jobs=self._on_jobs,
-                on_cancel=self._on_cancel,
+                on_cancel=self._on_cancel_hint,
                 on_delayed=self._on_delayed,
                 on_reconnect=self._wake.set,
             )
@@ -204,6 +205,9 @@ class Worker:
             )
             self._maintenance.start()
         self._background.append(asyncio.create_task(self._heartbeat_loop(), name="pgjobs-beat"))
+        self._background.append(
+            asyncio.create_task(self._cancel_check_loop(), name="pgjobs-cancel-check")
+        )
         self._fetch_task = asyncio.create_task(self._fetch_loop(), name="pgjobs-fetch")
         log.info(
             "worker %s started queues=%s concurrency=%d",
@@ -509,6 +513,37 @@ class Worker:
     def _on_delayed(self) -> None:
         if self._maintenance is not None:
             self._maintenance.poke("stage")
+
+    def _on_cancel_hint(self, payload: str) -> None:
+        """A cancel notification. Any database login may send one, so it only makes the
+        worker read which of its jobs were asked to cancel; the row decides. It names the
+        worker (older releases named the job): others' are ignored without a query."""
+        held = self._held()
+        if held and (payload == str(self.id) or payload in {str(i) for i in held}):
+            self._cancel_hinted.set()
+
+    async def _cancel_check_loop(self) -> None:
+        while True:
+            await self._cancel_hinted.wait()
+            self._cancel_hinted.clear()
+            held = self._held()
+            if not held:
+                continue
+            try:
+                async with (
+                    self._pool.connection() as conn,
+                    conn.cursor(row_factory=dict_row) as cur,
+                ):
+                    await cur.execute(
+                        query("cancel_requested_runs"), {"worker": self.id, "ids": list(held)}
+                    )
+                    requested = [row["id"] for row in await cur.fetchall()]
+            except (psycopg.Error, OSError) as exc:
+                # The heartbeat reads the same flag, so the cancel is only late.
+                log.warning("checking for cancelled jobs failed (%s)", exc)
+                continue
+            for job_id in requested:
+                self._on_cancel(job_id)
 
     def _on_cancel(self, job_id: UUID) -> None:
         running = self._running.get(job_id)

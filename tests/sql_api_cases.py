@@ -133,6 +133,29 @@ CASES: list[Case] = [
         **bad("control character in type", {}, "job type contains a control character"),
         "type": "a\tb",
     },
+    *(
+        {
+            **bad(
+                f"hostile type {name}",
+                {},
+                f"invalid job type {name!r}: use 1-100 characters A-Z a-z 0-9 . _ : - "
+                "starting with a letter or digit",
+            ),
+            "type": name,
+        }
+        # The names tests/test_hostile_input.py sends through every other entry point.
+        for name in (
+            "x'; DROP TABLE jobs; --",
+            "../../etc/passwd",
+            "send email",
+            "send/email",
+            "-leading-dash",
+            ".hidden",
+            "caf\u00e9",
+            'say "hi"',
+            "x" * 99 + "!",
+        )
+    ),
     bad(
         "bad queue",
         {"queue": "Bad Queue"},

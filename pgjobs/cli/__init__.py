@@ -102,18 +102,40 @@ def main() -> None:
 
 
 @main.command()
+@click.option(
+    "--producer-types",
+    default=None,
+    help="Comma-separated job types the SQL API may create (replaces the allowlist); "
+    "'default' for every type except custom, database-backup and file-cleanup.",
+)
 @click.pass_context
 @handle_errors
-def init(ctx: click.Context) -> None:
+def init(ctx: click.Context, producer_types: str | None) -> None:
     """Check PostgreSQL (and Redis if JOBS_REDIS_URL is set), then create or upgrade
     the schema, views and the default queues. Safe to run again, and concurrently."""
     from pgjobs.install import initialise
 
+    wanted = None if producer_types is None else _type_list(producer_types)
     report = initialise(settings_from(ctx))
     for line in report.lines():
         click.echo(line)
     if not report.ok:
         sys.exit(1)
+    if wanted is not None:
+        from pgjobs.cli.producers import apply_producer_types
+
+        apply_producer_types(settings_from(ctx), None if wanted == ["default"] else wanted)
+
+
+def _type_list(value: str) -> list[str]:
+    from pgjobs.options import validate_type
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        fail("--producer-types needs at least one job type, or 'default'")
+    for name in names:
+        validate_type(name)
+    return names
 
 
 @main.command()
@@ -175,9 +197,9 @@ def get(ctx: click.Context, job_id: str) -> None:
 
 def _attach_commands() -> None:
     """Commands grouped by concern live in their own modules beside this one."""
-    from pgjobs.cli import backup, bench, dev, ops, queues, schedules, worker
+    from pgjobs.cli import backup, bench, dev, ops, producers, queues, schedules, worker
 
-    for module in (worker, ops, schedules, dev, backup, bench, queues):
+    for module in (worker, ops, schedules, dev, backup, bench, queues, producers):
         module.register(main)
 
 

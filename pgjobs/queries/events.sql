@@ -32,3 +32,8 @@ SELECT j.id, j.status, j.last_error,
         ORDER BY r.completed_at DESC, r.id DESC LIMIT 1) AS result
 FROM jobs j
 WHERE j.id = ANY (%(ids)s::uuid[]);
+
+-- name: read_event_batches
+-- The events of the batches a consumer was told of: NOTIFY pgjobs_events carries only
+-- a batch id, since any database login may LISTEN (pgjobs_notify_events in schema.sql).
+SELECT id, events FROM job_event_batches WHERE id = ANY (%(ids)s::bigint[]);

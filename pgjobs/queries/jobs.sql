@@ -259,7 +259,9 @@ WHERE j.id = %(id)s;
 -- name: cancel_job
 -- A job that is not running is cancelled at once. A running one is only flagged and its
 -- worker is told (at commit); the worker stops the handler and records the outcome, so
--- the run's fence stays the one place that decides it.
+-- the run's fence stays the one place that decides it. The notification names the
+-- worker, not the job: any login may LISTEN and NOTIFY, so it is only a hint that makes
+-- the worker read cancel_requested_at of the jobs it holds.
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 target AS (SELECT id, status FROM jobs WHERE id = %(id)s FOR UPDATE),
 updated AS (
@@ -271,7 +273,8 @@ updated AS (
     WHERE j.id = t.id AND t.status IN ('pending', 'delayed', 'blocked', 'active')
     RETURNING j.*
 ),
-signal AS (SELECT pg_notify('pgjobs_cancel', u.id::text) FROM updated u WHERE u.status = 'active'),
+signal AS (SELECT pg_notify('pgjobs_cancel', coalesce(u.worker_id::text, ''))
+           FROM updated u WHERE u.status = 'active'),
 -- A job cancelled now settles the jobs waiting on it (a running one does when its
 -- worker records the outcome).
 settled AS (

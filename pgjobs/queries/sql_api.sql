@@ -10,3 +10,14 @@ ON CONFLICT (id) DO UPDATE
         job_timeout_ms = excluded.job_timeout_ms,
         max_payload_bytes = excluded.max_payload_bytes,
         updated_at = excluded.updated_at;
+
+-- name: sql_api_producer_types
+-- The producer allowlist (schema.sql migration 7): NULL = every type but the operator types.
+SELECT producer_types FROM pgjobs_settings;
+
+-- name: sql_api_set_producer_types
+UPDATE pgjobs_settings SET producer_types = %(types)s::text[], updated_at = now();
+
+-- name: sql_api_record_audit
+INSERT INTO job_audit (actor, action, target, detail) VALUES (%(actor)s, %(action)s, NULL,
+                                                             %(detail)s::jsonb);

@@ -227,3 +227,11 @@ SELECT count(*) AS released FROM released CROSS JOIN LATERAL (SELECT count(*) FR
 
 -- name: listen_channels
 LISTEN pgjobs_jobs; LISTEN pgjobs_cancel; LISTEN pgjobs_delayed;
+
+-- name: cancel_requested_runs
+-- Which of the jobs this worker holds were asked to cancel (pgjobs_cancel, App.cancel):
+-- what a cancel notification, a hint any login can send, is checked against.
+SELECT j.id
+FROM jobs j
+WHERE j.worker_id = %(worker)s AND j.status = 'active' AND j.id = ANY (%(ids)s::uuid[])
+  AND j.cancel_requested_at IS NOT NULL;
