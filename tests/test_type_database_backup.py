@@ -146,7 +146,9 @@ async def test_backup_then_restore_into_a_fresh_database(
         assert gzip.decompress(data)[:5] in (b"PGDMP", b"--\n--")
     assert not list(path.parent.glob("*.partial"))
 
-    done = restore_cli(str(path), empty_db_url, tmp_path)
+    # With the key set only encrypted files restore; unencrypted ones restore without it.
+    key = KEY_HEX if payload.get("encrypt") else None
+    done = restore_cli(str(path), empty_db_url, tmp_path, key)
     assert done.returncode == 0, done.stderr
     assert "restored" in done.stdout and "into database" in done.stdout
     assert snapshot(empty_db_url) == snapshot(source_url)
@@ -187,7 +189,7 @@ async def test_restore_into_a_database_that_has_the_tables_fails_atomically(
     backup_app: App, source_url: str, tmp_path: Path
 ) -> None:
     job = await run(backup_app, {"format": "plain"})
-    done = restore_cli(job.result["path"], source_url, tmp_path)
+    done = restore_cli(job.result["path"], source_url, tmp_path, None)
     assert done.returncode == 2
     assert done.stderr.startswith("error: psql failed with exit status")
     assert "already exists" in done.stderr

