@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -156,14 +157,15 @@ class Target:
         return [f"--dbname={self.conninfo}"]
 
 
-def target(url: str, role: str) -> Target:
+def target(url: str, role: str, env: Mapping[str, str] | None = None) -> Target:
+    """`url` for a child process whose environment is `env` (default: ours)."""
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         raise PgJobsError(f"invalid database URL: {exc}") from None
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     password = params.pop("password", None)
-    if password is not None:
+    if password:
         env["PGPASSWORD"] = str(password)
     params.setdefault("application_name", f"pgjobs:{role}:{os.getpid()}")
     database = str(params.get("dbname") or params.get("user") or os.environ.get("PGDATABASE", ""))
