@@ -140,6 +140,43 @@ def _path_list(raw: str) -> tuple[str, ...]:
     return paths
 
 
+def _directory(raw: str) -> str:
+    path = os.path.normpath(raw.strip())
+    if not os.path.isabs(path) or path == os.sep:
+        raise ValueError("an absolute directory other than /")
+    return path
+
+
+def _servers(raw: str) -> tuple[tuple[str, str, str | None], ...]:
+    """`host:port[/dbname]` entries, comma-separated, as (host, port, dbname or None)."""
+    if "@" in raw:
+        # Raised here, not as ValueError: the generic message would quote a password.
+        raise ConfigError(
+            "JOBS_BACKUP_DATABASES must not hold user names or passwords: list host:port "
+            "entries and put the passwords in the worker's ~/.pgpass",
+            variable="JOBS_BACKUP_DATABASES",
+        )
+    entries = []
+    for item in (x.strip() for x in raw.split(",")):
+        if not item:
+            continue
+        parts = urlsplit("//" + item.split("://", 1)[-1])
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            port = 0
+        dbname = parts.path.strip("/") or None
+        if not parts.hostname or port == 0 or (dbname and "/" in dbname):
+            raise ValueError(
+                "comma-separated host:port or host:port/dbname entries, without user or "
+                "password (e.g. db2.internal:5432,reports:5433/sales)"
+            )
+        entries.append((parts.hostname.lower(), str(port), dbname))
+    if not entries:
+        raise ValueError("at least one host:port entry")
+    return tuple(entries)
+
+
 def _encryption_key(raw: str) -> bytes:
     # Raises ConfigError itself: the generic message quotes the value, and this one is secret.
     import base64
@@ -234,7 +271,11 @@ class Settings:
     email_templates_dir: str | None = setting("JOBS_EMAIL_TEMPLATES_DIR", _text)
     email_attachment_roots: tuple[str, ...] = setting("JOBS_EMAIL_ATTACHMENT_ROOTS", _path_list, ())
     http_max_response_bytes: int = setting("JOBS_HTTP_MAX_RESPONSE_BYTES", _positive_int, 65536)
-    backup_dir: str | None = setting("JOBS_BACKUP_DIR", _text)
+    backup_dir: str | None = setting("JOBS_BACKUP_DIR", _directory, "/backups")
+    backup_roots: tuple[str, ...] = setting("JOBS_BACKUP_ROOTS", _path_list, ())
+    backup_databases: tuple[tuple[str, str, str | None], ...] = setting(
+        "JOBS_BACKUP_DATABASES", _servers, ()
+    )
     backup_encryption_key: bytes | None = setting(
         "JOBS_BACKUP_ENCRYPTION_KEY", _encryption_key, secret=True
     )
@@ -247,6 +288,14 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def backup_destination_roots(self) -> tuple[str, ...]:
+        """The directories database-backup may write in: JOBS_BACKUP_ROOTS, or else the
+        one JOBS_BACKUP_DIR."""
+        if self.backup_roots:
+            return self.backup_roots
+        return (self.backup_dir,) if self.backup_dir else ()
 
     def require_database_url(self) -> str:
         if not self.database_url:

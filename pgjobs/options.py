@@ -19,6 +19,7 @@ from pgjobs.config import Settings
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
 from pgjobs.models import PRIORITIES, STATUSES
+from pgjobs.types.builtin import check_payload
 
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,99}$")
 # Job types name the handlers that code registers: letters (either case), digits and
@@ -168,6 +169,7 @@ def new_job(
         ):
             if value is not None:
                 raise ValidationError(f"{name} needs a uniqueKey", field=name)
+    check_payload(settings, type, payload)
     return NewJob(
         id=uuid7(),
         type=validate_type(type),

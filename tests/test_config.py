@@ -38,6 +38,11 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "JOBS_SMTP_FROM": ("Jobs <jobs@example.com>", "Jobs <jobs@example.com>"),
     "JOBS_EMAIL_TEMPLATES_DIR": ("/srv/mail", "/srv/mail"),
     "JOBS_BACKUP_DIR": ("/srv/backups", "/srv/backups"),
+    "JOBS_BACKUP_ROOTS": ("/srv/a:/srv/b", ("/srv/a", "/srv/b")),
+    "JOBS_BACKUP_DATABASES": (
+        "db2:5433, Reports/sales",
+        (("db2", "5433", None), ("reports", "5432", "sales")),
+    ),
     "JOBS_PG_BINDIR": ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/15/bin"),
     "JOBS_CLEANUP_ROOTS": ("/tmp/a:/tmp/b", ("/tmp/a", "/tmp/b")),
     "JOBS_CUSTOM_ACTION_URL": ("https://hasura/act", "https://hasura/act"),
@@ -214,6 +219,21 @@ def test_every_setting_is_read_from_its_variable() -> None:
         (
             {"JOBS_MAX_PAYLOAD_BYTES": "1MB"},
             "JOBS_MAX_PAYLOAD_BYTES must be an integer (got '1MB')",
+        ),
+        (
+            {"JOBS_BACKUP_DIR": "backups"},
+            "JOBS_BACKUP_DIR must be an absolute directory other than / (got 'backups')",
+        ),
+        (
+            {"JOBS_BACKUP_DATABASES": "db2:99999"},
+            "JOBS_BACKUP_DATABASES must be comma-separated host:port or host:port/dbname "
+            "entries, without user or password (e.g. db2.internal:5432,reports:5433/sales) "
+            "(got 'db2:99999')",
+        ),
+        (
+            {"JOBS_BACKUP_DATABASES": "app:hunter2@db2:5432"},
+            "JOBS_BACKUP_DATABASES must not hold user names or passwords: list host:port "
+            "entries and put the passwords in the worker's ~/.pgpass",
         ),
         # A newline in the value stays on the one error line.
         (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import stat
 import uuid
@@ -22,6 +23,7 @@ from pgjobs import App, FrozenClock, Job
 from pgjobs.backups.fileformat import MAGIC
 from pgjobs.backups.pgtools import PgToolNotFound, find_tool, target, tool_version
 from pgjobs.config import Settings
+from pgjobs.errors import ValidationError
 from tests.conftest import make_settings
 from tests.pgjobs_cli import run_pgjobs
 
@@ -146,7 +148,9 @@ async def test_backup_then_restore_into_a_fresh_database(
         assert gzip.decompress(data)[:5] in (b"PGDMP", b"--\n--")
     assert not list(path.parent.glob("*.partial"))
 
-    done = restore_cli(str(path), empty_db_url, tmp_path)
+    # With the key set only encrypted files restore; unencrypted ones restore without it.
+    key = KEY_HEX if payload.get("encrypt") else None
+    done = restore_cli(str(path), empty_db_url, tmp_path, key)
     assert done.returncode == 0, done.stderr
     assert "restored" in done.stdout and "into database" in done.stdout
     assert snapshot(empty_db_url) == snapshot(source_url)
@@ -187,7 +191,7 @@ async def test_restore_into_a_database_that_has_the_tables_fails_atomically(
     backup_app: App, source_url: str, tmp_path: Path
 ) -> None:
     job = await run(backup_app, {"format": "plain"})
-    done = restore_cli(job.result["path"], source_url, tmp_path)
+    done = restore_cli(job.result["path"], source_url, tmp_path, None)
     assert done.returncode == 2
     assert done.stderr.startswith("error: psql failed with exit status")
     assert "already exists" in done.stderr
@@ -218,25 +222,41 @@ async def test_retention_keeps_the_newest(backup_app: App, tmp_path: Path) -> No
     [
         ({"format": "tar"}, "format: must be custom or plain"),
         ({"destination": "s3://backups/weekly"}, "destination: only local directories"),
-        ({"destination": "relative/dir"}, "destination: must be an absolute directory"),
+        ({"destination": "relative/dir"}, "destination: must be an absolute path"),
         ({"retention": 0}, "retention: must be at least 1"),
         ({"compress": "yes"}, "compress: must be true or false"),
         ({"database": "mysql://x"}, "database: must be a PostgreSQL URL"),
     ],
 )
-async def test_bad_payload_is_discarded(
+async def test_bad_payload_is_refused_at_creation_and_discarded_by_the_worker(
     backup_app: App, payload: dict[str, Any], message: str
 ) -> None:
-    job = await run(backup_app, payload)
+    with pytest.raises(ValidationError, match=message):
+        await backup_app.create("database-backup", payload)
+    job = await run_unchecked(backup_app, payload)
     assert job.status == "failed" and job.attempts == 1
     assert message in (job.last_error or "")
     assert job.failures[-1].kind == "discarded"
 
 
+async def run_unchecked(app: App, payload: dict[str, Any]) -> Job:
+    """Insert the job with SQL, as any producer with table access can, skipping the
+    create-time checks; the worker must check again."""
+    with psycopg.connect(app.settings.require_database_url()) as conn:
+        row = conn.execute(
+            "SELECT id FROM pgjobs_enqueue('database-backup', %s::jsonb)", [json.dumps(payload)]
+        ).fetchone()
+    assert row is not None
+    await app.drain()
+    return await app.get(row[0])
+
+
 async def test_encrypt_without_a_key_is_discarded(source_url: str, tmp_path: Path) -> None:
     settings = make_settings(source_url, JOBS_BACKUP_DIR=str(tmp_path))
     async with App(settings) as app:
-        job = await run(app, {"encrypt": True})
+        with pytest.raises(ValidationError, match="JOBS_BACKUP_ENCRYPTION_KEY is not set"):
+            await app.create("database-backup", {"encrypt": True})
+        job = await run_unchecked(app, {"encrypt": True})
     assert job.status == "failed"
     assert "encrypt: JOBS_BACKUP_ENCRYPTION_KEY is not set on the worker" in (job.last_error or "")
 

@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 import pgjobs
 from pgjobs import App, FrozenClock
 from pgjobs.backups.fileformat import read_plain
+from pgjobs.errors import ValidationError
 from pgjobs.scheduler import CronTask
 from tests.conftest import make_settings
 from tests.servers import HttpServer, Reply, Request, SmtpRecorder, http_server, smtp_server
@@ -70,6 +71,7 @@ async def jobs(
         JOBS_SMTP_FROM="Platform <noreply@example.com>",
         JOBS_EMAIL_TEMPLATES_DIR=str(templates),
         JOBS_BACKUP_ENCRYPTION_KEY=KEY,
+        JOBS_BACKUP_DIR=str(tmp_path / "backups"),
         JOBS_CUSTOM_ACTION_URL=web.url("/hasura/actions"),
         JOBS_CUSTOM_ACTION_HEADERS='{"x-hasura-admin-secret": "secret"}',
     )
@@ -228,15 +230,12 @@ async def test_weekly_database_backup(
         chunks, layers = read_plain(f, bytes.fromhex(KEY), path.name)
         assert next(chunks).startswith(b"PGDMP") and layers.encrypted and layers.compressed
 
-    # As written in the spec (an s3:// destination), the job fails at once and says why.
-    s3 = await jobs.create(
-        "database-backup",
-        {"database": db_url, "destination": "s3://backups/weekly", "compress": True},
-    )
-    await jobs.drain()
-    failed = await jobs.get(s3.id)
-    assert failed.status == "failed" and failed.attempts == 1
-    assert "destination: only local directories are supported" in (failed.last_error or "")
+    # As written in the spec (an s3:// destination), the job is refused and says why.
+    with pytest.raises(ValidationError, match="destination: only local directories are supported"):
+        await jobs.create(
+            "database-backup",
+            {"database": db_url, "destination": "s3://backups/weekly", "compress": True},
+        )
 
 
 async def all_jobs(db_url: str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -60,6 +61,19 @@ def tool_version(path: Path) -> str | None:
     if out.returncode != 0 or not match:
         return None
     return match.group(1) + (f".{match.group(2)}" if match.group(2) else "")
+
+
+@cache
+def psql_can_restrict(path: Path) -> bool:
+    """Whether this psql has `\\restrict`, which refuses every meta-command after it
+    (PostgreSQL 13.22, 14.19, 15.14, 16.10, 17.6, 18 and later)."""
+    try:
+        out = subprocess.run(
+            [str(path), "--help=commands"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "\\restrict" in out.stdout
 
 
 def _embedded_dirs() -> list[Path]:
@@ -143,14 +157,15 @@ class Target:
         return [f"--dbname={self.conninfo}"]
 
 
-def target(url: str, role: str) -> Target:
+def target(url: str, role: str, env: Mapping[str, str] | None = None) -> Target:
+    """`url` for a child process whose environment is `env` (default: ours)."""
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         raise PgJobsError(f"invalid database URL: {exc}") from None
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     password = params.pop("password", None)
-    if password is not None:
+    if password:
         env["PGPASSWORD"] = str(password)
     params.setdefault("application_name", f"pgjobs:{role}:{os.getpid()}")
     database = str(params.get("dbname") or params.get("user") or os.environ.get("PGDATABASE", ""))

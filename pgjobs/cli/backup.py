@@ -28,13 +28,28 @@ def register(group: click.Group) -> None:
     is_flag=True,
     help="Custom-format backups: do not restore object ownership (restoring as another role).",
 )
+@click.option(
+    "--allow-unencrypted",
+    is_flag=True,
+    help="Restore FILE even though it is not encrypted while JOBS_BACKUP_ENCRYPTION_KEY "
+    "is set (by default only files that authenticate under the key are restored).",
+)
 @click.pass_context
 @handle_errors
-def backup_restore(ctx: click.Context, file: Path, database_url: str, no_owner: bool) -> None:
+def backup_restore(
+    ctx: click.Context, file: Path, database_url: str, no_owner: bool, allow_unencrypted: bool
+) -> None:
     """Decrypt (with JOBS_BACKUP_ENCRYPTION_KEY) and decompress FILE as a stream and
     restore it with pg_restore (custom format) or psql (plain SQL) of the server's major
-    version, in one transaction: on any error the database is left as it was."""
+    version, in one transaction: on any error the database is left as it was. psql
+    meta-commands (such as \\! shell commands) in a plain SQL file are refused."""
     from pgjobs.backups.restore import restore
 
-    report = restore(file, database_url, settings_from(ctx), no_owner=no_owner)
+    report = restore(
+        file,
+        database_url,
+        settings_from(ctx),
+        no_owner=no_owner,
+        allow_unencrypted=allow_unencrypted,
+    )
     click.echo(report.describe())

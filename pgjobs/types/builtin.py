@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pgjobs.app import Handler
+    from pgjobs.config import Settings
 
 
 def handlers() -> dict[str, Handler]:
@@ -18,3 +19,13 @@ def handlers() -> dict[str, Handler]:
         file_cleanup.TYPE: file_cleanup.handle,
         custom_action.TYPE: custom_action.handle,
     }
+
+
+def check_payload(settings: Settings, type: str, payload: Any) -> None:
+    """Refuse at creation, with a `ValidationError`, a payload a built-in handler would
+    only discard: one that would make it write or connect where it must not. The
+    handler checks again (rows written straight into the table skip this)."""
+    if type == "database-backup":
+        from pgjobs.types import database_backup
+
+        database_backup.check(payload, settings)

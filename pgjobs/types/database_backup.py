@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from pgjobs.backups.fileformat import BackupWriter
 from pgjobs.backups.pgtools import PgTool, PgToolNotFound, find_tool, target
+from pgjobs.backups.sources import DumpSource, resolve
 from pgjobs.db import connect_async
-from pgjobs.errors import Discard
+from pgjobs.errors import Discard, ServiceUnavailable, ValidationError
 from pgjobs.queries import query
 from pgjobs.types import payload as p
+from pgjobs.types.paths import confine
 
 if TYPE_CHECKING:
     from pgjobs.config import Settings
@@ -44,7 +46,7 @@ class BackupFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class BackupRequest:
-    database_url: str
+    source: DumpSource
     destination: Path
     format: str
     compress: bool
@@ -53,23 +55,10 @@ class BackupRequest:
 
 
 def parse(payload: Any, settings: Settings) -> BackupRequest:
+    """The request, or `Discard` naming the field. Checked when the job is created and
+    again by the worker: rows written straight into the table skip the first check."""
     data = p.as_object(payload)
-    url = p.text(data, "database", settings.database_url)
-    if url is None:
-        raise p.bad("database", "required (DATABASE_URL is not set either)")
-    if not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
-        raise p.bad("database", "must be a PostgreSQL URL like postgresql://user@host/db")
-    destination = p.text(data, "destination", settings.backup_dir)
-    if destination is None:
-        raise p.bad("destination", "required (or set JOBS_BACKUP_DIR)")
-    if "://" in destination:
-        raise p.bad(
-            "destination",
-            f"only local directories are supported (got {destination}); copy the file "
-            "to object storage in a job of your own",
-        )
-    if not os.path.isabs(destination):
-        raise p.bad("destination", f"must be an absolute directory path (got {destination!r})")
+    source = resolve(p.text(data, "database", None), settings)
     fmt = p.text(data, "format", "custom")
     if fmt not in FORMATS:
         raise p.bad("format", f"must be custom or plain (got {fmt!r})")
@@ -77,13 +66,36 @@ def parse(payload: Any, settings: Settings) -> BackupRequest:
     if encrypt and settings.backup_encryption_key is None:
         raise p.bad("encrypt", "JOBS_BACKUP_ENCRYPTION_KEY is not set on the worker")
     return BackupRequest(
-        database_url=url,
-        destination=Path(destination),
+        source=source,
+        destination=_destination(data, settings),
         format=fmt,
         compress=p.flag(data, "compress"),
         encrypt=encrypt,
         retention=p.integer(data, "retention", None, minimum=1),
     )
+
+
+def _destination(data: dict[str, Any], settings: Settings) -> Path:
+    raw = p.text(data, "destination", settings.backup_dir)
+    if raw is None:
+        raise p.bad("destination", "required (or set JOBS_BACKUP_DIR)")
+    if "://" in raw:
+        raise p.bad(
+            "destination",
+            f"only local directories are supported so far (got {raw}); copy the file "
+            "to object storage in a job of your own",
+        )
+    setting = "JOBS_BACKUP_ROOTS" if settings.backup_roots else "JOBS_BACKUP_DIR"
+    return confine(raw, settings.backup_destination_roots, field="destination", setting=setting)
+
+
+def check(payload: Any, settings: Settings) -> None:
+    """Refuse at creation (`ValidationError`) a payload the worker would discard."""
+    try:
+        parse(payload, settings)
+    except Discard as exc:
+        field = str(exc).split(":", 1)[0]
+        raise ValidationError(f"{TYPE}: {exc}", field=field) from None
 
 
 def safe_name(database: str) -> str:
@@ -135,7 +147,12 @@ class Source:
 
 
 async def source_info(url: str) -> Source:
-    conn = await connect_async(url, "backup")
+    try:
+        conn = await connect_async(url, "backup")
+    except ServiceUnavailable as exc:
+        raise ServiceUnavailable(
+            str(exc).replace("check DATABASE_URL", "check the job's database")
+        ) from exc
     try:
         cur = await conn.execute(query("backup_source_info"))
         row = await cur.fetchone()
@@ -164,9 +181,9 @@ async def handle(ctx: JobContext, payload: Any) -> dict[str, Any]:
     unknown = p.unknown_fields(p.as_object(payload), KNOWN_FIELDS)
     if unknown:
         ctx.logger.warning("database-backup ignores unknown payload fields: %s", unknown)
-    request = parse(payload, settings)
+    request = await asyncio.to_thread(parse, payload, settings)  # resolves symlinks
     started = time.monotonic()
-    source = await source_info(request.database_url)
+    source = await source_info(request.source.url)
     try:
         tool = await asyncio.to_thread(find_tool, "pg_dump", source.major, settings)
     except PgToolNotFound as exc:
@@ -205,7 +222,7 @@ async def _dump(
     ctx: JobContext, tool: PgTool, request: BackupRequest, source: Source, partial: Path
 ) -> _Written:
     key = ctx.app.settings.backup_encryption_key if request.encrypt else None
-    where = target(request.database_url, "backup")
+    where = target(request.source.url, "backup", request.source.child_env())
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     out = os.fdopen(fd, "wb")
     proc: asyncio.subprocess.Process | None = None
