@@ -122,7 +122,8 @@ async def test_other_failures(action_app: App) -> None:
 async def test_admin_secret_comes_from_settings_and_payload_url_wins(
     db_url: str, hasura: HttpServer
 ) -> None:
-    async with App(make_settings(db_url)) as app:
+    # No configured endpoint: the payload's url is an ordinary outbound call.
+    async with App(make_settings(db_url, JOBS_HTTP_ALLOW="127.0.0.1")) as app:
         job = await run(
             app,
             {"url": hasura.url("/actions"), "action": "greet", "input": {"name": "B"}},

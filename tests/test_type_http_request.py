@@ -25,7 +25,10 @@ def server() -> Iterator[HttpServer]:
 
 @pytest.fixture
 async def http_app(db_url: str) -> AsyncIterator[App]:
-    settings = make_settings(db_url, JOBS_HTTP_MAX_RESPONSE_BYTES="2000")
+    # The test servers listen on loopback, which the default egress policy refuses.
+    settings = make_settings(
+        db_url, JOBS_HTTP_MAX_RESPONSE_BYTES="2000", JOBS_HTTP_ALLOW="127.0.0.1"
+    )
     async with App(settings, clock=FrozenClock()) as application:
         yield application
 
