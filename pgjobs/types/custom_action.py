@@ -119,8 +119,7 @@ def _route(endpoints: frozenset[str], settings: Settings) -> Route:
             "(JOBS_CUSTOM_ACTION_URL, JOBS_CUSTOM_ACTION_ORIGINS)"
         )
 
-    private = frozenset(name.lower() for name, _ in settings.custom_action_headers)
-    return Route(None, private_headers=private, redirect_refusal=refusal)
+    return Route(None, redirect_refusal=refusal)
 
 
 def error_of(response: Response, action: str) -> ActionFailed:

@@ -77,21 +77,18 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where one call may go: `policy` checks every connection (None: the operator's own
-    endpoint, not checked), `redirect_refusal` says why a redirect to another origin is
-    not followed (or None), and `private_headers` never leave the first origin."""
+    """Where one call may go. `policy` checks every connection (None: the operator's own
+    endpoints, not checked). `redirect_refusal` says why a redirect to another origin is
+    not followed, or None; when it is given, the origins it lets through are the
+    operator's and get every header, otherwise credentials stay with the first origin."""
 
     policy: EgressPolicy | None
-    private_headers: frozenset[str] = frozenset()
     redirect_refusal: Callable[[httpx.URL], str | None] | None = None
 
-    def is_private(self, name: str) -> bool:
-        lowered = name.lower()
-        return (
-            lowered in self.private_headers
-            or lowered in CREDENTIAL_HEADERS
-            or any(word in lowered for word in CREDENTIAL_WORDS)
-        )
+
+def is_credential(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in CREDENTIAL_HEADERS or any(word in lowered for word in CREDENTIAL_WORDS)
 
 
 async def send(
@@ -168,15 +165,19 @@ async def _exchange(
             return response
         await response.aclose()
         if _origin(following.url) != _origin(request.url):
-            refusal = route.redirect_refusal(following.url) if route.redirect_refusal else None
-            if refusal is not None:
+            if route.redirect_refusal is None:
+                _drop_credentials(following.headers)
+            elif (refusal := route.redirect_refusal(following.url)) is not None:
                 raise Discard(
                     f"{where}: redirect to {shown(str(following.url))} not followed: {refusal}"
                 )
-            for name in [n for n in following.headers if route.is_private(n)]:
-                del following.headers[name]
         request = following
     raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=request)
+
+
+def _drop_credentials(headers: httpx.Headers) -> None:
+    for name in [n for n in headers if is_credential(n)]:
+        del headers[name]
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
