@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -9,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from pgjobs import App, FrozenClock, Job
+from pgjobs.types.egress import EgressDenied, EgressPolicy, GuardedTransport
 from pgjobs.types.http_request import retry_after_seconds, statuses
 from tests.conftest import make_settings
 from tests.servers import HttpServer, Reply, free_port, http_server
@@ -359,3 +362,30 @@ async def test_url_user_and_password_stay_out_of_logs_and_results(
     assert f"from GET {server.url('/missing')}" in (missing.last_error or "")
     assert "pa55word" not in caplog.text
     assert "pa55word" not in (missing.last_error or "")
+
+
+async def test_connection_goes_to_the_address_that_was_checked(server: HttpServer) -> None:
+    """Names are resolved once, by the policy check, and the connection is made to that
+    address: a name no real resolver knows reaches the listener, with its own name in
+    the Host header, and a public-looking name answering with loopback is refused."""
+    server.routes["/who"] = [Reply(200, "here")]
+    answers = {"svc.pgjobs.test": [ipaddress.ip_address("127.0.0.1")]}
+    looked_up: list[str] = []
+
+    async def stub_dns(host: str, port: int) -> list[Any]:
+        looked_up.append(host)
+        return answers[host]
+
+    async def get(policy: EgressPolicy) -> httpx.Response:
+        transport = GuardedTransport(policy, resolver=stub_dns)
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await client.get(f"http://svc.pgjobs.test:{server.port}/who")
+
+    allowed = await get(EgressPolicy.of(["svc.pgjobs.test"], []))
+    assert allowed.text == "here"
+    assert server.hits("/who")[0].headers["host"] == f"svc.pgjobs.test:{server.port}"
+    assert looked_up == ["svc.pgjobs.test"]
+    with pytest.raises(EgressDenied) as refused:
+        await get(EgressPolicy.of([], []))
+    assert refused.value.reason.startswith("svc.pgjobs.test resolves to 127.0.0.1, a loopback")
+    assert len(server.hits("/who")) == 1

@@ -24,7 +24,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import httpx
@@ -178,24 +178,28 @@ async def resolve(host: str, port: int) -> list[Address]:
     return list(found)
 
 
+Resolver = Callable[[str, int], Awaitable[list[Address]]]
+
+
 class GuardedTransport(httpx.AsyncBaseTransport):
     """Checks each request's destination against the policy, then connects to the
     checked address itself (Host header and TLS server name keep the URL's name)."""
 
-    def __init__(self, policy: EgressPolicy | None) -> None:
+    def __init__(self, policy: EgressPolicy | None, resolver: Resolver | None = None) -> None:
         # No keep-alive: a pooled connection is keyed by address, and one made for one
         # TLS name must not carry a request for another.
         self._inner = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_keepalive_connections=0), trust_env=False
         )
         self._policy = policy
+        self._resolve = resolver or resolve
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._policy is None:
             return await self._inner.handle_async_request(request)
         url = request.url
         port = url.port or (443 if url.scheme == "https" else 80)
-        addresses = await resolve(url.host, port)
+        addresses = await self._resolve(url.host, port)
         reason = self._policy.refusal(url.host, addresses)
         if reason is not None:
             raise EgressDenied(url, reason)
