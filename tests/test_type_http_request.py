@@ -268,6 +268,8 @@ def assert_refused(job: Job, message: str) -> None:
         "http://[fd00:ec2::254]/latest/meta-data/",
         "http://[::ffff:169.254.169.254]/latest/meta-data/",
         "http://[fe80::1]/",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64 of 169.254.169.254
+        "http://[2002:a9fe:a9fe::1]/latest/meta-data/",  # 6to4 of 169.254.169.254
     ],
 )
 async def test_cloud_metadata_is_refused_before_connecting(db_url: str, url: str) -> None:

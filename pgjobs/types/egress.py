@@ -11,7 +11,8 @@ The rules, checked for every hop of a redirect chain and after DNS resolution:
 3. `JOBS_HTTP_ALLOW` entries are allowed: a CIDR by address, a host name (or
    `*.domain`) for whatever addresses it resolves to.
 4. Otherwise only public (globally routable) addresses are allowed: loopback, private,
-   shared (CGNAT), unique-local, multicast and reserved ranges are refused.
+   shared (CGNAT), unique-local, multicast and reserved ranges are refused. A NAT64
+   (`64:ff9b::/96`) or 6to4 address must pass for the IPv4 address it reaches too.
 
 Every address a name resolves to must pass, and the connection goes to a checked
 address (the Host header and TLS server name stay the name), so a DNS answer that
@@ -37,6 +38,7 @@ LINK_LOCAL: tuple[Network, ...] = (
     ipaddress.ip_network("fe80::/10"),
     ipaddress.ip_network("fd00:ec2::254/128"),
 )
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _HOST = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
 
 
@@ -110,9 +112,10 @@ class EgressPolicy:
         if self.deny.names(name):
             return f"{host} is listed in JOBS_HTTP_DENY"
         for address in addresses:
-            reason = self._address_refusal(name, address)
-            if reason is not None:
-                return reason if str(address) == name else f"{host} resolves to {reason}"
+            for checked in (address, *_embedded_ipv4(address)):
+                reason = self._address_refusal(name, checked)
+                if reason is not None:
+                    return reason if str(checked) == name else f"{host} resolves to {reason}"
         return None
 
     def _address_refusal(self, name: str, address: Address) -> str | None:
@@ -137,6 +140,15 @@ class EgressPolicy:
             f"{address}, a {_kind(address)} address; add it (or the host name) to "
             "JOBS_HTTP_ALLOW to call it"
         )
+
+
+def _embedded_ipv4(address: Address) -> list[Address]:
+    """The IPv4 address a NAT64 or 6to4 address reaches, which must pass too."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    if address in NAT64:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    return [address.sixtofour] if address.sixtofour else []
 
 
 def _kind(address: Address) -> str:
