@@ -119,7 +119,7 @@ def _route(endpoints: frozenset[str], settings: Settings) -> Route:
             "(JOBS_CUSTOM_ACTION_URL, JOBS_CUSTOM_ACTION_ORIGINS)"
         )
 
-    return Route(None, redirect_refusal=refusal)
+    return Route(None, origin_refusal=refusal)
 
 
 def error_of(response: Response, action: str) -> ActionFailed:

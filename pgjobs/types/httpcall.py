@@ -78,12 +78,13 @@ class Response:
 @dataclass(frozen=True, slots=True)
 class Route:
     """Where one call may go. `policy` checks every connection (None: the operator's own
-    endpoints, not checked). `redirect_refusal` says why a redirect to another origin is
-    not followed, or None; when it is given, the origins it lets through are the
-    operator's and get every header, otherwise credentials stay with the first origin."""
+    endpoints, not checked). `origin_refusal` says why an origin may not be called, or
+    None; when it is given it is asked for the first request (as httpx parsed its URL)
+    and every redirect, the origins it lets through are the operator's and get every
+    header; otherwise credentials stay with the first origin."""
 
     policy: EgressPolicy | None
-    redirect_refusal: Callable[[httpx.URL], str | None] | None = None
+    origin_refusal: Callable[[httpx.URL], str | None] | None = None
 
 
 def is_credential(name: str) -> bool:
@@ -154,6 +155,9 @@ async def _exchange(
 ) -> httpx.Response:
     """Send `request`, following redirects hop by hop so each target is checked and
     private headers stay with the origin they were meant for."""
+    refusal = route.origin_refusal(request.url) if route.origin_refusal else None
+    if refusal is not None:
+        raise Discard(f"{where}: not sent: {refusal}")
     for hop in range(MAX_REDIRECTS + 1):
         try:
             response = await client.send(request, stream=True)
@@ -165,9 +169,9 @@ async def _exchange(
             return response
         await response.aclose()
         if _origin(following.url) != _origin(request.url):
-            if route.redirect_refusal is None:
+            if route.origin_refusal is None:
                 _drop_credentials(following.headers)
-            elif (refusal := route.redirect_refusal(following.url)) is not None:
+            elif (refusal := route.origin_refusal(following.url)) is not None:
                 raise Discard(
                     f"{where}: redirect to {shown(str(following.url))} not followed: {refusal}"
                 )
