@@ -132,6 +132,27 @@ def _http_url(raw: str) -> str:
     return raw.strip()
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    from pgjobs.types.origins import origin_of
+
+    origins = []
+    for entry in (e.strip() for e in raw.split(",") if e.strip()):
+        parts = urlsplit(entry)
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("comma-separated origins like https://actions.internal:3000")
+        origin = origin_of(entry)
+        if origin is None:
+            raise ValueError("comma-separated origins like https://actions.internal:3000")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _egress_rules(raw: str) -> tuple[str, ...]:
+    from pgjobs.types.egress import parse_rules
+
+    return parse_rules(raw)
+
+
 def _path_list(raw: str) -> tuple[str, ...]:
     # The PATH convention (':'-separated) so paths may contain commas.
     paths = tuple(os.path.normpath(p.strip()) for p in raw.split(os.pathsep) if p.strip())
@@ -271,6 +292,8 @@ class Settings:
     email_templates_dir: str | None = setting("JOBS_EMAIL_TEMPLATES_DIR", _text)
     email_attachment_roots: tuple[str, ...] = setting("JOBS_EMAIL_ATTACHMENT_ROOTS", _path_list, ())
     http_max_response_bytes: int = setting("JOBS_HTTP_MAX_RESPONSE_BYTES", _positive_int, 65536)
+    http_allow: tuple[str, ...] = setting("JOBS_HTTP_ALLOW", _egress_rules, ())
+    http_deny: tuple[str, ...] = setting("JOBS_HTTP_DENY", _egress_rules, ())
     backup_dir: str | None = setting("JOBS_BACKUP_DIR", _directory, "/backups")
     backup_roots: tuple[str, ...] = setting("JOBS_BACKUP_ROOTS", _path_list, ())
     backup_databases: tuple[tuple[str, str, str | None], ...] = setting(
@@ -285,6 +308,7 @@ class Settings:
     custom_action_headers: tuple[tuple[str, str], ...] = setting(
         "JOBS_CUSTOM_ACTION_HEADERS", _headers, (), secret=True
     )
+    custom_action_origins: tuple[str, ...] = setting("JOBS_CUSTOM_ACTION_ORIGINS", _origins, ())
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

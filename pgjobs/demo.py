@@ -147,6 +147,9 @@ def child_environment(resolution: devservices.Resolution, port: int) -> dict[str
     env.update(devservices.service_environment(resolution))
     env["JOBS_DASHBOARD_PORT"] = str(port)
     env["PYTHONUNBUFFERED"] = "1"
+    # The sample http-request job calls the demo's own server, on loopback, which the
+    # default egress policy refuses.
+    env.setdefault("JOBS_HTTP_ALLOW", "127.0.0.0/8,::1,localhost")
     if resolution.postgres.bin_dir is not None:
         # Backups (pg_dump) must use the tools of the server's own major version.
         env["PATH"] = f"{resolution.postgres.bin_dir}{os.pathsep}{env.get('PATH', '')}"

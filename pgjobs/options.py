@@ -160,6 +160,7 @@ def new_job(
         raise ValidationError(f"unknown option '{name}'", field=name)
     if delay is not None and run_at is not None:
         raise ValidationError("give either delay or runAt, not both", field="delay")
+    _check_builtin_payload(type, payload)
     key = _key("uniqueKey", unique_key)
     if key is None:
         for name, value in (
@@ -190,6 +191,15 @@ def new_job(
         rate_limit_key=_key("rateLimitKey", rate_limit_key),
         metadata_json=_metadata(metadata),
     )
+
+
+def _check_builtin_payload(type: Any, payload: Any) -> None:
+    from pgjobs.types import payload_problem
+
+    problem = payload_problem(type, payload) if isinstance(type, str) else None
+    if problem is not None:
+        field, message = problem
+        raise ValidationError(f"payload.{field}: {message}", field=f"payload.{field}")
 
 
 def new_job_from_request(settings: Settings, body: Any) -> NewJob:

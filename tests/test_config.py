@@ -47,6 +47,12 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "JOBS_CLEANUP_ROOTS": ("/tmp/a:/tmp/b", ("/tmp/a", "/tmp/b")),
     "JOBS_CUSTOM_ACTION_URL": ("https://hasura/act", "https://hasura/act"),
     "JOBS_CUSTOM_ACTION_HEADERS": ('{"x-k": "v"}', (("x-k", "v"),)),
+    "JOBS_CUSTOM_ACTION_ORIGINS": (
+        "https://Hasura:8443, http://actions/",
+        ("https://hasura:8443", "http://actions:80"),
+    ),
+    "JOBS_HTTP_ALLOW": ("10.0.0.0/8, API.internal", ("10.0.0.0/8", "api.internal")),
+    "JOBS_HTTP_DENY": ("*.corp.example,fd00::/8", ("*.corp.example", "fd00::/8")),
     "JOBS_BACKUP_ENCRYPTION_KEY": ("00" * 32, bytes(32)),
     "LOG_LEVEL": ("debug", "debug"),
     "JOBS_DASHBOARD_PATH": ("/ops/jobs", "/ops/jobs"),

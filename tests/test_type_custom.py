@@ -3,13 +3,17 @@ Hasura Actions protocol (request body, admin secret, error body)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
 
 from pgjobs import App, FrozenClock, Job
+from pgjobs.web import create_app
 from tests.conftest import make_settings
 from tests.servers import HttpServer, Reply, Request, http_server
 
@@ -122,7 +126,8 @@ async def test_other_failures(action_app: App) -> None:
 async def test_admin_secret_comes_from_settings_and_payload_url_wins(
     db_url: str, hasura: HttpServer
 ) -> None:
-    async with App(make_settings(db_url)) as app:
+    # No configured endpoint: the payload's url is an ordinary outbound call.
+    async with App(make_settings(db_url, JOBS_HTTP_ALLOW="127.0.0.1")) as app:
         job = await run(
             app,
             {"url": hasura.url("/actions"), "action": "greet", "input": {"name": "B"}},
@@ -163,3 +168,114 @@ async def test_url_required_without_setting(db_url: str) -> None:
         job = await run(app, {"action": "api-call"})
     assert job.status == "failed" and job.attempts == 1
     assert "url: required (or set JOBS_CUSTOM_ACTION_URL)" in (job.last_error or "")
+
+
+# ---------------------------------------------------------------- who gets the secret
+
+
+@pytest.fixture
+def thief() -> Iterator[HttpServer]:
+    """A listener of the producer's choosing, on another origin than the action handler."""
+    with http_server() as server:
+        server.routes["/steal"] = [Reply(200, {"stolen": True})]
+        yield server
+
+
+def assert_refused_before_sending(job: Job, thief: HttpServer) -> None:
+    assert job.status == "failed" and job.attempts == 1, job.last_error
+    assert job.failures[-1].kind == "discarded"
+    assert f"url: http://127.0.0.1:{thief.port} is not a configured action endpoint" in (
+        job.last_error or ""
+    )
+    assert thief.requests == []
+
+
+async def test_producer_role_cannot_send_the_admin_secret_to_its_own_url(
+    action_app: App, hasura: HttpServer, thief: HttpServer, db_url: str
+) -> None:
+    payload = json.dumps({"action": "x", "url": thief.url("/steal")})
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SET ROLE pgjobs_producer")
+        row = conn.execute(
+            "SELECT id FROM pgjobs_enqueue('custom', %s, '{\"queue\": \"xq\"}')", (payload,)
+        ).fetchone()
+    assert row is not None
+    await action_app.drain("xq")
+    assert_refused_before_sending(await action_app.get(row[0]), thief)
+    # The configured endpoint still gets its headers.
+    job = await run(action_app, {"action": "greet", "input": {"name": "Ann"}})
+    assert job.status == "completed", job.last_error
+    assert hasura.hits("/actions")[-1].headers["x-hasura-admin-secret"] == SECRET
+
+
+async def test_api_token_holder_cannot_send_the_admin_secret_to_its_own_url(
+    action_app: App, thief: HttpServer
+) -> None:
+    web = create_app(action_app.settings.replace(api_token="t0k"))
+    async with (
+        web.router.lifespan_context(web),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=web),
+            base_url="http://test",
+            headers={"Authorization": "Bearer t0k"},
+        ) as client,
+    ):
+        response = await client.post(
+            "/api/jobs",
+            json={
+                "type": "custom",
+                "queue": "xq",
+                "payload": {"action": "x", "url": thief.url("/steal")},
+            },
+        )
+    assert response.status_code == 201, response.text
+    await action_app.drain("xq")
+    assert_refused_before_sending(await action_app.get(response.json()["id"]), thief)
+
+
+async def test_redirect_to_another_origin_is_not_followed(
+    action_app: App, hasura: HttpServer, thief: HttpServer
+) -> None:
+    hasura.routes["/moved"] = [Reply(307, "", {"Location": thief.url("/steal")})]
+    job = await run(action_app, {"action": "greet", "url": hasura.url("/moved")}, attempts=3)
+    assert job.status == "failed" and job.attempts == 1, job.last_error
+    assert f"redirect to {thief.url('/steal')} not followed" in (job.last_error or "")
+    assert "is not a configured action endpoint" in (job.last_error or "")
+    assert thief.requests == []
+    assert hasura.hits("/moved")[0].headers["x-hasura-admin-secret"] == SECRET
+
+
+async def test_listed_origins_get_the_headers(
+    db_url: str, hasura: HttpServer, thief: HttpServer
+) -> None:
+    """JOBS_CUSTOM_ACTION_ORIGINS names further endpoints; redirects between them are
+    followed, and the configured headers go to each."""
+    thief.routes["/actions"] = action_handler
+    hasura.routes["/moved"] = [Reply(307, "", {"Location": thief.url("/actions")})]
+    settings = make_settings(
+        db_url,
+        JOBS_CUSTOM_ACTION_ORIGINS=f"{hasura.url('')}, http://127.0.0.1:{thief.port}/",
+        JOBS_CUSTOM_ACTION_HEADERS=f'{{"x-hasura-admin-secret": "{SECRET}"}}',
+    )
+    async with App(settings) as app:
+        job = await run(
+            app, {"action": "greet", "url": hasura.url("/moved"), "input": {"name": "C"}}
+        )
+    assert job.status == "completed", job.last_error
+    assert job.result["greeting"] == "hello C"
+    assert thief.hits("/actions")[0].headers["x-hasura-admin-secret"] == SECRET
+
+
+async def test_without_an_endpoint_the_configured_headers_are_never_sent(
+    db_url: str, thief: HttpServer
+) -> None:
+    settings = make_settings(
+        db_url,
+        JOBS_CUSTOM_ACTION_HEADERS=f'{{"x-hasura-admin-secret": "{SECRET}"}}',
+        JOBS_HTTP_ALLOW="127.0.0.1",
+    )
+    async with App(settings) as app:
+        job = await run(app, {"action": "x", "url": thief.url("/steal")})
+    assert job.status == "completed", job.last_error
+    [request] = thief.hits("/steal")
+    assert "x-hasura-admin-secret" not in request.headers

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
 
 from pgjobs import App, Discard, FrozenClock, Job
 from pgjobs.config import load_settings
+from pgjobs.errors import ValidationError
 from pgjobs.types import send_email
+from pgjobs.web import create_app
 from tests.conftest import make_settings
 from tests.servers import SmtpRecorder, free_port, self_signed_cert, smtp_server
 
@@ -403,3 +408,89 @@ def test_sender_required_without_default() -> None:
 def test_html_to_text_drops_markup_and_scripts() -> None:
     html = "<style>p{}</style><h1>Title</h1><p>One &amp; two</p><script>x()</script><br>End"
     assert send_email.html_to_text(html) == "Title\nOne & two\nEnd\n"
+
+
+# ---------------------------------------------------------------- header injection
+
+INJECTED_NAME = "X-A: 1\r\nReply-To: attacker@evil.example\r\nFrom: boss@example.com\r\n\r\nX-B"
+HOSTILE_HEADERS = [
+    ({INJECTED_NAME: "v"}, "is not a header name"),
+    ({"X-A:\nReply-To: attacker@evil.example\nX-B": "v"}, "is not a header name"),
+    ({"X-A B": "v"}, "is not a header name"),
+    ({"Reply-To": "attacker@evil.example"}, "only X- headers may be added"),
+    ({"From": "boss@example.com"}, "only X- headers may be added"),
+    ({"bcc": "spy@evil.example"}, "only X- headers may be added"),
+    ({"Content-Type": "text/html"}, "only X- headers may be added"),
+    ({"MIME-Version": "2.0"}, "only X- headers may be added"),
+    ({"X-Note": "a\u2028Reply-To: attacker@evil.example"}, "must be one line"),
+    ({"X-Note": "a\x0bReply-To: attacker@evil.example"}, "must be one line"),
+]
+
+
+@pytest.mark.parametrize(("headers", "problem"), HOSTILE_HEADERS)
+async def test_hostile_header_written_by_sql_is_discarded_unsent(
+    mail_app: App, smtp: SmtpRecorder, db_url: str, headers: dict[str, str], problem: str
+) -> None:
+    """A producer role's row skips create-time checks: the handler refuses it."""
+    payload = {"to": "user@example.com", "subject": "Hi", "body": "text", "headers": headers}
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SET ROLE pgjobs_producer")
+        row = conn.execute(
+            "SELECT id FROM pgjobs_enqueue('send-email', %s)", (json.dumps(payload),)
+        ).fetchone()
+    assert row is not None
+    await mail_app.drain()
+    job = await mail_app.get(row[0])
+    assert job.status == "failed" and job.attempts == 1, job.last_error
+    assert job.failures[-1].kind == "discarded"
+    assert f"headers.{next(iter(headers))!r}: {problem}" in (job.last_error or "")
+    assert smtp.received == []
+
+
+@pytest.mark.parametrize(("headers", "problem"), HOSTILE_HEADERS)
+async def test_hostile_header_is_refused_when_the_job_is_created(
+    mail_app: App, db_url: str, headers: dict[str, str], problem: str
+) -> None:
+    payload = {"to": "user@example.com", "subject": "Hi", "body": "text", "headers": headers}
+    with pytest.raises(ValidationError, match=problem):
+        await mail_app.create("send-email", payload)
+    web = create_app(mail_app.settings.replace(api_token="t0k"))
+    async with (
+        web.router.lifespan_context(web),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=web),
+            base_url="http://test",
+            headers={"Authorization": "Bearer t0k"},
+        ) as client,
+    ):
+        one = await client.post("/api/jobs", json={"type": "send-email", "payload": payload})
+        bulk = await client.post(
+            "/api/jobs/bulk", json={"jobs": [{"type": "send-email", "payload": payload}]}
+        )
+    # 422 invalid_request, as for any invalid job.
+    for response in (one, bulk):
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request"
+        assert error["message"].startswith("job 0: payload.headers."), error
+        assert problem in error["message"]
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+async def test_added_x_headers_arrive_and_nothing_else(mail_app: App, smtp: SmtpRecorder) -> None:
+    job = await run(
+        mail_app,
+        {
+            "to": "user@example.com",
+            "subject": "Hi",
+            "body": "text",
+            "headers": {"X-Campaign": "spring", "X-Tags": "a\tb"},
+        },
+    )
+    assert job.status == "completed", job.last_error
+    [got] = smtp.received
+    msg = got.message
+    assert msg["X-Campaign"] == "spring"
+    assert msg.get_all("From") == [SENDER]
+    assert "Reply-To" not in msg

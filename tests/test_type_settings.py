@@ -74,6 +74,13 @@ def test_cli_stops_with_one_line_on_a_bad_key(tmp_path: Path) -> None:
         ({"JOBS_PG_BINDIR": "bin"}, "JOBS_PG_BINDIR must be an absolute path"),
         ({"JOBS_CUSTOM_ACTION_URL": "hasura:8080"}, "JOBS_CUSTOM_ACTION_URL must be an http"),
         ({"JOBS_HTTP_MAX_RESPONSE_BYTES": "0"}, "JOBS_HTTP_MAX_RESPONSE_BYTES must be a positive"),
+        ({"JOBS_HTTP_ALLOW": "10.0.0.0/8, http://x"}, "JOBS_HTTP_ALLOW must be a comma-sep"),
+        ({"JOBS_HTTP_DENY": "10.0.0.0/33"}, "JOBS_HTTP_DENY must be a comma-separated"),
+        (
+            {"JOBS_CUSTOM_ACTION_ORIGINS": "https://hasura/actions"},
+            "JOBS_CUSTOM_ACTION_ORIGINS must be comma-separated origins",
+        ),
+        ({"JOBS_CUSTOM_ACTION_ORIGINS": "hasura:8080"}, "JOBS_CUSTOM_ACTION_ORIGINS must be"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], start: str) -> None:

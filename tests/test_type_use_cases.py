@@ -74,6 +74,7 @@ async def jobs(
         JOBS_BACKUP_DIR=str(tmp_path / "backups"),
         JOBS_CUSTOM_ACTION_URL=web.url("/hasura/actions"),
         JOBS_CUSTOM_ACTION_HEADERS='{"x-hasura-admin-secret": "secret"}',
+        JOBS_HTTP_ALLOW="127.0.0.1",  # the web server is on loopback
     )
     async with App(settings, clock=clock) as app:
         yield app

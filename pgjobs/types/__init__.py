@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pgjobs.app import App
@@ -16,3 +16,13 @@ def register_builtin_types(app: App) -> None:
 
     for type_name, handler in builtin.handlers().items():
         app.register(type_name, handler)
+
+
+def payload_problem(type: str, payload: Any) -> tuple[str, str] | None:
+    """(field, problem) when a built-in type's payload carries something that must never
+    be stored, checked as the job is created; the handler checks everything again."""
+    if type == "send-email":
+        from pgjobs.types.mail_headers import headers_problem
+
+        return headers_problem(payload)
+    return None

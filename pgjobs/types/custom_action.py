@@ -7,6 +7,13 @@ The job POSTs the body Hasura itself sends to an action handler,
 
 to `url` (or `JOBS_CUSTOM_ACTION_URL`) with the configured headers
 (`JOBS_CUSTOM_ACTION_HEADERS`, e.g. `x-hasura-admin-secret`) and the payload's own.
+
+The configured headers are credentials, and the payload is written by whoever may
+create jobs, so a payload `url` must be on an action endpoint the operator named: the
+origin of `JOBS_CUSTOM_ACTION_URL` or one of `JOBS_CUSTOM_ACTION_ORIGINS`. Any other
+`url` fails the job before a request is made, and redirects are followed only between
+those origins. Without any configured endpoint a `url` is an ordinary outbound call:
+it gets no configured headers and the `http-request` egress policy applies.
 A 2xx JSON response is the job's result. Any other answer fails the attempt (retried
 like any failure); when the body is a Hasura action error `{"message", "extensions"}`,
 the failure carries that message and the extensions.
@@ -20,7 +27,9 @@ from urllib.parse import urlsplit
 
 from pgjobs.errors import Discard
 from pgjobs.types import payload as p
-from pgjobs.types.httpcall import Response, send
+from pgjobs.types.egress import EgressPolicy
+from pgjobs.types.httpcall import Response, Route, send
+from pgjobs.types.origins import origin_of
 
 if TYPE_CHECKING:
     from pgjobs.config import Settings
@@ -57,16 +66,25 @@ class ActionCall:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise p.bad("url", f"must be an http:// or https:// URL (got {url!r})")
         self.url: str = url
+        self.endpoints = endpoints(settings)
+        if self.endpoints and origin_of(url) not in self.endpoints:
+            raise p.bad(
+                "url",
+                f"{origin_of(url) or url} is not a configured action endpoint: custom jobs "
+                "call only the origin of JOBS_CUSTOM_ACTION_URL and JOBS_CUSTOM_ACTION_ORIGINS",
+            )
         self.input: Any = data.get("input", {})
         session = p.string_map(data, "sessionVariables")
         for name in session:
             if not name.lower().startswith("x-hasura-"):
                 raise p.bad(f"sessionVariables.{name}", "names must start with x-hasura-")
         self.session = {**DEFAULT_SESSION, **{k.lower(): v for k, v in session.items()}}
+        configured = dict(settings.custom_action_headers) if self.endpoints else {}
         self.headers = {
-            **{k.lower(): v for k, v in settings.custom_action_headers},
+            **{k.lower(): v for k, v in configured.items()},
             **{k.lower(): v for k, v in p.string_map(data, "headers").items()},
         }
+        self.route = _route(self.endpoints, settings)
         self.timeout_s = (
             p.integer(data, "timeout", DEFAULT_TIMEOUT_MS, minimum=1, maximum=86_400_000) / 1000
         )
@@ -78,6 +96,30 @@ class ActionCall:
             "session_variables": self.session,
             "request_query": "",
         }
+
+
+def endpoints(settings: Settings) -> frozenset[str]:
+    """The origins the configured headers may be sent to."""
+    configured = origin_of(settings.custom_action_url) if settings.custom_action_url else None
+    return frozenset({*settings.custom_action_origins, *([configured] if configured else [])})
+
+
+def _route(endpoints: frozenset[str], settings: Settings) -> Route:
+    if not endpoints:
+        return Route(EgressPolicy.of(settings.http_allow, settings.http_deny))
+    # The operator's own endpoints are not subject to the outbound policy (an action
+    # handler usually runs next to the worker), but nothing else is reached from them.
+
+    def refusal(url: Any) -> str | None:
+        origin = origin_of(str(url))
+        if origin in endpoints:
+            return None
+        return (
+            f"{origin} is not a configured action endpoint "
+            "(JOBS_CUSTOM_ACTION_URL, JOBS_CUSTOM_ACTION_ORIGINS)"
+        )
+
+    return Route(None, origin_refusal=refusal)
 
 
 def error_of(response: Response, action: str) -> ActionFailed:
@@ -99,6 +141,7 @@ async def handle(ctx: JobContext, payload: Any) -> Any:
     response = await send(
         "POST",
         call.url,
+        route=call.route,
         headers=call.headers,
         json_body=call.body(),
         timeout_s=call.timeout_s,

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 from pgjobs.errors import Discard, RetryIn
 from pgjobs.types import payload as p
-from pgjobs.types.httpcall import HttpTemporaryError, Response, send
+from pgjobs.types.egress import EgressPolicy
+from pgjobs.types.httpcall import HttpTemporaryError, Response, Route, send, shown
 
 if TYPE_CHECKING:
     from pgjobs.context import JobContext
@@ -181,6 +182,7 @@ async def handle(ctx: JobContext, payload: Any) -> dict[str, Any]:
     response = await send(
         request.method,
         request.url,
+        route=Route(EgressPolicy.of(settings.http_allow, settings.http_deny)),
         headers=request.headers,
         params=request.query or None,
         json_body=request.json_body,
@@ -191,7 +193,7 @@ async def handle(ctx: JobContext, payload: Any) -> dict[str, Any]:
     )
     if _in(response.status, request.expected):
         return result_of(response)
-    summary = f"HTTP {response.status} {response.reason} from {request.method} {request.url}"
+    summary = f"HTTP {response.status} {response.reason} from {request.method} {shown(request.url)}"
     if response.body:
         summary += f": {response.snippet()}"
     if not _in(response.status, request.retry_on):

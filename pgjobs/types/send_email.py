@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pgjobs.errors import Discard
 from pgjobs.types import payload as p
+from pgjobs.types.mail_headers import header_problem
 from pgjobs.types.paths import confine
 
 if TYPE_CHECKING:
@@ -154,8 +155,9 @@ def parse(payload: Any, settings: Settings) -> Email:
         text = html_to_text(html)
     headers = p.string_map(data, "headers")
     for name, value in headers.items():
-        if not name.lower().startswith("x-") or "\n" in value or "\r" in value:
-            raise p.bad(f"headers.{name}", "only one-line X- headers may be added")
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise p.bad(f"headers.{name!r}", problem)
     return Email(
         sender=sender,
         to=to,
