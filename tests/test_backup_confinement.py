@@ -120,7 +120,8 @@ async def run_unchecked(app: App, payload: dict[str, Any]) -> Job:
     """Insert the job with SQL, skipping the create-time checks, and let a worker run it."""
     with psycopg.connect(app.settings.require_database_url()) as conn:
         row = conn.execute(
-            "SELECT id FROM pgjobs_enqueue('database-backup', %s::jsonb, '{\"attempts\": 1}')",
+            "INSERT INTO jobs (type, payload, max_attempts) "
+            "VALUES ('database-backup', %s::jsonb, 1) RETURNING id",
             [json.dumps(payload)],
         ).fetchone()
     assert row is not None

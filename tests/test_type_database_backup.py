@@ -244,7 +244,8 @@ async def run_unchecked(app: App, payload: dict[str, Any]) -> Job:
     create-time checks; the worker must check again."""
     with psycopg.connect(app.settings.require_database_url()) as conn:
         row = conn.execute(
-            "SELECT id FROM pgjobs_enqueue('database-backup', %s::jsonb)", [json.dumps(payload)]
+            "INSERT INTO jobs (type, payload) VALUES ('database-backup', %s::jsonb) RETURNING id",
+            [json.dumps(payload)],
         ).fetchone()
     assert row is not None
     await app.drain()
