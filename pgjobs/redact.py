@@ -103,17 +103,28 @@ def _unescape(key: str) -> str:
 
 
 class SecretsFilter(logging.Filter):
-    """Masks secrets in every record of the logger it is attached to."""
+    """Masks secrets in every record of the logger it is attached to. The arguments
+    are masked one by one, keeping their shape: formatters such as uvicorn's access
+    log unpack them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):
-            return True
-        masked = mask_text(message)
-        if masked != message:
-            record.msg, record.args = masked, None
+        if isinstance(record.msg, str):
+            record.msg = mask_text(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_masked_arg(a) for a in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {k: _masked_arg(v) for k, v in record.args.items()}
         return True
+
+
+def _masked_arg(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    shown = str(value)
+    masked = mask_text(shown)
+    return value if masked == shown else masked
 
 
 def filter_loggers(*names: str) -> None:
