@@ -737,3 +737,27 @@ async def test_dashboard_mounted_elsewhere(settings: Settings, db: Conn) -> None
             assert response.headers["location"] == f"/ops/jobs/jobs/{job}?done=retry&n=1"
             assert (await client.get("/dashboard")).status_code == 404
             assert audit(db)[0]["actor"] == "dashboard:anonymous"
+
+
+async def test_csrf_cookie_is_secure_over_https(settings: Settings, db: Conn) -> None:
+    job = insert_job(db, status="failed")
+    web = make_web(settings)
+    async with web.router.lifespan_context(web):
+        transport = httpx.ASGITransport(app=web)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="https://test", auth=ADMIN
+        ) as browser:
+            page = await browser.get(f"/dashboard/jobs/{job}")
+            cookie = page.headers["set-cookie"]
+            assert (
+                "Secure" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+            )
+            token = re.findall(r'name="csrf" value="([0-9a-f]+)"', page.text)[0]
+            # Over https the page's own origin is https://test; http://test is another.
+            target = f"/dashboard/jobs/{job}/retry"
+            plain = await browser.post(target, data={"csrf": token}, headers=ORIGIN)
+            assert plain.status_code == 403 and status_of(db, job) == "failed"
+            ok = await browser.post(
+                target, data={"csrf": token}, headers={"Origin": "https://test"}
+            )
+            assert ok.status_code == 303 and status_of(db, job) == "pending"
