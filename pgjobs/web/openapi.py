@@ -366,8 +366,14 @@ def _schemas() -> dict[str, Schema]:
         "Health": _obj(
             {
                 "status": {"type": "string", "enum": ["ok", "error"]},
-                "database": {"type": "string", "description": "ok or down: <reason>"},
-                "redis": {"type": "string", "description": "ok, disabled or down: <reason>"},
+                "database": {
+                    "type": "string",
+                    "description": "ok or down (down: <reason> with the API token)",
+                },
+                "redis": {
+                    "type": "string",
+                    "description": "ok, disabled or down (down: <reason> with the API token)",
+                },
                 "version": STR,
             },
             ["status", "database", "redis", "version"],
