@@ -68,8 +68,9 @@ def open_server(db_url: str) -> Iterator[str]:
 
 
 def test_cross_site_text_plain_post_creates_no_job(open_server: str, db: Conn) -> None:
-    # What <form enctype="text/plain" method="post" action=".../api/jobs"> sends.
-    body = '{"type": "evil", "payload": {}, "x": "="}'
+    # What <form enctype="text/plain" method="post" action=".../api/jobs"> sends for a
+    # field named '{"type": "evil", "payload": {"a": "' with the value '"}}'.
+    body = '{"type": "evil", "payload": {"a": "="}}'
     for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
         response = httpx.post(
             f"{open_server}/api/jobs", content=body, headers={"Content-Type": media}
@@ -252,9 +253,11 @@ def test_health_tells_only_token_holders_why(db_url: str) -> None:
 
 
 def test_urllib_gets_the_413_of_an_oversized_body(db_url: str, db: Conn) -> None:
-    # JOBS_MAX_PAYLOAD_BYTES=1000: single-job bodies are limited to 67,536 bytes.
-    with running_server(db_url, JOBS_MAX_PAYLOAD_BYTES="1000") as base:
-        body = json.dumps({"type": "big", "payload": {"blob": "x" * 200_000}}).encode()
+    # JOBS_MAX_PAYLOAD_BYTES=1000000: single-job bodies are limited to 2,065,536 bytes.
+    # The body is larger than the socket buffers, so urllib is still sending it when a
+    # server that does not read it answers and closes the connection.
+    with running_server(db_url, JOBS_MAX_PAYLOAD_BYTES="1000000") as base:
+        body = json.dumps({"type": "big", "payload": {"blob": "x" * 8_000_000}}).encode()
         request = urllib.request.Request(
             f"{base}/api/jobs",
             data=body,
