@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from pgjobs.errors import ConfigError
+from pgjobs.redact import MASK, mask_urls
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -99,6 +99,28 @@ def _host(raw: str) -> str:
     if not raw.strip() or any(c.isspace() for c in raw.strip()):
         raise ValueError("a host name or IP address")
     return raw.strip()
+
+
+def _host_list(raw: str) -> tuple[str, ...]:
+    # Host names only: the Host header's port is not part of the check.
+    import ipaddress
+
+    hosts = []
+    for entry in (e.strip().lower().rstrip(".") for e in raw.split(",")):
+        if not entry:
+            continue
+        bare = entry[1:-1] if entry.startswith("[") and entry.endswith("]") else entry
+        if ":" in bare:
+            try:
+                bare = str(ipaddress.IPv6Address(bare))
+            except ValueError:
+                raise ValueError("host names or addresses without a port") from None
+        elif not bare or any(c.isspace() or c in "/@?#" for c in bare) or "*" in bare[1:]:
+            raise ValueError("host names or addresses (*.example.com, *), comma-separated")
+        hosts.append(bare)
+    if not hosts:
+        raise ValueError("host names or addresses, comma-separated")
+    return tuple(hosts)
 
 
 # ---- settings of the built-in job types
@@ -244,8 +266,10 @@ def _headers(raw: str) -> tuple[tuple[str, str], ...]:
 def setting(
     env: str, parse: Callable[[str], Any], default: Any = None, *, secret: bool = False
 ) -> Any:
-    """Declare a field read from environment variable `env` (`secret`: kept out of repr)."""
-    return field(default=default, repr=not secret, metadata={"env": env, "parse": parse})
+    """Declare a field read from environment variable `env` (`secret`: masked in repr)."""
+    return field(
+        default=default, repr=not secret, metadata={"env": env, "parse": parse, "secret": secret}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +280,7 @@ class Settings:
     dashboard_port: int = setting("JOBS_DASHBOARD_PORT", _port, 3105)
     dashboard_host: str = setting("JOBS_DASHBOARD_HOST", _host, "127.0.0.1")
     dashboard_path: str = setting("JOBS_DASHBOARD_PATH", _path, "/dashboard")
+    allowed_hosts: tuple[str, ...] = setting("JOBS_ALLOWED_HOSTS", _host_list, ())
     default_concurrency: int = setting("JOBS_DEFAULT_CONCURRENCY", _positive_int, 5)
     retry_attempts: int = setting("JOBS_RETRY_ATTEMPTS", _positive_int, 3)
     retry_delay_ms: int = setting("JOBS_RETRY_DELAY", _non_negative_int, 5000)
@@ -277,9 +302,9 @@ class Settings:
     listen: bool = setting("JOBS_LISTEN", _bool, True)
     rate_limit_fail_open: bool = setting("JOBS_RATE_LIMIT_FAIL_OPEN", _bool, False)
     app: str | None = setting("JOBS_APP", _text)
-    api_token: str | None = setting("JOBS_API_TOKEN", _text)
+    api_token: str | None = setting("JOBS_API_TOKEN", _text, secret=True)
     dashboard_user: str | None = setting("JOBS_DASHBOARD_USER", _text)
-    dashboard_password: str | None = setting("JOBS_DASHBOARD_PASSWORD", _text)
+    dashboard_password: str | None = setting("JOBS_DASHBOARD_PASSWORD", _text, secret=True)
     dashboard_readonly: bool = setting("JOBS_DASHBOARD_READONLY", _bool, False)
     dashboard_readonly_user: str | None = setting("JOBS_DASHBOARD_READONLY_USER", _text)
     dashboard_readonly_password: str | None = setting(
@@ -309,6 +334,21 @@ class Settings:
         "JOBS_CUSTOM_ACTION_HEADERS", _headers, (), secret=True
     )
     custom_action_origins: tuple[str, ...] = setting("JOBS_CUSTOM_ACTION_ORIGINS", _origins, ())
+
+    def __repr__(self) -> str:
+        # Secrets never reach a log line or a traceback: URL passwords and secret
+        # settings are masked (str() is this too).
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"] and value not in (None, ()):
+                text = repr(MASK)
+            elif isinstance(value, str):
+                text = repr(mask_urls(value))
+            else:
+                text = repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"Settings({', '.join(shown)})"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -357,11 +397,8 @@ def load_settings(
     return Settings(**values)
 
 
-_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/\s]*@")
-
-
 def _shown(raw: str) -> str:
     """`raw` as an error message may quote it: a URL's password masked (error lines end
     up in logs), at most 100 characters."""
-    masked = _URL_PASSWORD.sub(r"\1***@", raw)
+    masked = mask_urls(raw)
     return repr(masked if len(masked) <= 100 else masked[:97] + "...")

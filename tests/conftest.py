@@ -30,6 +30,8 @@ TEST_ENV = {
     "JOBS_HEARTBEAT_INTERVAL": "500",
     "JOBS_RETRY_DELAY": "100",
     "LOG_LEVEL": "debug",
+    # In-process clients (httpx over ASGI) use http://test as their base URL.
+    "JOBS_ALLOWED_HOSTS": "test,localhost,127.0.0.1,::1",
 }
 
 

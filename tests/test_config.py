@@ -434,3 +434,49 @@ def test_cli_without_database_url(tmp_path: Path) -> None:
         "error: DATABASE_URL is not set: give a URL like postgresql://user@127.0.0.1:5432/db\n"
     )
     assert result.stdout == ""
+
+
+def test_repr_of_settings_shows_no_secret() -> None:
+    secrets = {
+        "DATABASE_URL": "postgresql://app:pg-pass-1@db.example:5432/jobs",
+        "JOBS_REDIS_URL": "redis://:redis-pass-2@cache.example:6379/0",
+        "JOBS_API_TOKEN": "api-token-3",
+        "JOBS_DASHBOARD_USER": "admin",
+        "JOBS_DASHBOARD_PASSWORD": "dash-pass-4",
+        "JOBS_DASHBOARD_READONLY_USER": "viewer",
+        "JOBS_DASHBOARD_READONLY_PASSWORD": "ro-pass-5",
+        "JOBS_DASHBOARD_SECRET": "csrf-key-6",
+        "JOBS_SMTP_URL": "smtp://mailer:smtp-pass-7@mail.example:587",
+        "JOBS_CUSTOM_ACTION_URL": "https://hook:hook-pass-8@hooks.example/run",
+        "JOBS_CUSTOM_ACTION_HEADERS": '{"x-admin-secret": "header-secret-9"}',
+        "JOBS_BACKUP_ENCRYPTION_KEY": "ab" * 32,
+    }
+    s = load_settings(secrets, env_file=None)
+    assert s.api_token == "api-token-3" and s.database_url == secrets["DATABASE_URL"]
+    for shown in (repr(s), str(s), f"{s}", repr([s])):
+        for value in (
+            "pg-pass-1",
+            "redis-pass-2",
+            "api-token-3",
+            "dash-pass-4",
+            "ro-pass-5",
+            "csrf-key-6",
+            "smtp-pass-7",
+            "hook-pass-8",
+            "header-secret-9",
+            "abab",
+        ):
+            assert value not in shown, value
+        assert "postgresql://app:***@db.example:5432/jobs" in shown
+        assert "redis://:***@cache.example:6379/0" in shown
+        assert "dashboard_user='admin'" in shown
+
+
+def test_allowed_hosts() -> None:
+    parsed = load_settings(
+        {"JOBS_ALLOWED_HOSTS": " Jobs.Example.com. ,[::1], *.corp.example"}, env_file=None
+    )
+    assert parsed.allowed_hosts == ("jobs.example.com", "::1", "*.corp.example")
+    for bad in ("jobs.example.com:8080", "http://jobs.example.com", "a b", "evil*.com", ","):
+        with pytest.raises(ConfigError, match="JOBS_ALLOWED_HOSTS"):
+            load_settings({"JOBS_ALLOWED_HOSTS": bad}, env_file=None)

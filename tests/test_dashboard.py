@@ -22,7 +22,7 @@ from pgjobs.config import Settings
 from pgjobs.ops import Ops
 from pgjobs.web import create_app
 from pgjobs.web.dashboard import pages
-from pgjobs.web.dashboard.security import CsrfSigner
+from pgjobs.web.dashboard.security import CSRF_COOKIE, CsrfSigner
 from tests.opsdata import insert_job, snapshot, status_of
 
 pytestmark = pytest.mark.anyio
@@ -148,9 +148,10 @@ def make_web(settings: Settings, **changes: Any) -> Starlette:
     )
 
 
-def token_for(user: str) -> str:
-    """The CSRF token a page would give `user` (read-only users get no forms)."""
-    return CsrfSigner(SECRET).token(user)
+def token_for(user: str, browser: str = "0" * 64) -> str:
+    """The CSRF token a page would give `user` in the browser whose secret (cookie) is
+    `browser` (read-only users get no forms)."""
+    return CsrfSigner(SECRET).token(user, browser)
 
 
 @pytest.fixture
@@ -513,8 +514,9 @@ async def test_posts_without_csrf_or_from_elsewhere_are_refused(dash: Dash, db: 
     before = snapshot(db)
     target = f"/dashboard/jobs/{failed}/retry"
     token = await token_of(dash.admin)
-    viewer_token = token_for("viewer")
-    assert token == token_for("admin")
+    browser = dash.admin.cookies[CSRF_COOKIE]
+    viewer_token = token_for("viewer", browser)
+    assert token == token_for("admin", browser)
     attempts = [
         dash.admin.post(target, data={}, headers=ORIGIN),
         dash.admin.post(target, data={"csrf": ""}, headers=ORIGIN),
@@ -525,6 +527,12 @@ async def test_posts_without_csrf_or_from_elsewhere_are_refused(dash: Dash, db: 
         dash.admin.post(target, data={"csrf": token}, headers={"Origin": "http://test:8080"}),
         dash.admin.post(target, data={"csrf": token}, headers={"Referer": "https://evil/x"}),
         dash.admin.post(target, content=json.dumps({"csrf": token}), headers=ORIGIN),
+        # A token of this user made for another browser, and this browser's token sent
+        # without its cookie.
+        dash.admin.post(target, data={"csrf": token_for("admin", "1" * 64)}, headers=ORIGIN),
+        dash.anonymous.post(target, data={"csrf": token}, headers=ORIGIN, auth=ADMIN),
+        # The right host under another scheme.
+        dash.admin.post(target, data={"csrf": token}, headers={"Origin": "https://test"}),
     ]
     for attempt in attempts:
         response = await attempt
@@ -729,3 +737,27 @@ async def test_dashboard_mounted_elsewhere(settings: Settings, db: Conn) -> None
             assert response.headers["location"] == f"/ops/jobs/jobs/{job}?done=retry&n=1"
             assert (await client.get("/dashboard")).status_code == 404
             assert audit(db)[0]["actor"] == "dashboard:anonymous"
+
+
+async def test_csrf_cookie_is_secure_over_https(settings: Settings, db: Conn) -> None:
+    job = insert_job(db, status="failed")
+    web = make_web(settings)
+    async with web.router.lifespan_context(web):
+        transport = httpx.ASGITransport(app=web)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="https://test", auth=ADMIN
+        ) as browser:
+            page = await browser.get(f"/dashboard/jobs/{job}")
+            cookie = page.headers["set-cookie"]
+            assert (
+                "Secure" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+            )
+            token = re.findall(r'name="csrf" value="([0-9a-f]+)"', page.text)[0]
+            # Over https the page's own origin is https://test; http://test is another.
+            target = f"/dashboard/jobs/{job}/retry"
+            plain = await browser.post(target, data={"csrf": token}, headers=ORIGIN)
+            assert plain.status_code == 403 and status_of(db, job) == "failed"
+            ok = await browser.post(
+                target, data={"csrf": token}, headers={"Origin": "https://test"}
+            )
+            assert ok.status_code == 303 and status_of(db, job) == "pending"

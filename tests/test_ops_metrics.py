@@ -58,7 +58,7 @@ async def test_metrics_counters_match_the_database_after_1000_jobs(app: App, db:
     web = create_app(app.settings, app=app)
     async with web.router.lifespan_context(web):
         transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             text = (await http.get("/metrics")).text
 
     processed: Counter[tuple[str, str, str]] = Counter()

@@ -80,10 +80,13 @@ def server(ctx: click.Context, host: str | None, port: str | None) -> None:
 
     from pgjobs.db import connect_sync
     from pgjobs.web import create_app
-    from pgjobs.web.auth import startup_problem
+    from pgjobs.web.auth import is_loopback, startup_problem
+    from pgjobs.web.hosts import allowed_hosts
 
     settings = settings_from(ctx)
     bind_host = (host or settings.dashboard_host).strip()
+    # The bind address is one of the host names the server answers to.
+    settings = settings.replace(dashboard_host=bind_host)
     bind_port = settings.dashboard_port
     if port is not None:
         if not port.strip().isdigit() or not 1 <= int(port) <= 65535:
@@ -96,6 +99,12 @@ def server(ctx: click.Context, host: str | None, port: str | None) -> None:
     shown = f"[{bind_host}]" if ":" in bind_host else bind_host
     dashboard = f", dashboard at {settings.dashboard_path}" if settings.dashboard_enabled else ""
     click.echo(f"pgjobs server on http://{shown}:{bind_port}{dashboard}", err=True)
+    if not settings.allowed_hosts and not is_loopback(bind_host):
+        click.echo(
+            f"answering only requests for {', '.join(allowed_hosts(settings))}: "
+            "set JOBS_ALLOWED_HOSTS to the names clients use",
+            err=True,
+        )
     uvicorn.run(
         create_app(settings),
         host=bind_host,

@@ -8,6 +8,8 @@ by pgjobs.web.errors.
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,8 +18,11 @@ from starlette.routing import BaseRoute, Route
 from pgjobs import __version__
 from pgjobs.errors import ValidationError
 from pgjobs.install import redis_status
-from pgjobs.ops import JobFilter, Ops
+from pgjobs.models import Job
+from pgjobs.ops import JobFilter, JobPage, Ops
+from pgjobs.redact import mask_json_text, mask_secrets
 from pgjobs.web import metrics as metrics_text
+from pgjobs.web.auth import token_ok
 from pgjobs.web.openapi import openapi_document
 from pgjobs.web.requests import (
     bool_param,
@@ -34,6 +39,7 @@ BODY_OVERHEAD = 64 * 1024
 BULK_BODY_LIMIT = 32 * 1024 * 1024
 HEALTH_TIMEOUT_S = 3.0
 API_ACTOR = "api"
+log = logging.getLogger("pgjobs.web")
 
 
 def ops_of(request: Request) -> Ops:
@@ -49,7 +55,11 @@ def single_body_limit(request: Request) -> int:
 
 
 async def health(request: Request) -> Response:
-    """200 when PostgreSQL answers, 503 when it does not; Redis is reported, never fatal."""
+    """200 when PostgreSQL answers, 503 when it does not; Redis is reported, never fatal.
+
+    /health is open to anyone, so why a service is down (error text naming hosts,
+    users, databases) is only shown to callers with the API token, and logged; others
+    read "down"."""
     ops = ops_of(request)
     database = "ok"
     try:
@@ -63,14 +73,29 @@ async def health(request: Request) -> Response:
         )
     except TimeoutError:
         redis = "down: timed out"
+    for name, state in (("database", database), ("redis", redis)):
+        if state.startswith("down"):
+            log.warning("health: %s %s", name, state)
     ok = database == "ok"
+    detailed = _has_token(request)
     body = {
         "status": "ok" if ok else "error",
-        "database": database,
-        "redis": redis[:300],
+        "database": database if detailed else _generic(database),
+        "redis": redis[:300] if detailed else _generic(redis),
         "version": __version__,
     }
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _has_token(request: Request) -> bool:
+    token = ops_of(request).settings.api_token
+    return (
+        token is not None and token != "" and token_ok(request.headers.get("authorization"), token)
+    )
+
+
+def _generic(state: str) -> str:
+    return "down" if state.startswith("down") else state
 
 
 async def metrics(request: Request) -> Response:
@@ -88,10 +113,25 @@ async def openapi(request: Request) -> Response:
 # ------------------------------------------------------------------ jobs
 
 
+def shown_job(job: Job) -> dict[str, Any]:
+    """A job as the API shows it: secrets in its payload, results, metadata and error
+    texts masked (handlers get the real values). No field of a job itself has a name
+    that looks secret, so only the values inside them are touched."""
+    out: dict[str, Any] = mask_secrets(job.to_dict())
+    return out
+
+
+def shown_page(page: JobPage) -> dict[str, Any]:
+    out: dict[str, Any] = mask_secrets(page.to_dict())
+    for summary in out["jobs"]:
+        summary["payload_preview"] = mask_json_text(summary["payload_preview"] or "")
+    return out
+
+
 async def create_job(request: Request) -> Response:
     body = object_body(await read_json(request, single_body_limit(request)))
     job = await ops_of(request).create_job(body)
-    return JSONResponse(job.to_dict(), status_code=201)
+    return JSONResponse(shown_job(job), status_code=201)
 
 
 async def create_jobs(request: Request) -> Response:
@@ -118,22 +158,22 @@ async def list_jobs(request: Request) -> Response:
     page = await ops_of(request).list_jobs(
         filters, limit=query_param(request, "limit"), cursor=query_param(request, "cursor")
     )
-    return JSONResponse(page.to_dict())
+    return JSONResponse(shown_page(page))
 
 
 async def get_job(request: Request) -> Response:
     job = await ops_of(request).get_job(job_id_param(request))
-    return JSONResponse(job.to_dict())
+    return JSONResponse(shown_job(job))
 
 
 async def retry_job(request: Request) -> Response:
     job = await ops_of(request).retry_job(job_id_param(request), actor=API_ACTOR)
-    return JSONResponse(job.to_dict())
+    return JSONResponse(shown_job(job))
 
 
 async def cancel_job(request: Request) -> Response:
     job = await ops_of(request).cancel_job(job_id_param(request), actor=API_ACTOR)
-    return JSONResponse(job.to_dict())
+    return JSONResponse(shown_job(job))
 
 
 async def delete_job(request: Request) -> Response:

@@ -3,7 +3,9 @@
 The lifespan opens one `pgjobs.App` (its psycopg pool is created inside the running
 event loop) and closes it on shutdown. Routes: pgjobs.web.api (REST, /health, /metrics,
 /openapi.json) and, when JOBS_DASHBOARD_ENABLED, pgjobs.web.dashboard at
-JOBS_DASHBOARD_PATH. Authentication wraps everything (pgjobs.web.auth).
+JOBS_DASHBOARD_PATH. The Host allowlist and Origin check (pgjobs.web.hosts), then
+authentication (pgjobs.web.auth), wrap everything; log lines of the server pass
+through pgjobs.redact so payload and URL secrets stay out of them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,25 @@ from starlette.middleware import Middleware
 
 from pgjobs.app import App
 from pgjobs.config import Settings
+from pgjobs.errors import ConfigError
 from pgjobs.ops import Ops
+from pgjobs.redact import filter_loggers
 from pgjobs.web import api, dashboard
-from pgjobs.web.auth import AuthMiddleware
+from pgjobs.web.auth import AuthMiddleware, credentials_problem
 from pgjobs.web.errors import exception_handlers
+from pgjobs.web.hosts import HostGuard
 
+# What the server process logs through (a logger's filters do not apply to its children).
+SERVER_LOGGERS = (
+    "pgjobs.web",
+    "pgjobs.web.dashboard",
+    "pgjobs.events",
+    "pgjobs.limits",
+    "pgjobs.redis",
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+)
 # A request waits at most this long for a database connection, then gets a 503.
 ACQUIRE_TIMEOUT_S = 5.0
 
@@ -29,6 +45,10 @@ def create_app(settings: Settings, *, app: App | None = None) -> Starlette:
     """The web application. Pass `app` to share an existing App (it is then not closed
     on shutdown); otherwise one is created from `settings`."""
 
+    problem = credentials_problem(settings)
+    if problem:
+        raise ConfigError(problem)
+    filter_loggers(*SERVER_LOGGERS)
     board = dashboard.Dashboard.create(settings) if settings.dashboard_enabled else None
 
     @asynccontextmanager
@@ -52,7 +72,10 @@ def create_app(settings: Settings, *, app: App | None = None) -> Starlette:
         routes += dashboard.routes(board)
     web = Starlette(
         routes=routes,
-        middleware=[Middleware(AuthMiddleware, settings=settings)],
+        middleware=[
+            Middleware(HostGuard, settings=settings),
+            Middleware(AuthMiddleware, settings=settings),
+        ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

@@ -4,10 +4,13 @@
 - `/api/*`, `/metrics` and `/openapi.json` need `Authorization: Bearer $JOBS_API_TOKEN`
   when a token is configured.
 - The dashboard needs HTTP Basic auth with JOBS_DASHBOARD_USER / JOBS_DASHBOARD_PASSWORD;
-  with those unset but a token configured, Basic auth with the token as password (any
-  user name) or the Bearer token opens it, so no route is left open by accident. A
-  second, read-only login (JOBS_DASHBOARD_READONLY_USER / _PASSWORD) may be configured;
-  `request.state.read_only` tells the dashboard which kind of user is asking.
+  with those unset but a token configured, only `Authorization: Bearer $JOBS_API_TOKEN`
+  opens it (the audit actor is then `dashboard:token`), so no route is left open by
+  accident and no caller can choose the name written to the audit trail. A user name
+  without its password (or the reverse) is a configuration error: the server refuses
+  to start (`credentials_problem`). A second, read-only login
+  (JOBS_DASHBOARD_READONLY_USER / _PASSWORD) may be configured; `request.state.read_only`
+  tells the dashboard which kind of user is asking.
 
 Secrets are compared with `hmac.compare_digest` so timing reveals nothing about them.
 Binding to a non-loopback address without credentials is refused by `pgjobs server`
@@ -77,14 +80,12 @@ def basic_ok(header: str | None, user: str, password: str) -> bool:
 def dashboard_user(settings: Settings, header: str | None) -> str | None:
     """The authenticated dashboard user, "anonymous" when no credentials are configured,
     or None when the request is not allowed in."""
-    if settings.dashboard_user and settings.dashboard_password:
-        if basic_ok(header, settings.dashboard_user, settings.dashboard_password):
-            return settings.dashboard_user
+    if settings.dashboard_user or settings.dashboard_password:
+        user, password = settings.dashboard_user or "", settings.dashboard_password or ""
+        if user and password and basic_ok(header, user, password):
+            return user
         return None
     if settings.api_token:
-        creds = basic_credentials(header)
-        if creds is not None and _same(creds[1], settings.api_token):
-            return creds[0] or "token"
         return "token" if token_ok(header, settings.api_token) else None
     return "anonymous"
 
@@ -115,10 +116,35 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def credentials_problem(settings: Settings) -> str | None:
+    """A login configured by halves, which must stop the server rather than leave the
+    dashboard open; None when the credentials are coherent."""
+    pairs = (
+        (
+            "JOBS_DASHBOARD_USER",
+            settings.dashboard_user,
+            "JOBS_DASHBOARD_PASSWORD",
+            settings.dashboard_password,
+        ),
+        (
+            "JOBS_DASHBOARD_READONLY_USER",
+            settings.dashboard_readonly_user,
+            "JOBS_DASHBOARD_READONLY_PASSWORD",
+            settings.dashboard_readonly_password,
+        ),
+    )
+    for user_var, user, password_var, password in pairs:
+        if bool(user) != bool(password):
+            given, missing = (user_var, password_var) if user else (password_var, user_var)
+            return f"{given} is set but {missing} is not: set both, or neither"
+    return None
+
+
 def startup_problem(settings: Settings, host: str) -> str | None:
     """Why the server must not listen on `host` with these settings, or None."""
-    if is_loopback(host):
-        return None
+    problem = credentials_problem(settings)
+    if problem or is_loopback(host):
+        return problem
     missing = []
     if not settings.api_token:
         missing.append("JOBS_API_TOKEN")

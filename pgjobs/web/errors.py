@@ -2,7 +2,7 @@
 
     {"error": {"code": "<machine code>", "message": "<one line for a human>"}}
 
-pgjobs errors map to 400/401/404/409/413/422/503; anything unexpected is logged with its
+pgjobs errors map to 400/401/404/409/413/415/422/503; anything unexpected is logged with its
 traceback and answered with a bare 500 that reveals nothing.
 """
 
@@ -52,6 +52,10 @@ class Unauthorized(HTTPError):
 
 class PayloadTooLarge(HTTPError):
     status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(HTTPError):
+    status, code = 415, "unsupported_media_type"
 
 
 STATUS_OF: tuple[tuple[type[PgJobsError], int], ...] = (

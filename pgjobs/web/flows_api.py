@@ -116,7 +116,10 @@ def openapi_paths(errors: dict[str, Any]) -> dict[str, Any]:
                         "description": "The flow's job ids",
                         "content": {"application/json": {"schema": _ref("FlowCreated")}},
                     },
-                    **{code: errors[code] for code in ("400", "401", "409", "413", "422", "503")},
+                    **{
+                        code: errors[code]
+                        for code in ("400", "401", "409", "413", "415", "422", "503")
+                    },
                 },
             }
         }

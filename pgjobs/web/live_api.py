@@ -24,6 +24,7 @@ from pgjobs.errors import JobFailed, ValidationError
 from pgjobs.events import EVENT_NAMES, JobEvent
 from pgjobs.ops import Ops
 from pgjobs.options import validate_queue
+from pgjobs.web.api import shown_job
 from pgjobs.web.requests import job_id_param, object_body, query_param, read_json
 
 API_ACTOR = "api"
@@ -106,7 +107,7 @@ async def wait_job(request: Request) -> Response:
     except TimeoutError:
         done = False
     job = await _ops(request).get_job(job_id)
-    return JSONResponse({"done": done, "job": job.to_dict()})
+    return JSONResponse({"done": done, "job": shown_job(job)})
 
 
 # ------------------------------------------------------------------ events
@@ -269,7 +270,11 @@ def openapi_paths(errors: dict[str, Any]) -> dict[str, Any]:
                     "content": {"application/json": {"schema": _ref("QueueLimitSet")}},
                 },
                 "responses": responses(
-                    {"200": json_body("The queue's limit", "QueueLimit")}, "400", "413", "422"
+                    {"200": json_body("The queue's limit", "QueueLimit")},
+                    "400",
+                    "413",
+                    "415",
+                    "422",
                 ),
             },
             "delete": {

@@ -62,6 +62,7 @@ ERRORS: dict[str, Schema] = {
     "404": _error("No such job, queue or schedule"),
     "409": _error("The request conflicts with the current state"),
     "413": _error("Request body too large"),
+    "415": _error("Request body is not Content-Type: application/json"),
     "422": _error("Invalid field or option"),
     "503": _error("PostgreSQL is unavailable"),
 }
@@ -365,8 +366,14 @@ def _schemas() -> dict[str, Schema]:
         "Health": _obj(
             {
                 "status": {"type": "string", "enum": ["ok", "error"]},
-                "database": {"type": "string", "description": "ok or down: <reason>"},
-                "redis": {"type": "string", "description": "ok, disabled or down: <reason>"},
+                "database": {
+                    "type": "string",
+                    "description": "ok or down (down: <reason> with the API token)",
+                },
+                "redis": {
+                    "type": "string",
+                    "description": "ok, disabled or down (down: <reason> with the API token)",
+                },
                 "version": STR,
             },
             ["status", "database", "redis", "version"],
@@ -500,7 +507,12 @@ def _paths() -> dict[str, Schema]:
                     "content": {"application/json": {"schema": _ref("JobCreate")}},
                 },
                 "responses": _responses(
-                    {"201": _json("The job as stored", _ref("Job"))}, "400", "409", "413", "422"
+                    {"201": _json("The job as stored", _ref("Job"))},
+                    "400",
+                    "409",
+                    "413",
+                    "415",
+                    "422",
                 ),
             },
         },
@@ -517,6 +529,7 @@ def _paths() -> dict[str, Schema]:
                     "400",
                     "409",
                     "413",
+                    "415",
                     "422",
                 ),
             }

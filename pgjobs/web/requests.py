@@ -11,26 +11,78 @@ import json
 from typing import Any
 from uuid import UUID
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from pgjobs.errors import JobNotFound, ValidationError
-from pgjobs.web.errors import BadRequest, PayloadTooLarge
+from pgjobs.web.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+# How much of an oversized body is read and dropped so that the 413 reaches the client.
+DRAIN_FACTOR = 4
+CLOSE = {"Connection": "close"}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing bodies over `limit` bytes with a 413.
+
+    A refused body is still read (and thrown away) up to DRAIN_FACTOR times the limit:
+    clients that send the whole body before reading the answer (urllib, requests)
+    would otherwise see the connection reset instead of the 413. Beyond that bound the
+    connection is closed unread."""
+    declared = request.headers.get("content-length", "")
+    bound = limit * DRAIN_FACTOR
+    if declared.isdigit() and int(declared) > limit:
+        if int(declared) <= bound:
+            await discard(request, bound)
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}", CLOSE)
+    body = bytearray()
+    more = True
+    while more:
+        chunk, more = await _next_chunk(request)
+        body += chunk
+        if len(body) > limit:
+            if more:
+                await discard(request, bound - len(body))
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes", CLOSE)
+    return bytes(body)
+
+
+async def discard(request: Request, bound: int) -> None:
+    """Read and drop the rest of the body, at most about `bound` more bytes."""
+    seen, more = 0, True
+    while more and seen <= bound:
+        chunk, more = await _next_chunk(request)
+        seen += len(chunk)
+
+
+async def _next_chunk(request: Request) -> tuple[bytes, bool]:
+    """(the next piece of the body, whether more follows)."""
+    message = await request.receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    return bytes(message.get("body", b"")), bool(message.get("more_body", False))
 
 
 def _reject_constant(name: str) -> Any:
     raise BadRequest(f"malformed JSON: {name} is not a JSON number")
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """application/json or application/<anything>+json, whatever the parameters."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
 async def read_json(request: Request, limit: int) -> Any:
-    """The request body parsed as JSON, refusing bodies over `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+    """The request body parsed as JSON, refusing bodies over `limit` bytes and any other
+    media type (a cross-site form can send text/plain, never application/json)."""
+    if not is_json_media_type(request.headers.get("content-type")):
+        await discard(request, limit)  # so that the client can read the answer
+        raise UnsupportedMediaType(
+            "request body must be JSON: send Content-Type: application/json",
+            {"Accept-Post": "application/json"},
+        )
+    body = await read_body(request, limit)
     if not body.strip():
         raise BadRequest("request body is empty: send a JSON object")
     try:

@@ -213,7 +213,7 @@ def openapi_paths(errors: dict[str, Any]) -> dict[str, Any]:
                 "summary": "Create a cron schedule",
                 "requestBody": body("ScheduleCreate"),
                 "responses": responses(
-                    {"201": one("The schedule as stored")}, "400", "409", "413", "422"
+                    {"201": one("The schedule as stored")}, "400", "409", "413", "415", "422"
                 ),
             },
         },
@@ -229,7 +229,7 @@ def openapi_paths(errors: dict[str, Any]) -> dict[str, Any]:
                 "summary": "Change fields of a schedule (enable/disable with `enabled`)",
                 "requestBody": body("ScheduleChange"),
                 "responses": responses(
-                    {"200": one("The schedule as stored")}, "400", "404", "409", "413", "422"
+                    {"200": one("The schedule as stored")}, "400", "404", "409", "413", "415", "422"
                 ),
             },
             "delete": {

@@ -26,35 +26,35 @@ def back(url: str) -> Response:
 
 
 async def pause_queue(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     name = queue_name(request)
     await ops_of(request).pause(name, actor=actor(request))
     return back(dash.url("queues", name, done="pause"))
 
 
 async def resume_queue(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     name = queue_name(request)
     await ops_of(request).resume(name, actor=actor(request))
     return back(dash.url("queues", name, done="resume"))
 
 
 async def retry_failed(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     name = queue_name(request)
     report = await ops_of(request).retry(queue=name, limit=MAX_BULK, actor=actor(request))
     return back(dash.url("queues", name, status="failed", done="retry", n=report.count))
 
 
 async def promote_delayed(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     name = queue_name(request)
     promoted = await ops_of(request).promote(queue=name, actor=actor(request))
     return back(dash.url("queues", name, status="delayed", done="promote", n=len(promoted)))
 
 
 async def clean_completed(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     name = queue_name(request)
     deleted = await ops_of(request).clean_queue(name, actor=actor(request))
     return back(dash.url("queues", name, status="completed", done="clean", n=deleted))
@@ -64,19 +64,19 @@ async def clean_completed(request: Request, dash: Dashboard) -> Response:
 
 
 async def retry_job(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     job = await ops_of(request).retry_job(job_id(request), actor=actor(request))
     return back(dash.url("jobs", job.id, done="retry", n=1))
 
 
 async def cancel_job(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     job = await ops_of(request).cancel_job(job_id(request), actor=actor(request))
     return back(dash.url("jobs", job.id, done="cancel"))
 
 
 async def promote_job(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     ops = ops_of(request)
     jid = job_id(request)
     job = await ops.get_job(jid)
@@ -87,7 +87,7 @@ async def promote_job(request: Request, dash: Dashboard) -> Response:
 
 
 async def delete_job(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     ops = ops_of(request)
     jid = job_id(request)
     job = await ops.get_job(jid)
@@ -99,7 +99,7 @@ async def delete_job(request: Request, dash: Dashboard) -> Response:
 
 
 async def retry_group(request: Request, dash: Dashboard) -> Response:
-    form = await checked_form(request, dash.signer)
+    form = await checked_form(request, dash.signer, dash.allowed_hosts)
     if "type" not in form or "error_line" not in form:
         raise ValidationError("retrying a failure group needs its type and error line")
     report = await ops_of(request).retry(
@@ -117,20 +117,20 @@ def schedule_name(request: Request) -> str:
 
 
 async def enable_schedule(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     changes = {"enabled": True}
     await ops_of(request).update_schedule(schedule_name(request), changes, actor=actor(request))
     return back(dash.url("schedules", done="enable"))
 
 
 async def disable_schedule(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     changes = {"enabled": False}
     await ops_of(request).update_schedule(schedule_name(request), changes, actor=actor(request))
     return back(dash.url("schedules", done="disable"))
 
 
 async def delete_schedule(request: Request, dash: Dashboard) -> Response:
-    await checked_form(request, dash.signer)
+    await checked_form(request, dash.signer, dash.allowed_hosts)
     await ops_of(request).delete_schedule(schedule_name(request), actor=actor(request))
     return back(dash.url("schedules", done="schedule-delete"))

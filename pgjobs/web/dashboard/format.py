@@ -8,25 +8,13 @@ without a server. Everything returned is plain text: the templates escape it.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from pgjobs import redact
 from pgjobs.ops import format_duration_ms
 
 MASK = "••••••"
-# Payload keys whose values are never shown: password, passwd, token, access_token,
-# secret, client_secret, authorization, apiKey, api_key, x-api-key, privateKey, ...
-_SECRET_KEY = re.compile(
-    r"pass(word|wd|phrase)?$|^pwd$|token|secret|authori[sz]ation|api[-_ ]?key|"
-    r"private[-_ ]?key|credential|cookie",
-    re.IGNORECASE,
-)
-# A JSON object key followed by its colon, in possibly truncated JSON text.
-_JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
-_JSON_STRING_REST = re.compile(r'"(?:[^"\\]|\\.)*("|$)')
-_JSON_SCALAR = re.compile(r"-?[0-9][0-9.eE+-]*|true|false|null")
 
 
 # ---------------------------------------------------------------- numbers and time
@@ -120,16 +108,13 @@ def first_line(text: str | None) -> str:
 
 
 def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key.strip()))
+    return redact.is_secret_key(key)
 
 
 def mask_secrets(value: Any) -> Any:
-    """A copy of `value` with the value of every secret-looking key replaced by MASK."""
-    if isinstance(value, Mapping):
-        return {k: MASK if is_secret_key(str(k)) else mask_secrets(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [mask_secrets(v) for v in value]
-    return value
+    """A copy of `value` with the value of every secret-looking key replaced by MASK and
+    every URL password by ***."""
+    return redact.mask_secrets(value, MASK)
 
 
 def pretty_json(value: Any, limit: int) -> tuple[str, bool]:
@@ -147,24 +132,8 @@ def compact_json(value: Any, limit: int) -> str:
 
 
 def mask_preview(text: str) -> str:
-    """Mask secrets in a preview of JSON text that may be cut anywhere: a string or
-    scalar value of a secret key is replaced; an object or array value ends the preview
-    there, since its end may not be in the text."""
-    out: list[str] = []
-    pos = 0
-    for match in _JSON_KEY.finditer(text):
-        if match.start() < pos or not is_secret_key(_unescape(match.group(1))):
-            continue
-        out.append(text[pos : match.end()])
-        rest = text[match.end() :]
-        if rest.startswith("{") or rest.startswith("["):
-            out.append(MASK + "…")
-            return "".join(out)
-        value = _JSON_STRING_REST.match(rest) or _JSON_SCALAR.match(rest)
-        out.append(f'"{MASK}"')
-        pos = match.end() + (value.end() if value else 0)
-    out.append(text[pos:])
-    return "".join(out)
+    """Mask secrets in a preview of JSON text that may be cut anywhere."""
+    return redact.mask_json_text(text, MASK)
 
 
 def preview(text: str | None, total_bytes: int | None, limit: int) -> str:
@@ -174,14 +143,6 @@ def preview(text: str | None, total_bytes: int | None, limit: int) -> str:
     masked = " ".join(mask_preview(text).split())
     cut = len(masked) > limit or (total_bytes is not None and total_bytes > len(text))
     return masked[:limit] + ("…" if cut else "")
-
-
-def _unescape(key: str) -> str:
-    try:
-        decoded = json.loads(f'"{key}"')
-    except ValueError:
-        return key
-    return decoded if isinstance(decoded, str) else key
 
 
 def byte_size(n: int | None) -> str:

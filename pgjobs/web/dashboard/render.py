@@ -28,7 +28,16 @@ from pgjobs.ops.service import EXACT_COUNT_LIMIT
 from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.history import HistoryCache
-from pgjobs.web.dashboard.security import SECURITY_HEADERS, CsrfSigner, read_only, user_of
+from pgjobs.web.dashboard.security import (
+    SECURITY_HEADERS,
+    CsrfSigner,
+    browser_secret,
+    new_browser_secret,
+    read_only,
+    set_browser_secret,
+    user_of,
+)
+from pgjobs.web.hosts import allowed_hosts
 
 STATIC_FILES = {
     "dashboard.css": "text/css; charset=utf-8",
@@ -82,6 +91,10 @@ class Dashboard:
     def create(cls, settings: Settings) -> Dashboard:
         return cls(settings=settings, signer=CsrfSigner(settings.dashboard_secret))
 
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        return allowed_hosts(self.settings)
+
     def start(self, ops: Ops) -> None:
         """Begin counting the throughput history (a day of finished jobs) now."""
         self.history.warm_up(ops)
@@ -115,17 +128,24 @@ class Dashboard:
         now: datetime | None = None,
     ) -> HTMLResponse:
         user = user_of(request)
+        browser = browser_secret(request)
+        fresh = browser is None
+        if browser is None:
+            browser = new_browser_secret()
         values = {
             "dashboard": self,
             "url": self.url,
             "static_url": self.static_url,
             "user": user,
             "read_only": read_only(request),
-            "csrf": self.signer.token(user),
+            "csrf": self.signer.token(user, browser),
             "refresh_ms": self.settings.dashboard_refresh_ms,
             "exact_limit": EXACT_COUNT_LIMIT,
             "now": now or datetime.now(UTC),
             **context,
         }
         html = self.templates.get_template(f"dashboard/{template}").render(values)
-        return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+        response = HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+        if fresh:
+            set_browser_secret(response, request, browser, self.base or "/")
+        return response
