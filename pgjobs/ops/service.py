@@ -9,6 +9,7 @@ Every state change is recorded in `job_audit` with the actor that asked for it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -69,6 +70,8 @@ PAYLOAD_PREVIEW_CHARS = 200
 EXACT_COUNT_LIMIT = 5000
 SAMPLE_ROWS = 20_000
 AUDIT_MAX_IDS = 1000
+
+log = logging.getLogger("pgjobs.ops")
 
 
 def window_hours(value: Any) -> float:
@@ -256,10 +259,20 @@ class Ops:
 
     # ------------------------------------------------------------ jobs
 
-    async def create_job(self, body: Mapping[str, Any]) -> Job:
+    async def create_job(self, body: Mapping[str, Any]) -> Job | UUID:
         """Create one job from an API-shaped body {"type", "queue", "payload", "options"}."""
         (job_id,) = await self.app.create_many([body])
-        return await self.app.get(job_id)
+        return await self.read_back(job_id)
+
+    async def read_back(self, job_id: UUID) -> Job | UUID:
+        """The job just created, or only its id when reading it fails: it is committed,
+        so the caller must still hear that it was created (an error would be retried,
+        creating it twice)."""
+        try:
+            return await self.app.get(job_id)
+        except Exception as exc:
+            log.warning("job %s created, but reading it back failed (%s)", job_id, exc)
+            return job_id
 
     async def create_jobs(self, bodies: Sequence[Any]) -> list[UUID]:
         """Create many API-shaped jobs in one transaction (all or none)."""

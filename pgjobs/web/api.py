@@ -8,6 +8,7 @@ by pgjobs.web.errors.
 from __future__ import annotations
 
 import asyncio
+from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -91,6 +92,8 @@ async def openapi(request: Request) -> Response:
 async def create_job(request: Request) -> Response:
     body = object_body(await read_json(request, single_body_limit(request)))
     job = await ops_of(request).create_job(body)
+    if isinstance(job, UUID):  # created; only reading it back failed
+        return JSONResponse({"id": str(job)}, status_code=201)
     return JSONResponse(job.to_dict(), status_code=201)
 
 
