@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pgjobs.cli import handle_errors, settings_from
+from pgjobs.cli.output import echo
 
 
 def register(group: click.Group) -> None:
@@ -37,4 +38,4 @@ def backup_restore(ctx: click.Context, file: Path, database_url: str, no_owner: 
     from pgjobs.backups.restore import restore
 
     report = restore(file, database_url, settings_from(ctx), no_owner=no_owner)
-    click.echo(report.describe())
+    echo(report.describe())
