@@ -20,6 +20,7 @@ import pytest
 
 from pgjobs.app import App
 from pgjobs.config import Settings
+from tests.opsdata import insert_job
 from tests.webserver import running_server
 
 TOKEN = "post-commit-token"
@@ -113,3 +114,48 @@ def test_python_create_returns_its_job_when_redis_fails_after_the_commit(
     finally:
         app.close_sync()
     assert (count(db, "sync-create"), count(db, "sync-many")) == (1, 1)
+
+
+def test_retry_and_cancel_commit_with_their_audit_row_or_not_at_all(db_url: str, db: Conn) -> None:
+    """An audit row written after the change could fail once the change had committed:
+    the API answered 500 for a retry that happened. Now both commit together."""
+    failed = insert_job(db, status="failed", type="audited")
+    waiting = insert_job(db, status="pending", type="audited")
+    db.execute(
+        "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'audit log unavailable'; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON job_audit "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_audit()"
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        running_server(db_url, JOBS_API_TOKEN=TOKEN, LOG_LEVEL="error") as base,
+        httpx.Client(base_url=base, headers=auth, timeout=30) as http,
+    ):
+        assert refused(http, f"/api/jobs/{failed}/retry")
+        assert refused(http, f"/api/jobs/{waiting}/cancel")
+        # Nothing happened, so a client that retries the request does no harm.
+        assert status_of(db, failed) == "failed" and status_of(db, waiting) == "pending"
+        db.execute("DROP TRIGGER refuse_audit ON job_audit")
+        assert http.post(f"/api/jobs/{failed}/retry").status_code == 200
+        assert http.post(f"/api/jobs/{waiting}/cancel").status_code == 200
+    assert status_of(db, failed) == "pending" and status_of(db, waiting) == "cancelled"
+    actions = db.execute("SELECT action FROM job_audit ORDER BY id").fetchall()
+    assert [a["action"] for a in actions] == ["retry", "cancel"]
+
+
+def status_of(db: Conn, job_id: Any) -> str:
+    row = db.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row is not None
+    return str(row["status"])
+
+
+def refused(http: httpx.Client, path: str) -> bool:
+    """Whether the POST failed: a 5xx, or the server dropped the connection (what
+    uvicorn does after an unexpected error in some versions)."""
+    try:
+        return http.post(path).status_code >= 500
+    except httpx.RemoteProtocolError:
+        return True
