@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgjobs import client
 from pgjobs import schedule_service as sched
+from pgjobs.backoff import short_error
 from pgjobs.clock import Clock
 from pgjobs.config import Settings, load_settings
 from pgjobs.db import connect_kwargs, make_pool
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from pgjobs.events import EventHub, EventStream
     from pgjobs.wakeup import WakeupPublisher
     from pgjobs.worker import Worker
+
+log = logging.getLogger("pgjobs.app")
 
 Handler = Callable[["JobContext", Any], Any]
 
@@ -353,19 +357,27 @@ class App:
         names = set(queues)
         if self.settings.redis_url is None or not names:
             return
-        if self._database is None:
-            async with self.connection() as conn:
-                self._database = conn.info.dbname
-        await self._wakeup_publisher().publish(self._database, names)
+        # Best effort: the jobs are committed, so nothing here may raise to the caller
+        # (a request answered with an error after its write is retried: a duplicate).
+        try:
+            if self._database is None:
+                async with self.connection() as conn:
+                    self._database = conn.info.dbname
+            await self._wakeup_publisher().publish(self._database, names)
+        except Exception as exc:
+            log.warning("redis wake-up after commit skipped (%s)", short_error(exc))
 
     def notify_committed_sync(self, queues: Iterable[str]) -> None:
         names = set(queues)
         if self.settings.redis_url is None or not names:
             return
-        if self._database is None:
-            with self.sync_pool().connection() as conn:
-                self._database = conn.info.dbname
-        self._wakeup_publisher().publish_sync(self._database, names)
+        try:
+            if self._database is None:
+                with self.sync_pool().connection() as conn:
+                    self._database = conn.info.dbname
+            self._wakeup_publisher().publish_sync(self._database, names)
+        except Exception as exc:
+            log.warning("redis wake-up after commit skipped (%s)", short_error(exc))
 
     def _wakeup_publisher(self) -> WakeupPublisher:
         from pgjobs.wakeup import WakeupPublisher

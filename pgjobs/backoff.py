@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
+import time
+import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 JITTER = 0.10
@@ -50,3 +55,66 @@ class ReconnectDelay:
 
     def reset(self) -> None:
         self.current = self.first
+
+
+# A loop that ran this long before failing is restarted after the shortest pause again.
+HEALTHY_RUN_S = 60.0
+
+
+async def keep_running(
+    name: str,
+    loop: Callable[[], Awaitable[None]],
+    logger: logging.Logger,
+    *,
+    stopping: asyncio.Event | None = None,
+) -> None:
+    """Run `loop` until it returns; restart it after a growing pause whenever it raises.
+
+    For a process's background loops: a loop that died of an exception nobody expected
+    would leave the process alive (heartbeating, holding a lease) but no longer doing
+    that loop's work. The error is logged with a shortened traceback (a RecursionError's
+    can run to hundreds of kilobytes). Once `stopping` is set, a failure ends the loop
+    and a pause before a restart is cut short, so a stop never waits out the backoff."""
+    delay = ReconnectDelay(first=0.5, maximum=10.0)
+    while True:
+        started = time.monotonic()
+        try:
+            await loop()
+            return
+        except Exception as exc:
+            if stopping is not None and stopping.is_set():
+                return
+            if time.monotonic() - started > HEALTHY_RUN_S:
+                delay.reset()
+            pause = delay.next()
+            logger.error(
+                "%s failed (%s); restarting it in %.1f s\n%s",
+                name,
+                short_error(exc),
+                pause,
+                short_traceback(exc),
+            )
+            if stopping is None:
+                await asyncio.sleep(pause)
+            elif await _wait_for(stopping, pause):
+                return
+
+
+async def _wait_for(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to `timeout` s for `event`; whether it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def short_error(exc: BaseException, limit: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def short_traceback(exc: BaseException, limit: int = 4000) -> str:
+    """The end of `exc`'s traceback (where it was raised), at most `limit` characters."""
+    text = "".join(traceback.format_exception(exc))
+    return text if len(text) <= limit else "…" + text[-limit:]

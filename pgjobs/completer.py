@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgjobs.backoff import ReconnectDelay
+from pgjobs.backoff import ReconnectDelay, keep_running
 from pgjobs.clock import Clock
 from pgjobs.events import JobEvent, Publisher, Route
 from pgjobs.queries import query
@@ -101,7 +101,9 @@ class Completer:
         self._has_items.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pgjobs-completer")
+        self._task = asyncio.create_task(
+            keep_running("recording outcomes", self._run, log), name="pgjobs-completer"
+        )
 
     async def close(self, timeout: float = 10.0) -> None:
         """Flush what is buffered (retrying for up to `timeout` s), then stop."""
@@ -169,6 +171,11 @@ class Completer:
                 log.warning("recording %d outcomes failed (%s); retrying", len(batch), exc)
                 await asyncio.sleep(delay.next())
                 continue
+            except BaseException:
+                # Whatever else failed (keep_running restarts this loop), the batch
+                # must not be lost: it is kept for the next attempt.
+                self._give_back(batch)
+                raise
             delay.reset()
             await self._written(batch, applied)
 

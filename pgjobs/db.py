@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import psycopg
+from psycopg.adapt import AdaptersMap
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from pgjobs.errors import SchemaError, ServiceUnavailable
+from pgjobs.jsonlimits import load_json
 from pgjobs.queries import query
 from pgjobs.resources import read_text
 
@@ -54,11 +57,23 @@ def application_name(role: str, owner: str | None = None) -> str:
 GENERIC_PLANS = " -c plan_cache_mode=force_generic_plan -c enable_sort=off -c enable_seqscan=off"
 
 
+# The adapters of every connection pgjobs opens: json and jsonb are decoded with
+# jsonlimits.load_json, so one stored value nested too deeply (or otherwise beyond
+# Python's decoder) reads as an explanation instead of failing the whole statement —
+# a worker's claim of a batch, an API listing, a dashboard page.
+ADAPTERS = AdaptersMap(psycopg.adapters)
+set_json_loads(load_json, ADAPTERS)
+
+
 def connect_kwargs(
     role: str, owner: str | None = None, *, generic_plans: bool = False
 ) -> dict[str, Any]:
     options = SESSION_OPTIONS + (GENERIC_PLANS if generic_plans else "")
-    return {"application_name": application_name(role, owner), "options": options}
+    return {
+        "application_name": application_name(role, owner),
+        "options": options,
+        "context": ADAPTERS,
+    }
 
 
 def describe_connect_error(url: str, exc: BaseException) -> str:

@@ -68,6 +68,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from pgjobs import cache
+from pgjobs.backoff import keep_running
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.errors import NotFound, ValidationError
@@ -500,7 +501,10 @@ class RateLimiter:
         self._pool = pool
         with contextlib.suppress(psycopg.Error, OSError):  # retried by claim() and the loop
             await self.refresh(pool)
-        self._task = asyncio.create_task(self._loop(pool), name="pgjobs-limits")
+        self._task = asyncio.create_task(
+            keep_running("rate-limit refresh", lambda: self._loop(pool), log),
+            name="pgjobs-limits",
+        )
 
     async def stop(self) -> None:
         if self._task is not None:

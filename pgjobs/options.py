@@ -18,6 +18,7 @@ from uuid import UUID
 from pgjobs.config import Settings
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
+from pgjobs.jsonlimits import depth_error, too_deep
 from pgjobs.models import PRIORITIES, STATUSES
 from pgjobs.types.builtin import check_payload
 
@@ -319,7 +320,9 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
             f"{what} is not JSON-serializable: it contains {problem}", field=what
         ) from None
     except RecursionError:
-        raise ValidationError(f"{what} is nested too deeply", field=what) from None
+        raise ValidationError(depth_error(what), field=what) from None
+    if too_deep(text):
+        raise ValidationError(depth_error(what), field=what)
     unstorable = unstorable_json(text)
     if unstorable is not None:
         raise ValidationError(f"{what} contains {unstorable}", field=what)

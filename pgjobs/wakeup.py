@@ -165,7 +165,12 @@ class WakeupPublisher:
     """The producer's side: after an enqueue commits, publish the queues that got jobs.
 
     Failures are logged and skipped (NOTIFY and the workers' poll still wake them); a
-    Breaker keeps a dead Redis from delaying every enqueue by a timeout."""
+    Breaker keeps a dead Redis from delaying every enqueue by a timeout.
+
+    BEST_EFFORT: any exception counts as a failure, not only Redis and network errors.
+    The jobs are committed by then; a server that answers nonsense makes redis-py
+    raise AttributeError or ValueError during its handshake, and an exception here
+    would turn a created job into an error response that a client retries."""
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -177,25 +182,25 @@ class WakeupPublisher:
         if not queues or not self._breaker.closed:
             return
         loop = asyncio.get_running_loop()
-        if self._async is None or self._async[0] is not loop:
-            self._async = (loop, cache.async_client(self._url))
         try:
+            if self._async is None or self._async[0] is not loop:
+                self._async = (loop, cache.async_client(self._url))
             await self._async[1].publish(
                 cache.Keys(database).jobs_channel, json.dumps(sorted(set(queues)))
             )
             self._breaker.succeeded()
-        except cache.ERRORS as exc:
+        except Exception as exc:  # not only cache.ERRORS: see BEST_EFFORT
             self._breaker.failed(exc)
 
     def publish_sync(self, database: str, queues: Collection[str]) -> None:
         if not queues or not self._breaker.closed:
             return
-        if self._sync is None:
-            self._sync = cache.sync_client(self._url)
         try:
+            if self._sync is None:
+                self._sync = cache.sync_client(self._url)
             self._sync.publish(cache.Keys(database).jobs_channel, json.dumps(sorted(set(queues))))
             self._breaker.succeeded()
-        except cache.ERRORS as exc:
+        except Exception as exc:  # not only cache.ERRORS: see BEST_EFFORT
             self._breaker.failed(exc)
 
     async def close(self) -> None:

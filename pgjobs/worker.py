@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from pgjobs import __version__
-from pgjobs.backoff import ReconnectDelay
+from pgjobs.backoff import ReconnectDelay, keep_running
 from pgjobs.completer import Completer, Outcome
 from pgjobs.context import JobContext
 from pgjobs.db import make_pool
@@ -39,6 +39,7 @@ from pgjobs.errors import StaleRun, ValidationError
 from pgjobs.events import JobEvent, Publisher
 from pgjobs.executor import ClaimedJob, Execution, ThreadRunner
 from pgjobs.ids import uuid7
+from pgjobs.jsonlimits import UndecodableJson
 from pgjobs.limits import RateLimiter
 from pgjobs.maintenance import Maintenance, MaintenanceTask, Stager, default_tasks, run_round
 from pgjobs.options import validate_queue
@@ -125,6 +126,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._cancel_hinted = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # _stopping, for loops that wait on it
         self._stopped = asyncio.Event()
         self._start_done = asyncio.Event()
         self._started = False
@@ -204,11 +206,21 @@ class Worker:
                 self._pool, self.clock, tasks, max_sleep=self.poll_interval
             )
             self._maintenance.start()
-        self._background.append(asyncio.create_task(self._heartbeat_loop(), name="pgjobs-beat"))
         self._background.append(
-            asyncio.create_task(self._cancel_check_loop(), name="pgjobs-cancel-check")
+            asyncio.create_task(
+                keep_running("heartbeat loop", self._heartbeat_loop, log), name="pgjobs-beat"
+            )
         )
-        self._fetch_task = asyncio.create_task(self._fetch_loop(), name="pgjobs-fetch")
+        self._background.append(
+            asyncio.create_task(
+                keep_running("cancel check loop", self._cancel_check_loop, log),
+                name="pgjobs-cancel-check",
+            )
+        )
+        self._fetch_task = asyncio.create_task(
+            keep_running("claiming loop", self._fetch_loop, log, stopping=self._stop_requested),
+            name="pgjobs-fetch",
+        )
         log.info(
             "worker %s started queues=%s concurrency=%d",
             self.id,
@@ -238,6 +250,7 @@ class Worker:
             await self._stopped.wait()
             return
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         self._slot_freed.set()
         try:
@@ -406,7 +419,7 @@ class Worker:
         cycle) by a third. With rate limits, the limiter claims (see pgjobs/limits.py)."""
         if self._limiter.active:
             limited = await self._limiter.claim(self._pool, limit, self.clock)
-            return [ClaimedJob.from_row(row) for row in limited]
+            return self._runnable([ClaimedJob.from_row(row) for row in limited])
         params = {
             "now": self.clock.sql_now(),
             "queues": self.queues,
@@ -423,7 +436,23 @@ class Worker:
         self._claim_seconds.add(elapsed)
         if rows and log.isEnabledFor(logging.DEBUG):
             log.debug("claimed %d jobs in %.1f ms", len(rows), elapsed * 1000)
-        return [ClaimedJob.from_row(row) for row in rows]
+        return self._runnable([ClaimedJob.from_row(row) for row in rows])
+
+    def _runnable(self, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+        """The claimed jobs that can run; the others fail for good. A job whose stored
+        payload or backoff could not be decoded (see jsonlimits) would fail the same way
+        on every attempt, so it is not retried."""
+        runnable = []
+        for job in claimed:
+            reason = _undecodable(job)
+            if reason is None:
+                runnable.append(job)
+                continue
+            log.warning("failing job %s: %s", job.id, reason)
+            outcome = Outcome(job.id, job.attempts, "failed", message=reason)
+            outcome.queue, outcome.type = job.queue, job.type
+            self._completer.add(outcome)
+        return runnable
 
     # ---------------------------------------------------------------- running
 
@@ -761,6 +790,13 @@ class RunHandle:
 
     async def parent_results(self) -> dict[str, Any]:
         return await self._worker.parent_results(self._job)
+
+
+def _undecodable(job: ClaimedJob) -> str | None:
+    for what, value in (("payload", job.payload), ("backoff", job.backoff)):
+        if isinstance(value, UndecodableJson):
+            return f"the job's {what} cannot be decoded: {value.reason}"
+    return None
 
 
 def _log_task_error(task: asyncio.Future[Any]) -> None:

@@ -34,6 +34,14 @@ def bad(name: str, options: dict[str, Any], error: str, **extra: Any) -> Case:
     return {**ok(name, options, **extra), "error": error}
 
 
+def nested(levels: int) -> list[Any]:
+    """Arrays nested `levels` deep."""
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 CASES: list[Case] = [
     # valid
     ok("defaults from settings"),
@@ -180,6 +188,21 @@ CASES: list[Case] = [
         ),
         "payload": {"a": [1, 2, {"b": "é" * 100, "c": []}], "d": {}, "e": "y" * 80},
     },
+    # nesting: 100 levels (the outer object and 99 arrays) pass, 101 do not
+    {**ok("payload nested to the depth limit"), "payload": {"x": nested(99)}},
+    {
+        **bad(
+            "payload nested beyond the depth limit",
+            {},
+            "payload is nested too deeply (the limit is 100 levels)",
+        ),
+        "payload": {"x": [1, {"y": nested(99)}]},
+    },
+    bad(
+        "metadata nested beyond the depth limit",
+        {"metadata": {"x": nested(100)}},
+        "metadata is nested too deeply (the limit is 100 levels)",
+    ),
     bad(
         "unknown priority",
         {"priority": "urgent"},

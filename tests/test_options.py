@@ -261,7 +261,7 @@ CASES = [
     ),
     Case(
         "payload-nested-too-deeply",
-        "payload is nested too deeply",
+        "payload is nested too deeply (the limit is 100 levels)",
         payload=DEEP,
     ),
     Case("payload-set", "payload must be a JSON object", payload={1, 2}),

@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from pgjobs import __version__
+from pgjobs.cli.output import echo, one_line
 from pgjobs.config import Settings, load_settings
 from pgjobs.errors import PgJobsError
 
@@ -22,7 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    echo(f"error: {one_line(message)}", err=True)
     sys.exit(code)
 
 
@@ -51,7 +52,7 @@ def settings_from(ctx: click.Context) -> Settings:
 
 
 def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+    echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
 def parse_json_option(value: str, name: str) -> Any:
@@ -85,7 +86,7 @@ class OneLineErrors(click.Group):
         except click.ClickException as exc:
             fail(" ".join(exc.format_message().split()), exc.exit_code)
         except click.Abort:
-            click.echo("Aborted!", err=True)
+            echo("Aborted!", err=True)
             sys.exit(1)
         # Without standalone mode click returns the exit code of ctx.exit(), or the
         # command's return value (None for every pgjobs command).
@@ -118,7 +119,7 @@ def init(ctx: click.Context, producer_types: str | None) -> None:
     wanted = None if producer_types is None else _type_list(producer_types)
     report = initialise(settings_from(ctx))
     for line in report.lines():
-        click.echo(line)
+        echo(line)
     if not report.ok:
         sys.exit(1)
     if wanted is not None:
@@ -176,7 +177,7 @@ def enqueue(
         )
     finally:
         app.close_sync()
-    click.echo(str(job.id))
+    echo(str(job.id))
 
 
 @main.command()

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pgjobs.cli import handle_errors, settings_from
+from pgjobs.cli.output import echo
 
 
 def register(group: click.Group) -> None:
@@ -52,4 +53,4 @@ def backup_restore(
         no_owner=no_owner,
         allow_unencrypted=allow_unencrypted,
     )
-    click.echo(report.describe())
+    echo(report.describe())

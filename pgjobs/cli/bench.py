@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from pgjobs.cli.output import echo
+
 
 def register(group: click.Group) -> None:
     @group.command()
@@ -46,6 +48,6 @@ def register(group: click.Group) -> None:
         @handle_errors
         def start() -> None:
             report = asyncio.run(run(settings, quick, large_table, memory_jobs))
-            click.echo(f"results written to {save(report, output)}")
+            echo(f"results written to {save(report, output)}")
 
         start()

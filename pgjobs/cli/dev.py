@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from pgjobs.cli.output import echo
+
 DATA_DIR_HELP = "Folder for private servers (default PGJOBS_DATA_DIR or ./.pgjobs)."
 PRIVATE_HELP = "Use private servers in the data folder even when others are reachable."
 
@@ -19,7 +21,7 @@ def _data_dir(value: Path | None) -> Path:
 
 
 def _echo(line: str) -> None:
-    click.echo(line)
+    echo(line)
     sys.stdout.flush()
 
 

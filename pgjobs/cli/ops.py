@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from pgjobs.cli import fail, handle_errors, print_json, settings_from
+from pgjobs.cli.output import echo
 from pgjobs.cli.tables import ago, percent, table
 from pgjobs.config import Settings
 
@@ -98,9 +99,9 @@ def server(ctx: click.Context, host: str | None, port: str | None) -> None:
     connect_sync(settings.require_database_url(), "api").close()
     shown = f"[{bind_host}]" if ":" in bind_host else bind_host
     dashboard = f", dashboard at {settings.dashboard_path}" if settings.dashboard_enabled else ""
-    click.echo(f"pgjobs server on http://{shown}:{bind_port}{dashboard}", err=True)
+    echo(f"pgjobs server on http://{shown}:{bind_port}{dashboard}", err=True)
     if not settings.allowed_hosts and not is_loopback(bind_host):
-        click.echo(
+        echo(
             f"answering only requests for {', '.join(allowed_hosts(settings))}: "
             "set JOBS_ALLOWED_HOSTS to the names clients use",
             err=True,
@@ -153,7 +154,7 @@ def stats(
         return format_stats(report)
 
     if not watch:
-        click.echo(run_ops(settings_from(ctx), once))
+        echo(run_ops(settings_from(ctx), once))
         return
 
     async def loop(ops: Any) -> None:
@@ -168,7 +169,7 @@ def stats(
     try:
         run_ops(settings_from(ctx), loop)
     except KeyboardInterrupt:
-        click.echo("")
+        echo("")
 
 
 def format_stats(report: Any) -> str:
@@ -275,7 +276,7 @@ def retry(
         if as_json:
             print_json(job.to_dict())
         else:
-            click.echo(f"retried {job.id} ({job.type} on {job.queue}): now {job.status}")
+            echo(f"retried {job.id} ({job.type} on {job.queue}): now {job.status}")
         return
     ids = [job_id] if job_id is not None else None
     report = run_ops(
@@ -288,7 +289,7 @@ def retry(
         print_json(report.to_dict())
         return
     if report.count == 0:
-        click.echo("no failed jobs to retry")
+        echo("no failed jobs to retry")
         return
     rows = [
         [
@@ -303,11 +304,11 @@ def retry(
     ]
     headers = ["id", "type", "queue", "attempts", "failed", "last error"]
     if show:
-        click.echo(table(headers, rows))
-        click.echo(f"\n{report.count} retryable job(s); nothing was changed (--show)")
+        echo(table(headers, rows))
+        echo(f"\n{report.count} retryable job(s); nothing was changed (--show)")
     else:
-        click.echo(table(headers[:4], [r[:4] for r in rows]))
-        click.echo(f"\nretried {report.count} job(s)")
+        echo(table(headers[:4], [r[:4] for r in rows]))
+        echo(f"\nretried {report.count} job(s)")
 
 
 @click.command()
@@ -361,7 +362,7 @@ def clean(
     if report.failed_older_than_ms is not None:
         age = format_duration_ms(report.failed_older_than_ms)
         parts.append(f"{report.failed} failed/cancelled (older than {age})")
-    click.echo(f"{verb} {report.total} job(s): " + ", ".join(parts))
+    echo(f"{verb} {report.total} job(s): " + ", ".join(parts))
 
 
 # ------------------------------------------------------------------ queues and jobs
@@ -375,7 +376,7 @@ def clean(
 def pause(ctx: click.Context, queue: str, as_json: bool) -> None:
     """Pause QUEUE: workers stop claiming its jobs (running jobs finish)."""
     state = run_ops(settings_from(ctx), lambda ops: ops.pause(queue, actor=actor()))
-    print_json(state.to_dict()) if as_json else click.echo(f"paused {state.name}")
+    print_json(state.to_dict()) if as_json else echo(f"paused {state.name}")
 
 
 @click.command()
@@ -386,7 +387,7 @@ def pause(ctx: click.Context, queue: str, as_json: bool) -> None:
 def resume(ctx: click.Context, queue: str, as_json: bool) -> None:
     """Resume QUEUE."""
     state = run_ops(settings_from(ctx), lambda ops: ops.resume(queue, actor=actor()))
-    print_json(state.to_dict()) if as_json else click.echo(f"resumed {state.name}")
+    print_json(state.to_dict()) if as_json else echo(f"resumed {state.name}")
 
 
 @click.command()
@@ -400,9 +401,9 @@ def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
     if as_json:
         print_json(job.to_dict())
     elif job.status == "active":
-        click.echo(f"cancel requested for running job {job.id}")
+        echo(f"cancel requested for running job {job.id}")
     else:
-        click.echo(f"cancelled {job.id}")
+        echo(f"cancelled {job.id}")
 
 
 @click.command()
@@ -412,7 +413,7 @@ def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
 def delete(ctx: click.Context, job_id: str) -> None:
     """Delete a job that is not running, with its results and failures."""
     run_ops(settings_from(ctx), lambda ops: ops.delete_job(job_id, actor=actor()))
-    click.echo(f"deleted {job_id}")
+    echo(f"deleted {job_id}")
 
 
 @click.command()
@@ -439,7 +440,7 @@ def queues(ctx: click.Context, as_json: bool) -> None:
         for q in result
     ]
     headers = ["queue", "state", "waiting", "active", "delayed", "failed", "completed", "health"]
-    click.echo(table(headers, rows))
+    echo(table(headers, rows))
 
 
 @click.command()
@@ -453,7 +454,7 @@ def workers(ctx: click.Context, as_json: bool) -> None:
         print_json([w.to_dict() for w in result])
         return
     if not result:
-        click.echo("no workers have registered")
+        echo("no workers have registered")
         return
     rows = [
         [
@@ -478,7 +479,7 @@ def workers(ctx: click.Context, as_json: bool) -> None:
         "heartbeat",
         "alive",
     ]
-    click.echo(table(headers, rows))
+    echo(table(headers, rows))
 
 
 @click.command("jobs")
@@ -521,6 +522,6 @@ def jobs_command(
         ]
         for j in page.jobs
     ]
-    click.echo(table(["id", "type", "queue", "status", "priority", "attempts", "created"], rows))
+    echo(table(["id", "type", "queue", "status", "priority", "attempts", "created"], rows))
     if page.next_cursor:
-        click.echo(f"\nmore: --cursor {page.next_cursor}")
+        echo(f"\nmore: --cursor {page.next_cursor}")

@@ -15,6 +15,7 @@ import click
 
 from pgjobs.cli import fail, handle_errors, print_json, settings_from
 from pgjobs.cli.ops import actor, json_option, run_ops
+from pgjobs.cli.output import echo
 from pgjobs.cli.tables import table
 
 
@@ -72,7 +73,7 @@ def limit_command(
     if as_json:
         print_json(result.to_dict())
     else:
-        click.echo(_line(f"queue {result.queue}", result.limit))
+        echo(_line(f"queue {result.queue}", result.limit))
 
 
 @queue.command("key-limit")
@@ -108,9 +109,9 @@ def key_limit_command(
     if as_json:
         print_json(result.to_dict() if not clear else {"pattern": result.pattern, "cleared": True})
     elif clear:
-        click.echo(f"keys {result.pattern}: no rate limit")
+        echo(f"keys {result.pattern}: no rate limit")
     else:
-        click.echo(_line(f"keys {result.pattern}", result.limit))
+        echo(_line(f"keys {result.pattern}", result.limit))
 
 
 @queue.command("limits")
@@ -134,6 +135,6 @@ def limits_command(ctx: click.Context, as_json: bool) -> None:
     ]
     rows += [["key", k.pattern, k.limit.max_jobs, k.limit.duration_ms] for k in result.keys]
     if not rows:
-        click.echo("no rate limits")
+        echo("no rate limits")
         return
-    click.echo(table(["kind", "name", "max", "duration_ms"], rows))
+    echo(table(["kind", "name", "max", "duration_ms"], rows))

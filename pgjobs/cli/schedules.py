@@ -19,6 +19,7 @@ import click
 import psycopg
 
 from pgjobs.cli import fail, handle_errors, parse_json_option, print_json, settings_from
+from pgjobs.cli.output import echo
 from pgjobs.cli.tables import table
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
@@ -92,7 +93,7 @@ def output(schedule: Schedule, as_json: bool, message: str) -> None:
     if as_json:
         print_json(schedule.to_dict())
     else:
-        click.echo(message)
+        echo(message)
 
 
 def job_options(attempts: int | None, timeout: int | None) -> dict[str, Any]:
@@ -124,9 +125,9 @@ def register(group: click.Group) -> None:
             print_json([s.to_dict() for s in schedules])
             return
         if not schedules:
-            click.echo("no schedules (create one with `pgjobs schedule create`)")
+            echo("no schedules (create one with `pgjobs schedule create`)")
             return
-        click.echo(
+        echo(
             table(
                 ["NAME", "TYPE", "QUEUE", "CRON", "TIMEZONE", "ENABLED", "NEXT RUN", "LAST RUN"],
                 [
@@ -158,7 +159,7 @@ def register(group: click.Group) -> None:
         if as_json:
             print_json(found.to_dict())
         else:
-            click.echo(describe(found))
+            echo(describe(found))
 
     @schedule.command()
     @click.option("--name", required=True, help="Unique name of the schedule.")

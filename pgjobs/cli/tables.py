@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from pgjobs.cli.output import one_line
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
@@ -37,7 +39,7 @@ def _cell(value: object) -> str:
         return f"{value:.2f}"
     if isinstance(value, datetime):
         return ago(value)
-    text = str(value)
+    text = one_line(str(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from pgjobs.cli.output import block
 from pgjobs.config import Settings
 
 
@@ -47,12 +48,18 @@ def load_app(spec: str | None, settings: Settings) -> Any:
     return app
 
 
+class EscapingFormatter(logging.Formatter):
+    """Log lines carry job error messages and other stored text: control characters
+    are escaped before they reach the terminal (see cli.output)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return block(super().format(record))
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 async def serve(

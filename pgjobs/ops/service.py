@@ -9,6 +9,7 @@ Every state change is recorded in `job_audit` with the actor that asked for it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -19,7 +20,16 @@ from uuid import UUID
 import psycopg
 
 from pgjobs.app import App
-from pgjobs.client import Statement, fetch_all_async, fetch_one_async, parse_job_id
+from pgjobs.client import (
+    Statement,
+    cancel_statement,
+    decode_cancel,
+    decode_retry,
+    fetch_all_async,
+    fetch_one_async,
+    parse_job_id,
+    retry_statement,
+)
 from pgjobs.errors import Conflict, JobNotFound, NotFound, ValidationError
 from pgjobs.models import FINISHED, Job
 from pgjobs.ops.filters import DEFAULT_LIMIT, JobFilter, clamp_limit, decode_cursor, encode_cursor
@@ -69,6 +79,8 @@ PAYLOAD_PREVIEW_CHARS = 200
 EXACT_COUNT_LIMIT = 5000
 SAMPLE_ROWS = 20_000
 AUDIT_MAX_IDS = 1000
+
+log = logging.getLogger("pgjobs.ops")
 
 
 def window_hours(value: Any) -> float:
@@ -256,10 +268,20 @@ class Ops:
 
     # ------------------------------------------------------------ jobs
 
-    async def create_job(self, body: Mapping[str, Any]) -> Job:
+    async def create_job(self, body: Mapping[str, Any]) -> Job | UUID:
         """Create one job from an API-shaped body {"type", "queue", "payload", "options"}."""
         (job_id,) = await self.app.create_many([body])
-        return await self.app.get(job_id)
+        return await self.read_back(job_id)
+
+    async def read_back(self, job_id: UUID) -> Job | UUID:
+        """The job just created, or only its id when reading it fails: it is committed,
+        so the caller must still hear that it was created (an error would be retried,
+        creating it twice)."""
+        try:
+            return await self.app.get(job_id)
+        except Exception as exc:
+            log.warning("job %s created, but reading it back failed (%s)", job_id, exc)
+            return job_id
 
     async def create_jobs(self, bodies: Sequence[Any]) -> list[UUID]:
         """Create many API-shaped jobs in one transaction (all or none)."""
@@ -267,14 +289,27 @@ class Ops:
             raise ValidationError(f"jobs must hold 1 to {MAX_BULK} jobs", field="jobs")
         return await self.app.create_many(bodies)
 
+    # The change and its audit row commit together: an audit written afterwards could
+    # fail after the change committed, and the request would be answered with an error
+    # for something that happened.
+
     async def retry_job(self, job_id: UUID | str, *, actor: str) -> Job:
-        job = await self.app.retry(job_id)
-        await self._audit(actor, "retry", str(job.id), {"jobs": [str(job.id)]})
-        return job
+        jid = parse_job_id(job_id)
+        async with self._connection() as conn, conn.transaction():
+            row = await fetch_one_async(conn, retry_statement(jid, self.clock))
+            job = decode_retry(jid, row)
+            await self._audit_in(conn, actor, "retry", str(job.id), {"jobs": [str(job.id)]})
+        if job.status != "blocked":
+            return job
+        # A job with dependencies was settled against them after the row was returned.
+        fresh = await self.read_back(jid)
+        return fresh if isinstance(fresh, Job) else job
 
     async def cancel_job(self, job_id: UUID | str, *, actor: str) -> Job:
-        job = await self.app.cancel(job_id)
-        await self._audit(actor, "cancel", str(job.id), {"status": job.status})
+        jid = parse_job_id(job_id)
+        async with self._connection() as conn, conn.transaction():
+            job = decode_cancel(jid, await fetch_one_async(conn, cancel_statement(jid, self.clock)))
+            await self._audit_in(conn, actor, "cancel", str(job.id), {"status": job.status})
         return job
 
     async def delete_job(self, job_id: UUID | str, *, actor: str) -> None:
@@ -401,7 +436,7 @@ class Ops:
             failed_older_than_ms=failed_older_than_ms,
         )
         if not dry_run and report.total:
-            await self._audit(actor, "clean", None, report.to_dict())
+            await self._audit_after_commit(actor, "clean", None, report.to_dict())
         return report
 
     # ------------------------------------------------------------ queues
@@ -583,7 +618,7 @@ class Ops:
                 "jobs": deleted[:AUDIT_MAX_IDS],
                 "jobs_truncated": len(deleted) > AUDIT_MAX_IDS,
             }
-            await self._audit(actor, "clean", queue, detail)
+            await self._audit_after_commit(actor, "clean", queue, detail)
         return len(deleted)
 
     # ------------------------------------------------------------ internals
@@ -607,9 +642,23 @@ class Ops:
         assert row is not None
         return DatabaseHealth(**row)
 
-    async def _audit(self, actor: str, action: str, target: str | None, detail: Any) -> None:
-        async with self._connection() as conn:
-            await self._audit_in(conn, actor, action, target, detail)
+    async def _audit_after_commit(
+        self, actor: str, action: str, target: str | None, detail: Any
+    ) -> None:
+        """The audit row of work committed in batches (cleaning): failing to write it
+        is logged in full instead of failing the request, whose work is done."""
+        try:
+            async with self._connection() as conn:
+                await self._audit_in(conn, actor, action, target, detail)
+        except Exception as exc:
+            log.error(
+                "audit row not written (%s): actor=%s action=%s target=%s detail=%s",
+                exc,
+                actor,
+                action,
+                target,
+                json.dumps(detail, default=str)[:2000],
+            )
 
     async def _audit_in(
         self, conn: AsyncConn, actor: str, action: str, target: str | None, detail: Any

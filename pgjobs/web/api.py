@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -131,6 +132,8 @@ def shown_page(page: JobPage) -> dict[str, Any]:
 async def create_job(request: Request) -> Response:
     body = object_body(await read_json(request, single_body_limit(request)))
     job = await ops_of(request).create_job(body)
+    if isinstance(job, UUID):  # created; only reading it back failed
+        return JSONResponse({"id": str(job)}, status_code=201)
     return JSONResponse(shown_job(job), status_code=201)
 
 
