@@ -5,6 +5,7 @@ installed package."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -32,41 +33,26 @@ def run(*args: str | Path, cwd: Path) -> str:
     return result.stdout
 
 
+def installer() -> tuple[str, ...]:
+    """An installer for a wheel into another environment: the development environment
+    is built by uv (bin/test), which puts no pip into it; pip where there is one."""
+    uv = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
+    if Path(uv).is_file():
+        return (uv, "pip")
+    return (sys.executable, "-m", "pip")
+
+
 def test_wheel_installs_and_inits_outside_the_repo(tmp_path: Path, empty_db_url: str) -> None:
     dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
     work.mkdir()
 
     # The build backend is installed with the dev tools, so no download is needed.
-    run(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "--no-build-isolation",
-        "-q",
-        "-w",
-        dist,
-        ROOT,
-        cwd=tmp_path,
-    )
+    run(sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", dist, cwd=ROOT)
     [wheel] = list(dist.glob("pgjobs-*.whl"))
 
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
-    run(
-        sys.executable,
-        "-m",
-        "pip",
-        "--python",
-        python,
-        "install",
-        "--no-deps",
-        "--no-index",
-        "-q",
-        wheel,
-        cwd=tmp_path,
-    )
+    run(*installer(), "install", "--python", python, "--no-deps", "--no-index", wheel, cwd=tmp_path)
     # pgjobs itself comes only from the wheel; its dependencies are borrowed from this
     # environment (appended after the venv's own site-packages, so they cannot shadow it).
     site = Path(

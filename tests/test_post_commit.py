@@ -154,8 +154,8 @@ def status_of(db: Conn, job_id: Any) -> str:
 
 def refused(http: httpx.Client, path: str) -> bool:
     """Whether the POST failed: a 5xx, or the server dropped the connection (what
-    uvicorn does after an unexpected error in some versions)."""
+    uvicorn may do after an unexpected error: the answer or a reset)."""
     try:
         return http.post(path).status_code >= 500
-    except httpx.RemoteProtocolError:
+    except (httpx.RemoteProtocolError, httpx.ReadError):
         return True
