@@ -25,7 +25,7 @@ from pgjobs import schedule_service as sched
 from pgjobs.backoff import short_error
 from pgjobs.clock import Clock
 from pgjobs.config import Settings, load_settings
-from pgjobs.db import connect_kwargs, make_pool
+from pgjobs.db import make_pool, make_sync_pool
 from pgjobs.errors import ValidationError
 from pgjobs.flows import CreatedFlow, FlowItem, create_flow_async, create_flow_sync, plan_flow
 from pgjobs.models import Job
@@ -468,15 +468,7 @@ class App:
 
     def sync_pool(self) -> ConnectionPool:
         if self._sync_pool is None:
-            from psycopg.rows import dict_row
-
-            self._sync_pool = ConnectionPool(
-                self.settings.require_database_url(),
-                min_size=1,
-                max_size=4,
-                kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs("api")},
-                open=True,
-            )
+            self._sync_pool = make_sync_pool(self.settings.require_database_url(), "api")
         return self._sync_pool
 
     @asynccontextmanager

@@ -6,6 +6,7 @@ import os
 import re
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
@@ -13,7 +14,7 @@ import psycopg
 from psycopg.adapt import AdaptersMap
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from pgjobs.errors import SchemaError, ServiceUnavailable
 from pgjobs.jsonlimits import load_json
@@ -127,20 +128,76 @@ async def connect_async(
 # background worker, so a checkout right after a return waited for that hand-over
 # (~0.2 ms, a third of a one-row insert).
 RECENT_USE_SECONDS = 1.0
-_checked_out_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+_checked_out_at: weakref.WeakKeyDictionary[psycopg.BaseConnection[Any], float] = (
     weakref.WeakKeyDictionary()
 )
 
+# While no connection can be made, a waiting checkout asks the pool for one this often.
+# psycopg_pool retries a failed connect after 1, 2, 4, 8 ... s and serves a waiting
+# checkout only from such a retry, so a producer came back up to 15 s after the server
+# did. Each new request of an empty pool starts a connect attempt at once instead.
+CHECKOUT_RETRY_SECONDS = 0.2
 
-async def _check_unless_recent(conn: psycopg.AsyncConnection[Any]) -> None:
+
+def _recently_used(conn: psycopg.BaseConnection[Any]) -> bool:
     now = time.monotonic()
     last = _checked_out_at.get(conn)
     _checked_out_at[conn] = now
-    if last is not None and now - last < RECENT_USE_SECONDS:
-        if conn.broken or conn.closed:
-            raise psycopg.OperationalError("connection is broken")
-        return
-    await AsyncConnectionPool.check_connection(conn)
+    if last is None or now - last >= RECENT_USE_SECONDS:
+        return False
+    if conn.broken or conn.closed:
+        raise psycopg.OperationalError("connection is broken")
+    return True
+
+
+async def _check_unless_recent(conn: psycopg.AsyncConnection[Any]) -> None:
+    if not _recently_used(conn):
+        await AsyncConnectionPool.check_connection(conn)
+
+
+def _check_unless_recent_sync(conn: psycopg.Connection[Any]) -> None:
+    if not _recently_used(conn):
+        ConnectionPool.check_connection(conn)
+
+
+def _steps(timeout: float) -> Iterator[float]:
+    """The timeouts of successive checkout attempts that together last `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(CHECKOUT_RETRY_SECONDS, left)
+
+
+class RecoveringPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
+    """A pool whose checkout, while the server is away, keeps asking for a connection
+    every CHECKOUT_RETRY_SECONDS until its timeout: it gets one at most that long after
+    the server accepts connections again.
+
+    With `reconnect_timeout=0` the pool gives up a failed connect after one retry and
+    drops the slot; the next request of an empty pool then grows it again. Only
+    checkouts are retried, never a statement: a lost connection mid-statement is the
+    caller's error (its write may have committed)."""
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        total = self.timeout if timeout is None else timeout
+        for step in _steps(total):
+            try:
+                return await super().getconn(step)
+            except PoolTimeout:
+                continue
+        raise PoolTimeout(f"couldn't get a connection after {total:.2f} sec")
+
+
+class RecoveringSyncPool(ConnectionPool[psycopg.Connection[Any]]):
+    """RecoveringPool for synchronous callers (the App's `*_sync` methods)."""
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        total = self.timeout if timeout is None else timeout
+        for step in _steps(total):
+            try:
+                return super().getconn(step)
+            except PoolTimeout:
+                continue
+        raise PoolTimeout(f"couldn't get a connection after {total:.2f} sec")
 
 
 def make_pool(
@@ -161,14 +218,11 @@ def make_pool(
     when it is returned). Otherwise only connections not handed out within the last
     RECENT_USE_SECONDS are pinged.
 
-    `wait`: how long a checkout waits for a connection. With `reconnect_timeout=0` the
-    pool tries to connect once per checkout that finds it empty and then gives up, so
-    after the server comes back a checkout already waiting is only served when it times
-    out and asks again: loops that retry by themselves should wait briefly.
+    `wait`: how long a checkout waits for a connection (see RecoveringPool).
 
     `generic_plans`: see GENERIC_PLANS; only for statements whose generic plan was
     checked (psycopg prepares a statement after its fifth run on a connection)."""
-    return AsyncConnectionPool(
+    return RecoveringPool(
         url,
         min_size=min_size,
         max_size=max_size,
@@ -181,6 +235,22 @@ def make_pool(
         check=_check_unless_recent if check else None,
         reconnect_timeout=0,
         timeout=wait,
+    )
+
+
+def make_sync_pool(
+    url: str, role: str, *, min_size: int = 1, max_size: int = 4, wait: float = 30.0
+) -> ConnectionPool:
+    """An open synchronous pool that recovers like make_pool's."""
+    return RecoveringSyncPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs(role)},
+        check=_check_unless_recent_sync,
+        reconnect_timeout=0,
+        timeout=wait,
+        open=True,
     )
 
 
