@@ -79,17 +79,57 @@ def connect_kwargs(
 
 def describe_connect_error(url: str, exc: BaseException) -> str:
     """One line saying which server could not be reached and why."""
+    return f"cannot connect to PostgreSQL at {_where(url)} ({_reason(exc)}) — check DATABASE_URL"
+
+
+# What the server says when it refuses who or what a connection asked for: a retry
+# cannot help, the settings are wrong. (libpq gives no SQLSTATE for a failed connect.)
+_CONFIGURATION_ERRORS = (
+    "authentication failed",
+    "does not exist",  # the role or the database
+    "no pg_hba.conf entry",
+    "not permitted to log in",
+    "permission denied for database",
+    "no password supplied",
+    "password is required",
+    "invalid connection option",
+    "invalid dsn",
+    "invalid uri",
+)
+
+
+def is_configuration_error(exc: BaseException) -> bool:
+    """Whether a failed connect was refused for its credentials or database name,
+    rather than because the server is down, starting up or out of reach."""
+    text = str(exc).lower()
+    return any(marker in text for marker in _CONFIGURATION_ERRORS)
+
+
+def describe_connect_retry(url: str, exc: BaseException, attempt: int, pause: float) -> str:
+    """One line for a loop that failed to connect and will try again: an unreachable
+    server (restarting, down) is said to be so; only wrong credentials or an unknown
+    database point at DATABASE_URL."""
+    retry = f"retrying in {pause:.1f} s (attempt {attempt})"
+    if is_configuration_error(exc):
+        return f"{describe_connect_error(url, exc)}; {retry}"
+    return f"PostgreSQL at {_where(url)} is unreachable ({_reason(exc)}); {retry}"
+
+
+def _where(url: str) -> str:
     try:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         info = {}
     host = info.get("host") or "localhost"
     port = info.get("port") or "5432"
-    where = host if str(host).startswith("/") else f"{host}:{port}"
-    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    if "Connection refused" in str(exc):
-        reason = "connection refused"
-    return f"cannot connect to PostgreSQL at {where} ({reason}) — check DATABASE_URL"
+    return str(host) if str(host).startswith("/") else f"{host}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if "Connection refused" in text:
+        return "connection refused"
+    return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
 def connect_sync(url: str, role: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
