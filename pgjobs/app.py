@@ -8,6 +8,7 @@ statements on a synchronous connection.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -25,7 +26,7 @@ from pgjobs import schedule_service as sched
 from pgjobs.backoff import short_error
 from pgjobs.clock import Clock
 from pgjobs.config import Settings, load_settings
-from pgjobs.db import connect_kwargs, make_pool
+from pgjobs.db import make_pool, make_sync_pool
 from pgjobs.errors import ValidationError
 from pgjobs.flows import CreatedFlow, FlowItem, create_flow_async, create_flow_sync, plan_flow
 from pgjobs.models import Job
@@ -35,6 +36,8 @@ from pgjobs.schedule_service import Schedule
 if TYPE_CHECKING:
     from pgjobs.context import JobContext
     from pgjobs.events import EventHub, EventStream
+    from pgjobs.install import InitReport
+    from pgjobs.ops.models import StatsReport
     from pgjobs.wakeup import WakeupPublisher
     from pgjobs.worker import Worker
 
@@ -431,12 +434,20 @@ class App:
         self,
         queues: Sequence[str] = ("default",),
         concurrency: int | None = None,
+        *,
+        grace: float | None = None,
         **options: Any,
     ) -> Worker:
-        """A worker for `queues`; use as `async with app.worker(...)` or `await w.run()`."""
+        """A worker for `queues`; use as `async with app.worker(...)` or `await w.run()`.
+
+        `grace`: seconds that running jobs get to finish when the worker stops; those
+        still running then are given back to the queue (pending, the attempt not
+        counted). Default JOBS_SHUTDOWN_GRACE. The worker installs no signal handlers:
+        the application decides when to stop it (leave the `async with`, or call
+        `await worker.stop()`)."""
         from pgjobs.worker import Worker
 
-        return Worker(self, queues=queues, concurrency=concurrency, **options)
+        return Worker(self, queues=queues, concurrency=concurrency, grace=grace, **options)
 
     async def drain(self, *queues: str, concurrency: int | None = None) -> int:
         """Run every job of `queues` that is due now, then return how many ran.
@@ -445,6 +456,41 @@ class App:
         from pgjobs.worker import drain
 
         return await drain(self, queues or ("default",), concurrency=concurrency)
+
+    # ------------------------------------------------------------ schema and stats
+
+    async def install(self) -> InitReport:
+        """Create or upgrade the schema, as `pgjobs init` does: safe to call on every
+        start (idempotent; concurrent calls wait for each other on a lock). Raises
+        ServiceUnavailable when PostgreSQL cannot be reached."""
+        return await asyncio.to_thread(self.install_sync)
+
+    def install_sync(self) -> InitReport:
+        from pgjobs.install import initialise
+
+        return initialise(self.settings)
+
+    async def stats(
+        self, queue: str | None = None, *, hours: float = 24.0, performance: bool = False
+    ) -> StatsReport:
+        """The counts `pgjobs stats` shows: per queue (waiting, active, delayed, failed,
+        ...), the last `hours`' throughput, live workers, database health. With `queue`,
+        that queue only (NotFound if it has no jobs and no settings)."""
+        from pgjobs.ops import Ops
+
+        return await Ops(self).stats(queue=queue, hours=hours, performance=performance)
+
+    def stats_sync(
+        self, queue: str | None = None, *, hours: float = 24.0, performance: bool = False
+    ) -> StatsReport:
+        # The statements are async only: run them on a loop of their own, in a thread
+        # (this may be called from code that runs inside an event loop).
+        async def read() -> StatsReport:
+            async with App(self.settings, clock=self.clock, builtin_types=False) as app:
+                return await app.stats(queue, hours=hours, performance=performance)
+
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            return thread.submit(asyncio.run, read()).result()
 
     # ------------------------------------------------------------ connections
 
@@ -468,15 +514,7 @@ class App:
 
     def sync_pool(self) -> ConnectionPool:
         if self._sync_pool is None:
-            from psycopg.rows import dict_row
-
-            self._sync_pool = ConnectionPool(
-                self.settings.require_database_url(),
-                min_size=1,
-                max_size=4,
-                kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs("api")},
-                open=True,
-            )
+            self._sync_pool = make_sync_pool(self.settings.require_database_url(), "api")
         return self._sync_pool
 
     @asynccontextmanager

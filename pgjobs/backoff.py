@@ -47,14 +47,17 @@ class ReconnectDelay:
         self.first = first
         self.maximum = maximum
         self.current = first
+        self.attempts = 0  # failures since the last success
 
     def next(self) -> float:
+        self.attempts += 1
         delay = self.current
         self.current = min(self.maximum, self.current * 2)
         return delay * random.uniform(0.8, 1.2)
 
     def reset(self) -> None:
         self.current = self.first
+        self.attempts = 0
 
 
 # A loop that ran this long before failing is restarted after the shortest pause again.

@@ -6,6 +6,7 @@ import os
 import re
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
@@ -13,7 +14,7 @@ import psycopg
 from psycopg.adapt import AdaptersMap
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from pgjobs.errors import SchemaError, ServiceUnavailable
 from pgjobs.jsonlimits import load_json
@@ -78,17 +79,57 @@ def connect_kwargs(
 
 def describe_connect_error(url: str, exc: BaseException) -> str:
     """One line saying which server could not be reached and why."""
+    return f"cannot connect to PostgreSQL at {_where(url)} ({_reason(exc)}) — check DATABASE_URL"
+
+
+# What the server says when it refuses who or what a connection asked for: a retry
+# cannot help, the settings are wrong. (libpq gives no SQLSTATE for a failed connect.)
+_CONFIGURATION_ERRORS = (
+    "authentication failed",
+    "does not exist",  # the role or the database
+    "no pg_hba.conf entry",
+    "not permitted to log in",
+    "permission denied for database",
+    "no password supplied",
+    "password is required",
+    "invalid connection option",
+    "invalid dsn",
+    "invalid uri",
+)
+
+
+def is_configuration_error(exc: BaseException) -> bool:
+    """Whether a failed connect was refused for its credentials or database name,
+    rather than because the server is down, starting up or out of reach."""
+    text = str(exc).lower()
+    return any(marker in text for marker in _CONFIGURATION_ERRORS)
+
+
+def describe_connect_retry(url: str, exc: BaseException, attempt: int, pause: float) -> str:
+    """One line for a loop that failed to connect and will try again: an unreachable
+    server (restarting, down) is said to be so; only wrong credentials or an unknown
+    database point at DATABASE_URL."""
+    retry = f"retrying in {pause:.1f} s (attempt {attempt})"
+    if is_configuration_error(exc):
+        return f"{describe_connect_error(url, exc)}; {retry}"
+    return f"PostgreSQL at {_where(url)} is unreachable ({_reason(exc)}); {retry}"
+
+
+def _where(url: str) -> str:
     try:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         info = {}
     host = info.get("host") or "localhost"
     port = info.get("port") or "5432"
-    where = host if str(host).startswith("/") else f"{host}:{port}"
-    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    if "Connection refused" in str(exc):
-        reason = "connection refused"
-    return f"cannot connect to PostgreSQL at {where} ({reason}) — check DATABASE_URL"
+    return str(host) if str(host).startswith("/") else f"{host}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if "Connection refused" in text:
+        return "connection refused"
+    return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
 def connect_sync(url: str, role: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
@@ -127,20 +168,76 @@ async def connect_async(
 # background worker, so a checkout right after a return waited for that hand-over
 # (~0.2 ms, a third of a one-row insert).
 RECENT_USE_SECONDS = 1.0
-_checked_out_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+_checked_out_at: weakref.WeakKeyDictionary[psycopg.BaseConnection[Any], float] = (
     weakref.WeakKeyDictionary()
 )
 
+# While no connection can be made, a waiting checkout asks the pool for one this often.
+# psycopg_pool retries a failed connect after 1, 2, 4, 8 ... s and serves a waiting
+# checkout only from such a retry, so a producer came back up to 15 s after the server
+# did. Each new request of an empty pool starts a connect attempt at once instead.
+CHECKOUT_RETRY_SECONDS = 0.2
 
-async def _check_unless_recent(conn: psycopg.AsyncConnection[Any]) -> None:
+
+def _recently_used(conn: psycopg.BaseConnection[Any]) -> bool:
     now = time.monotonic()
     last = _checked_out_at.get(conn)
     _checked_out_at[conn] = now
-    if last is not None and now - last < RECENT_USE_SECONDS:
-        if conn.broken or conn.closed:
-            raise psycopg.OperationalError("connection is broken")
-        return
-    await AsyncConnectionPool.check_connection(conn)
+    if last is None or now - last >= RECENT_USE_SECONDS:
+        return False
+    if conn.broken or conn.closed:
+        raise psycopg.OperationalError("connection is broken")
+    return True
+
+
+async def _check_unless_recent(conn: psycopg.AsyncConnection[Any]) -> None:
+    if not _recently_used(conn):
+        await AsyncConnectionPool.check_connection(conn)
+
+
+def _check_unless_recent_sync(conn: psycopg.Connection[Any]) -> None:
+    if not _recently_used(conn):
+        ConnectionPool.check_connection(conn)
+
+
+def _steps(timeout: float) -> Iterator[float]:
+    """The timeouts of successive checkout attempts that together last `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(CHECKOUT_RETRY_SECONDS, left)
+
+
+class RecoveringPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
+    """A pool whose checkout, while the server is away, keeps asking for a connection
+    every CHECKOUT_RETRY_SECONDS until its timeout: it gets one at most that long after
+    the server accepts connections again.
+
+    With `reconnect_timeout=0` the pool gives up a failed connect after one retry and
+    drops the slot; the next request of an empty pool then grows it again. Only
+    checkouts are retried, never a statement: a lost connection mid-statement is the
+    caller's error (its write may have committed)."""
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        total = self.timeout if timeout is None else timeout
+        for step in _steps(total):
+            try:
+                return await super().getconn(step)
+            except PoolTimeout:
+                continue
+        raise PoolTimeout(f"couldn't get a connection after {total:.2f} sec")
+
+
+class RecoveringSyncPool(ConnectionPool[psycopg.Connection[Any]]):
+    """RecoveringPool for synchronous callers (the App's `*_sync` methods)."""
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        total = self.timeout if timeout is None else timeout
+        for step in _steps(total):
+            try:
+                return super().getconn(step)
+            except PoolTimeout:
+                continue
+        raise PoolTimeout(f"couldn't get a connection after {total:.2f} sec")
 
 
 def make_pool(
@@ -161,14 +258,11 @@ def make_pool(
     when it is returned). Otherwise only connections not handed out within the last
     RECENT_USE_SECONDS are pinged.
 
-    `wait`: how long a checkout waits for a connection. With `reconnect_timeout=0` the
-    pool tries to connect once per checkout that finds it empty and then gives up, so
-    after the server comes back a checkout already waiting is only served when it times
-    out and asks again: loops that retry by themselves should wait briefly.
+    `wait`: how long a checkout waits for a connection (see RecoveringPool).
 
     `generic_plans`: see GENERIC_PLANS; only for statements whose generic plan was
     checked (psycopg prepares a statement after its fifth run on a connection)."""
-    return AsyncConnectionPool(
+    return RecoveringPool(
         url,
         min_size=min_size,
         max_size=max_size,
@@ -181,6 +275,22 @@ def make_pool(
         check=_check_unless_recent if check else None,
         reconnect_timeout=0,
         timeout=wait,
+    )
+
+
+def make_sync_pool(
+    url: str, role: str, *, min_size: int = 1, max_size: int = 4, wait: float = 30.0
+) -> ConnectionPool:
+    """An open synchronous pool that recovers like make_pool's."""
+    return RecoveringSyncPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs(role)},
+        check=_check_unless_recent_sync,
+        reconnect_timeout=0,
+        timeout=wait,
+        open=True,
     )
 
 

@@ -42,7 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs import cache
 from pgjobs.backoff import ReconnectDelay
-from pgjobs.db import connect_async
+from pgjobs.db import connect_async, describe_connect_retry
 from pgjobs.errors import JobFailed, JobNotFound, ServiceUnavailable
 from pgjobs.queries import query
 
@@ -312,8 +312,12 @@ class PgEventListener:
             try:
                 conn = await connect_async(self._url, "listen", "events")
             except ServiceUnavailable as exc:
-                log.warning("event listener cannot connect (%s); retrying", exc)
-                await asyncio.sleep(delay.next())
+                pause = delay.next()
+                problem = describe_connect_retry(
+                    self._url, exc.__cause__ or exc, delay.attempts, pause
+                )
+                log.warning("event listener: %s", problem)
+                await asyncio.sleep(pause)
                 continue
             try:
                 await conn.execute(query("listen_events"))

@@ -5,15 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pgjobs.config import Settings
-from pgjobs.db import VIEWS, connect_sync, install_schema, missing_relations
+from pgjobs.db import VIEWS, InstallReport, connect_sync, install_schema, missing_relations
 from pgjobs.errors import ServiceUnavailable
 from pgjobs.sql_api import record_settings
 
 
 @dataclass
 class InitReport:
+    """What `pgjobs init` (and App.install) did: the lines it prints, and the schema
+    versions before and after (`schema.changed`, `schema.applied`)."""
+
     ok: bool = True
     messages: list[str] = field(default_factory=list)
+    schema: InstallReport | None = None
 
     def lines(self) -> list[str]:
         return self.messages
@@ -39,11 +43,11 @@ def redis_status(url: str | None) -> str:
 def initialise(settings: Settings) -> InitReport:
     """Create or upgrade everything; raises ServiceUnavailable when PostgreSQL is down."""
     url = settings.require_database_url()
-    report = InitReport()
     with connect_sync(url, "init") as conn:
         result = install_schema(conn)
         missing = missing_relations(conn)
         record_settings(conn, settings)
+    report = InitReport(schema=result)
     report.messages.append(f"postgres: ok (PostgreSQL {result.server_version})")
     if result.changed and result.version_before == 0:
         report.messages.append(f"schema: created (version {result.version_after})")

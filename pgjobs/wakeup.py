@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs import cache
 from pgjobs.backoff import ReconnectDelay
-from pgjobs.db import connect_async
+from pgjobs.db import connect_async, describe_connect_retry
 from pgjobs.errors import ServiceUnavailable
 from pgjobs.queries import query
 
@@ -75,8 +75,12 @@ class Listener:
             try:
                 conn = await connect_async(self._url, "listen", self._owner)
             except ServiceUnavailable as exc:
-                log.warning("wake-up listener cannot connect (%s); polling meanwhile", exc)
-                await asyncio.sleep(delay.next())
+                pause = delay.next()
+                problem = describe_connect_retry(
+                    self._url, exc.__cause__ or exc, delay.attempts, pause
+                )
+                log.warning("wake-up listener: %s; polling meanwhile", problem)
+                await asyncio.sleep(pause)
                 continue
             try:
                 await conn.execute(query("listen_channels"))

@@ -53,9 +53,8 @@ log = logging.getLogger("pgjobs.worker")
 
 PROGRESS_MIN_INTERVAL = 0.25  # seconds between progress writes of one run
 CLAIM_BATCH_WAIT = 0.002  # longest wait for more free slots before claiming
-# Every loop of the worker retries on its own, so a checkout waits briefly: after a
-# database outage a waiting checkout is served only once it times out and asks again
-# (see db.make_pool), and a heartbeat stuck longer than the lease loses the worker's jobs.
+# Every loop of the worker retries on its own, so a checkout waits briefly: a heartbeat
+# stuck longer than the lease loses the worker's jobs.
 POOL_WAIT = 2.0
 # A job held this long (and at least two heartbeats) that the worker is not running is
 # an orphan of a lost claim answer; younger ones may be a claim being received.

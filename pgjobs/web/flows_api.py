@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 from pgjobs.flows import MAX_API_FLOW, flow_request_jobs
 from pgjobs.ops import Ops
 from pgjobs.options import MAX_KEY_LENGTH
+from pgjobs.web.openapi import QUEUE_PATTERN
 from pgjobs.web.requests import object_body, read_json
 
 BODY_LIMIT = 32 * 1024 * 1024
@@ -61,7 +62,7 @@ def openapi_schemas(job_options: dict[str, Any]) -> dict[str, Any]:
                 "description": "A name for this job that other jobs' dependsOn can use",
             },
             "type": {"type": "string", "minLength": 1, "maxLength": 100},
-            "queue": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._:-]{0,99}$"},
+            "queue": {"type": "string", "pattern": QUEUE_PATTERN},
             "payload": {"type": "object"},
             "options": _ref("FlowJobOptions"),
         },

@@ -25,6 +25,7 @@ from pgjobs.events import EVENT_NAMES, JobEvent
 from pgjobs.ops import Ops
 from pgjobs.options import validate_queue
 from pgjobs.web.api import shown_job
+from pgjobs.web.openapi import QUEUE_PATTERN
 from pgjobs.web.requests import job_id_param, object_body, query_param, read_json
 
 API_ACTOR = "api"
@@ -32,7 +33,6 @@ BODY_LIMIT = 4096
 WAIT_DEFAULT_S = 30.0
 WAIT_MAX_S = 300.0
 KEEPALIVE_S = 15.0
-QUEUE_PATTERN = "^[a-z0-9][a-z0-9._:-]{0,99}$"
 
 
 def _app(request: Request) -> App:

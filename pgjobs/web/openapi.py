@@ -13,11 +13,18 @@ from pgjobs.config import Settings
 from pgjobs.models import PRIORITIES, STATUSES
 from pgjobs.ops.filters import MAX_LIMIT, STATUS_ALIASES
 from pgjobs.ops.service import MAX_BULK, MAX_WINDOW_HOURS
-from pgjobs.options import MAX_ATTEMPTS, MAX_DELAY_MS, MAX_KEY_LENGTH, MAX_PRIORITY, MAX_TIMEOUT_MS
+from pgjobs.options import (
+    MAX_ATTEMPTS,
+    MAX_DELAY_MS,
+    MAX_KEY_LENGTH,
+    MAX_PRIORITY,
+    MAX_TIMEOUT_MS,
+    QUEUE_NAME,
+)
 
 Schema = dict[str, Any]
 
-QUEUE_PATTERN = "^[a-z0-9][a-z0-9._:-]{0,99}$"
+QUEUE_PATTERN = QUEUE_NAME.pattern  # options.validate_queue's rule
 
 
 def _ref(name: str) -> Schema:

@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 from pgjobs.errors import NotFound
 from pgjobs.models import PRIORITIES
 from pgjobs.ops import Ops
+from pgjobs.web.openapi import QUEUE_PATTERN
 from pgjobs.web.requests import object_body, read_json
 
 BODY_LIMIT = 4 * 1024 * 1024
@@ -91,7 +92,7 @@ def openapi_schemas() -> dict[str, Any]:
             "description": "5 fields (or 6 with seconds last), or @hourly/@daily/...",
         },
         "payload": {"type": "object"},
-        "queue": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._:-]{0,99}$"},
+        "queue": {"type": "string", "pattern": QUEUE_PATTERN},
         "timezone": {"type": "string", "description": "IANA name, default UTC"},
         "description": {"type": "string", "nullable": True, "maxLength": 10_000},
         "misfire": {"type": "string", "enum": ["skip", "run_once", "catch_up"]},
