@@ -572,7 +572,7 @@ def hangs_and_poison(
     return report, figures
 
 
-# ---------------------------------------------------------------- 6. poison among kill -9
+# ---------------------------------------------------------------- 8. poison among kill -9
 
 
 @dataclass
@@ -600,12 +600,12 @@ def poison_among_kills(
 ) -> tuple[Report, PoisonFigures]:
     """`workers` processes drain `jobs` jobs of 5-50 ms, enqueued over `min_duration`
     s, while a random worker is SIGKILLed every `kill_every` s (and respawned) and
-    `poison` jobs, spread over the same time, kill their worker process on every run.
+    `poison` jobs, enqueued among them early on, kill their worker process on every run.
     Every job in flight in a dead worker is taken back as a suspect that runs alone, so
     only the poison jobs are charged stalls: they fail after `max_stalled` + 1 of them,
     and no ordinary job fails."""
     run = Run(
-        f"6. poison jobs and kill -9 every {kill_every:g}s (max stalled {max_stalled})",
+        f"8. poison jobs and kill -9 every {kill_every:g}s (max stalled {max_stalled})",
         db_url,
         log_dir,
     )
@@ -627,7 +627,8 @@ def poison_among_kills(
     )
     producer.start()
     began = time.monotonic()
-    poison_due = [i * min_duration / poison for i in range(poison)]
+    # Spread over the first quarter, so the poison jobs' rounds of crashes overlap.
+    poison_due = [i * min_duration / 4 / poison for i in range(poison)]
     poison_ids: list[Any] = []
     killer = Ticker(kill_every)
     crashes = 0
@@ -663,6 +664,7 @@ def poison_among_kills(
         fleet.kill_all()
         bystander.kill_all()
     figures = _poison_figures(db_url, poison_ids, crashes)
+    report.innocents_failed = figures.innocent_failed
     report.notes.append(
         f"ordinary jobs not completed: {figures.innocent_failed}, charged a stall: "
         f"{figures.innocent_charged}, taken back uncharged: {figures.innocent_interrupted}; "
