@@ -779,7 +779,8 @@ def sigstop(
         ).fetchall()
         frozen_failures = conn.execute(
             "SELECT count(*) AS n FROM job_failures f JOIN chaos_jobs c ON c.job_id = f.job_id "
-            "WHERE f.kind <> 'stalled'"
+            # The rescuer's rows (kind stalled, or interrupted when not charged) aside.
+            "WHERE f.kind NOT IN ('stalled', 'interrupted')"
         ).fetchone()["n"]
     log = fleet.log_path(0).read_text(errors="replace")
     figures = StopFigures(
