@@ -76,7 +76,9 @@ class Stager:
 
 
 class Rescuer:
-    """Returns the jobs of workers that lost their lease to pending (or failed)."""
+    """Takes back the jobs of workers that lost their lease, as suspects that run alone
+    from then on; a suspect whose worker died while it ran alone is charged a stall, and
+    fails for good after more than `max_stalled` of them (see rescue_stalled_jobs)."""
 
     name = "rescue"
     lock_key = 7423510102
@@ -95,8 +97,10 @@ class Rescuer:
             row = await cur.fetchone()
         if row and (row["requeued"] or row["failed"]):
             log.warning(
-                "rescued stalled jobs: %d back to pending, %d failed after too many stalls",
+                "rescued jobs of dead workers: %d back to pending to run alone (%d of them "
+                "charged a stall), %d failed after too many stalls",
                 row["requeued"],
+                row["charged"],
                 row["failed"],
             )
         return self.interval

@@ -57,6 +57,7 @@ class Job:
     backoff: Any = None
     worker_id: UUID | None = None
     stalled_count: int = 0
+    suspect: bool = False
     progress_message: str | None = None
     last_error: str | None = None
     unique_key: str | None = None
@@ -92,6 +93,10 @@ class Job:
         """A JSON-ready view (ids and times as strings), as the API and CLI show it."""
         out: dict[str, Any] = {name: _jsonable(getattr(self, name)) for name in _JOB_FIELDS}
         out["priority_name"] = self.priority_name
+        # Stalls (the worker died while the job ran alone) have their own budget,
+        # JOBS_MAX_STALLED_COUNT, apart from the attempts; their rows are the failures of
+        # kind 'stalled'.
+        out["stalls"] = self.stalled_count
         out["result"] = _jsonable(self.result)
         out["results"] = [
             {k: _jsonable(getattr(r, k)) for k in JobResult.__slots__} for r in self.results

@@ -119,6 +119,11 @@ class Worker:
         # Claimed jobs waiting for a slot (claimed ahead, see _claim_limit); they start
         # as soon as runs end, in claim order.
         self._ready: deque[ClaimedJob] = deque()
+        # Suspects (jobs rescued from a dead worker) run alone: while one may be waiting
+        # (as the heartbeat last read) the worker lets its runs end, then claims one; it
+        # claims nothing else until that run is over and recorded (see _claim_limit).
+        self._suspects_waiting = True
+        self._suspect: UUID | None = None
         self._run_seconds = RunningAverage()
         self._claim_seconds = RunningAverage()
         self._wake = asyncio.Event()
@@ -349,7 +354,7 @@ class Worker:
                 # the runs and the database work on the next claim at the same time.
                 self._ready.extend(claimed)
                 asyncio.get_running_loop().call_soon(self._start_ready)
-            if len(claimed) == free:
+            if len(claimed) == free or self._suspect is not None:
                 continue
             if self._drain:
                 if not await self._drain_should_continue(claimed):
@@ -363,11 +368,27 @@ class Worker:
         claim). Such slots free before the answer arrives, so a job claimed for one
         waits less than the round trip that claiming it later would take; no job is held
         back from other workers, and the database works on the next claim while this
-        worker runs the last. Slower runs (or rate limits) get exactly the free slots."""
+        worker runs the last. Slower runs (or rate limits) get exactly the free slots.
+
+        Nothing while a suspect runs, and nothing while a suspect may be waiting and jobs
+        are held: the next claim, made with nothing in flight, takes the suspect."""
         held = len(self._running) + len(self._ready)
+        if self._suspect_in_flight() or (self._suspects_waiting and held):
+            return 0
         if self._runs_are_short():
             return min(self.concurrency, 2 * self.concurrency - held)
         return self.concurrency - held
+
+    def _suspect_in_flight(self) -> bool:
+        """Whether the suspect this worker claimed still runs or awaits its record: until
+        its outcome is written the job is active under this worker, and a death of the
+        worker would be charged to it, so no other job may be in flight."""
+        if self._suspect is None:
+            return False
+        if self._suspect in self._held() or self._suspect in self._completer.unrecorded():
+            return True
+        self._suspect = None
+        return False
 
     def _runs_are_short(self) -> bool:
         run, trip = self._run_seconds.value, self._claim_seconds.value
@@ -396,6 +417,7 @@ class Worker:
         await self._completer.wait_flushed()
         async with self._pool.connection() as conn:
             await run_round(conn, Stager(idle=0), self.clock)
+        self._suspects_waiting = True
         again = await self._claim(self._claim_limit())
         self._ready.extend(again)
         self._start_ready()
@@ -415,7 +437,13 @@ class Worker:
         """Claim up to `limit` jobs. The completer records outcomes meanwhile, on the
         other connection of the same pool: on two cores, a claim and a finish running
         side by side beat one statement doing both (one round trip and one commit per
-        cycle) by a third. With rate limits, the limiter claims (see pgjobs/limits.py)."""
+        cycle) by a third. With rate limits, the limiter claims (see pgjobs/limits.py).
+        With nothing in flight and a suspect maybe waiting, the suspect comes first."""
+        if self._suspects_waiting and not self._held() and not self._suspect_in_flight():
+            suspect = await self._claim_suspect()
+            if suspect:
+                return suspect
+            self._suspects_waiting = False
         if self._limiter.active:
             limited = await self._limiter.claim(self._pool, limit, self.clock)
             return self._runnable([ClaimedJob.from_row(row) for row in limited])
@@ -436,6 +464,19 @@ class Worker:
         if rows and log.isEnabledFor(logging.DEBUG):
             log.debug("claimed %d jobs in %.1f ms", len(rows), elapsed * 1000)
         return self._runnable([ClaimedJob.from_row(row) for row in rows])
+
+    async def _claim_suspect(self) -> list[ClaimedJob]:
+        """Claim one suspect to run alone. Its run is not rate limited: a suspect is a
+        job whose earlier run was cut short by its worker's death."""
+        params = {"now": self.clock.sql_now(), "queues": self.queues, "worker": self.id}
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("claim_suspect"), params)
+            rows = await cur.fetchall()
+        claimed = self._runnable([ClaimedJob.from_row(row) for row in rows])
+        if claimed:
+            self._suspect = claimed[0].id
+            log.info("claimed suspect job id=%s to run alone", self._suspect)
+        return claimed
 
     def _runnable(self, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
         """The claimed jobs that can run; the others fail for good. A job whose stored
@@ -643,6 +684,17 @@ class Worker:
                 self._on_cancel(row["id"])
         settled = [(row["id"], row["attempts"]) for row in held if row["settled"]]
         self._give_back_orphans(settled, known)
+        await self._look_for_suspects()
+
+    async def _look_for_suspects(self) -> None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("suspects_waiting"), {"queues": self.queues})
+            row = await cur.fetchone()
+        waiting = bool(row and row["waiting"])
+        if waiting and not self._suspects_waiting:
+            self._suspects_waiting = True
+            self._wake.set()
+            self._slot_freed.set()
 
     def _give_back_orphans(self, held: list[tuple[UUID, int]], known: set[UUID]) -> None:
         """Jobs the database says this worker holds, that it is not running and has no

@@ -482,11 +482,12 @@ async def test_complete_in_a_handlers_transaction_releases_children_with_it(
 
 
 async def test_rescue_that_fails_a_job_for_good_settles_its_children(app: App, db: Conn) -> None:
-    parent = await app.create("x", attempts=1)
+    parent = await app.create("x")
     child = await app.create("z", depends_on=parent.id)
+    # A suspect running alone, at its last allowed stall, whose worker is gone.
     db.execute(
-        "UPDATE jobs SET status = 'active', attempts = 1, worker_id = %s,"
-        " started_at = now() - interval '1 hour' WHERE id = %s",
+        "UPDATE jobs SET status = 'active', attempts = 3, worker_id = %s, suspect = true,"
+        " stalled_count = 2, started_at = now() - interval '1 hour' WHERE id = %s",
         (uuid7(), parent.id),
     )
     async with await psycopg.AsyncConnection.connect(app.settings.require_database_url()) as conn:

@@ -577,11 +577,24 @@ def test_views_start_with_the_spec_columns(db: psycopg.Connection[Any]) -> None:
 
 
 def test_claim_index_is_partial_on_pending(db: psycopg.Connection[Any]) -> None:
-    assert rows(db, "SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_claim_idx'") == [
+    """Pending jobs in claim order; suspects (run alone, see claim_suspect) have their own."""
+    found = rows(
+        db,
+        "SELECT indexname, indexdef FROM pg_indexes "
+        "WHERE indexname IN ('jobs_claim_idx', 'jobs_suspect_idx') ORDER BY indexname",
+    )
+    assert found == [
         {
+            "indexname": "jobs_claim_idx",
             "indexdef": "CREATE INDEX jobs_claim_idx ON public.jobs USING btree "
-            "(queue, priority, run_at, id) WHERE ((status)::text = 'pending'::text)"
-        }
+            "(queue, priority, run_at, id) "
+            "WHERE (((status)::text = 'pending'::text) AND (NOT suspect))",
+        },
+        {
+            "indexname": "jobs_suspect_idx",
+            "indexdef": "CREATE INDEX jobs_suspect_idx ON public.jobs USING btree "
+            "(queue, priority, run_at, id) WHERE (((status)::text = 'pending'::text) AND suspect)",
+        },
     ]
 
 

@@ -3,6 +3,7 @@ losing database connections, and the multi-process supervisor."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -84,27 +85,50 @@ def all_completed(db: Any, ids: list[Any]) -> bool:
 
 
 def test_killed_worker_jobs_are_rescued_and_completed_once(db: Any, spawn: Spawn) -> None:
-    ids = enqueue(db, "sleep", 10, '{"ms": 3000}')
+    ids = enqueue(db, "sleep", 10, '{"ms": 1000}')
     victim = spawn("--concurrency", "10", "--no-maintenance")
     wait_until(lambda: statuses(db, ids).get("active") == 10, timeout=20, message="10 active")
     [owner] = query(db, "SELECT DISTINCT worker_id FROM jobs WHERE id = ANY(%s)", ids)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     rescuer = spawn("--concurrency", "10")
-    wait_until(lambda: all_completed(db, ids), timeout=30, message="all rescued jobs completed")
+    # Any of the ten may have killed the worker: each runs alone now, one after another.
+    wait_until(lambda: all_completed(db, ids), timeout=60, message="all rescued jobs completed")
     counts = query(
         db,
         "SELECT j.id, (SELECT count(*) FROM job_results r WHERE r.job_id = j.id) AS results, "
-        "j.attempts, j.stalled_count FROM jobs j WHERE j.id = ANY(%s)",
+        "j.attempts, j.max_attempts, j.stalled_count, j.suspect FROM jobs j "
+        "WHERE j.id = ANY(%s)",
         ids,
     )
-    assert all(c["results"] == 1 and c["attempts"] == 2 and c["stalled_count"] == 1 for c in counts)
+    # Nobody is charged: none of them ran alone when the worker died. The interrupted
+    # attempt is given back, and completing clears the suspicion.
+    assert all(
+        c["results"] == 1
+        and c["attempts"] == 2
+        and c["max_attempts"] == 4
+        and c["stalled_count"] == 0
+        and not c["suspect"]
+        for c in counts
+    ), counts
     stalls = query(
         db, "SELECT DISTINCT error_message, kind FROM job_failures WHERE job_id = ANY(%s)", ids
     )
     assert stalls == [
-        {"error_message": f"stalled: worker {owner['worker_id']} lost its lease", "kind": "stalled"}
+        {
+            "error_message": f"interrupted: worker {owner['worker_id']} lost its lease while "
+            "the job was in flight with others; not charged, it runs alone next",
+            "kind": "interrupted",
+        }
     ]
+    # They ran one at a time.
+    runs = query(
+        db,
+        "SELECT r.completed_at - r.duration_ms * interval '1 millisecond' AS began, "
+        "r.completed_at AS ended FROM job_results r WHERE r.job_id = ANY(%s) ORDER BY 1",
+        ids,
+    )
+    assert all(a["ended"] <= b["began"] for a, b in itertools.pairwise(runs)), runs
     # The killed run's late completion (token attempt 1) matches nothing.
     stale = query(
         db,
@@ -115,6 +139,33 @@ def test_killed_worker_jobs_are_rescued_and_completed_once(db: Any, spawn: Spawn
     assert stale == []
     rescuer.send_signal(signal.SIGTERM)
     assert rescuer.wait(20) == 0
+
+
+def test_a_crashing_job_is_charged_and_its_neighbours_are_not(db: Any, spawn: Spawn) -> None:
+    """One job whose handler kills the worker process, claimed together with others, by
+    supervised workers that are restarted after every crash: the crashing job fails for
+    good after its stalls, the nine others complete with no stall charged."""
+    sleepers = enqueue(db, "sleep", 9, '{"ms": 200}')
+    [crasher] = enqueue(db, "crash", 1)
+    supervisor = spawn("--processes", "2", "--concurrency", "10", JOBS_MAX_STALLED_COUNT="1")
+    wait_until(
+        lambda: statuses(db, [*sleepers, crasher]) == {"completed": 9, "failed": 1},
+        timeout=90,
+        message="the sleepers completed and the crashing job failed",
+    )
+    rows = query(db, "SELECT id, stalled_count FROM jobs WHERE id = ANY(%s)", [*sleepers, crasher])
+    charged = {r["id"]: r["stalled_count"] for r in rows}
+    assert charged.pop(crasher) == 2
+    assert set(charged.values()) == {0}
+    [row] = query(db, "SELECT last_error FROM jobs WHERE id = %s", crasher)
+    assert row["last_error"].startswith(
+        "stalled 2 times, more than JOBS_MAX_STALLED_COUNT (1): its worker died each time it "
+        "ran alone"
+    ), row
+    kinds = query(db, "SELECT kind FROM job_failures WHERE job_id = %s ORDER BY failed_at", crasher)
+    assert [k["kind"] for k in kinds] == ["interrupted", "stalled", "stalled"]
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0
 
 
 def test_sigterm_lets_running_jobs_finish(db: Any, spawn: Spawn) -> None:

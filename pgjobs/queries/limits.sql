@@ -23,7 +23,7 @@ FROM unnest(%(queues)s::text[]) AS q(name)
 CROSS JOIN LATERAL (
     SELECT j.id, j.queue, j.rate_limit_key, j.priority, j.run_at
     FROM jobs j
-    WHERE j.status = 'pending' AND j.queue = q.name
+    WHERE j.status = 'pending' AND NOT j.suspect AND j.queue = q.name
       AND (j.rate_limit_key IS NULL OR j.rate_limit_key <> ALL (%(excluded_keys)s::text[]))
     ORDER BY j.priority, j.run_at, j.id
     LIMIT %(limit)s

@@ -31,18 +31,24 @@ SELECT (SELECT count(*) FROM staged) AS staged,
 FROM (SELECT count(*) FROM wake) w;
 
 -- name: rescue_stalled_jobs
--- Jobs held by a worker that stopped heartbeating (or whose worker row is gone) go back
--- to pending with a 'stalled' failure row, or fail for good once they stalled more than
--- max_stalled times or have no attempts left. The dead workers' rows are removed; a
--- worker that was only frozen re-registers with its next heartbeat, and the fence
--- rejects whatever its old runs try to record.
+-- Jobs held by a worker that stopped heartbeating (or whose worker row is gone) are
+-- taken back. Any of the jobs in flight there may have killed it, so each becomes a
+-- suspect: pending again, its interrupted attempt given back, and claimed from then on
+-- only alone (claim_suspect). Only a job that was already a suspect (so it ran alone)
+-- is charged: its stall count grows, and once it passes max_stalled it fails for good.
+-- The attempt budget (max_attempts) is not touched by stalls: they have their own.
+-- Every rescue leaves a job_failures row: kind 'stalled' when charged, 'interrupted'
+-- when not. The dead workers' rows are removed; a worker that was only frozen
+-- re-registers with its next heartbeat, and the fence rejects whatever its old runs try
+-- to record.
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 dead AS (
     SELECT w.id FROM job_workers w, clock c
     WHERE w.last_heartbeat_at < c.now - %(lock_ms)s * interval '1 millisecond'
 ),
 stalled AS (
-    SELECT j.id, j.worker_id
+    SELECT j.id, j.worker_id, j.suspect AS charged, j.stalled_count + 1 AS stalls,
+           j.suspect AND j.stalled_count + 1 > %(max_stalled)s::int AS exhausted
     FROM jobs j, clock c
     WHERE j.status = 'active'
       AND (j.worker_id IN (SELECT id FROM dead)
@@ -52,23 +58,36 @@ stalled AS (
 ),
 rescued AS (
     UPDATE jobs j
-    SET stalled_count = j.stalled_count + 1,
-        status = CASE WHEN j.stalled_count + 1 > %(max_stalled)s OR j.attempts >= j.max_attempts
-                      THEN 'failed' ELSE 'pending' END,
-        completed_at = CASE WHEN j.stalled_count + 1 > %(max_stalled)s
-                                 OR j.attempts >= j.max_attempts
-                            THEN c.now END,
-        last_error = 'stalled: worker ' || coalesce(s.worker_id::text, 'unknown')
-                     || ' lost its lease',
+    SET stalled_count = CASE WHEN s.charged THEN s.stalls ELSE j.stalled_count END,
+        status = CASE WHEN s.exhausted THEN 'failed' ELSE 'pending' END,
+        completed_at = CASE WHEN s.exhausted THEN c.now END,
+        max_attempts = j.max_attempts + 1,
+        attempt_budget = coalesce(j.attempt_budget, j.max_attempts),
+        suspect = true,
+        last_error = CASE
+            WHEN s.exhausted THEN
+                'stalled ' || s.stalls || ' times, more than JOBS_MAX_STALLED_COUNT ('
+                || %(max_stalled)s::int || '): its worker died each time it ran alone (last: worker '
+                || coalesce(s.worker_id::text, 'unknown') || ' lost its lease)'
+            WHEN s.charged THEN
+                'stalled (' || s.stalls || ' of at most ' || %(max_stalled)s::int
+                || '): worker ' || coalesce(s.worker_id::text, 'unknown')
+                || ' lost its lease while running the job alone'
+            ELSE
+                'interrupted: worker ' || coalesce(s.worker_id::text, 'unknown')
+                || ' lost its lease while the job was in flight with others; not charged,'
+                || ' it runs alone next'
+            END,
         worker_id = NULL
     FROM stalled s, clock c
     WHERE j.id = s.id
-    RETURNING j.id, j.queue, j.type, j.status, j.attempts, j.last_error,
+    RETURNING j.id, j.queue, j.type, j.status, j.attempts, j.last_error, s.charged,
               s.worker_id AS old_worker
 ),
 failures AS (
     INSERT INTO job_failures (job_id, attempt_number, error_message, failed_at, kind, worker_id)
-    SELECT r.id, r.attempts, r.last_error, c.now, 'stalled', r.old_worker
+    SELECT r.id, r.attempts, r.last_error, c.now,
+           CASE WHEN r.charged THEN 'stalled' ELSE 'interrupted' END, r.old_worker
     FROM rescued r CROSS JOIN clock c
 ),
 removed AS (DELETE FROM job_workers w USING dead d WHERE w.id = d.id),
@@ -82,6 +101,7 @@ wake AS (SELECT pgjobs_notify_queues(array_agg(queue) FILTER (WHERE status = 'pe
                     json_build_array('stalled', id, queue, type, status, NULL)::text))
          FROM rescued)
 SELECT count(*) FILTER (WHERE r.status = 'pending') AS requeued,
+       count(*) FILTER (WHERE r.status = 'pending' AND r.charged) AS charged,
        count(*) FILTER (WHERE r.status = 'failed') AS failed
 FROM (SELECT count(*) FROM wake) w
 LEFT JOIN rescued r ON true;

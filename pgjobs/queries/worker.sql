@@ -9,6 +9,8 @@
 -- UPDATE joins the already-limited set). Paused queues are skipped here, so a pause
 -- takes effect on the next claim of every worker.
 -- Claiming increments attempts: (id, attempts) is the run's fence token.
+-- Suspects (jobs rescued from a dead worker) are left out: the index has none, and
+-- claim_suspect hands them out one at a time to a worker running nothing else.
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 candidates AS (
     SELECT c.id, c.priority, c.run_at
@@ -16,7 +18,7 @@ candidates AS (
     CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at
         FROM jobs j
-        WHERE j.status = 'pending' AND j.queue = q.name
+        WHERE j.status = 'pending' AND NOT j.suspect AND j.queue = q.name
         ORDER BY j.priority, j.run_at, j.id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -41,6 +43,53 @@ claimed AS (
 )
 SELECT * FROM claimed;
 
+-- name: claim_suspect
+-- One suspect of the asked queues, for a worker that holds no other job and will claim
+-- nothing else until this run is over and recorded (worker.py). Its run is alone in its
+-- process, so if the worker dies now the rescuer charges this job a stall, and only
+-- this one. Claimed like claim_jobs otherwise (the same fence token).
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+picked AS (
+    SELECT c.id
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at
+        FROM jobs j
+        WHERE j.status = 'pending' AND j.suspect AND j.queue = q.name
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)
+    ORDER BY c.priority, c.run_at, c.id
+    LIMIT 1
+)
+UPDATE jobs j
+SET status = 'active',
+    attempts = j.attempts + 1,
+    started_at = c.now,
+    worker_id = %(worker)s,
+    progress = 0,
+    progress_message = NULL
+FROM clock c
+WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
+          j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at;
+
+-- name: suspects_waiting
+-- Whether a suspect waits in one of the worker's queues (read at each heartbeat): the
+-- worker then stops claiming, lets its runs end, and claims the suspect alone.
+SELECT EXISTS (
+    SELECT 1
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM jobs j
+        WHERE j.status = 'pending' AND j.suspect AND j.queue = q.name
+        LIMIT 1
+    ) s
+    WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)
+) AS waiting;
+
 -- name: finish_runs
 -- Records the outcomes of many runs. Every row is fenced on the run token: a run that
 -- was rescued, cancelled or already recorded matches nothing, so its late outcome is
@@ -51,6 +100,7 @@ SELECT * FROM claimed;
 --   snooze     -> delayed, and the attempt is given back (RetryIn)
 --   cancelled  -> cancelled (the cancel came from an operator)
 --   release    -> pending, the attempt given back (graceful shutdown)
+-- Any outcome but a release clears `suspect`: the run ended without killing its worker.
 -- An attempt is given back by raising max_attempts, never by lowering attempts: the
 -- token (id, attempts) must never repeat, or a replayed outcome of this run (a batch
 -- retried after an ambiguous commit) could match the job's next run.
@@ -83,6 +133,7 @@ finished AS (
         progress = CASE WHEN i.outcome = 'completed' THEN 100 ELSE j.progress END,
         last_error = CASE WHEN i.outcome IN ('retry', 'failed') THEN i.message
                           ELSE j.last_error END,
+        suspect = j.suspect AND i.outcome = 'release',
         worker_id = NULL
     FROM input i, clock c
     -- Each row is found by its primary key, whatever the plan: `id = ANY(ARRAY(...))` is
@@ -138,7 +189,8 @@ CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 finished AS (
     UPDATE jobs j
-    SET status = 'completed', completed_at = c.now, progress = 100, worker_id = NULL
+    SET status = 'completed', completed_at = c.now, progress = 100, worker_id = NULL,
+        suspect = false
     FROM clock c
     WHERE j.id = %(id)s AND j.status = 'active' AND j.attempts = %(attempt)s
     RETURNING j.id, j.queue, j.type

@@ -227,6 +227,8 @@ def _schemas() -> dict[str, Schema]:
             "backoff": ANY,
             "worker_id": _nullable(UUID),
             "stalled_count": INT,
+            "stalls": INT,
+            "suspect": BOOL,
             "last_error": _nullable(STR),
             "unique_key": _nullable(STR),
             "depends_on": _nullable({"type": "array", "items": UUID}),

@@ -377,6 +377,7 @@ class Report:
     worker_exits: int = 0  # worker processes that exited before they were told to stop
     resumed_s: float | None = None  # longest wait for a completion after an outage
     exits_allowed: bool = True
+    innocents_failed: int = 0  # ordinary jobs that did not complete where all must
 
     def violations(self) -> list[str]:
         found = []
@@ -389,6 +390,7 @@ class Report:
             "over_attempts": self.over_attempts,
             "early_starts": self.early_starts,
             "stuck_active": self.stuck_active,
+            "ordinary jobs failed": self.innocents_failed,
         }
         if self.expect_completed:
             checks["not completed"] = self.jobs - self.completed

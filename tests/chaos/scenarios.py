@@ -572,6 +572,133 @@ def hangs_and_poison(
     return report, figures
 
 
+# ---------------------------------------------------------------- 8. poison among kill -9
+
+
+@dataclass
+class PoisonFigures:
+    innocent_failed: int  # ordinary jobs that did not complete
+    innocent_charged: int  # ordinary jobs charged a stall (stalled_count > 0)
+    innocent_interrupted: int  # ordinary jobs taken back uncharged at least once
+    poison: list[dict[str, Any]]  # status, stalled_count, last_error, failure kinds
+    crashes: int  # worker processes the poison jobs killed (found dead and respawned)
+
+
+def poison_among_kills(
+    db_url: str,
+    log_dir: Path,
+    *,
+    jobs: int,
+    poison: int,
+    max_stalled: int,
+    workers: int = 3,
+    concurrency: int = 10,
+    kill_every: float = 1.5,
+    min_duration: float = 10.0,
+    timeout: float = 600,
+    seed: int = 6,
+) -> tuple[Report, PoisonFigures]:
+    """`workers` processes drain `jobs` jobs of 5-50 ms, enqueued over `min_duration`
+    s, while a random worker is SIGKILLed every `kill_every` s (and respawned) and
+    `poison` jobs, enqueued among them early on, kill their worker process on every run.
+    Every job in flight in a dead worker is taken back as a suspect that runs alone, so
+    only the poison jobs are charged stalls: they fail after `max_stalled` + 1 of them,
+    and no ordinary job fails."""
+    run = Run(
+        f"8. poison jobs and kill -9 every {kill_every:g}s (max stalled {max_stalled})",
+        db_url,
+        log_dir,
+    )
+    rng = random.Random(seed)
+    env = {"JOBS_MAX_STALLED_COUNT": str(max_stalled)}
+    fleet = Fleet(db_url, workers, concurrency=concurrency, log_dir=log_dir, env=env).start()
+    # A worker of an empty queue, never killed: it takes part in maintenance only, so the
+    # rescues keep coming while every worker of the fleet is dead or starting up (a
+    # Python process takes seconds to start on a busy machine).
+    bystander = Fleet(
+        db_url, 1, concurrency=1, log_dir=log_dir, env=env, queues=["idle"], name="bystander"
+    ).start()
+    producer = Producer(
+        db_url,
+        total=jobs,
+        batch=max(1, int(jobs / min_duration / 4)),
+        rate=jobs / min_duration,
+        seed=seed,
+    )
+    producer.start()
+    began = time.monotonic()
+    # Spread over the first quarter, so the poison jobs' rounds of crashes overlap.
+    poison_due = [i * min_duration / 4 / poison for i in range(poison)]
+    poison_ids: list[Any] = []
+    killer = Ticker(kill_every)
+    crashes = 0
+
+    def tick() -> None:
+        nonlocal crashes
+        while poison_due and time.monotonic() - began >= poison_due[0]:
+            poison_due.pop(0)
+            poison_ids.extend(
+                run.ledger.enqueue(
+                    1, type="poison", payload=lambda: ({}, "poison"), attempts=CHAOS_ATTEMPTS
+                )
+            )
+        respawned = fleet.respawn_dead()
+        crashes += respawned
+        run.faults["worker killed by a poison job"] += respawned
+        if killer.due():
+            slot = rng.choice(fleet.alive() or [0])
+            fleet.kill(slot)
+            fleet.spawn(slot)
+            run.faults["kill -9"] += 1
+
+    try:
+        # The producer ends before the poison is all in when the jobs are few.
+        while poison_due and time.monotonic() - began < timeout:
+            tick()
+            time.sleep(0.05)
+        report = run.finish(
+            fleet, timeout=timeout, tick=tick, producer=producer, expect_completed=False
+        )
+        bystander.stop()
+    finally:
+        fleet.kill_all()
+        bystander.kill_all()
+    figures = _poison_figures(db_url, poison_ids, crashes)
+    report.innocents_failed = figures.innocent_failed
+    report.notes.append(
+        f"ordinary jobs not completed: {figures.innocent_failed}, charged a stall: "
+        f"{figures.innocent_charged}, taken back uncharged: {figures.innocent_interrupted}; "
+        f"poison: {[(p['status'], p['stalled_count']) for p in figures.poison]}"
+    )
+    return report, figures
+
+
+def _poison_figures(db_url: str, poison_ids: list[Any], crashes: int) -> PoisonFigures:
+    with connect(db_url) as conn:
+        innocent = conn.execute(
+            "SELECT count(*) FILTER (WHERE j.status <> 'completed') AS failed, "
+            "count(*) FILTER (WHERE j.stalled_count > 0) AS charged, "
+            "count(*) FILTER (WHERE EXISTS (SELECT 1 FROM job_failures f "
+            "  WHERE f.job_id = j.id AND f.kind = 'interrupted')) AS interrupted "
+            "FROM chaos_jobs c JOIN jobs j ON j.id = c.job_id WHERE c.mode <> 'poison'"
+        ).fetchone()
+        assert innocent is not None
+        poison = conn.execute(
+            "SELECT j.id, j.status, j.stalled_count, j.last_error, "
+            "ARRAY(SELECT f.kind FROM job_failures f WHERE f.job_id = j.id "
+            "      ORDER BY f.failed_at) AS kinds "
+            "FROM jobs j WHERE j.id = ANY(%s) ORDER BY j.id",
+            (poison_ids,),
+        ).fetchall()
+    return PoisonFigures(
+        innocent_failed=int(innocent["failed"]),
+        innocent_charged=int(innocent["charged"]),
+        innocent_interrupted=int(innocent["interrupted"]),
+        poison=[dict(row) for row in poison],
+        crashes=crashes,
+    )
+
+
 def _start_pid(ledger: Ledger, job_id: Any) -> int | None:
     try:
         rows = ledger.query("SELECT pid FROM chaos_starts WHERE job_id = %s", (job_id,))
@@ -652,7 +779,8 @@ def sigstop(
         ).fetchall()
         frozen_failures = conn.execute(
             "SELECT count(*) AS n FROM job_failures f JOIN chaos_jobs c ON c.job_id = f.job_id "
-            "WHERE f.kind <> 'stalled'"
+            # The rescuer's rows (kind stalled, or interrupted when not charged) aside.
+            "WHERE f.kind NOT IN ('stalled', 'interrupted')"
         ).fetchone()["n"]
     log = fleet.log_path(0).read_text(errors="replace")
     figures = StopFigures(

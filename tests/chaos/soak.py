@@ -43,6 +43,9 @@ class Sizes:
     innocents: int
     hold_s: float
     recovery_s: float
+    poison_jobs: int
+    poison_count: int
+    poison_s: float
 
 
 FULL = Sizes(
@@ -55,6 +58,9 @@ FULL = Sizes(
     innocents=1_000,
     hold_s=180,
     recovery_s=120,
+    poison_jobs=10_000,
+    poison_count=10,
+    poison_s=60,
 )
 QUICK = Sizes(
     kill9_jobs=4_000,
@@ -66,6 +72,9 @@ QUICK = Sizes(
     innocents=200,
     hold_s=36,
     recovery_s=8,
+    poison_jobs=600,
+    poison_count=3,
+    poison_s=6,
 )
 
 
@@ -244,6 +253,31 @@ class Soak:
 
         self.run(7, "idle REPEATABLE READ transaction", body)
 
+    def poison(self) -> None:
+        def body(db_url: str, log_dir: Path) -> None:
+            report, f = scenarios.poison_among_kills(
+                db_url,
+                log_dir,
+                jobs=self.sizes.poison_jobs,
+                poison=self.sizes.poison_count,
+                max_stalled=2,
+                min_duration=self.sizes.poison_s,
+                timeout=3600,
+            )
+            self.add(report)
+            endings = sorted({(p["status"], p["stalled_count"]) for p in f.poison})
+            self.details.append(
+                f"8. {len(f.poison)} poison jobs among {report.jobs - len(f.poison):,} "
+                f"ordinary ones, 3 workers, kill -9 every 1.5 s (JOBS_MAX_STALLED_COUNT=2): "
+                f"{f.crashes} worker processes killed by the poison jobs; poison jobs ended "
+                f"{endings} (status, stalls); ordinary jobs: {f.innocent_failed} not "
+                f"completed, {f.innocent_charged} charged a stall, {f.innocent_interrupted} "
+                f"taken back uncharged and run alone"
+            )
+            print(f"   {self.details[-1]}", flush=True)
+
+        self.run(8, "poison jobs among kill -9", body)
+
     # ---------------------------------------------------------------- output
 
     def table(self, started: dt.datetime, elapsed: float) -> str:
@@ -334,7 +368,7 @@ def git_commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the CI sizes (a smoke run)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="scenario numbers, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="scenario numbers, e.g. 1,3")
     parser.add_argument("--jobs", type=int, help="scenario 1's job count (default 100,000)")
     parser.add_argument("--minutes", type=float, help="scenario 2's duration (default 10)")
     parser.add_argument("--restarts", type=int, help="scenario 3's restarts (default 5)")
@@ -363,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         5: soak.hangs,
         6: soak.sigstop,
         7: soak.long_transaction,
+        8: soak.poison,
     }
     started = dt.datetime.now(dt.UTC)
     began = time.monotonic()
