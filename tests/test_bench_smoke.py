@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
+import pytest
+
+from pgjobs import bench
+from pgjobs.app import App
+from pgjobs.config import Settings
 from tests.bench_scripts import run_bench_script
 
 
@@ -25,3 +31,21 @@ def test_rate_limits_benchmark_runs(tmp_path: Path) -> None:
         "start latency: LISTEN on, no Redis, poll 5 s",
         "start latency: LISTEN off, no Redis, poll 1 s",
     ]
+
+
+@pytest.mark.anyio
+async def test_raw_sql_limit_leaves_no_worker_registered(settings: Settings) -> None:
+    """The raw-SQL loops register a worker as the worker does; left behind, it counted as
+    the latency phase's worker, which then enqueued before its real worker had started
+    (enqueue->start figures of a second instead of milliseconds)."""
+    url = settings.require_database_url()
+    app = App(settings, builtin_types=False)
+    app.register(bench.NOOP, bench.bench_app().handlers[bench.NOOP].func)
+    report = bench.Report(started="now", server="test")
+    try:
+        rate = await bench.bench_raw(app, url, bench.Sizes.quick(), report, batch=10)
+    finally:
+        await app.close()
+    assert rate > 0
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM job_workers").fetchone() == (0,)
