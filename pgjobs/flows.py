@@ -22,9 +22,10 @@ from pgjobs.config import Settings
 from pgjobs.dependencies import check_acyclic
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
-from pgjobs.options import MAX_KEY_LENGTH, NewJob, new_job_from_request
+from pgjobs.options import NewJob, new_job_from_request
+from pgjobs.validation import MAX_FLOW_JOBS, MAX_KEY_LENGTH
 
-MAX_API_FLOW = 10_000
+MAX_API_FLOW = MAX_FLOW_JOBS
 FlowItem = NewJob | Mapping[str, Any]
 
 

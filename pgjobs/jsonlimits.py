@@ -15,9 +15,7 @@ import json
 import re
 from typing import Any
 
-# Containers inside containers, the outermost object counting as one. The SQL check
-# (pgjobs_json_too_deep in schema.sql) uses the same number.
-MAX_JSON_DEPTH = 100
+from pgjobs.validation import MAX_JSON_DEPTH
 
 _TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 

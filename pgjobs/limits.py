@@ -74,11 +74,12 @@ from pgjobs.config import Settings
 from pgjobs.errors import NotFound, ValidationError
 from pgjobs.options import validate_queue
 from pgjobs.queries import query
+from pgjobs.validation import MAX_RATE_DURATION_MS, MAX_RATE_JOBS
 
 log = logging.getLogger("pgjobs.limits")
 
-MAX_JOBS = 100_000
-MAX_DURATION_MS = 86_400_000
+MAX_JOBS = MAX_RATE_JOBS
+MAX_DURATION_MS = MAX_RATE_DURATION_MS
 MAX_PATTERN = 255
 REFRESH_S = 2.0
 PROBE_S = 1.0

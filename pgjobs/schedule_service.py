@@ -14,7 +14,6 @@ Errors: `ValidationError` (bad field, quoting it), `NotFound` (no such schedule)
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -40,14 +39,13 @@ from pgjobs.options import (
 )
 from pgjobs.queries import query
 from pgjobs.schedules import Cron, parse_cron, parse_misfire, parse_timezone
+from pgjobs.validation import MAX_CATCH_UP, MAX_DESCRIPTION, SCHEDULE_NAME
 
 T = TypeVar("T")
 Row = dict[str, Any]
 Operation = Generator[Statement, list[Row], T]
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}$")
-MAX_DESCRIPTION = 10_000
-MAX_CATCH_UP = 10_000
+NAME = SCHEDULE_NAME
 # Job options a schedule may carry for the jobs it fires. A unique key, dependencies
 # or a delay have no meaning for a job that recurs.
 SCHEDULE_JOB_OPTIONS = (

@@ -17,8 +17,8 @@ from uuid import UUID
 from pgjobs.errors import ValidationError
 from pgjobs.models import STATUSES
 from pgjobs.options import validate_queue, validate_type
+from pgjobs.validation import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
 
-MIN_LIMIT, MAX_LIMIT, DEFAULT_LIMIT = 1, 500, 50
 # Operator names for statuses: BullMQ's `waiting` is our `pending`.
 STATUS_ALIASES = {"waiting": "pending"}
 _ID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")

@@ -32,7 +32,7 @@ from pgjobs.client import (
 )
 from pgjobs.errors import Conflict, JobNotFound, NotFound, ValidationError
 from pgjobs.models import FINISHED, Job
-from pgjobs.ops.filters import DEFAULT_LIMIT, JobFilter, clamp_limit, decode_cursor, encode_cursor
+from pgjobs.ops.filters import JobFilter, clamp_limit, decode_cursor, encode_cursor
 from pgjobs.ops.health import health_score
 from pgjobs.ops.models import (
     AuditEntry,
@@ -60,6 +60,7 @@ from pgjobs.ops.models import (
 )
 from pgjobs.options import validate_queue
 from pgjobs.queries import query
+from pgjobs.validation import DEFAULT_LIMIT, MAX_BULK, MAX_WINDOW_HOURS
 
 if TYPE_CHECKING:
     from pgjobs.schedule_service import Schedule
@@ -70,8 +71,6 @@ AsyncConn = psycopg.AsyncConnection[Any]
 # Upper bounds of job_duration_seconds, the spec's prom-client buckets. The SQL statement
 # ops_metrics_durations counts against the same bounds, in the same order.
 DURATION_BUCKETS_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-MAX_WINDOW_HOURS = 24 * 366
-MAX_BULK = 10_000
 CLEAN_BATCH = 1000
 PAYLOAD_PREVIEW_CHARS = 200
 # Dashboard counts: a finished status with more jobs than this in a queue is estimated

@@ -1,5 +1,4 @@
-"""REST routes for rate limits, waiting for results and the event stream, and their part
-of the OpenAPI document:
+"""REST routes for rate limits, waiting for results and the event stream:
 
 - `PUT|DELETE /api/queues/{queue}/limit` — a queue's rate limit `{max, duration}`;
 - `GET /api/jobs/{id}/wait?timeout=S` — long-poll until the job finishes (at most S s);
@@ -24,14 +23,12 @@ from pgjobs.errors import JobFailed, ValidationError
 from pgjobs.events import EVENT_NAMES, JobEvent
 from pgjobs.ops import Ops
 from pgjobs.options import validate_queue
+from pgjobs.validation import WAIT_DEFAULT_S, WAIT_MAX_S
 from pgjobs.web.api import shown_job
-from pgjobs.web.openapi import QUEUE_PATTERN
 from pgjobs.web.requests import job_id_param, object_body, query_param, read_json
 
 API_ACTOR = "api"
 BODY_LIMIT = 4096
-WAIT_DEFAULT_S = 30.0
-WAIT_MAX_S = 300.0
 KEEPALIVE_S = 15.0
 
 
@@ -182,158 +179,3 @@ def routes() -> list[BaseRoute]:
         Route("/api/jobs/{id}/wait", wait_job, methods=["GET"]),
         Route("/api/events", stream_events, methods=["GET"]),
     ]
-
-
-# ------------------------------------------------------------------ OpenAPI
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def openapi_schemas() -> dict[str, Any]:
-    limit_value = {"type": "integer", "minimum": 1}
-    return {
-        "QueueLimit": {
-            "type": "object",
-            "required": ["queue", "max", "duration"],
-            "properties": {
-                "queue": {"type": "string"},
-                "max": {**limit_value, "nullable": True},
-                "duration": {**limit_value, "nullable": True},
-            },
-        },
-        "QueueLimitSet": {
-            "type": "object",
-            "required": ["max", "duration"],
-            "additionalProperties": False,
-            "properties": {
-                "max": {"type": "integer", "minimum": 1, "maximum": limits.MAX_JOBS},
-                "duration": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": limits.MAX_DURATION_MS,
-                    "description": "Window length in milliseconds",
-                },
-            },
-        },
-        "JobWait": {
-            "type": "object",
-            "required": ["done", "job"],
-            "properties": {"done": {"type": "boolean"}, "job": _ref("Job")},
-        },
-    }
-
-
-def openapi_paths(errors: dict[str, Any]) -> dict[str, Any]:
-    def responses(ok: dict[str, Any], *codes: str) -> dict[str, Any]:
-        return {**ok, **{c: errors[c] for c in ("401", "503", *codes)}}
-
-    def json_body(description: str, schema: str) -> dict[str, Any]:
-        return {
-            "description": description,
-            "content": {"application/json": {"schema": _ref(schema)}},
-        }
-
-    queue_param = {
-        "name": "queue",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": QUEUE_PATTERN},
-    }
-    job_param = {
-        "name": "id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "format": "uuid"},
-        "description": "Job id",
-    }
-
-    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "schema": schema,
-            "description": description,
-        }
-
-    return {
-        "/api/queues/{queue}/limit": {
-            "parameters": [queue_param],
-            "put": {
-                "operationId": "setQueueLimit",
-                "summary": "Limit the queue to at most `max` job starts per `duration` ms, "
-                "across all workers (creates the queue if needed)",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("QueueLimitSet")}},
-                },
-                "responses": responses(
-                    {"200": json_body("The queue's limit", "QueueLimit")},
-                    "400",
-                    "413",
-                    "415",
-                    "422",
-                ),
-            },
-            "delete": {
-                "operationId": "clearQueueLimit",
-                "summary": "Remove the queue's rate limit",
-                "responses": responses(
-                    {"200": json_body("The queue without a limit", "QueueLimit")}, "404", "422"
-                ),
-            },
-        },
-        "/api/jobs/{id}/wait": {
-            "parameters": [job_param],
-            "get": {
-                "operationId": "waitForJob",
-                "summary": "Long-poll until the job completed, failed or was cancelled, or "
-                "`timeout` seconds passed (`done` says which); returns the job",
-                "parameters": [
-                    query(
-                        "timeout",
-                        {
-                            "type": "number",
-                            "minimum": 0,
-                            "maximum": WAIT_MAX_S,
-                            "default": WAIT_DEFAULT_S,
-                        },
-                        "Longest wait in seconds",
-                    )
-                ],
-                "responses": responses(
-                    {"200": json_body("Whether the job finished, and the job", "JobWait")},
-                    "400",
-                    "404",
-                    "422",
-                ),
-            },
-        },
-        "/api/events": {
-            "get": {
-                "operationId": "streamEvents",
-                "summary": "Job events as Server-Sent Events (event: progress, completed, "
-                "failed, retrying, stalled or cancelled; data: {event, id, queue, type, "
-                "status[, progress]}); never ends by itself",
-                "parameters": [
-                    query("queue", {"type": "string", "pattern": QUEUE_PATTERN}, "Only this queue"),
-                    query("job", {"type": "string", "format": "uuid"}, "Only this job"),
-                    query(
-                        "event", {"type": "string", "enum": list(EVENT_NAMES)}, "Only this event"
-                    ),
-                ],
-                "responses": responses(
-                    {
-                        "200": {
-                            "description": "An endless text/event-stream",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                        }
-                    },
-                    "400",
-                    "422",
-                ),
-            }
-        },
-    }
