@@ -19,6 +19,8 @@ from pgjobs import client
 from pgjobs.client import AsyncConn, SyncConn
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
+from pgjobs.contract.jsonschema import shape_fields
+from pgjobs.contract.shapes import FlowCreate
 from pgjobs.dependencies import check_acyclic
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
@@ -132,7 +134,7 @@ def _resolve_refs(item: Any, by_ref: dict[str, str]) -> Any:
 
 def flow_request_jobs(body: Mapping[str, Any]) -> list[Any]:
     """The job list of a `POST /api/flows` body `{"jobs": [...]}`."""
-    unknown = sorted(set(body) - {"jobs"})
+    unknown = sorted(set(body) - set(shape_fields(FlowCreate)))
     if unknown:
         raise ValidationError(f"unknown field '{unknown[0]}'", field=unknown[0])
     jobs = body.get("jobs")

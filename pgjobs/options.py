@@ -16,6 +16,8 @@ from typing import Any
 from uuid import UUID
 
 from pgjobs.config import Settings
+from pgjobs.contract.jsonschema import shape_fields
+from pgjobs.contract.shapes import JobCreate
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
 from pgjobs.jsonlimits import depth_error, too_deep
@@ -207,7 +209,7 @@ def new_job_from_request(settings: Settings, body: Any) -> NewJob:
     """Validate an API-shaped job: {"type", "queue", "payload", "options": {...}}."""
     if not isinstance(body, Mapping):
         raise ValidationError("a job must be a JSON object with at least a 'type'")
-    unknown = sorted(set(body) - {"type", "queue", "payload", "options"})
+    unknown = sorted(set(body) - set(shape_fields(JobCreate)))
     if unknown:
         raise ValidationError(f"unknown field '{unknown[0]}'", field=unknown[0])
     if "type" not in body:

@@ -20,6 +20,7 @@ from pgjobs.cli import fail, handle_errors, print_json, settings_from
 from pgjobs.cli.output import echo
 from pgjobs.cli.tables import ago, percent, table
 from pgjobs.config import Settings
+from pgjobs.validation import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
 
 T = TypeVar("T")
 
@@ -486,7 +487,9 @@ def workers(ctx: click.Context, as_json: bool) -> None:
 @click.option("--queue", default=None)
 @click.option("--status", default=None, help="e.g. failed, or waiting,delayed")
 @click.option("--type", "type_", default=None)
-@click.option("--limit", default="50", show_default=True, help="1-500.")
+@click.option(
+    "--limit", default=str(DEFAULT_LIMIT), show_default=True, help=f"{MIN_LIMIT}-{MAX_LIMIT}."
+)
 @click.option("--cursor", default=None, help="Continue after a previous page.")
 @json_option
 @click.pass_context

@@ -88,12 +88,17 @@ def required_fields(shape: type) -> list[str]:
 def check_fields(body: Mapping[str, Any], shape: type) -> None:
     """Refuse a field the shape does not declare, then a missing required one (422),
     each named in the error, unknown fields first and in sorted order."""
-    unknown = sorted(set(body) - set(shape_fields(shape)))
-    if unknown:
-        raise ValidationError(f"unknown field '{unknown[0]}'", field=unknown[0])
+    reject_unknown_fields(body, shape)
     for name in required_fields(shape):
         if name not in body:
             raise ValidationError(f"{name} is required", field=name)
+
+
+def reject_unknown_fields(body: Mapping[str, Any], shape: type) -> None:
+    """Refuse a field the shape does not declare (422), the first in sorted order."""
+    unknown = sorted(set(body) - set(shape_fields(shape)))
+    if unknown:
+        raise ValidationError(f"unknown field '{unknown[0]}'", field=unknown[0])
 
 
 class SchemaBuilder:

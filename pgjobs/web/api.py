@@ -17,11 +17,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pgjobs import __version__
+from pgjobs.contract.jsonschema import reject_unknown_fields
+from pgjobs.contract.shapes import BulkCreate
 from pgjobs.errors import ValidationError
 from pgjobs.install import redis_status
 from pgjobs.models import Job
 from pgjobs.ops import JobFilter, JobPage, Ops
 from pgjobs.redact import mask_json_text, mask_secrets
+from pgjobs.validation import DEFAULT_WINDOW_HOURS
 from pgjobs.web import metrics as metrics_text
 from pgjobs.web.auth import token_ok
 from pgjobs.web.openapi import openapi_document
@@ -139,9 +142,7 @@ async def create_job(request: Request) -> Response:
 
 async def create_jobs(request: Request) -> Response:
     body = object_body(await read_json(request, BULK_BODY_LIMIT))
-    unknown = sorted(set(body) - {"jobs"})
-    if unknown:
-        raise ValidationError(f"unknown field '{unknown[0]}'", field=unknown[0])
+    reject_unknown_fields(body, BulkCreate)
     jobs = body.get("jobs")
     if not isinstance(jobs, list):
         raise ValidationError("jobs must be a list of job objects", field="jobs")
@@ -188,7 +189,7 @@ async def delete_job(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    hours = float_param(request, "hours", 24.0)
+    hours = float_param(request, "hours", DEFAULT_WINDOW_HOURS)
     report = await ops_of(request).stats(
         queue=query_param(request, "queue"),
         hours=hours,

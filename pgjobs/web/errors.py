@@ -1,4 +1,4 @@
-"""Every error the HTTP surface returns has one shape:
+"""Every error the HTTP surface returns has one shape, pgjobs.contract.shapes.Error:
 
     {"error": {"code": "<machine code>", "message": "<one line for a human>"}}
 
@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pgjobs.contract.shapes import Error
 from pgjobs.errors import (
     ConfigError,
     Conflict,
@@ -84,9 +85,8 @@ def error_response(
 ) -> JSONResponse:
     # One line, bounded: a message may quote user input.
     line = " ".join(message.split())[:1000] or code
-    return JSONResponse(
-        {"error": {"code": code, "message": line}}, status_code=status, headers=headers
-    )
+    body: Error = {"error": {"code": code, "message": line}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -19,6 +19,8 @@ from starlette.routing import BaseRoute, Route
 
 from pgjobs import limits
 from pgjobs.app import App
+from pgjobs.contract.jsonschema import check_fields
+from pgjobs.contract.shapes import QueueLimitSet
 from pgjobs.errors import JobFailed, ValidationError
 from pgjobs.events import EVENT_NAMES, JobEvent
 from pgjobs.ops import Ops
@@ -47,12 +49,7 @@ def _ops(request: Request) -> Ops:
 
 async def set_queue_limit(request: Request) -> Response:
     body = object_body(await read_json(request, BODY_LIMIT))
-    unknown = sorted(set(body) - {"max", "duration"})
-    if unknown:
-        raise ValidationError(f"unknown field '{unknown[0]}'", field=unknown[0])
-    for name in ("max", "duration"):
-        if name not in body:
-            raise ValidationError(f"{name} is required", field=name)
+    check_fields(body, QueueLimitSet)
     async with _app(request).connection() as conn:
         result = await limits.set_queue_limit(
             conn,

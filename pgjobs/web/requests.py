@@ -14,6 +14,7 @@ from uuid import UUID
 from starlette.requests import ClientDisconnect, Request
 
 from pgjobs.errors import JobNotFound, ValidationError
+from pgjobs.validation import MAX_QUERY_PARAM_LENGTH
 from pgjobs.web.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 # How much of an oversized body is read and dropped so that the 413 reaches the client.
@@ -108,7 +109,7 @@ def query_param(request: Request, name: str) -> str | None:
         return None
     if "\x00" in value:
         raise BadRequest(f"query parameter {name!r} contains a NUL character")
-    if len(value) > 1000:
+    if len(value) > MAX_QUERY_PARAM_LENGTH:
         raise BadRequest(f"query parameter {name!r} is too long")
     return value
 
