@@ -38,6 +38,8 @@ MAX_ATTEMPTS = 1000
 MAX_DELAY_MS = 10 * 365 * 86_400_000  # ten years
 MAX_TIMEOUT_MS = 30 * 86_400_000  # thirty days
 MAX_BACKOFF_STEPS = 100
+# The documented bound of a job's dependsOn list. Not enforced yet: pgjobs.options
+# accepts longer lists (the OpenAPI document has said 100 since it was written).
 MAX_DEPENDENCIES = 100
 
 # ------------------------------------------------------------------ payloads

@@ -19,11 +19,20 @@ from pgjobs import __version__
 from pgjobs.config import Settings
 from pgjobs.contract import shapes
 from pgjobs.contract.jsonschema import SchemaBuilder
-from pgjobs.contract.operations import ERRORS, OPERATIONS, PATH_PARAMS, Answer, Operation
+from pgjobs.contract.operations import (
+    ERRORS,
+    OPERATIONS,
+    PATH_PARAMS,
+    Answer,
+    Operation,
+    Param,
+)
 from pgjobs.web.auth import API_PREFIXES
 
 Schema = dict[str, Any]
 DOCUMENTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+# Routes of the API that AuthMiddleware leaves open (the dashboard's are not documented).
+OPEN_PATHS = ("/health",)
 
 
 def needs_token(path: str) -> bool:
@@ -62,7 +71,7 @@ def build_document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
 
 
 def _documented(path: str) -> bool:
-    return needs_token(path) or path == "/health"
+    return needs_token(path) or path in OPEN_PATHS
 
 
 def _operation(op: Operation, builder: SchemaBuilder) -> Schema:
@@ -95,7 +104,7 @@ def _answer(answer: Answer, builder: SchemaBuilder) -> Schema:
     return out
 
 
-def _parameter(param: Any, where: str, builder: SchemaBuilder) -> Schema:
+def _parameter(param: Param, where: str, builder: SchemaBuilder) -> Schema:
     out: Schema = {
         "name": param.name,
         "in": where,
