@@ -19,30 +19,19 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from pgjobs import limits
-from pgjobs.app import App
 from pgjobs.errors import JobFailed, ValidationError
 from pgjobs.events import EVENT_NAMES, JobEvent
-from pgjobs.ops import Ops
 from pgjobs.options import validate_queue
 from pgjobs.web.api import shown_job
 from pgjobs.web.openapi import QUEUE_PATTERN
 from pgjobs.web.requests import job_id_param, object_body, query_param, read_json
+from pgjobs.web.state import ops_of
 
 API_ACTOR = "api"
 BODY_LIMIT = 4096
 WAIT_DEFAULT_S = 30.0
 WAIT_MAX_S = 300.0
 KEEPALIVE_S = 15.0
-
-
-def _app(request: Request) -> App:
-    jobs: App = request.app.state.pgjobs
-    return jobs
-
-
-def _ops(request: Request) -> Ops:
-    ops: Ops = request.app.state.ops
-    return ops
 
 
 # ------------------------------------------------------------------ rate limits
@@ -56,22 +45,16 @@ async def set_queue_limit(request: Request) -> Response:
     for name in ("max", "duration"):
         if name not in body:
             raise ValidationError(f"{name} is required", field=name)
-    async with _app(request).connection() as conn:
-        result = await limits.set_queue_limit(
-            conn,
-            str(request.path_params["queue"]),
-            body["max"],
-            body["duration"],
-            actor=API_ACTOR,
-        )
+    result = await ops_of(request).set_queue_limit(
+        str(request.path_params["queue"]), body["max"], body["duration"], actor=API_ACTOR
+    )
     return JSONResponse(result.to_dict())
 
 
 async def clear_queue_limit(request: Request) -> Response:
-    async with _app(request).connection() as conn:
-        result = await limits.clear_queue_limit(
-            conn, str(request.path_params["queue"]), actor=API_ACTOR
-        )
+    result = await ops_of(request).clear_queue_limit(
+        str(request.path_params["queue"]), actor=API_ACTOR
+    )
     return JSONResponse(result.to_dict())
 
 
@@ -101,12 +84,12 @@ async def wait_job(request: Request) -> Response:
     timeout = _timeout(request)
     done = True
     try:
-        await _app(request).wait(job_id, timeout=timeout)
+        await ops_of(request).app.wait(job_id, timeout=timeout)
     except JobFailed:
         pass
     except TimeoutError:
         done = False
-    job = await _ops(request).get_job(job_id)
+    job = await ops_of(request).get_job(job_id)
     return JSONResponse({"done": done, "job": shown_job(job)})
 
 
@@ -133,7 +116,7 @@ async def stream_events(request: Request) -> Response:
     job_ids = [job_id_param_value(job)] if job else None
     if event is not None and event not in EVENT_NAMES:
         raise ValidationError(f"event must be one of {', '.join(EVENT_NAMES)}", field="event")
-    stream = _app(request).events(
+    stream = ops_of(request).app.events(
         queues=[queue] if queue else None,
         job_ids=job_ids,
         events=[event] if event else None,
