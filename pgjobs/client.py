@@ -369,21 +369,35 @@ def fetch_all_sync(conn: SyncConn, statement: Statement) -> list[Row]:
 
 
 async def run_async(conn: AsyncConn, plan: Generator[Statement, list[Row], T]) -> T:
-    """Execute a plan of statements (see `insert_plan`) on `conn`."""
+    """Execute a plan of statements (see `insert_plan`) on `conn`: each statement's rows
+    are sent back into the plan. A statement that fails with a database error has the
+    error thrown into the plan, which may turn it into its own (a unique violation into
+    `Conflict`); inside a transaction the plan cannot go on after one."""
     try:
         statement = next(plan)
         while True:
-            statement = plan.send(await fetch_all_async(conn, statement))
+            try:
+                rows = await fetch_all_async(conn, statement)
+            except psycopg.Error as exc:
+                statement = plan.throw(exc)
+            else:
+                statement = plan.send(rows)
     except StopIteration as done:
         result: T = done.value
         return result
 
 
 def run_sync(conn: SyncConn, plan: Generator[Statement, list[Row], T]) -> T:
+    """`run_async` on a sync connection."""
     try:
         statement = next(plan)
         while True:
-            statement = plan.send(fetch_all_sync(conn, statement))
+            try:
+                rows = fetch_all_sync(conn, statement)
+            except psycopg.Error as exc:
+                statement = plan.throw(exc)
+            else:
+                statement = plan.send(rows)
     except StopIteration as done:
         result: T = done.value
         return result

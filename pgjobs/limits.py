@@ -51,7 +51,6 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import re
 import time
@@ -176,68 +175,59 @@ class Limits:
 
 
 # ------------------------------------------------------------------ operations
-# Plain functions over a connection, shared by the CLI, the REST API and the dashboard.
-# Each change is recorded in the audit trail with the actor that asked for it.
+# Plain functions over a connection. The CLI, the REST API and the dashboard reach them
+# through pgjobs.ops.Ops, which records each change in the audit trail in the same
+# transaction; they write no audit row themselves.
 
 
 async def set_queue_limit(
-    conn: AsyncConn, queue: str, max_jobs: Any, duration_ms: Any, *, actor: str = "api"
+    conn: AsyncConn, queue: str, max_jobs: Any, duration_ms: Any
 ) -> QueueLimit:
     """Limit `queue` to `max_jobs` starts per `duration_ms` (the queue may be new)."""
     name = validate_queue(queue)
     limit = rate_limit(max_jobs, duration_ms)
-    async with conn.transaction():
-        row = await _one(
-            conn,
-            "limits_set_queue",
-            {"queue": name, "max_jobs": limit.max_jobs, "duration_ms": limit.duration_ms},
-        )
-        await _audit(conn, actor, "rate_limit", name, limit.to_dict())
+    row = await _one(
+        conn,
+        "limits_set_queue",
+        {"queue": name, "max_jobs": limit.max_jobs, "duration_ms": limit.duration_ms},
+    )
     assert row is not None
     return _queue_limit(row)
 
 
-async def clear_queue_limit(conn: AsyncConn, queue: str, *, actor: str = "api") -> QueueLimit:
+async def clear_queue_limit(conn: AsyncConn, queue: str) -> QueueLimit:
     """Remove the limit of `queue` (NotFound for a queue that has no row)."""
     name = validate_queue(queue)
-    async with conn.transaction():
-        row = await _one(conn, "limits_clear_queue", {"queue": name})
-        if row is None:
-            raise NotFound(f"no queue named {name!r}")
-        await _audit(conn, actor, "rate_limit_clear", name, {})
+    row = await _one(conn, "limits_clear_queue", {"queue": name})
+    if row is None:
+        raise NotFound(f"no queue named {name!r}")
     return _queue_limit(row)
 
 
-async def set_key_limit(
-    conn: AsyncConn, pattern: str, max_jobs: Any, duration_ms: Any, *, actor: str = "api"
-) -> KeyLimit:
+async def set_key_limit(conn: AsyncConn, pattern: str, max_jobs: Any, duration_ms: Any) -> KeyLimit:
     """Limit every rate-limit key matching `pattern` to `max_jobs` starts per
     `duration_ms`, each key on its own."""
     text = validate_pattern(pattern)
     limit = rate_limit(max_jobs, duration_ms)
-    async with conn.transaction():
-        row = await _one(
-            conn,
-            "limits_set_key",
-            {
-                "pattern": text,
-                "max_jobs": limit.max_jobs,
-                "duration_ms": limit.duration_ms,
-                "now": None,
-            },
-        )
-        await _audit(conn, actor, "key_rate_limit", text, limit.to_dict())
+    row = await _one(
+        conn,
+        "limits_set_key",
+        {
+            "pattern": text,
+            "max_jobs": limit.max_jobs,
+            "duration_ms": limit.duration_ms,
+            "now": None,
+        },
+    )
     assert row is not None
     return KeyLimit(row["pattern"], RateLimit(row["max_jobs"], row["duration_ms"]))
 
 
-async def clear_key_limit(conn: AsyncConn, pattern: str, *, actor: str = "api") -> KeyLimit:
+async def clear_key_limit(conn: AsyncConn, pattern: str) -> KeyLimit:
     text = validate_pattern(pattern)
-    async with conn.transaction():
-        row = await _one(conn, "limits_clear_key", {"pattern": text})
-        if row is None:
-            raise NotFound(f"no key limit with pattern {text!r}")
-        await _audit(conn, actor, "key_rate_limit_clear", text, {})
+    row = await _one(conn, "limits_clear_key", {"pattern": text})
+    if row is None:
+        raise NotFound(f"no key limit with pattern {text!r}")
     return KeyLimit(row["pattern"], RateLimit(row["max_jobs"], row["duration_ms"]))
 
 
@@ -270,19 +260,6 @@ async def _one(conn: AsyncConn, name: str, params: dict[str, Any]) -> Row | None
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query(name), params)
         return await cur.fetchone()
-
-
-async def _audit(conn: AsyncConn, actor: str, action: str, target: str, detail: Any) -> None:
-    await conn.execute(
-        query("ops_record_audit"),
-        {
-            "now": None,
-            "actor": actor[:200],
-            "action": action,
-            "target": target,
-            "detail": json.dumps(detail),
-        },
-    )
 
 
 # ------------------------------------------------------------------ matching

@@ -2,8 +2,8 @@
 create, update, enable/disable and delete the definitions in `job_schedules`.
 
 Each operation is written once, as a generator that yields statements and receives
-their rows; `_run_async` and `_run_sync` execute it in one transaction on an async or
-a sync connection (a caller's open transaction becomes a savepoint). Every edit
+their rows; `pgjobs.client.run_async` / `run_sync` execute it, in one transaction on an
+async or a sync connection (a caller's open transaction becomes a savepoint). Every edit
 recomputes `next_run_at` with the database clock (or the test clock), so it takes
 effect on the next maintenance round without restarting anything.
 
@@ -23,7 +23,7 @@ from uuid import UUID
 import psycopg
 import psycopg.errors
 
-from pgjobs.client import Statement, fetch_all_async, fetch_all_sync
+from pgjobs.client import Statement, run_async, run_sync
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.errors import Conflict, NotFound, ValidationError
@@ -438,34 +438,12 @@ def _delete_op(name: str) -> Operation[Schedule]:
 
 async def _run_async(conn: psycopg.AsyncConnection[Any], op: Operation[T]) -> T:
     async with conn.transaction():
-        try:
-            statement = next(op)
-            while True:
-                try:
-                    rows = await fetch_all_async(conn, statement)
-                except psycopg.errors.UniqueViolation as exc:
-                    statement = op.throw(exc)
-                else:
-                    statement = op.send(rows)
-        except StopIteration as done:
-            result: T = done.value
-            return result
+        return await run_async(conn, op)
 
 
 def _run_sync(conn: psycopg.Connection[Any], op: Operation[T]) -> T:
     with conn.transaction():
-        try:
-            statement = next(op)
-            while True:
-                try:
-                    rows = fetch_all_sync(conn, statement)
-                except psycopg.errors.UniqueViolation as exc:
-                    statement = op.throw(exc)
-                else:
-                    statement = op.send(rows)
-        except StopIteration as done:
-            result: T = done.value
-            return result
+        return run_sync(conn, op)
 
 
 # ---------------------------------------------------------------- public API

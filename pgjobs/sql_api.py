@@ -12,7 +12,6 @@ paths are the operators' own and do not consult it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,19 +47,11 @@ def producer_types(conn: psycopg.Connection[Any]) -> list[str] | None:
     return None if row is None or row["producer_types"] is None else list(row["producer_types"])
 
 
-def set_producer_types(
-    conn: psycopg.Connection[Any], types: Sequence[str] | None, *, actor: str
+async def set_producer_types(
+    conn: psycopg.AsyncConnection[Any], types: Sequence[str] | None
 ) -> list[str] | None:
-    """Replace the allowlist (None = back to the default), recorded in job_audit."""
+    """Replace the allowlist (None = back to the default). Operators reach this through
+    pgjobs.ops.Ops, which records the change in job_audit in the same transaction."""
     chosen = None if types is None else sorted({validate_type(t) for t in types})
-    with conn.transaction():
-        conn.execute(query("sql_api_set_producer_types"), {"types": chosen})
-        conn.execute(
-            query("sql_api_record_audit"),
-            {
-                "actor": actor,
-                "action": "producer-types",
-                "detail": json.dumps({"types": chosen}),
-            },
-        )
+    await conn.execute(query("sql_api_set_producer_types"), {"types": chosen})
     return chosen

@@ -78,10 +78,21 @@ def status_of(db: psycopg.Connection[Any], job_id: uuid.UUID) -> str | None:
 
 
 def snapshot(db: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    """Every job row plus the queue and audit tables, to assert that nothing changed."""
-    jobs = db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-    queues = db.execute("SELECT * FROM job_queues ORDER BY name").fetchall()
-    return [*jobs, *queues]
+    """Every job row plus the queue, schedule, rate-limit and audit tables, to assert
+    that nothing changed."""
+    return [
+        *db.execute("SELECT * FROM jobs ORDER BY id").fetchall(),
+        *db.execute("SELECT * FROM job_queues ORDER BY name").fetchall(),
+        *db.execute("SELECT * FROM job_schedules ORDER BY name").fetchall(),
+        *db.execute("SELECT * FROM job_rate_limits ORDER BY pattern").fetchall(),
+        *audit_rows(db),
+    ]
+
+
+def audit_rows(db: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """The audit trail, oldest first: actor, action, target, detail."""
+    rows = db.execute("SELECT actor, action, target, detail FROM job_audit ORDER BY id")
+    return list(rows.fetchall())
 
 
 def when(ago: timedelta) -> datetime:

@@ -15,12 +15,11 @@ from starlette.routing import Route
 
 from pgjobs.config import Settings
 from pgjobs.web import create_app
+from tests.apiclient import api_client
 from tests.opsdata import insert_job, snapshot, status_of
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[Any]
-TOKEN = "t0ken"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SPEC_BODY = {
     "type": "send-email",
     "queue": "default",
@@ -31,13 +30,8 @@ SPEC_BODY = {
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    web = create_app(settings.replace(api_token=TOKEN))
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", headers=AUTH
-        ) as http:
-            yield http
+    async with api_client(settings) as http:
+        yield http
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:

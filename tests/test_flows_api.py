@@ -14,25 +14,17 @@ import pytest
 import pgjobs
 from pgjobs.app import App
 from pgjobs.config import Settings
-from pgjobs.web import create_app
+from tests.apiclient import api_client
 from tests.pgjobs_cli import run_pgjobs
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[Any]
-TOKEN = "t0ken"
 
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    web = create_app(settings.replace(api_token=TOKEN))
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport,
-            base_url="http://test",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as http:
-            yield http
+    async with api_client(settings) as http:
+        yield http
 
 
 def assert_error(response: httpx.Response, status: int, message: str) -> None:

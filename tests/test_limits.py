@@ -21,6 +21,7 @@ from pgjobs.config import Settings
 from pgjobs.errors import NotFound, ValidationError
 from pgjobs.ids import uuid7
 from pgjobs.limits import KeyMatcher, RateLimit, RateLimiter, RedisTokens, TokenRequest
+from pgjobs.ops import Ops
 from pgjobs.queries import query
 from tests.conftest import make_settings
 from tests.helpers import wait_until_async
@@ -123,33 +124,38 @@ def test_key_patterns_exact_first_then_most_literal_glob() -> None:
 
 
 async def test_limit_operations_store_audit_and_refuse_bad_input(app: App, db: Any) -> None:
-    async with app.connection() as conn:
-        created = await limits.set_queue_limit(conn, "reports", 10, 1000, actor="cli:ann")
-        assert created.to_dict() == {"queue": "reports", "max": 10, "duration": 1000}
-        await limits.set_queue_limit(conn, "default", "3", "500")
-        key = await limits.set_key_limit(conn, "tenant:*", 5, 1000)
-        assert key.to_dict() == {"pattern": "tenant:*", "max": 5, "duration": 1000}
-        listed = await limits.list_limits(conn)
-        assert listed.to_dict() == {
-            "queues": [
-                {"queue": "default", "max": 3, "duration": 500},
-                {"queue": "reports", "max": 10, "duration": 1000},
-            ],
-            "keys": [{"pattern": "tenant:*", "max": 5, "duration": 1000}],
-        }
-        cleared = await limits.clear_queue_limit(conn, "reports")
-        assert cleared.to_dict() == {"queue": "reports", "max": None, "duration": None}
-        await limits.clear_key_limit(conn, "tenant:*")
-        before = rows(db, "SELECT * FROM job_queues ORDER BY name")
-        with pytest.raises(NotFound):
-            await limits.clear_queue_limit(conn, "never-seen")
-        with pytest.raises(NotFound):
-            await limits.clear_key_limit(conn, "tenant:*")
-        with pytest.raises(ValidationError):
-            await limits.set_queue_limit(conn, "Bad Name", 1, 1)
-        with pytest.raises(ValidationError):
-            await limits.set_queue_limit(conn, "default", 0, 1)
-        assert rows(db, "SELECT * FROM job_queues ORDER BY name") == before
+    """Through the operator service: one audit row per change, none for a refusal."""
+    ops = Ops(app)
+    created = await ops.set_queue_limit("reports", 10, 1000, actor="cli:ann")
+    assert created.to_dict() == {"queue": "reports", "max": 10, "duration": 1000}
+    await ops.set_queue_limit("default", "3", "500", actor="api")
+    key = await ops.set_key_limit("tenant:*", 5, 1000, actor="api")
+    assert key.to_dict() == {"pattern": "tenant:*", "max": 5, "duration": 1000}
+    listed = await ops.limits()
+    assert listed.to_dict() == {
+        "queues": [
+            {"queue": "default", "max": 3, "duration": 500},
+            {"queue": "reports", "max": 10, "duration": 1000},
+        ],
+        "keys": [{"pattern": "tenant:*", "max": 5, "duration": 1000}],
+    }
+    cleared = await ops.clear_queue_limit("reports", actor="api")
+    assert cleared.to_dict() == {"queue": "reports", "max": None, "duration": None}
+    await ops.clear_key_limit("tenant:*", actor="dashboard:ann")
+    before = rows(db, "SELECT * FROM job_queues ORDER BY name")
+    audited = rows(db, "SELECT * FROM job_audit ORDER BY id")
+    with pytest.raises(NotFound):
+        await ops.clear_queue_limit("never-seen", actor="api")
+    with pytest.raises(NotFound):
+        await ops.clear_key_limit("tenant:*", actor="api")
+    with pytest.raises(ValidationError):
+        await ops.set_queue_limit("Bad Name", 1, 1, actor="api")
+    with pytest.raises(ValidationError):
+        await ops.set_queue_limit("default", 0, 1, actor="api")
+    with pytest.raises(ValidationError):
+        await ops.set_key_limit(" padded", 1, 1, actor="api")
+    assert rows(db, "SELECT * FROM job_queues ORDER BY name") == before
+    assert rows(db, "SELECT * FROM job_audit ORDER BY id") == audited
     audit = rows(db, "SELECT actor, action, target, detail FROM job_audit ORDER BY id")
     assert audit[0] == {
         "actor": "cli:ann",
@@ -157,13 +163,24 @@ async def test_limit_operations_store_audit_and_refuse_bad_input(app: App, db: A
         "target": "reports",
         "detail": {"max": 10, "duration": 1000},
     }
-    assert [a["action"] for a in audit] == [
-        "rate_limit",
-        "rate_limit",
-        "key_rate_limit",
-        "rate_limit_clear",
-        "key_rate_limit_clear",
+    assert [(a["action"], a["target"], a["actor"]) for a in audit] == [
+        ("rate_limit", "reports", "cli:ann"),
+        ("rate_limit", "default", "api"),
+        ("key_rate_limit", "tenant:*", "api"),
+        ("rate_limit_clear", "reports", "api"),
+        ("key_rate_limit_clear", "tenant:*", "dashboard:ann"),
     ]
+
+
+async def test_the_limits_module_writes_no_audit_row(app: App, db: Any) -> None:
+    """Only the operator service records changes: direct calls (Python code that owns
+    its connection) change the limits and leave the audit trail alone."""
+    async with app.connection() as conn:
+        await limits.set_queue_limit(conn, "reports", 10, 1000)
+        await limits.set_key_limit(conn, "tenant:*", 5, 1000)
+        await limits.clear_queue_limit(conn, "reports")
+        await limits.clear_key_limit(conn, "tenant:*")
+    assert rows(db, "SELECT * FROM job_audit") == []
 
 
 # ------------------------------------------------------------------ workers

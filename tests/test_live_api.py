@@ -5,6 +5,7 @@ the `pgjobs queue` commands, and Redis outages reported by /health and `pgjobs i
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,15 +19,14 @@ import pgjobs
 from pgjobs.app import App
 from pgjobs.config import Settings
 from pgjobs.web import create_app
+from tests.apiclient import AUTH, TOKEN, api_client
 from tests.conftest import make_settings
+from tests.opsdata import audit_rows, snapshot
 from tests.pgjobs_cli import run_pgjobs
 from tests.redis_server import shared_redis_url
 from tests.webserver import running_server
 
 pytestmark = pytest.mark.anyio
-
-TOKEN = "t0ken"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def rows(db: Any, sql: str, *params: Any) -> list[dict[str, Any]]:
@@ -35,13 +35,8 @@ def rows(db: Any, sql: str, *params: Any) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    web = create_app(settings.replace(api_token=TOKEN))
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", headers=AUTH, timeout=30
-        ) as http:
-            yield http
+    async with api_client(settings, timeout=30) as http:
+        yield http
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
@@ -62,7 +57,16 @@ async def test_queue_limit_routes(client: httpx.AsyncClient, db: Any) -> None:
     ) == [{"rate_limit_max": 10, "rate_limit_duration_ms": 1000}]
     cleared = await client.delete("/api/queues/reports/limit")
     assert cleared.json() == {"queue": "reports", "max": None, "duration": None}
-    before = rows(db, "SELECT * FROM job_queues ORDER BY name")
+    assert audit_rows(db) == [
+        {
+            "actor": "api",
+            "action": "rate_limit",
+            "target": "reports",
+            "detail": {"max": 10, "duration": 1000},
+        },
+        {"actor": "api", "action": "rate_limit_clear", "target": "reports", "detail": {}},
+    ]
+    before = snapshot(db)
     for body in (
         {"max": 0, "duration": 1000},
         {"max": 5},
@@ -82,7 +86,7 @@ async def test_queue_limit_routes(client: httpx.AsyncClient, db: Any) -> None:
     )
     assert_error(malformed, 400, "bad_request")
     assert_error(await client.delete("/api/queues/never-seen/limit"), 404, "not_found")
-    assert rows(db, "SELECT * FROM job_queues ORDER BY name") == before
+    assert snapshot(db) == before  # no change, no audit row
     document = (await client.get("/openapi.json")).json()
     assert {"put", "delete"} <= set(document["paths"]["/api/queues/{queue}/limit"])
 
@@ -179,7 +183,7 @@ async def test_event_stream_delivers_each_jobs_events_in_order(db_url: str, mode
 # ------------------------------------------------------------------ CLI and health
 
 
-def test_queue_commands(db_url: str, tmp_path: Path) -> None:
+def test_queue_commands(db_url: str, db: Any, tmp_path: Path) -> None:
     env = {"DATABASE_URL": db_url}
     done = run_pgjobs(
         ["queue", "limit", "emails", "--max", "10", "--duration", "1000"], tmp_path, env
@@ -202,6 +206,26 @@ def test_queue_commands(db_url: str, tmp_path: Path) -> None:
     }
     cleared = run_pgjobs(["queue", "limit", "emails", "--clear"], tmp_path, env)
     assert cleared.stdout == "queue emails: no rate limit\n"
+    key_cleared = run_pgjobs(["queue", "key-limit", "tenant:*", "--clear"], tmp_path, env)
+    assert key_cleared.stdout == "keys tenant:*: no rate limit\n"
+    user = f"cli:{getpass.getuser()}"
+    assert audit_rows(db) == [
+        {
+            "actor": user,
+            "action": "rate_limit",
+            "target": "emails",
+            "detail": {"max": 10, "duration": 1000},
+        },
+        {
+            "actor": user,
+            "action": "key_rate_limit",
+            "target": "tenant:*",
+            "detail": {"max": 5, "duration": 1000},
+        },
+        {"actor": user, "action": "rate_limit_clear", "target": "emails", "detail": {}},
+        {"actor": user, "action": "key_rate_limit_clear", "target": "tenant:*", "detail": {}},
+    ]
+    before = snapshot(db)
     for args, message in [
         (
             ["limit", "emails", "--max", "0", "--duration", "5"],
@@ -217,6 +241,7 @@ def test_queue_commands(db_url: str, tmp_path: Path) -> None:
     ]:
         bad = run_pgjobs(["queue", *args], tmp_path, env)
         assert (bad.returncode, bad.stdout, bad.stderr) == (2, "", message + "\n"), args
+    assert snapshot(db) == before  # no change, no audit row
 
 
 def test_init_reports_a_redis_outage_as_a_warning(db_url: str, tmp_path: Path) -> None:

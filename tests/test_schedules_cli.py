@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -12,10 +13,13 @@ from typing import Any
 import pytest
 
 from pgjobs.app import App
+from pgjobs.schedule_service import schedule_fields
 from tests.conftest import make_settings
+from tests.opsdata import audit_rows, snapshot
 from tests.pgjobs_cli import clean_env, run_pgjobs
 
 BIN = str(Path(sys.executable).parent)
+CLI_ACTOR = f"cli:{getpass.getuser()}"
 
 # The spec's "Scheduled Jobs" section, with `pgjobs` for `nself plugin jobs`.
 SPEC_CREATE = """
@@ -126,6 +130,33 @@ def test_json_output_and_update(db_url: str, db: Any, tmp_path: Path) -> None:
     assert replaced.returncode == 0, replaced.stderr
     assert stored(db)[0]["cron_expression"] == "@hourly"
     assert schedule_cli(db_url, tmp_path, "list").stdout.count("\n") == 3
+    assert schedule_cli(db_url, tmp_path, "disable", "berlin").returncode == 0
+    assert schedule_cli(db_url, tmp_path, "delete", "berlin").returncode == 0
+
+    # Every change is in the audit trail, as the API's and the dashboard's are.
+    every_field = sorted(schedule_fields("n", "t", "@hourly"))
+    assert audit_rows(db) == [
+        {"actor": CLI_ACTOR, "action": "schedule.create", "target": "berlin", "detail": {}},
+        {
+            "actor": CLI_ACTOR,
+            "action": "schedule.update",
+            "target": "berlin",
+            "detail": {"fields": ["cron", "payload"]},
+        },
+        {
+            "actor": CLI_ACTOR,
+            "action": "schedule.update",
+            "target": "berlin",
+            "detail": {"fields": every_field},
+        },
+        {
+            "actor": CLI_ACTOR,
+            "action": "schedule.update",
+            "target": "berlin",
+            "detail": {"fields": ["enabled"]},
+        },
+        {"actor": CLI_ACTOR, "action": "schedule.delete", "target": "berlin", "detail": {}},
+    ]
 
 
 def test_empty_list(db_url: str, tmp_path: Path) -> None:
@@ -186,13 +217,13 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(
         app.schedule_sync("keep", "custom", "0 * * * *")
     finally:
         app.close_sync()
-    before = stored(db)
+    before = snapshot(db)
     result = schedule_cli(db_url, tmp_path, *args)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(message), result.stderr
-    assert stored(db) == before
+    assert snapshot(db) == before  # no change, no audit row
 
 
 def test_unreachable_database_is_one_line(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import getpass
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -21,6 +21,9 @@ from pgjobs.cli.output import echo
 from pgjobs.cli.tables import ago, percent, table
 from pgjobs.config import Settings
 from pgjobs.validation import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
+
+if TYPE_CHECKING:
+    from pgjobs.ops import Ops
 
 T = TypeVar("T")
 
@@ -34,8 +37,10 @@ def actor() -> str:
         return "cli"
 
 
-def run_ops(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run `action(ops)` with a fresh App, closing its connections afterwards."""
+def run_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
+    """Run `action(ops)` with a fresh App, closing its connections afterwards. Every
+    command that changes something goes through here, so its change is made, and
+    recorded in the audit trail with `actor()`, by pgjobs.ops."""
     import psycopg
     from psycopg_pool import PoolTimeout
 

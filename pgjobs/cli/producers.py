@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import click
 
 from pgjobs.cli import handle_errors, print_json, settings_from
-from pgjobs.cli.ops import actor, json_option
+from pgjobs.cli.ops import actor, json_option, run_ops
 from pgjobs.config import Settings
 from pgjobs.db import connect_sync
-from pgjobs.sql_api import OPERATOR_TYPES, producer_types, set_producer_types
+from pgjobs.sql_api import OPERATOR_TYPES, producer_types
 
 
 def register(group: click.Group) -> None:
@@ -51,10 +51,14 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
         _show(producer_types(conn), as_json)
 
 
+def _replace(settings: Settings, types: Sequence[str] | None) -> list[str] | None:
+    """Replace the allowlist (None = the default rule), recorded in the audit trail."""
+    return run_ops(settings, lambda ops: ops.set_producer_types(types, actor=actor()))
+
+
 def apply_producer_types(settings: Settings, types: Sequence[str] | None) -> None:
     """Replace the allowlist (None = the default rule) and print the result."""
-    with connect_sync(settings.require_database_url(), "cli") as conn:
-        _show(set_producer_types(conn, types, actor=actor()), as_json=False)
+    _show(_replace(settings, types), as_json=False)
 
 
 @producer_types_group.command("set")
@@ -65,8 +69,7 @@ def apply_producer_types(settings: Settings, types: Sequence[str] | None) -> Non
 def set_command(ctx: click.Context, types: Sequence[str], as_json: bool) -> None:
     """Allow exactly TYPES (replacing the default rule). Operator types are allowed only
     when named here."""
-    with connect_sync(settings_from(ctx).require_database_url(), "cli") as conn:
-        _show(set_producer_types(conn, types, actor=actor()), as_json)
+    _show(_replace(settings_from(ctx), types), as_json)
 
 
 @producer_types_group.command("reset")
@@ -75,5 +78,4 @@ def set_command(ctx: click.Context, types: Sequence[str], as_json: bool) -> None
 @handle_errors
 def reset_command(ctx: click.Context, as_json: bool) -> None:
     """Back to the default: every type except the operator types."""
-    with connect_sync(settings_from(ctx).require_database_url(), "cli") as conn:
-        _show(set_producer_types(conn, None, actor=actor()), as_json)
+    _show(_replace(settings_from(ctx), None), as_json)

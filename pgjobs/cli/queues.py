@@ -9,7 +9,7 @@ pgjobs queue limits                                 every limit
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,10 @@ from pgjobs.cli import fail, handle_errors, print_json, settings_from
 from pgjobs.cli.ops import actor, json_option, run_ops
 from pgjobs.cli.output import echo
 from pgjobs.cli.tables import table
+
+if TYPE_CHECKING:
+    from pgjobs.limits import KeyLimit, QueueLimit
+    from pgjobs.ops import Ops
 
 
 def register(group: click.Group) -> None:
@@ -59,15 +63,12 @@ def limit_command(
 ) -> None:
     """Limit queue NAME to at most --max job starts per --duration ms, across all
     workers (the spec's limiter {max, duration})."""
-    from pgjobs import limits
-
     _limit_args(max_jobs, duration, clear)
 
-    async def action(ops: Any) -> limits.QueueLimit:
-        async with ops.app.connection() as conn:
-            if clear:
-                return await limits.clear_queue_limit(conn, name, actor=actor())
-            return await limits.set_queue_limit(conn, name, max_jobs, duration, actor=actor())
+    async def action(ops: Ops) -> QueueLimit:
+        if clear:
+            return await ops.clear_queue_limit(name, actor=actor())
+        return await ops.set_queue_limit(name, max_jobs, duration, actor=actor())
 
     result = run_ops(settings_from(ctx), action)
     if as_json:
@@ -95,15 +96,12 @@ def key_limit_command(
     """Limit jobs whose rateLimitKey matches PATTERN to at most --max starts per
     --duration ms, each key on its own (`tenant:*` gives every tenant that budget).
     `*` matches any characters and `?` one; an exact pattern wins over a glob."""
-    from pgjobs import limits
-
     _limit_args(max_jobs, duration, clear)
 
-    async def action(ops: Any) -> limits.KeyLimit:
-        async with ops.app.connection() as conn:
-            if clear:
-                return await limits.clear_key_limit(conn, pattern, actor=actor())
-            return await limits.set_key_limit(conn, pattern, max_jobs, duration, actor=actor())
+    async def action(ops: Ops) -> KeyLimit:
+        if clear:
+            return await ops.clear_key_limit(pattern, actor=actor())
+        return await ops.set_key_limit(pattern, max_jobs, duration, actor=actor())
 
     result = run_ops(settings_from(ctx), action)
     if as_json:
@@ -120,13 +118,7 @@ def key_limit_command(
 @handle_errors
 def limits_command(ctx: click.Context, as_json: bool) -> None:
     """Every rate limit: queues, then key patterns."""
-    from pgjobs import limits
-
-    async def action(ops: Any) -> limits.Limits:
-        async with ops.app.connection() as conn:
-            return await limits.list_limits(conn)
-
-    result = run_ops(settings_from(ctx), action)
+    result = run_ops(settings_from(ctx), lambda ops: ops.limits())
     if as_json:
         print_json(result.to_dict())
         return

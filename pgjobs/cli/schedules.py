@@ -1,29 +1,31 @@
 """`pgjobs schedule list|show|create|update|enable|disable|delete`: recurring jobs.
 
-Thin over pgjobs.schedule_service: each command runs one operation on one connection
-and prints an aligned table or key/value lines for people, `--json` for programs.
-Bad input (an invalid expression, an unknown timezone or schedule, a payload that is not
-JSON) prints one line `error: ...` and exits 2; nothing is changed.
+Each command runs one operation of pgjobs.ops (which records every change in the audit
+trail as `cli:<user>`) and prints an aligned table or key/value lines for people,
+`--json` for programs. Bad input (an invalid expression, an unknown timezone or
+schedule, a payload that is not JSON) prints one line `error: ...` and exits 2; nothing
+is changed.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
-import psycopg
 
 from pgjobs.cli import fail, handle_errors, parse_json_option, print_json, settings_from
+from pgjobs.cli.ops import actor, run_ops
 from pgjobs.cli.output import echo
 from pgjobs.cli.tables import table
-from pgjobs.clock import Clock
-from pgjobs.config import Settings
 from pgjobs.schedule_service import Schedule
+
+if TYPE_CHECKING:
+    from pgjobs.ops import Ops
 
 T = TypeVar("T")
 UPCOMING = 5
@@ -31,23 +33,8 @@ UPCOMING = 5
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
 
 
-@contextmanager
-def connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
-    from pgjobs.db import connect_sync
-
-    conn = connect_sync(settings.require_database_url(), "cli")
-    try:
-        yield conn
-    except psycopg.errors.UndefinedTable:
-        fail("the pgjobs schema is not installed in this database: run `pgjobs init`")
-    finally:
-        conn.close()
-
-
-def run(ctx: click.Context, action: Callable[[psycopg.Connection[Any], Settings], T]) -> T:
-    settings = settings_from(ctx)
-    with connection(settings) as conn:
-        return action(conn, settings)
+def run(ctx: click.Context, action: Callable[[Ops], Awaitable[T]]) -> T:
+    return run_ops(settings_from(ctx), action)
 
 
 def when(value: datetime | None, zone: str) -> str:
@@ -118,9 +105,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def list_(ctx: click.Context, as_json: bool) -> None:
         """List every schedule with its next and last run."""
-        from pgjobs.schedule_service import list_schedules_sync
-
-        schedules = run(ctx, lambda conn, _: list_schedules_sync(conn))
+        schedules = run(ctx, lambda ops: ops.schedules())
         if as_json:
             print_json([s.to_dict() for s in schedules])
             return
@@ -153,9 +138,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def show(ctx: click.Context, name: str, as_json: bool) -> None:
         """Show schedule NAME and its next fires."""
-        from pgjobs.schedule_service import get_schedule_sync
-
-        found = run(ctx, lambda conn, _: get_schedule_sync(conn, name, upcoming=UPCOMING))
+        found = run(ctx, lambda ops: ops.schedule(name, upcoming=UPCOMING))
         if as_json:
             print_json(found.to_dict())
         else:
@@ -207,11 +190,7 @@ def register(group: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Create a schedule that enqueues a TYPE job at every fire of CRON."""
-        from pgjobs.schedule_service import (
-            create_schedule_sync,
-            schedule_fields,
-            upsert_schedule_sync,
-        )
+        from pgjobs.schedule_service import schedule_fields
 
         fields = schedule_fields(
             name,
@@ -227,8 +206,7 @@ def register(group: click.Group) -> None:
             enabled=not disabled,
             options=job_options(attempts, timeout),
         )
-        store = upsert_schedule_sync if replace else create_schedule_sync
-        created = run(ctx, lambda conn, settings: store(conn, settings, Clock(), fields))
+        created = run(ctx, lambda ops: ops.create_schedule(fields, replace=replace, actor=actor()))
         output(
             created,
             as_json,
@@ -267,8 +245,6 @@ def register(group: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Change fields of schedule NAME; a new cron or timezone applies from now."""
-        from pgjobs.schedule_service import update_schedule_sync
-
         given = {
             "name": rename,
             "type": type_,
@@ -284,9 +260,7 @@ def register(group: click.Group) -> None:
         changes = {key: value for key, value in given.items() if value is not None}
         if not changes:
             fail("nothing to change: give at least one option (see --help)")
-        updated = run(
-            ctx, lambda conn, settings: update_schedule_sync(conn, settings, Clock(), name, changes)
-        )
+        updated = run(ctx, lambda ops: ops.update_schedule(name, changes, actor=actor()))
         output(
             updated,
             as_json,
@@ -301,11 +275,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def enable(ctx: click.Context, name: str, as_json: bool) -> None:
         """Enable schedule NAME; it fires from its next slot on."""
-        from pgjobs.schedule_service import set_enabled_sync
-
-        found = run(
-            ctx, lambda conn, settings: set_enabled_sync(conn, settings, Clock(), name, True)
-        )
+        found = run(ctx, lambda ops: ops.update_schedule(name, {"enabled": True}, actor=actor()))
         output(
             found,
             as_json,
@@ -319,11 +289,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def disable(ctx: click.Context, name: str, as_json: bool) -> None:
         """Disable schedule NAME; it keeps its definition but does not fire."""
-        from pgjobs.schedule_service import set_enabled_sync
-
-        found = run(
-            ctx, lambda conn, settings: set_enabled_sync(conn, settings, Clock(), name, False)
-        )
+        found = run(ctx, lambda ops: ops.update_schedule(name, {"enabled": False}, actor=actor()))
         output(found, as_json, f"disabled schedule {found.name!r}")
 
     @schedule.command()
@@ -333,7 +299,5 @@ def register(group: click.Group) -> None:
     @handle_errors
     def delete(ctx: click.Context, name: str, as_json: bool) -> None:
         """Delete schedule NAME (jobs it already enqueued stay)."""
-        from pgjobs.schedule_service import delete_schedule_sync
-
-        found = run(ctx, lambda conn, _: delete_schedule_sync(conn, name))
+        found = run(ctx, lambda ops: ops.delete_schedule(name, actor=actor()))
         output(found, as_json, f"deleted schedule {found.name!r}")

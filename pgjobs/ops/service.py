@@ -3,7 +3,11 @@
 One async implementation used by the CLI (through `asyncio.run`), the REST API and the
 dashboard. Single-job create/get/cancel/retry go through `App` (pgjobs.client), so their
 rules live in one place; bulk and read-model statements live in queries/ops.sql.
-Every state change is recorded in `job_audit` with the actor that asked for it.
+Every state change is recorded in `job_audit` with the actor that asked for it, by
+`_audit_in` and nowhere else: the CLI, the REST API and the dashboard make their changes
+through these methods, and the modules below (limits, schedule_service, sql_api) write
+no audit rows. A change and its row commit in one transaction, so an action that fails
+writes none.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import psycopg
 
+from pgjobs import limits, schedule_service, sql_api
 from pgjobs.app import App
 from pgjobs.client import (
     Statement,
@@ -31,6 +36,7 @@ from pgjobs.client import (
     retry_statement,
 )
 from pgjobs.errors import Conflict, JobNotFound, NotFound, ValidationError
+from pgjobs.limits import KeyLimit, Limits, QueueLimit
 from pgjobs.models import FINISHED, Job
 from pgjobs.ops.filters import JobFilter, clamp_limit, decode_cursor, encode_cursor
 from pgjobs.ops.health import health_score
@@ -60,10 +66,8 @@ from pgjobs.ops.models import (
 )
 from pgjobs.options import validate_queue
 from pgjobs.queries import query
+from pgjobs.schedule_service import Schedule
 from pgjobs.validation import DEFAULT_LIMIT, MAX_BULK, MAX_WINDOW_HOURS
-
-if TYPE_CHECKING:
-    from pgjobs.schedule_service import Schedule
 
 Row = dict[str, Any]
 AsyncConn = psycopg.AsyncConnection[Any]
@@ -457,48 +461,104 @@ class Ops:
             await self._audit_in(conn, actor, "pause" if paused else "resume", name, {})
         return QueueState(**row)
 
+    # ------------------------------------------------------------ rate limits
+    # The limits and their rules live in pgjobs.limits; here each change is recorded.
+
+    async def limits(self) -> Limits:
+        async with self._connection() as conn:
+            return await limits.list_limits(conn)
+
+    async def set_queue_limit(
+        self, queue: str, max_jobs: Any, duration_ms: Any, *, actor: str
+    ) -> QueueLimit:
+        """Limit `queue` to `max_jobs` starts per `duration_ms` (the queue may be new)."""
+        async with self._connection() as conn, conn.transaction():
+            result = await limits.set_queue_limit(conn, queue, max_jobs, duration_ms)
+            assert result.limit is not None
+            await self._audit_in(conn, actor, "rate_limit", result.queue, result.limit.to_dict())
+        return result
+
+    async def clear_queue_limit(self, queue: str, *, actor: str) -> QueueLimit:
+        async with self._connection() as conn, conn.transaction():
+            result = await limits.clear_queue_limit(conn, queue)
+            await self._audit_in(conn, actor, "rate_limit_clear", result.queue, {})
+        return result
+
+    async def set_key_limit(
+        self, pattern: str, max_jobs: Any, duration_ms: Any, *, actor: str
+    ) -> KeyLimit:
+        """Limit every rate-limit key matching `pattern`, each key on its own."""
+        async with self._connection() as conn, conn.transaction():
+            result = await limits.set_key_limit(conn, pattern, max_jobs, duration_ms)
+            detail = result.limit.to_dict()
+            await self._audit_in(conn, actor, "key_rate_limit", result.pattern, detail)
+        return result
+
+    async def clear_key_limit(self, pattern: str, *, actor: str) -> KeyLimit:
+        async with self._connection() as conn, conn.transaction():
+            result = await limits.clear_key_limit(conn, pattern)
+            await self._audit_in(conn, actor, "key_rate_limit_clear", result.pattern, {})
+        return result
+
+    # ------------------------------------------------------------ SQL API allowlist
+
+    async def set_producer_types(
+        self, types: Sequence[str] | None, *, actor: str
+    ) -> list[str] | None:
+        """Replace the job types the SQL API may create (None = the default rule)."""
+        async with self._connection() as conn, conn.transaction():
+            chosen = await sql_api.set_producer_types(conn, types)
+            await self._audit_in(conn, actor, "producer-types", None, {"types": chosen})
+        return chosen
+
     # ------------------------------------------------------------ schedules
     # Definitions and their rules live in pgjobs.schedule_service; these wrappers give
     # the surfaces one entry point and record edits in the audit trail.
 
     async def schedules(self) -> list[Schedule]:
-        from pgjobs import schedule_service
-
         async with self._connection() as conn:
             return await schedule_service.list_schedules(conn)
 
     async def schedule(self, name: str, *, upcoming: int = 5) -> Schedule:
-        from pgjobs import schedule_service
-
         async with self._connection() as conn:
             return await schedule_service.get_schedule(conn, name, upcoming=upcoming)
 
-    async def create_schedule(self, fields: Mapping[str, Any], *, actor: str) -> Schedule:
-        from pgjobs import schedule_service
-
+    async def create_schedule(
+        self, fields: Mapping[str, Any], *, replace: bool = False, actor: str
+    ) -> Schedule:
+        """Store a new schedule; with `replace`, redefine the one of that name if it
+        exists (recorded as an update of every given field)."""
         async with self._connection() as conn, conn.transaction():
-            created = await schedule_service.create_schedule(
-                conn, self.settings, self.clock, fields
-            )
-            await self._audit_in(conn, actor, "schedule.create", created.name, {})
-        return created
+            try:
+                created = await schedule_service.create_schedule(
+                    conn, self.settings, self.clock, fields
+                )
+            except Conflict:
+                if not replace:
+                    raise
+            else:
+                await self._audit_in(conn, actor, "schedule.create", created.name, {})
+                return created
+            return await self._update_schedule_in(conn, str(fields["name"]), fields, actor)
 
     async def update_schedule(
         self, name: str, changes: Mapping[str, Any], *, actor: str
     ) -> Schedule:
-        from pgjobs import schedule_service
-
+        """Change fields of schedule `name`; {"enabled": false} pauses it, true resumes."""
         async with self._connection() as conn, conn.transaction():
-            updated = await schedule_service.update_schedule(
-                conn, self.settings, self.clock, name, changes
-            )
-            detail = {"fields": sorted(changes)}
-            await self._audit_in(conn, actor, "schedule.update", updated.name, detail)
+            return await self._update_schedule_in(conn, name, changes, actor)
+
+    async def _update_schedule_in(
+        self, conn: AsyncConn, name: str, changes: Mapping[str, Any], actor: str
+    ) -> Schedule:
+        updated = await schedule_service.update_schedule(
+            conn, self.settings, self.clock, name, changes
+        )
+        detail = {"fields": sorted(changes)}
+        await self._audit_in(conn, actor, "schedule.update", updated.name, detail)
         return updated
 
     async def delete_schedule(self, name: str, *, actor: str) -> Schedule:
-        from pgjobs import schedule_service
-
         async with self._connection() as conn, conn.transaction():
             deleted = await schedule_service.delete_schedule(conn, name)
             await self._audit_in(conn, actor, "schedule.delete", deleted.name, {})

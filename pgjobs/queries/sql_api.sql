@@ -17,7 +17,3 @@ SELECT producer_types FROM pgjobs_settings;
 
 -- name: sql_api_set_producer_types
 UPDATE pgjobs_settings SET producer_types = %(types)s::text[], updated_at = now();
-
--- name: sql_api_record_audit
-INSERT INTO job_audit (actor, action, target, detail) VALUES (%(actor)s, %(action)s, NULL,
-                                                             %(detail)s::jsonb);

@@ -22,7 +22,7 @@ from pgjobs.contract.shapes import BulkCreate
 from pgjobs.errors import ValidationError
 from pgjobs.install import redis_status
 from pgjobs.models import Job
-from pgjobs.ops import JobFilter, JobPage, Ops
+from pgjobs.ops import JobFilter, JobPage
 from pgjobs.redact import mask_json_text, mask_secrets
 from pgjobs.validation import DEFAULT_WINDOW_HOURS
 from pgjobs.web import metrics as metrics_text
@@ -36,6 +36,7 @@ from pgjobs.web.requests import (
     query_param,
     read_json,
 )
+from pgjobs.web.state import ops_of
 
 # A single job's body may carry a payload up to JOBS_MAX_PAYLOAD_BYTES plus its options;
 # JSON escapes can make the body several times the stored size.
@@ -44,11 +45,6 @@ BULK_BODY_LIMIT = 32 * 1024 * 1024
 HEALTH_TIMEOUT_S = 3.0
 API_ACTOR = "api"
 log = logging.getLogger("pgjobs.web")
-
-
-def ops_of(request: Request) -> Ops:
-    ops: Ops = request.app.state.ops
-    return ops
 
 
 def single_body_limit(request: Request) -> int:

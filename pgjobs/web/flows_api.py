@@ -8,16 +8,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pgjobs.flows import flow_request_jobs
-from pgjobs.ops import Ops
 from pgjobs.web.requests import object_body, read_json
+from pgjobs.web.state import ops_of
 
 BODY_LIMIT = 32 * 1024 * 1024
 
 
 async def create_flow(request: Request) -> Response:
     body = object_body(await read_json(request, BODY_LIMIT))
-    ops: Ops = request.app.state.ops
-    created = await ops.app.flow(flow_request_jobs(body))
+    created = await ops_of(request).app.flow(flow_request_jobs(body))
     return JSONResponse(created.to_dict(), status_code=201)
 
 

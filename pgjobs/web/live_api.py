@@ -17,31 +17,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from pgjobs import limits
-from pgjobs.app import App
 from pgjobs.contract.jsonschema import check_fields
 from pgjobs.contract.shapes import QueueLimitSet
 from pgjobs.errors import JobFailed, ValidationError
 from pgjobs.events import EVENT_NAMES, JobEvent
-from pgjobs.ops import Ops
 from pgjobs.options import validate_queue
 from pgjobs.validation import WAIT_DEFAULT_S, WAIT_MAX_S
 from pgjobs.web.api import shown_job
 from pgjobs.web.requests import job_id_param, object_body, query_param, read_json
+from pgjobs.web.state import ops_of
 
 API_ACTOR = "api"
 BODY_LIMIT = 4096
 KEEPALIVE_S = 15.0
-
-
-def _app(request: Request) -> App:
-    jobs: App = request.app.state.pgjobs
-    return jobs
-
-
-def _ops(request: Request) -> Ops:
-    ops: Ops = request.app.state.ops
-    return ops
 
 
 # ------------------------------------------------------------------ rate limits
@@ -50,22 +38,16 @@ def _ops(request: Request) -> Ops:
 async def set_queue_limit(request: Request) -> Response:
     body = object_body(await read_json(request, BODY_LIMIT))
     check_fields(body, QueueLimitSet)
-    async with _app(request).connection() as conn:
-        result = await limits.set_queue_limit(
-            conn,
-            str(request.path_params["queue"]),
-            body["max"],
-            body["duration"],
-            actor=API_ACTOR,
-        )
+    result = await ops_of(request).set_queue_limit(
+        str(request.path_params["queue"]), body["max"], body["duration"], actor=API_ACTOR
+    )
     return JSONResponse(result.to_dict())
 
 
 async def clear_queue_limit(request: Request) -> Response:
-    async with _app(request).connection() as conn:
-        result = await limits.clear_queue_limit(
-            conn, str(request.path_params["queue"]), actor=API_ACTOR
-        )
+    result = await ops_of(request).clear_queue_limit(
+        str(request.path_params["queue"]), actor=API_ACTOR
+    )
     return JSONResponse(result.to_dict())
 
 
@@ -95,12 +77,12 @@ async def wait_job(request: Request) -> Response:
     timeout = _timeout(request)
     done = True
     try:
-        await _app(request).wait(job_id, timeout=timeout)
+        await ops_of(request).app.wait(job_id, timeout=timeout)
     except JobFailed:
         pass
     except TimeoutError:
         done = False
-    job = await _ops(request).get_job(job_id)
+    job = await ops_of(request).get_job(job_id)
     return JSONResponse({"done": done, "job": shown_job(job)})
 
 
@@ -127,7 +109,7 @@ async def stream_events(request: Request) -> Response:
     job_ids = [job_id_param_value(job)] if job else None
     if event is not None and event not in EVENT_NAMES:
         raise ValidationError(f"event must be one of {', '.join(EVENT_NAMES)}", field="event")
-    stream = _app(request).events(
+    stream = ops_of(request).app.events(
         queues=[queue] if queue else None,
         job_ids=job_ids,
         events=[event] if event else None,

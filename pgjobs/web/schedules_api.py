@@ -8,18 +8,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pgjobs.errors import NotFound
-from pgjobs.ops import Ops
 from pgjobs.validation import SCHEDULE_NAME
 from pgjobs.web.requests import object_body, read_json
+from pgjobs.web.state import ops_of
 
 BODY_LIMIT = 4 * 1024 * 1024
 UPCOMING = 5
 API_ACTOR = "api"
-
-
-def _ops(request: Request) -> Ops:
-    ops: Ops = request.app.state.ops
-    return ops
 
 
 def _name(request: Request) -> str:
@@ -31,30 +26,30 @@ def _name(request: Request) -> str:
 
 
 async def list_schedules(request: Request) -> Response:
-    schedules = await _ops(request).schedules()
+    schedules = await ops_of(request).schedules()
     return JSONResponse({"schedules": [s.to_dict() for s in schedules]})
 
 
 async def create_schedule(request: Request) -> Response:
     body = object_body(await read_json(request, BODY_LIMIT))
-    created = await _ops(request).create_schedule(body, actor=API_ACTOR)
+    created = await ops_of(request).create_schedule(body, actor=API_ACTOR)
     return JSONResponse(created.to_dict(), status_code=201)
 
 
 async def get_schedule(request: Request) -> Response:
-    schedule = await _ops(request).schedule(_name(request), upcoming=UPCOMING)
+    schedule = await ops_of(request).schedule(_name(request), upcoming=UPCOMING)
     return JSONResponse(schedule.to_dict())
 
 
 async def update_schedule(request: Request) -> Response:
     name = _name(request)
     body = object_body(await read_json(request, BODY_LIMIT))
-    updated = await _ops(request).update_schedule(name, body, actor=API_ACTOR)
+    updated = await ops_of(request).update_schedule(name, body, actor=API_ACTOR)
     return JSONResponse(updated.to_dict())
 
 
 async def delete_schedule(request: Request) -> Response:
-    await _ops(request).delete_schedule(_name(request), actor=API_ACTOR)
+    await ops_of(request).delete_schedule(_name(request), actor=API_ACTOR)
     return Response(status_code=204)
 
 

@@ -9,9 +9,10 @@ from starlette.responses import RedirectResponse, Response
 
 from pgjobs.errors import Conflict, ValidationError
 from pgjobs.validation import MAX_BULK
-from pgjobs.web.dashboard.pages import job_id, ops_of, queue_name
+from pgjobs.web.dashboard.pages import job_id, queue_name
 from pgjobs.web.dashboard.render import PAGE_HEADERS, Dashboard
 from pgjobs.web.dashboard.security import checked_form, user_of
+from pgjobs.web.state import ops_of
 
 
 def actor(request: Request) -> str:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pgjobs.errors import JobNotFound, NotFound, ValidationError
-from pgjobs.ops import JobFilter, Ops, QueueCounts, WorkerInfo
+from pgjobs.ops import JobFilter, QueueCounts, WorkerInfo
 from pgjobs.options import validate_queue
 from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
@@ -21,6 +21,7 @@ from pgjobs.web.dashboard.history import History
 from pgjobs.web.dashboard.render import PAGE_HEADERS, STATIC_FILES, Dashboard
 from pgjobs.web.dashboard.security import SECURITY_HEADERS
 from pgjobs.web.requests import query_param
+from pgjobs.web.state import ops_of
 
 # How long a page waits for the first fill of the throughput history (started with the
 # server) before it renders without charts; the fill goes on, and the page reloads
@@ -58,11 +59,6 @@ NOTICES = {
     "disable": "Disabled the schedule.",
     "schedule-delete": "Deleted the schedule.",
 }
-
-
-def ops_of(request: Request) -> Ops:
-    ops: Ops = request.app.state.ops
-    return ops
 
 
 def notice(request: Request) -> str | None:
