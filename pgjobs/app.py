@@ -21,25 +21,31 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from pgjobs import client
-from pgjobs import schedule_service as sched
 from pgjobs.backoff import short_error
 from pgjobs.clock import Clock
 from pgjobs.config import Settings, load_settings
 from pgjobs.db import make_pool, make_sync_pool
 from pgjobs.errors import ValidationError
-from pgjobs.flows import CreatedFlow, FlowItem, create_flow_async, create_flow_sync, plan_flow
 from pgjobs.models import Job
-from pgjobs.options import NewJob, new_job, new_job_from_request
-from pgjobs.schedule_service import Schedule
+from pgjobs.producer import statements as client
+from pgjobs.producer.flows import (
+    CreatedFlow,
+    FlowItem,
+    create_flow_async,
+    create_flow_sync,
+    plan_flow,
+)
+from pgjobs.producer.options import NewJob, new_job, new_job_from_request
+from pgjobs.schedules import store as sched
+from pgjobs.schedules.store import Schedule
 
 if TYPE_CHECKING:
     from pgjobs.context import JobContext
-    from pgjobs.events import EventHub, EventStream
+    from pgjobs.engine.worker import Worker
     from pgjobs.install import InitReport
     from pgjobs.ops.models import StatsReport
-    from pgjobs.wakeup import WakeupPublisher
-    from pgjobs.worker import Worker
+    from pgjobs.signals.events import EventHub, EventStream
+    from pgjobs.signals.wakeup import WakeupPublisher
 
 log = logging.getLogger("pgjobs.app")
 
@@ -98,7 +104,7 @@ class App:
         return register
 
     def register(self, type: str, func: Handler) -> None:
-        from pgjobs.options import validate_type
+        from pgjobs.producer.options import validate_type
 
         validate_type(type)
         self.handlers[type] = HandlerSpec(type, func, inspect.iscoroutinefunction(func))
@@ -383,7 +389,7 @@ class App:
             log.warning("redis wake-up after commit skipped (%s)", short_error(exc))
 
     def _wakeup_publisher(self) -> WakeupPublisher:
-        from pgjobs.wakeup import WakeupPublisher
+        from pgjobs.signals.wakeup import WakeupPublisher
 
         if self._wakeups is None:
             assert self.settings.redis_url is not None
@@ -421,7 +427,7 @@ class App:
         )
 
     def _event_hub(self) -> EventHub:
-        from pgjobs.events import EventHub
+        from pgjobs.signals.events import EventHub
 
         loop = asyncio.get_running_loop()
         if self._hub is None or self._hub_loop is not loop:
@@ -445,7 +451,7 @@ class App:
         counted). Default JOBS_SHUTDOWN_GRACE. The worker installs no signal handlers:
         the application decides when to stop it (leave the `async with`, or call
         `await worker.stop()`)."""
-        from pgjobs.worker import Worker
+        from pgjobs.engine.worker import Worker
 
         return Worker(self, queues=queues, concurrency=concurrency, grace=grace, **options)
 
@@ -453,7 +459,7 @@ class App:
         """Run every job of `queues` that is due now, then return how many ran.
 
         Meant for tests: no maintenance leader, no wake-up listener."""
-        from pgjobs.worker import drain
+        from pgjobs.engine.worker import drain
 
         return await drain(self, queues or ("default",), concurrency=concurrency)
 

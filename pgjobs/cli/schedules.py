@@ -1,6 +1,6 @@
 """`pgjobs schedule list|show|create|update|enable|disable|delete`: recurring jobs.
 
-Thin over pgjobs.schedule_service: each command runs one operation on one connection
+Thin over pgjobs.schedules.store: each command runs one operation on one connection
 and prints an aligned table or key/value lines for people, `--json` for programs.
 Bad input (an invalid expression, an unknown timezone or schedule, a payload that is not
 JSON) prints one line `error: ...` and exits 2; nothing is changed.
@@ -23,7 +23,7 @@ from pgjobs.cli.output import echo
 from pgjobs.cli.tables import table
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
-from pgjobs.schedule_service import Schedule
+from pgjobs.schedules.store import Schedule
 
 T = TypeVar("T")
 UPCOMING = 5
@@ -118,7 +118,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def list_(ctx: click.Context, as_json: bool) -> None:
         """List every schedule with its next and last run."""
-        from pgjobs.schedule_service import list_schedules_sync
+        from pgjobs.schedules.store import list_schedules_sync
 
         schedules = run(ctx, lambda conn, _: list_schedules_sync(conn))
         if as_json:
@@ -153,7 +153,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def show(ctx: click.Context, name: str, as_json: bool) -> None:
         """Show schedule NAME and its next fires."""
-        from pgjobs.schedule_service import get_schedule_sync
+        from pgjobs.schedules.store import get_schedule_sync
 
         found = run(ctx, lambda conn, _: get_schedule_sync(conn, name, upcoming=UPCOMING))
         if as_json:
@@ -207,7 +207,7 @@ def register(group: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Create a schedule that enqueues a TYPE job at every fire of CRON."""
-        from pgjobs.schedule_service import (
+        from pgjobs.schedules.store import (
             create_schedule_sync,
             schedule_fields,
             upsert_schedule_sync,
@@ -267,7 +267,7 @@ def register(group: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Change fields of schedule NAME; a new cron or timezone applies from now."""
-        from pgjobs.schedule_service import update_schedule_sync
+        from pgjobs.schedules.store import update_schedule_sync
 
         given = {
             "name": rename,
@@ -301,7 +301,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def enable(ctx: click.Context, name: str, as_json: bool) -> None:
         """Enable schedule NAME; it fires from its next slot on."""
-        from pgjobs.schedule_service import set_enabled_sync
+        from pgjobs.schedules.store import set_enabled_sync
 
         found = run(
             ctx, lambda conn, settings: set_enabled_sync(conn, settings, Clock(), name, True)
@@ -319,7 +319,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def disable(ctx: click.Context, name: str, as_json: bool) -> None:
         """Disable schedule NAME; it keeps its definition but does not fire."""
-        from pgjobs.schedule_service import set_enabled_sync
+        from pgjobs.schedules.store import set_enabled_sync
 
         found = run(
             ctx, lambda conn, settings: set_enabled_sync(conn, settings, Clock(), name, False)
@@ -333,7 +333,7 @@ def register(group: click.Group) -> None:
     @handle_errors
     def delete(ctx: click.Context, name: str, as_json: bool) -> None:
         """Delete schedule NAME (jobs it already enqueued stay)."""
-        from pgjobs.schedule_service import delete_schedule_sync
+        from pgjobs.schedules.store import delete_schedule_sync
 
         found = run(ctx, lambda conn, _: delete_schedule_sync(conn, name))
         output(found, as_json, f"deleted schedule {found.name!r}")

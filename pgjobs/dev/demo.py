@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from pgjobs import devservices
 from pgjobs.config import Settings, load_settings
+from pgjobs.dev import services as devservices
 from pgjobs.errors import ServiceUnavailable
 
 DEMO_APP = "pgjobs.examples.demo_app:app"

@@ -30,21 +30,27 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from pgjobs.backoff import ReconnectDelay, keep_running
-from pgjobs.completer import Completer, Outcome
 from pgjobs.context import JobContext
 from pgjobs.db import make_pool
+from pgjobs.engine.completer import Completer, Outcome
+from pgjobs.engine.executor import ClaimedJob, Execution, ThreadRunner
+from pgjobs.engine.maintenance.tasks import (
+    Maintenance,
+    MaintenanceTask,
+    Stager,
+    default_tasks,
+    run_round,
+)
 from pgjobs.errors import StaleRun, ValidationError
-from pgjobs.events import JobEvent, Publisher
-from pgjobs.executor import ClaimedJob, Execution, ThreadRunner
 from pgjobs.ids import uuid7
 from pgjobs.jsonlimits import UndecodableJson
 from pgjobs.limits import RateLimiter
-from pgjobs.maintenance import Maintenance, MaintenanceTask, Stager, default_tasks, run_round
-from pgjobs.options import validate_queue
+from pgjobs.producer.options import validate_queue
 from pgjobs.queries import query
-from pgjobs.wakeup import Listener, RedisWakeups
+from pgjobs.signals.events import JobEvent, Publisher
+from pgjobs.signals.wakeup import Listener, RedisWakeups
 
 if TYPE_CHECKING:
     from pgjobs.app import App

@@ -16,7 +16,7 @@ from uuid import UUID
 
 from pgjobs.errors import ValidationError
 from pgjobs.models import STATUSES
-from pgjobs.options import validate_queue, validate_type
+from pgjobs.producer.options import validate_queue, validate_type
 
 MIN_LIMIT, MAX_LIMIT, DEFAULT_LIMIT = 1, 500, 50
 # Operator names for statuses: BullMQ's `waiting` is our `pending`.

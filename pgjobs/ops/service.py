@@ -1,8 +1,9 @@
 """`Ops`: the operator actions, executed against PostgreSQL.
 
 One async implementation used by the CLI (through `asyncio.run`), the REST API and the
-dashboard. Single-job create/get/cancel/retry go through `App` (pgjobs.client), so their
-rules live in one place; bulk and read-model statements live in queries/ops.sql.
+dashboard. Single-job create/get/cancel/retry go through `App`
+(pgjobs.producer.statements), so their rules live in one place; bulk and
+read-model statements live in queries/ops.sql.
 Every state change is recorded in `job_audit` with the actor that asked for it.
 """
 
@@ -20,16 +21,6 @@ from uuid import UUID
 import psycopg
 
 from pgjobs.app import App
-from pgjobs.client import (
-    Statement,
-    cancel_statement,
-    decode_cancel,
-    decode_retry,
-    fetch_all_async,
-    fetch_one_async,
-    parse_job_id,
-    retry_statement,
-)
 from pgjobs.errors import Conflict, JobNotFound, NotFound, ValidationError
 from pgjobs.models import FINISHED, Job
 from pgjobs.ops.filters import DEFAULT_LIMIT, JobFilter, clamp_limit, decode_cursor, encode_cursor
@@ -58,11 +49,21 @@ from pgjobs.ops.models import (
     WindowStats,
     WorkerInfo,
 )
-from pgjobs.options import validate_queue
+from pgjobs.producer.options import validate_queue
+from pgjobs.producer.statements import (
+    Statement,
+    cancel_statement,
+    decode_cancel,
+    decode_retry,
+    fetch_all_async,
+    fetch_one_async,
+    parse_job_id,
+    retry_statement,
+)
 from pgjobs.queries import query
 
 if TYPE_CHECKING:
-    from pgjobs.schedule_service import Schedule
+    from pgjobs.schedules.store import Schedule
 
 Row = dict[str, Any]
 AsyncConn = psycopg.AsyncConnection[Any]
@@ -459,23 +460,23 @@ class Ops:
         return QueueState(**row)
 
     # ------------------------------------------------------------ schedules
-    # Definitions and their rules live in pgjobs.schedule_service; these wrappers give
+    # Definitions and their rules live in pgjobs.schedules.store; these wrappers give
     # the surfaces one entry point and record edits in the audit trail.
 
     async def schedules(self) -> list[Schedule]:
-        from pgjobs import schedule_service
+        from pgjobs.schedules import store as schedule_service
 
         async with self._connection() as conn:
             return await schedule_service.list_schedules(conn)
 
     async def schedule(self, name: str, *, upcoming: int = 5) -> Schedule:
-        from pgjobs import schedule_service
+        from pgjobs.schedules import store as schedule_service
 
         async with self._connection() as conn:
             return await schedule_service.get_schedule(conn, name, upcoming=upcoming)
 
     async def create_schedule(self, fields: Mapping[str, Any], *, actor: str) -> Schedule:
-        from pgjobs import schedule_service
+        from pgjobs.schedules import store as schedule_service
 
         async with self._connection() as conn, conn.transaction():
             created = await schedule_service.create_schedule(
@@ -487,7 +488,7 @@ class Ops:
     async def update_schedule(
         self, name: str, changes: Mapping[str, Any], *, actor: str
     ) -> Schedule:
-        from pgjobs import schedule_service
+        from pgjobs.schedules import store as schedule_service
 
         async with self._connection() as conn, conn.transaction():
             updated = await schedule_service.update_schedule(
@@ -498,7 +499,7 @@ class Ops:
         return updated
 
     async def delete_schedule(self, name: str, *, actor: str) -> Schedule:
-        from pgjobs import schedule_service
+        from pgjobs.schedules import store as schedule_service
 
         async with self._connection() as conn, conn.transaction():
             deleted = await schedule_service.delete_schedule(conn, name)

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
-from pgjobs import client
-from pgjobs.client import AsyncConn, SyncConn
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
-from pgjobs.dependencies import check_acyclic
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
-from pgjobs.options import MAX_KEY_LENGTH, NewJob, new_job_from_request
+from pgjobs.producer import statements as client
+from pgjobs.producer.dependencies import check_acyclic
+from pgjobs.producer.options import MAX_KEY_LENGTH, NewJob, new_job_from_request
+from pgjobs.producer.statements import AsyncConn, SyncConn
 
 MAX_API_FLOW = 10_000
 FlowItem = NewJob | Mapping[str, Any]

@@ -24,12 +24,11 @@ from uuid import UUID
 import psycopg
 import psycopg.errors
 
-from pgjobs.client import Statement, fetch_all_async, fetch_all_sync
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.errors import Conflict, NotFound, ValidationError
 from pgjobs.models import priority_name
-from pgjobs.options import (
+from pgjobs.producer.options import (
     NewJob,
     encode_payload,
     keyword_options,
@@ -38,8 +37,9 @@ from pgjobs.options import (
     validate_queue,
     validate_type,
 )
+from pgjobs.producer.statements import Statement, fetch_all_async, fetch_all_sync
 from pgjobs.queries import query
-from pgjobs.schedules import Cron, parse_cron, parse_misfire, parse_timezone
+from pgjobs.schedules.cron import Cron, parse_cron, parse_misfire, parse_timezone
 
 T = TypeVar("T")
 Row = dict[str, Any]

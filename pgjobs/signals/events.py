@@ -40,11 +40,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgjobs import cache
 from pgjobs.backoff import ReconnectDelay
 from pgjobs.db import connect_async, describe_connect_retry
 from pgjobs.errors import JobFailed, JobNotFound, ServiceUnavailable
 from pgjobs.queries import query
+from pgjobs.signals import redis_client as cache
 
 if TYPE_CHECKING:
     from pgjobs.app import App

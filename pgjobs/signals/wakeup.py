@@ -16,11 +16,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pgjobs import cache
 from pgjobs.backoff import ReconnectDelay
 from pgjobs.db import connect_async, describe_connect_retry
 from pgjobs.errors import ServiceUnavailable
 from pgjobs.queries import query
+from pgjobs.signals import redis_client as cache
 
 log = logging.getLogger("pgjobs.wakeup")
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from pgjobs.errors import ValidationError
 from pgjobs.install import redis_status
 from pgjobs.models import Job

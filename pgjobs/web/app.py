@@ -30,7 +30,7 @@ from pgjobs.web.hosts import HostGuard
 SERVER_LOGGERS = (
     "pgjobs.web",
     "pgjobs.web.dashboard",
-    "pgjobs.events",
+    "pgjobs.signals.events",
     "pgjobs.limits",
     "pgjobs.redis",
     "uvicorn",

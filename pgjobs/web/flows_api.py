@@ -1,5 +1,5 @@
 """REST route for flows, and its part of the OpenAPI document: `POST /api/flows`
-creates a tree or DAG of jobs in one transaction (see pgjobs.flows)."""
+creates a tree or DAG of jobs in one transaction (see pgjobs.producer.flows)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pgjobs.flows import MAX_API_FLOW, flow_request_jobs
 from pgjobs.ops import Ops
-from pgjobs.options import MAX_KEY_LENGTH
+from pgjobs.producer.flows import MAX_API_FLOW, flow_request_jobs
+from pgjobs.producer.options import MAX_KEY_LENGTH
 from pgjobs.web.openapi import QUEUE_PATTERN
 from pgjobs.web.requests import object_body, read_json
 

@@ -21,9 +21,9 @@ from starlette.routing import BaseRoute, Route
 from pgjobs import limits
 from pgjobs.app import App
 from pgjobs.errors import JobFailed, ValidationError
-from pgjobs.events import EVENT_NAMES, JobEvent
 from pgjobs.ops import Ops
-from pgjobs.options import validate_queue
+from pgjobs.producer.options import validate_queue
+from pgjobs.signals.events import EVENT_NAMES, JobEvent
 from pgjobs.web.api import shown_job
 from pgjobs.web.openapi import QUEUE_PATTERN
 from pgjobs.web.requests import job_id_param, object_body, query_param, read_json

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from pgjobs.config import Settings
 from pgjobs.models import PRIORITIES, STATUSES
 from pgjobs.ops.filters import MAX_LIMIT, STATUS_ALIASES
 from pgjobs.ops.service import MAX_BULK, MAX_WINDOW_HOURS
-from pgjobs.options import (
+from pgjobs.producer.options import (
     MAX_ATTEMPTS,
     MAX_DELAY_MS,
     MAX_KEY_LENGTH,

@@ -22,9 +22,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs.backoff import ReconnectDelay
 from pgjobs.clock import Clock
-from pgjobs.dependencies import DependencySweeper
+from pgjobs.producer.dependencies import DependencySweeper
 from pgjobs.queries import query
-from pgjobs.scheduler import CronTask
+from pgjobs.schedules.task import CronTask
 
 if TYPE_CHECKING:
     from pgjobs.app import App
