@@ -22,10 +22,10 @@ pytestmark = pytest.mark.anyio
 
 def listeners(url: str) -> dict[str, Callable[[], Listener | PgEventListener]]:
     return {
-        "pgjobs.signals.wakeup": lambda: Listener(
+        "pgjobs.wakeup": lambda: Listener(
             url, "test", on_jobs=lambda _: None, on_cancel=lambda _: None, on_delayed=lambda: None
         ),
-        "pgjobs.signals.events": lambda: PgEventListener(url, lambda _: None),
+        "pgjobs.events": lambda: PgEventListener(url, lambda _: None),
     }
 
 
@@ -46,7 +46,7 @@ async def warnings_of(
         await listener.stop()
 
 
-@pytest.mark.parametrize("logger", ["pgjobs.signals.wakeup", "pgjobs.signals.events"])
+@pytest.mark.parametrize("logger", ["pgjobs.wakeup", "pgjobs.events"])
 async def test_a_server_that_is_down_is_unreachable_and_retried(
     logger: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -60,7 +60,7 @@ async def test_a_server_that_is_down_is_unreachable_and_retried(
         assert "DATABASE_URL" not in line
 
 
-@pytest.mark.parametrize("logger", ["pgjobs.signals.wakeup", "pgjobs.signals.events"])
+@pytest.mark.parametrize("logger", ["pgjobs.wakeup", "pgjobs.events"])
 async def test_an_unknown_database_points_at_the_setting(
     logger: str, caplog: pytest.LogCaptureFixture
 ) -> None:

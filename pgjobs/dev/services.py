@@ -48,6 +48,7 @@ from typing import IO, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
+import redis
 from dotenv import dotenv_values
 
 from pgjobs.errors import ServiceUnavailable
@@ -168,8 +169,6 @@ def postgres_problem(url: str, timeout: int = 3) -> str | None:
 
 def redis_problem(url: str, timeout: float = 2.0) -> str | None:
     """None when `url` answers PING, else the reason."""
-    import redis
-
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:

@@ -20,6 +20,7 @@ from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
 from pgjobs.jsonlimits import depth_error, too_deep
 from pgjobs.models import PRIORITIES, STATUSES
+from pgjobs.types import payload_problem
 from pgjobs.types.builtin import check_payload
 
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,99}$")
@@ -195,8 +196,6 @@ def new_job(
 
 
 def _check_builtin_payload(type: Any, payload: Any) -> None:
-    from pgjobs.types import payload_problem
-
     problem = payload_problem(type, payload) if isinstance(type, str) else None
     if problem is not None:
         field, message = problem

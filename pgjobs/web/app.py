@@ -30,7 +30,7 @@ from pgjobs.web.hosts import HostGuard
 SERVER_LOGGERS = (
     "pgjobs.web",
     "pgjobs.web.dashboard",
-    "pgjobs.signals.events",
+    "pgjobs.events",
     "pgjobs.limits",
     "pgjobs.redis",
     "uvicorn",
