@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from pgjobs.bench import scratch_database, with_database
+from pgjobs.dev.bench import scratch_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -39,8 +39,8 @@ import pgjobs
 from pgjobs.app import App
 from pgjobs.config import load_settings
 from pgjobs.db import connect_kwargs
-from pgjobs.flows import create_flow_async, plan_flow
 from pgjobs.ids import uuid7
+from pgjobs.producer.flows import create_flow_async, plan_flow
 
 Result = dict[str, Any]
 

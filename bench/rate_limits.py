@@ -50,7 +50,7 @@ from psycopg.rows import dict_row
 
 from pgjobs.app import App
 from pgjobs.config import load_settings
-from pgjobs.devservices import redis_binaries
+from pgjobs.dev.services import redis_binaries
 
 APP_MODULE = """
 import pgjobs

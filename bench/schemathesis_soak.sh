@@ -8,11 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bin/_env.sh
-services="$(python -m pgjobs.devservices env)"
+services="$(python -m pgjobs.dev.services env)"
 eval "$services"
 if [ -n "${PGJOBS_DEV_STARTED:-}" ]; then
     # shellcheck disable=SC2086  # one word per service name
-    trap 'python -m pgjobs.devservices stop $PGJOBS_DEV_STARTED' EXIT
+    trap 'python -m pgjobs.dev.services stop $PGJOBS_DEV_STARTED' EXIT
 fi
 examples="${EXAMPLES:-1000}"
 started=$(date +%s)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from pgjobs._version import __version__
 from pgjobs.app import App, HandlerSpec
 from pgjobs.clock import Clock, FrozenClock
 from pgjobs.config import Settings, load_settings
@@ -21,9 +20,9 @@ from pgjobs.errors import (
     StaleRun,
     ValidationError,
 )
-from pgjobs.events import JobEvent
-from pgjobs.flows import CreatedFlow
 from pgjobs.models import PRIORITIES, Job, JobFailure, JobResult
+from pgjobs.producer.flows import CreatedFlow
+from pgjobs.signals.events import JobEvent
 
 __all__ = [
     "PRIORITIES",

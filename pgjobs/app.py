@@ -14,43 +14,42 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from pgjobs import client
-from pgjobs import schedule_service as sched
 from pgjobs.backoff import short_error
 from pgjobs.clock import Clock
 from pgjobs.config import Settings, load_settings
+from pgjobs.context import Handler, HandlerSpec
 from pgjobs.db import make_pool, make_sync_pool
+from pgjobs.engine.worker import Worker, drain
 from pgjobs.errors import ValidationError
-from pgjobs.flows import CreatedFlow, FlowItem, create_flow_async, create_flow_sync, plan_flow
+from pgjobs.install import InitReport, initialise
 from pgjobs.models import Job
-from pgjobs.options import NewJob, new_job, new_job_from_request
-from pgjobs.schedule_service import Schedule
+from pgjobs.producer import statements as client
+from pgjobs.producer.flows import (
+    CreatedFlow,
+    FlowItem,
+    create_flow_async,
+    create_flow_sync,
+    plan_flow,
+)
+from pgjobs.producer.options import NewJob, new_job, new_job_from_request, validate_type
+from pgjobs.schedules import store as sched
+from pgjobs.schedules.store import Schedule
+from pgjobs.signals.events import EventHub, EventStream
+from pgjobs.signals.wakeup import WakeupPublisher
+from pgjobs.types import register_builtin_types
 
 if TYPE_CHECKING:
-    from pgjobs.context import JobContext
-    from pgjobs.events import EventHub, EventStream
-    from pgjobs.install import InitReport
     from pgjobs.ops.models import StatsReport
-    from pgjobs.wakeup import WakeupPublisher
-    from pgjobs.worker import Worker
+
+__all__ = ["App", "Handler", "HandlerSpec"]
 
 log = logging.getLogger("pgjobs.app")
-
-Handler = Callable[["JobContext", Any], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class HandlerSpec:
-    type: str
-    func: Handler
-    is_async: bool
 
 
 class App:
@@ -78,8 +77,6 @@ class App:
         self._wakeups: WakeupPublisher | None = None
         self._database: str | None = None
         if builtin_types:
-            from pgjobs.types import register_builtin_types
-
             register_builtin_types(self)
 
     # ------------------------------------------------------------ handlers
@@ -98,8 +95,6 @@ class App:
         return register
 
     def register(self, type: str, func: Handler) -> None:
-        from pgjobs.options import validate_type
-
         validate_type(type)
         self.handlers[type] = HandlerSpec(type, func, inspect.iscoroutinefunction(func))
 
@@ -383,8 +378,6 @@ class App:
             log.warning("redis wake-up after commit skipped (%s)", short_error(exc))
 
     def _wakeup_publisher(self) -> WakeupPublisher:
-        from pgjobs.wakeup import WakeupPublisher
-
         if self._wakeups is None:
             assert self.settings.redis_url is not None
             self._wakeups = WakeupPublisher(self.settings.redis_url)
@@ -421,8 +414,6 @@ class App:
         )
 
     def _event_hub(self) -> EventHub:
-        from pgjobs.events import EventHub
-
         loop = asyncio.get_running_loop()
         if self._hub is None or self._hub_loop is not loop:
             self._hub, self._hub_loop = EventHub(self), loop
@@ -445,16 +436,12 @@ class App:
         counted). Default JOBS_SHUTDOWN_GRACE. The worker installs no signal handlers:
         the application decides when to stop it (leave the `async with`, or call
         `await worker.stop()`)."""
-        from pgjobs.worker import Worker
-
         return Worker(self, queues=queues, concurrency=concurrency, grace=grace, **options)
 
     async def drain(self, *queues: str, concurrency: int | None = None) -> int:
         """Run every job of `queues` that is due now, then return how many ran.
 
         Meant for tests: no maintenance leader, no wake-up listener."""
-        from pgjobs.worker import drain
-
         return await drain(self, queues or ("default",), concurrency=concurrency)
 
     # ------------------------------------------------------------ schema and stats
@@ -466,8 +453,6 @@ class App:
         return await asyncio.to_thread(self.install_sync)
 
     def install_sync(self) -> InitReport:
-        from pgjobs.install import initialise
-
         return initialise(self.settings)
 
     async def stats(
@@ -476,6 +461,7 @@ class App:
         """The counts `pgjobs stats` shows: per queue (waiting, active, delayed, failed,
         ...), the last `hours`' throughput, live workers, database health. With `queue`,
         that queue only (NotFound if it has no jobs and no settings)."""
+        # Function-level: ops wraps the App (a real cycle; ops sits above the facade).
         from pgjobs.ops import Ops
 
         return await Ops(self).stats(queue=queue, hours=hours, performance=performance)

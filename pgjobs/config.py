@@ -7,10 +7,16 @@ is one line naming the variable and the expected form.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import dataclasses
+import ipaddress
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,8 +109,6 @@ def _host(raw: str) -> str:
 
 def _host_list(raw: str) -> tuple[str, ...]:
     # Host names only: the Host header's port is not part of the check.
-    import ipaddress
-
     hosts = []
     for entry in (e.strip().lower().rstrip(".") for e in raw.split(",")):
         if not entry:
@@ -139,8 +143,6 @@ def _smtp_url(raw: str) -> str:
 
 
 def _email_address(raw: str) -> str:
-    from email.utils import parseaddr
-
     _, address = parseaddr(raw.strip())
     if "@" not in address:
         raise ValueError("an email address like Name <jobs@example.com>")
@@ -155,6 +157,7 @@ def _http_url(raw: str) -> str:
 
 
 def _origins(raw: str) -> tuple[str, ...]:
+    # Function-level: the types package sits above the settings (layering).
     from pgjobs.types.origins import origin_of
 
     origins = []
@@ -170,6 +173,7 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 
 def _egress_rules(raw: str) -> tuple[str, ...]:
+    # Function-level: types sit above the settings, and egress pulls in httpx.
     from pgjobs.types.egress import parse_rules
 
     return parse_rules(raw)
@@ -222,10 +226,6 @@ def _servers(raw: str) -> tuple[tuple[str, str, str | None], ...]:
 
 def _encryption_key(raw: str) -> bytes:
     # Raises ConfigError itself: the generic message quotes the value, and this one is secret.
-    import base64
-    import binascii
-    import contextlib
-
     value = raw.strip()
     key: bytes | None = None
     if len(value) == 64:
@@ -246,8 +246,6 @@ def _encryption_key(raw: str) -> bytes:
 
 def _headers(raw: str) -> tuple[tuple[str, str], ...]:
     # Raises ConfigError itself: header values are usually secrets, never quote them.
-    import json
-
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:

@@ -1,18 +1,92 @@
-"""What a handler sees of its job: `JobContext`."""
+"""What a handler sees of its job: `JobContext`, and the handler table's entry types.
+
+Everything here sits below the App facade and the engine: the engine builds a
+`JobContext` for each run, handlers (the built-in types included) receive one, and
+neither needs to import `App` for it. `ctx.app` is the App running the job; its type,
+`JobHost`, names the part of the App a handler uses.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
-if TYPE_CHECKING:
-    import psycopg
+import psycopg
 
-    from pgjobs.app import App
+from pgjobs.clock import Clock
+from pgjobs.config import Settings
+from pgjobs.models import Job
+
+Handler = Callable[["JobContext", Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    type: str
+    func: Handler
+    is_async: bool
+
+
+class HandlerRegistry(Protocol):
+    """Where handlers are registered (the App)."""
+
+    def register(self, type: str, func: Handler) -> None: ...
+
+
+class JobHost(Protocol):
+    """The App as a handler reaches it through `ctx.app`: its settings and clock and its
+    producer API (create, read, cancel, retry, wait). Declared here, below the facade,
+    so that neither the engine nor the handlers import `App`."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    async def create(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        **options: Any,
+    ) -> Job: ...
+
+    async def create_many(
+        self, jobs: Iterable[Any], *, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> list[UUID]: ...
+
+    async def flow(
+        self, jobs: Iterable[Any], *, conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> Any: ...
+
+    async def get(self, job_id: UUID | str) -> Job: ...
+
+    async def cancel(self, job_id: UUID | str) -> Job: ...
+
+    async def retry(self, job_id: UUID | str) -> Job: ...
+
+    async def wait(self, job_id: UUID | str, timeout: float | None = None) -> Any: ...
+
+    def create_sync(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+        **options: Any,
+    ) -> Job: ...
+
+    def get_sync(self, job_id: UUID | str) -> Job: ...
+
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]: ...
 
 
 class RunControl(Protocol):
@@ -45,7 +119,7 @@ class JobContext:
     timeout_ms: int
     created_at: datetime
     worker_id: UUID
-    app: App
+    app: JobHost
     logger: logging.Logger
     _control: RunControl = field(repr=False)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -66,13 +66,13 @@ import redis
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgjobs import cache
 from pgjobs.backoff import keep_running
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.errors import NotFound, ValidationError
-from pgjobs.options import validate_queue
+from pgjobs.producer.options import validate_queue
 from pgjobs.queries import query
+from pgjobs.signals import redis_client as cache
 from pgjobs.validation import MAX_RATE_DURATION_MS, MAX_RATE_JOBS
 
 log = logging.getLogger("pgjobs.limits")

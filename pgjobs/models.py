@@ -10,6 +10,8 @@ from uuid import UUID
 PRIORITIES: dict[str, int] = {"critical": 1, "high": 5, "normal": 10, "low": 20}
 STATUSES = ("pending", "active", "completed", "failed", "delayed", "blocked", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
+# Operator names for statuses: BullMQ's `waiting` is our `pending`.
+STATUS_ALIASES = {"waiting": "pending"}
 
 
 def priority_name(priority: int) -> str | None:

@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgjobs.config import Settings
-from pgjobs.options import validate_type
+from pgjobs.producer.options import validate_type
 from pgjobs.queries import query
 
 # Must match pgjobs_operator_types() in schema.sql.

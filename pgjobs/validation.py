@@ -1,6 +1,6 @@
 """The input rules every surface shares: name patterns, size limits and page sizes.
 
-The Python API (pgjobs.options and the services), the CLI, the REST handlers and the
+The Python API (pgjobs.producer.options and the services), the CLI, the REST handlers and the
 OpenAPI document (pgjobs.web.shapes) all import these; none keeps a copy, so a rule
 cannot differ between them. SQL cannot import Python: the checks in schema.sql repeat
 the patterns, and tests/test_contract.py fails when they stop being the same text.
@@ -38,7 +38,7 @@ MAX_ATTEMPTS = 1000
 MAX_DELAY_MS = 10 * 365 * 86_400_000  # ten years
 MAX_TIMEOUT_MS = 30 * 86_400_000  # thirty days
 MAX_BACKOFF_STEPS = 100
-# The documented bound of a job's dependsOn list. Not enforced yet: pgjobs.options
+# The documented bound of a job's dependsOn list. Not enforced yet: pgjobs.producer.options
 # accepts longer lists (the OpenAPI document has said 100 since it was written).
 MAX_DEPENDENCIES = 100
 

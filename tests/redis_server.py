@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from pgjobs.devservices import redis_binaries
+from pgjobs.dev.services import redis_binaries
 
 
 def shared_redis_url() -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgjobs import bench
 from pgjobs.app import App
 from pgjobs.config import Settings
+from pgjobs.dev import bench
 from tests.bench_scripts import run_bench_script
 
 

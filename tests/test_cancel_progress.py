@@ -14,7 +14,7 @@ import pytest
 
 import pgjobs
 from pgjobs.app import App
-from pgjobs.worker import PROGRESS_MIN_INTERVAL
+from pgjobs.engine.worker import PROGRESS_MIN_INTERVAL
 from tests.helpers import wait_until_async
 
 pytestmark = pytest.mark.anyio

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from pgjobs.bench import completed
 from pgjobs.db import GENERIC_PLANS
+from pgjobs.dev.bench import completed
 from pgjobs.queries import query
 
 FINISHED_ROWS = 1_000_000

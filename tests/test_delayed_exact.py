@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 import pgjobs
 from pgjobs.app import App
 from pgjobs.clock import FrozenClock
-from pgjobs.maintenance import Stager
+from pgjobs.engine.maintenance.tasks import Stager
 from tests.conftest import make_settings
 from tests.helpers import wait_until_async
 

@@ -20,11 +20,11 @@ from psycopg.rows import dict_row
 import pgjobs
 from pgjobs.app import App
 from pgjobs.clock import Clock
-from pgjobs.completer import Completer, Outcome, OutcomeKind
-from pgjobs.dependencies import DependencySweeper
+from pgjobs.engine.completer import Completer, Outcome, OutcomeKind
+from pgjobs.engine.maintenance.tasks import Pruner, Rescuer, run_round
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
-from pgjobs.maintenance import Pruner, Rescuer, run_round
+from pgjobs.producer.dependencies import DependencySweeper
 from pgjobs.queries import query
 from tests.helpers import wait_until
 

@@ -26,8 +26,8 @@ import psycopg
 import pytest
 import redis
 
-from pgjobs import devservices
-from pgjobs.devservices import (
+from pgjobs.dev import services as devservices
+from pgjobs.dev.services import (
     PrivatePostgres,
     PrivateRedis,
     Sources,
@@ -354,7 +354,7 @@ def test_env_prints_export_lines_for_the_shell(data_dir: Path) -> None:
         "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/it's",
         "JOBS_REDIS_URL": "redis://127.0.0.1:6379/3",
     }
-    result = run_module(["pgjobs.devservices", "env", "--data-dir", str(data_dir)], env, data_dir)
+    result = run_module(["pgjobs.dev.services", "env", "--data-dir", str(data_dir)], env, data_dir)
     assert result.returncode == 0, result.stderr
     shell = subprocess.run(
         [
@@ -381,12 +381,12 @@ def test_env_then_stop_manage_private_servers_for_bin_test(data_dir: Path) -> No
     script = f"""
         set -euo pipefail
         cd {data_dir}
-        eval "$({sys.executable} -m pgjobs.devservices env --private --data-dir {data_dir})"
+        eval "$({sys.executable} -m pgjobs.dev.services env --private --data-dir {data_dir})"
         echo "started=$PGJOBS_DEV_STARTED"
         py={sys.executable}
         $py -c "import psycopg,os; psycopg.connect(os.environ['DATABASE_URL']).close()"
         $py -c "import redis,os; redis.from_url(os.environ['PGJOBS_DEV_REDIS_URL']).ping()"
-        {sys.executable} -m pgjobs.devservices stop --data-dir {data_dir} $PGJOBS_DEV_STARTED
+        {sys.executable} -m pgjobs.dev.services stop --data-dir {data_dir} $PGJOBS_DEV_STARTED
     """
     result = subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, timeout=120, check=False
@@ -452,11 +452,11 @@ def test_dev_services_private_prints_urls_and_stops_on_ctrl_c(data_dir: Path) ->
 
 
 def worker_available() -> bool:
-    return importlib.util.find_spec("pgjobs.worker") is not None
+    return importlib.util.find_spec("pgjobs.engine.worker") is not None
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not worker_available(), reason="pgjobs.worker is not available yet")
+@pytest.mark.skipif(not worker_available(), reason="pgjobs.engine.worker is not available yet")
 def test_demo_runs_sample_jobs_to_completion_and_stops_everything_on_ctrl_c(
     db_url: str, data_dir: Path
 ) -> None:

@@ -16,7 +16,7 @@ import pgjobs
 from pgjobs.app import App
 from pgjobs.config import Settings
 from pgjobs.errors import JobFailed, JobNotFound
-from pgjobs.events import JobEvent
+from pgjobs.signals.events import JobEvent
 from tests.conftest import make_settings
 from tests.helpers import wait_until_async
 from tests.redis_server import shared_redis_url

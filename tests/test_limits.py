@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import pgjobs
-from pgjobs import cache, limits
+from pgjobs import limits
 from pgjobs.app import App
 from pgjobs.config import Settings
 from pgjobs.errors import NotFound, ValidationError
@@ -23,6 +23,7 @@ from pgjobs.ids import uuid7
 from pgjobs.limits import KeyMatcher, RateLimit, RateLimiter, RedisTokens, TokenRequest
 from pgjobs.ops import Ops
 from pgjobs.queries import query
+from pgjobs.signals import redis_client as cache
 from tests.conftest import make_settings
 from tests.helpers import wait_until_async
 from tests.redis_server import shared_redis_url

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from pgjobs.events import PgEventListener
-from pgjobs.wakeup import Listener
+from pgjobs.signals.events import PgEventListener
+from pgjobs.signals.wakeup import Listener
 from tests.conftest import ADMIN_URL
 from tests.helpers import wait_until_async
 from tests.webserver import free_port

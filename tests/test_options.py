@@ -19,7 +19,7 @@ from pgjobs_cli import run_pgjobs
 
 from pgjobs.app import App
 from pgjobs.errors import ValidationError
-from pgjobs.options import new_job_from_request
+from pgjobs.producer.options import new_job_from_request
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,8 @@ import pytest
 
 import pgjobs
 from pgjobs.app import App
+from pgjobs.engine.maintenance.tasks import Rescuer, run_round
 from pgjobs.ids import uuid7
-from pgjobs.maintenance import Rescuer, run_round
 from pgjobs.queries import query
 from pgjobs.web import create_app
 

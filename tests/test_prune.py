@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgjobs import maintenance
 from pgjobs.app import App
-from pgjobs.maintenance import Pruner, run_round
+from pgjobs.engine.maintenance import tasks as maintenance
+from pgjobs.engine.maintenance.tasks import Pruner, run_round
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pgjobs.app import App
-from pgjobs.schedule_service import schedule_fields
+from pgjobs.schedules.store import schedule_fields
 from tests.conftest import make_settings
 from tests.opsdata import audit_rows, snapshot
 from tests.pgjobs_cli import clean_env, run_pgjobs

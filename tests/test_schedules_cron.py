@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from pgjobs.clock import FrozenClock
 from pgjobs.errors import ValidationError
-from pgjobs.schedules import Cron, due_fires, parse_cron, parse_misfire, parse_timezone
+from pgjobs.schedules.cron import Cron, due_fires, parse_cron, parse_misfire, parse_timezone
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

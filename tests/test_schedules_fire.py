@@ -19,7 +19,7 @@ import pgjobs
 from pgjobs.app import App
 from pgjobs.clock import FrozenClock
 from pgjobs.errors import Conflict, NotFound, ValidationError
-from pgjobs.scheduler import CronTask
+from pgjobs.schedules.task import CronTask
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.anyio

@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 import pgjobs
 from pgjobs.app import App
 from pgjobs.errors import PgJobsError
-from pgjobs.options import keyword_options
+from pgjobs.producer.options import keyword_options
 from pgjobs.sql_api import record_settings
 from tests.conftest import create_database, database_url, drop_database, make_settings
 from tests.helpers import wait_until_async

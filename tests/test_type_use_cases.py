@@ -25,7 +25,7 @@ import pgjobs
 from pgjobs import App, FrozenClock
 from pgjobs.backups.fileformat import read_plain
 from pgjobs.errors import ValidationError
-from pgjobs.scheduler import CronTask
+from pgjobs.schedules.task import CronTask
 from tests.conftest import make_settings
 from tests.servers import HttpServer, Reply, Request, SmtpRecorder, http_server, smtp_server
 

@@ -275,8 +275,8 @@ async def test_complete_in_commits_effects_and_completion_together(
 async def test_late_completion_of_a_rescued_run_is_rejected(app: App, db: Any) -> None:
     """Simulates a run whose worker lost its lease: the job was claimed again, and the
     old run's outcome (and in-transaction completion) must not be recorded."""
-    from pgjobs.completer import Completer, Outcome
     from pgjobs.db import make_pool
+    from pgjobs.engine.completer import Completer, Outcome
     from pgjobs.ids import uuid7
 
     job = await app.create("fenced", {})

@@ -12,7 +12,7 @@ import pytest
 
 import pgjobs
 from pgjobs.app import App
-from pgjobs.worker import RunningAverage, Worker
+from pgjobs.engine.worker import RunningAverage, Worker
 from tests.helpers import wait_until_async
 
 pytestmark = pytest.mark.anyio

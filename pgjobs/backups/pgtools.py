@@ -26,7 +26,9 @@ from pathlib import Path
 import psycopg
 
 from pgjobs.config import Settings
-from pgjobs.errors import PgJobsError
+from pgjobs.db import connect_kwargs, describe_connect_error
+from pgjobs.errors import PgJobsError, ServiceUnavailable
+from pgjobs.queries import query
 
 log = logging.getLogger("pgjobs.backups")
 
@@ -182,10 +184,6 @@ def masked(url: str) -> str:
 
 def server_major_sync(url: str, what: str = "--database") -> tuple[int, str]:
     """(major version, full version) of the server at `url`."""
-    from pgjobs.db import connect_kwargs, describe_connect_error
-    from pgjobs.errors import ServiceUnavailable
-    from pgjobs.queries import query
-
     try:
         with psycopg.connect(url, connect_timeout=10, **connect_kwargs("restore")) as conn:
             row = conn.execute(query("server_info")).fetchone()

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from pgjobs.cli.output import echo, one_line
 from pgjobs.config import Settings, load_settings
 from pgjobs.errors import PgJobsError
@@ -129,7 +129,7 @@ def init(ctx: click.Context, producer_types: str | None) -> None:
 
 
 def _type_list(value: str) -> list[str]:
-    from pgjobs.options import validate_type
+    from pgjobs.producer.options import validate_type
 
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:

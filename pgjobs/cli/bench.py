@@ -40,8 +40,8 @@ def register(group: click.Group) -> None:
     ) -> None:
         """Benchmark pgjobs against the raw-SQL limit, on a scratch database it creates
         (next to DATABASE_URL's) and drops."""
-        from pgjobs.bench import run, save
         from pgjobs.cli import handle_errors, settings_from
+        from pgjobs.dev.bench import run, save
 
         settings = settings_from(ctx)
 

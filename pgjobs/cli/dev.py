@@ -15,7 +15,7 @@ PRIVATE_HELP = "Use private servers in the data folder even when others are reac
 
 
 def _data_dir(value: Path | None) -> Path:
-    from pgjobs.devservices import data_dir_from
+    from pgjobs.dev.services import data_dir_from
 
     return data_dir_from(value, os.environ)
 
@@ -41,7 +41,7 @@ def register(group: click.Group) -> None:
         started here keep running until Ctrl-C.
         """
         from pgjobs.cli import handle_errors
-        from pgjobs.demo import run_dev_services
+        from pgjobs.dev.demo import run_dev_services
 
         @handle_errors
         def run() -> int:
@@ -85,7 +85,7 @@ def register(group: click.Group) -> None:
         everything it started.
         """
         from pgjobs.cli import handle_errors
-        from pgjobs.demo import DemoOptions, run_demo
+        from pgjobs.dev.demo import DemoOptions, run_demo
 
         root = ctx.find_root().command
         commands = root.commands if isinstance(root, click.Group) else {}

@@ -22,7 +22,7 @@ from pgjobs.cli import fail, handle_errors, parse_json_option, print_json, setti
 from pgjobs.cli.ops import actor, run_ops
 from pgjobs.cli.output import echo
 from pgjobs.cli.tables import table
-from pgjobs.schedule_service import Schedule
+from pgjobs.schedules.store import Schedule
 
 if TYPE_CHECKING:
     from pgjobs.ops import Ops
@@ -190,7 +190,7 @@ def register(group: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Create a schedule that enqueues a TYPE job at every fire of CRON."""
-        from pgjobs.schedule_service import schedule_fields
+        from pgjobs.schedules.store import schedule_fields
 
         fields = schedule_fields(
             name,

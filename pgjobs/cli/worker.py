@@ -200,7 +200,7 @@ def register(group: click.Group) -> None:
         period; unfinished ones go back to the queue. A second signal exits at once.
         """
         from pgjobs.cli import handle_errors, settings_from
-        from pgjobs.options import validate_queue
+        from pgjobs.producer.options import validate_queue
 
         settings = settings_from(ctx)
         configure_logging(settings.log_level)

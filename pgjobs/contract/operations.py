@@ -15,9 +15,8 @@ from uuid import UUID
 
 from pgjobs.contract import shapes
 from pgjobs.contract.jsonschema import Field
-from pgjobs.events import EVENT_NAMES
-from pgjobs.models import STATUSES
-from pgjobs.ops.filters import STATUS_ALIASES
+from pgjobs.models import STATUS_ALIASES, STATUSES
+from pgjobs.signals.events import EVENT_NAMES
 from pgjobs.validation import (
     DEFAULT_LIMIT,
     DEFAULT_WINDOW_HOURS,

@@ -1,7 +1,7 @@
 """Every request and response body of the REST API, declared once.
 
 The handlers check field names against these (`jsonschema.check_fields`) and the OpenAPI
-document is generated from them; values are validated by pgjobs.options and the
+document is generated from them; values are validated by pgjobs.producer.options and the
 services, with the limits both sides import from pgjobs.validation. Field names are the
 wire names (the job options' camelCase included).
 """

@@ -15,12 +15,10 @@ from typing import Any
 from uuid import UUID
 
 from pgjobs.errors import ValidationError
-from pgjobs.models import STATUSES
-from pgjobs.options import validate_queue, validate_type
+from pgjobs.models import STATUS_ALIASES, STATUSES
+from pgjobs.producer.options import validate_queue, validate_type
 from pgjobs.validation import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
 
-# Operator names for statuses: BullMQ's `waiting` is our `pending`.
-STATUS_ALIASES = {"waiting": "pending"}
 _ID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
 
 

@@ -1,13 +1,13 @@
 """`Ops`: the operator actions, executed against PostgreSQL.
 
 One async implementation used by the CLI (through `asyncio.run`), the REST API and the
-dashboard. Single-job create/get/cancel/retry go through `App` (pgjobs.client), so their
-rules live in one place; bulk and read-model statements live in queries/ops.sql.
-Every state change is recorded in `job_audit` with the actor that asked for it, by
-`_audit_in` and nowhere else: the CLI, the REST API and the dashboard make their changes
-through these methods, and the modules below (limits, schedule_service, sql_api) write
-no audit rows. A change and its row commit in one transaction, so an action that fails
-writes none.
+dashboard. Single-job create/get/cancel/retry go through `App`
+(pgjobs.producer.statements), so their rules live in one place; bulk and read-model
+statements live in queries/ops.sql. Every state change is recorded in `job_audit` with
+the actor that asked for it, by `_audit_in` and nowhere else: the CLI, the REST API and
+the dashboard make their changes through these methods, and the modules below (limits,
+schedules.store, sql_api) write no audit rows. A change and its row commit in one
+transaction, so an action that fails writes none.
 """
 
 from __future__ import annotations
@@ -23,18 +23,8 @@ from uuid import UUID
 
 import psycopg
 
-from pgjobs import limits, schedule_service, sql_api
+from pgjobs import limits, sql_api
 from pgjobs.app import App
-from pgjobs.client import (
-    Statement,
-    cancel_statement,
-    decode_cancel,
-    decode_retry,
-    fetch_all_async,
-    fetch_one_async,
-    parse_job_id,
-    retry_statement,
-)
 from pgjobs.errors import Conflict, JobNotFound, NotFound, ValidationError
 from pgjobs.limits import KeyLimit, Limits, QueueLimit
 from pgjobs.models import FINISHED, Job
@@ -64,9 +54,20 @@ from pgjobs.ops.models import (
     WindowStats,
     WorkerInfo,
 )
-from pgjobs.options import validate_queue
+from pgjobs.producer.options import validate_queue
+from pgjobs.producer.statements import (
+    Statement,
+    cancel_statement,
+    decode_cancel,
+    decode_retry,
+    fetch_all_async,
+    fetch_one_async,
+    parse_job_id,
+    retry_statement,
+)
 from pgjobs.queries import query
-from pgjobs.schedule_service import Schedule
+from pgjobs.schedules import store as schedule_service
+from pgjobs.schedules.store import Schedule
 from pgjobs.validation import DEFAULT_LIMIT, MAX_BULK, MAX_WINDOW_HOURS
 
 Row = dict[str, Any]
@@ -512,7 +513,7 @@ class Ops:
         return chosen
 
     # ------------------------------------------------------------ schedules
-    # Definitions and their rules live in pgjobs.schedule_service; these wrappers give
+    # Definitions and their rules live in pgjobs.schedules.store; these wrappers give
     # the surfaces one entry point and record edits in the audit trail.
 
     async def schedules(self) -> list[Schedule]:

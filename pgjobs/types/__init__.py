@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pgjobs.types.mail_headers import headers_problem
+
 if TYPE_CHECKING:
-    from pgjobs.app import App
+    from pgjobs.context import HandlerRegistry
 
 
-def register_builtin_types(app: App) -> None:
+def register_builtin_types(app: HandlerRegistry) -> None:
     """Register send-email, http-request, database-backup, file-cleanup and custom."""
     # Each module exposes `TYPE` and `handle(ctx, payload)`; imported lazily so an App
     # that never runs them does not pay for their imports.
@@ -22,7 +24,5 @@ def payload_problem(type: str, payload: Any) -> tuple[str, str] | None:
     """(field, problem) when a built-in type's payload carries something that must never
     be stored, checked as the job is created; the handler checks everything again."""
     if type == "send-email":
-        from pgjobs.types.mail_headers import headers_problem
-
         return headers_problem(payload)
     return None

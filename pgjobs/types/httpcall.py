@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from pgjobs.errors import Discard
 from pgjobs.types.egress import EgressDenied, EgressPolicy, GuardedTransport
 

@@ -199,6 +199,7 @@ def render_template(
     name: str, values: Any, settings: Settings
 ) -> tuple[str | None, str | None, str | None]:
     """(subject, text, html) from `NAME.subject`, `NAME.txt` and `NAME.html`."""
+    # Function-level: jinja2 is loaded only by senders that use templates.
     import jinja2
 
     if values is None:

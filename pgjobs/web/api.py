@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from pgjobs.contract.jsonschema import reject_unknown_fields
 from pgjobs.contract.shapes import BulkCreate
 from pgjobs.errors import ValidationError

@@ -1,5 +1,5 @@
 """REST route for flows: `POST /api/flows` creates a tree or DAG of jobs in one
-transaction (see pgjobs.flows). Its shapes: pgjobs.contract.shapes.FlowCreate."""
+transaction (see pgjobs.producer.flows). Its shapes: pgjobs.contract.shapes.FlowCreate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pgjobs.flows import flow_request_jobs
+from pgjobs.producer.flows import flow_request_jobs
 from pgjobs.web.requests import object_body, read_json
 from pgjobs.web.state import ops_of
 

@@ -20,8 +20,8 @@ from starlette.routing import BaseRoute, Route
 from pgjobs.contract.jsonschema import check_fields
 from pgjobs.contract.shapes import QueueLimitSet
 from pgjobs.errors import JobFailed, ValidationError
-from pgjobs.events import EVENT_NAMES, JobEvent
-from pgjobs.options import validate_queue
+from pgjobs.producer.options import validate_queue
+from pgjobs.signals.events import EVENT_NAMES, JobEvent
 from pgjobs.validation import WAIT_DEFAULT_S, WAIT_MAX_S
 from pgjobs.web.api import shown_job
 from pgjobs.web.requests import job_id_param, object_body, query_param, read_json

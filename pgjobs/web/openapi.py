@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from pgjobs.config import Settings
 from pgjobs.contract import shapes
 from pgjobs.contract.jsonschema import SchemaBuilder

@@ -40,7 +40,7 @@ from psycopg.rows import dict_row
 from pgjobs.app import App
 from pgjobs.config import load_settings
 from pgjobs.db import install_schema
-from pgjobs.devservices import PrivatePostgres, PrivateRedis, debian_bin_dirs, free_port
+from pgjobs.dev.services import PrivatePostgres, PrivateRedis, debian_bin_dirs, free_port
 
 APPS = Path(__file__).parent / "apps"
 TERMINAL = ("completed", "failed", "cancelled")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psycopg
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from tests.chaos import scenarios
 from tests.chaos.harness import Cluster, Redis, Report, create_database, drop_database
 

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from pgjobs.errors import JobNotFound, NotFound, ValidationError
 from pgjobs.ops import JobFilter, QueueCounts, WorkerInfo
-from pgjobs.options import validate_queue
+from pgjobs.producer.options import validate_queue
 from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.charts import failure_rate_chart, throughput_chart

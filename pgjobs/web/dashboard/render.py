@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from pgjobs.config import Settings
 from pgjobs.models import priority_name
 from pgjobs.ops import Ops

@@ -16,11 +16,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pgjobs import cache
-from pgjobs.backoff import ReconnectDelay
-from pgjobs.db import connect_async, describe_connect_retry
-from pgjobs.errors import ServiceUnavailable
 from pgjobs.queries import query
+from pgjobs.signals import redis_client as cache
+from pgjobs.signals.listen import NotifyListener
 
 log = logging.getLogger("pgjobs.wakeup")
 
@@ -29,7 +27,7 @@ CANCEL_CHANNEL = "pgjobs_cancel"
 DELAYED_CHANNEL = "pgjobs_delayed"
 
 
-class Listener:
+class Listener(NotifyListener):
     """Delivers NOTIFY payloads to callbacks: a queue got jobs, a worker should look for
     jobs to cancel, a delayed job may be due earlier than planned. Any database login
     can send these: the callbacks treat them as hints to look, never as orders."""
@@ -44,72 +42,28 @@ class Listener:
         on_delayed: Callable[[], None],
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
-        self._url = url
-        self._owner = owner
+        super().__init__(
+            url,
+            owner,
+            log=log,
+            what="wake-up listener",
+            while_down="; polling meanwhile",
+            task_name="pgjobs-listener",
+            on_reconnect=on_reconnect,
+        )
         self._on_jobs = on_jobs
         self._on_cancel = on_cancel
         self._on_delayed = on_delayed
-        self._on_reconnect = on_reconnect
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pgjobs-listener")
+    async def _setup(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(query("listen_channels"))
 
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None:
-            # The loop checks the flag at least every `_window` seconds.
-            try:
-                await asyncio.wait_for(self._task, 5)
-            except TimeoutError:
-                self._task.cancel()
-
-    _window = 0.5
-
-    async def _run(self) -> None:
-        delay = ReconnectDelay()
-        first = True
-        while not self._stopping:
-            try:
-                conn = await connect_async(self._url, "listen", self._owner)
-            except ServiceUnavailable as exc:
-                pause = delay.next()
-                problem = describe_connect_retry(
-                    self._url, exc.__cause__ or exc, delay.attempts, pause
-                )
-                log.warning("wake-up listener: %s; polling meanwhile", problem)
-                await asyncio.sleep(pause)
-                continue
-            try:
-                await conn.execute(query("listen_channels"))
-                delay.reset()
-                self.connected.set()
-                if not first and self._on_reconnect is not None:
-                    # Notifications sent while we were away are lost: look once.
-                    self._on_reconnect()
-                first = False
-                while not self._stopping:
-                    # A bounded window, never `break` inside notifies(): psycopg then
-                    # leaves the generator running and closing the connection hangs.
-                    async for notify in conn.notifies(timeout=self._window):
-                        self._dispatch(notify.channel, notify.payload)
-            except (psycopg.Error, OSError) as exc:
-                self.connected.clear()
-                if not self._stopping:
-                    log.warning("wake-up listener lost its connection (%s); reconnecting", exc)
-                    await asyncio.sleep(delay.next())
-            finally:
-                self.connected.clear()
-                await conn.close()
-
-    def _dispatch(self, channel: str, payload: str) -> None:
-        if channel == JOBS_CHANNEL:
-            self._on_jobs(payload)
-        elif channel == CANCEL_CHANNEL:
-            self._on_cancel(payload)
-        elif channel == DELAYED_CHANNEL:
+    def _dispatch(self, notify: psycopg.Notify) -> None:
+        if notify.channel == JOBS_CHANNEL:
+            self._on_jobs(notify.payload)
+        elif notify.channel == CANCEL_CHANNEL:
+            self._on_cancel(notify.payload)
+        elif notify.channel == DELAYED_CHANNEL:
             self._on_delayed()
 
 

@@ -19,10 +19,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgjobs.clock import Clock
-from pgjobs.dependencies import check_acyclic
 from pgjobs.errors import Conflict, JobNotFound, ValidationError
 from pgjobs.models import Job
-from pgjobs.options import NewJob
+from pgjobs.producer.dependencies import check_acyclic
+from pgjobs.producer.options import NewJob
 from pgjobs.queries import query
 
 AsyncConn = psycopg.AsyncConnection[Any]

@@ -22,14 +22,14 @@ from uuid import UUID
 
 import psycopg
 
-from pgjobs.client import Statement, fetch_all_async, fetch_one_async
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.errors import ValidationError
-from pgjobs.options import NewJob
+from pgjobs.producer.options import NewJob
+from pgjobs.producer.statements import Statement, fetch_all_async, fetch_one_async
 from pgjobs.queries import query
-from pgjobs.schedule_service import Schedule, job_for_fire
-from pgjobs.schedules import Cron, Fire, due_fires, parse_cron, parse_timezone
+from pgjobs.schedules.cron import Cron, Fire, due_fires, parse_cron, parse_timezone
+from pgjobs.schedules.store import Schedule, job_for_fire
 
 log = logging.getLogger("pgjobs.cron")
 

@@ -24,9 +24,11 @@ from typing import Any
 
 import httpx
 
-from pgjobs import devservices
+from pgjobs.app import App
 from pgjobs.config import Settings, load_settings
+from pgjobs.dev import services as devservices
 from pgjobs.errors import ServiceUnavailable
+from pgjobs.install import initialise
 
 DEMO_APP = "pgjobs.examples.demo_app:app"
 DEMO_QUEUES = ("default", "high-priority", "low-priority")
@@ -211,13 +213,12 @@ def sample_jobs(handlers: set[str], server_url: str | None) -> list[dict[str, An
 
 
 def enqueue_samples(settings: Settings, server_url: str | None, echo: Echo) -> int:
+    # Function-level: importing the example builds its App, from the environment.
     from pgjobs.examples.demo_app import app as demo_app
 
     # The demo app's handlers and built-in types decide which samples make sense; the
     # jobs themselves are created through a plain App on the resolved settings.
     jobs = sample_jobs(set(demo_app.handlers), server_url)
-    from pgjobs.app import App
-
     app = App(settings, builtin_types=False)
     try:
         app.create_many_sync(jobs)
@@ -235,8 +236,6 @@ def enqueue_samples(settings: Settings, server_url: str | None, echo: Echo) -> i
 
 def run_demo(options: DemoOptions, *, has_server: bool, has_worker: bool, echo: Echo) -> int:
     """Run until SIGINT/SIGTERM; return the exit status (0 after a requested stop)."""
-    from pgjobs.install import initialise
-
     settings = load_settings()
     stop = StopSignal()
     with stop.installed():

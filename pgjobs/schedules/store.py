@@ -2,7 +2,7 @@
 create, update, enable/disable and delete the definitions in `job_schedules`.
 
 Each operation is written once, as a generator that yields statements and receives
-their rows; `pgjobs.client.run_async` / `run_sync` execute it, in one transaction on an
+their rows; `pgjobs.producer.statements.run_async` / `run_sync` execute it, in one transaction on an
 async or a sync connection (a caller's open transaction becomes a savepoint). Every edit
 recomputes `next_run_at` with the database clock (or the test clock), so it takes
 effect on the next maintenance round without restarting anything.
@@ -23,12 +23,11 @@ from uuid import UUID
 import psycopg
 import psycopg.errors
 
-from pgjobs.client import Statement, run_async, run_sync
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.errors import Conflict, NotFound, ValidationError
 from pgjobs.models import priority_name
-from pgjobs.options import (
+from pgjobs.producer.options import (
     NewJob,
     encode_payload,
     keyword_options,
@@ -37,8 +36,13 @@ from pgjobs.options import (
     validate_queue,
     validate_type,
 )
+from pgjobs.producer.statements import (
+    Statement,
+    run_async,
+    run_sync,
+)
 from pgjobs.queries import query
-from pgjobs.schedules import Cron, parse_cron, parse_misfire, parse_timezone
+from pgjobs.schedules.cron import Cron, parse_cron, parse_misfire, parse_timezone
 from pgjobs.validation import MAX_CATCH_UP, MAX_DESCRIPTION, SCHEDULE_NAME
 
 T = TypeVar("T")

@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 
 from pgjobs.clock import Clock
 from pgjobs.errors import ValidationError
-from pgjobs.options import NewJob
+from pgjobs.producer.options import NewJob
 from pgjobs.queries import query
 
 log = logging.getLogger("pgjobs.maintenance")

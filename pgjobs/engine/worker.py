@@ -16,40 +16,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgjobs import __version__
+from pgjobs._version import __version__
 from pgjobs.backoff import ReconnectDelay, keep_running
-from pgjobs.completer import Completer, Outcome
-from pgjobs.context import JobContext
+from pgjobs.context import HandlerSpec, JobContext, JobHost
 from pgjobs.db import make_pool
+from pgjobs.engine.completer import Completer, Outcome
+from pgjobs.engine.executor import ClaimedJob, Execution, ThreadRunner
+from pgjobs.engine.maintenance.tasks import (
+    Maintenance,
+    MaintenanceTask,
+    Stager,
+    default_tasks,
+    run_round,
+)
 from pgjobs.errors import StaleRun, ValidationError
-from pgjobs.events import JobEvent, Publisher
-from pgjobs.executor import ClaimedJob, Execution, ThreadRunner
 from pgjobs.ids import uuid7
 from pgjobs.jsonlimits import UndecodableJson
 from pgjobs.limits import RateLimiter
-from pgjobs.maintenance import Maintenance, MaintenanceTask, Stager, default_tasks, run_round
-from pgjobs.options import validate_queue
+from pgjobs.producer.options import validate_queue
 from pgjobs.queries import query
-from pgjobs.wakeup import Listener, RedisWakeups
-
-if TYPE_CHECKING:
-    from pgjobs.app import App
+from pgjobs.signals.events import JobEvent, Publisher
+from pgjobs.signals.wakeup import Listener, RedisWakeups
 
 log = logging.getLogger("pgjobs.worker")
+
+
+class WorkerHost(JobHost, Protocol):
+    """What a worker needs of the App that runs it: settings, clock, the handler table,
+    and the App itself to hand to handlers as `ctx.app`."""
+
+    @property
+    def handlers(self) -> Mapping[str, HandlerSpec]: ...
+
 
 PROGRESS_MIN_INTERVAL = 0.25  # seconds between progress writes of one run
 CLAIM_BATCH_WAIT = 0.002  # longest wait for more free slots before claiming
@@ -82,7 +95,7 @@ class Worker:
 
     def __init__(
         self,
-        app: App,
+        app: WorkerHost,
         *,
         queues: Sequence[str] = ("default",),
         concurrency: int | None = None,
@@ -205,7 +218,7 @@ class Worker:
             )
             await self._redis_wakeups.start(self._pool)
         if self._with_maintenance:
-            tasks = self._tasks if self._tasks is not None else default_tasks(self.app)
+            tasks = self._tasks if self._tasks is not None else default_tasks(self.settings)
             self._maintenance = Maintenance(
                 self._pool, self.clock, tasks, max_sleep=self.poll_interval
             )
@@ -830,8 +843,6 @@ class RunHandle:
             self._loop.call_soon_threadsafe(schedule)
 
     async def complete_in(self, conn: psycopg.AsyncConnection[Any], result: Any) -> None:
-        import json
-
         if self._finished:
             raise StaleRun(f"the run of job {self._job.id} is over")
         duration = round((time.monotonic() - self._started) * 1000)
@@ -872,7 +883,7 @@ def _log_outcome(job: ClaimedJob, outcome: Outcome) -> None:
         log.info("job %s %s", outcome.kind, fields)
 
 
-async def drain(app: App, queues: Sequence[str], concurrency: int | None = None) -> int:
+async def drain(app: WorkerHost, queues: Sequence[str], concurrency: int | None = None) -> int:
     worker = Worker(app, queues=queues, concurrency=concurrency, drain=True)
     await worker.start()
     return await worker.until_idle()

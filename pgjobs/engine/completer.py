@@ -22,8 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs.backoff import ReconnectDelay, keep_running
 from pgjobs.clock import Clock
-from pgjobs.events import JobEvent, Publisher, Route
 from pgjobs.queries import query
+from pgjobs.signals.events import JobEvent, Publisher, Route
 
 OutcomeKind = Literal["completed", "retry", "failed", "snooze", "cancelled", "release"]
 

@@ -31,9 +31,9 @@ from psycopg.rows import dict_row
 
 from pgjobs.app import App
 from pgjobs.clock import Clock
-from pgjobs.completer import Outcome, encode_outcomes
 from pgjobs.config import Settings
 from pgjobs.db import connect_kwargs, install_schema
+from pgjobs.engine.completer import Outcome, encode_outcomes
 from pgjobs.ids import uuid7
 from pgjobs.queries import query
 
@@ -41,7 +41,7 @@ NOOP = "bench-noop"
 
 
 def bench_app() -> App:
-    """The handlers bench workers load (`--app pgjobs.bench:bench_app`)."""
+    """The handlers bench workers load (`--app pgjobs.dev.bench:bench_app`)."""
     app = App(builtin_types=False)
 
     @app.handler(NOOP)
@@ -157,7 +157,7 @@ def worker_command(concurrency: int, processes: int) -> list[str]:
         "pgjobs",
         "worker",
         "--app",
-        "pgjobs.bench:bench_app",
+        "pgjobs.dev.bench:bench_app",
         "--concurrency",
         str(concurrency),
         "--processes",

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
@@ -22,12 +22,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs.backoff import ReconnectDelay
 from pgjobs.clock import Clock
-from pgjobs.dependencies import DependencySweeper
+from pgjobs.config import Settings
+from pgjobs.producer.dependencies import DependencySweeper
 from pgjobs.queries import query
-from pgjobs.scheduler import CronTask
-
-if TYPE_CHECKING:
-    from pgjobs.app import App
+from pgjobs.schedules.task import CronTask
 
 log = logging.getLogger("pgjobs.maintenance")
 
@@ -135,8 +133,7 @@ class Pruner:
         return 0.0 if deleted >= PRUNE_BATCH else self.interval
 
 
-def default_tasks(app: App) -> list[MaintenanceTask]:
-    s = app.settings
+def default_tasks(s: Settings) -> list[MaintenanceTask]:
     tasks: list[MaintenanceTask] = [
         Stager(idle=s.poll_interval_ms / 1000),
         Rescuer(s.stalled_interval_ms / 1000, s.lock_duration_ms, s.max_stalled_count),

@@ -31,23 +31,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgjobs import cache
 from pgjobs.backoff import ReconnectDelay
-from pgjobs.db import connect_async, describe_connect_retry
+from pgjobs.config import Settings
 from pgjobs.errors import JobFailed, JobNotFound, ServiceUnavailable
 from pgjobs.queries import query
-
-if TYPE_CHECKING:
-    from pgjobs.app import App
+from pgjobs.signals import redis_client as cache
+from pgjobs.signals.listen import NotifyListener
 
 log = logging.getLogger("pgjobs.events")
 
@@ -283,60 +282,22 @@ def consumer_lock() -> dict[str, int]:
 # ------------------------------------------------------------------ consuming
 
 
-class PgEventListener:
+class PgEventListener(NotifyListener):
     """LISTEN pgjobs_events on a dedicated connection that reconnects after any error."""
 
-    _window = 0.5
-
     def __init__(self, url: str, on_message: Callable[[str], None]) -> None:
-        self._url = url
+        super().__init__(
+            url, "events", log=log, what="event listener", task_name="pgjobs-events-listener"
+        )
         self._on_message = on_message
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pgjobs-events-listener")
+    async def _setup(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(query("listen_events"))
+        # Held as long as this connection lives: tells workers to send events.
+        await conn.execute(query("events_consumer_lock"), consumer_lock())
 
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 5)
-            except TimeoutError:
-                self._task.cancel()
-
-    async def _run(self) -> None:
-        delay = ReconnectDelay()
-        while not self._stopping:
-            try:
-                conn = await connect_async(self._url, "listen", "events")
-            except ServiceUnavailable as exc:
-                pause = delay.next()
-                problem = describe_connect_retry(
-                    self._url, exc.__cause__ or exc, delay.attempts, pause
-                )
-                log.warning("event listener: %s", problem)
-                await asyncio.sleep(pause)
-                continue
-            try:
-                await conn.execute(query("listen_events"))
-                # Held as long as this connection lives: tells workers to send events.
-                await conn.execute(query("events_consumer_lock"), consumer_lock())
-                delay.reset()
-                self.connected.set()
-                while not self._stopping:
-                    # A bounded window, never `break` inside notifies() (see wakeup.py).
-                    async for notify in conn.notifies(timeout=self._window):
-                        self._on_message(notify.payload)
-            except (psycopg.Error, OSError) as exc:
-                if not self._stopping:
-                    log.warning("event listener lost its connection (%s); reconnecting", exc)
-                    self.connected.clear()
-                    await asyncio.sleep(delay.next())
-            finally:
-                self.connected.clear()
-                await conn.close()
+    def _dispatch(self, notify: psycopg.Notify) -> None:
+        self._on_message(notify.payload)
 
 
 class EventStream:
@@ -442,10 +403,19 @@ class RecentBatches:
         self._order.append(batch)
 
 
+class EventSource(Protocol):
+    """What the hub needs of its App: settings and a pooled connection."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]: ...
+
+
 class EventHub:
     """One subscription per App, fanned out to EventStreams and wait() callers."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: EventSource) -> None:
         self._app = app
         settings = app.settings
         # Re-reading awaited jobs is one query for all of them: at least every second.

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
-from pgjobs import client
-from pgjobs.client import AsyncConn, SyncConn
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.contract.jsonschema import shape_fields
 from pgjobs.contract.shapes import FlowCreate
-from pgjobs.dependencies import check_acyclic
 from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
-from pgjobs.options import NewJob, new_job_from_request
+from pgjobs.producer import statements as client
+from pgjobs.producer.dependencies import check_acyclic
+from pgjobs.producer.options import NewJob, new_job_from_request
+from pgjobs.producer.statements import AsyncConn, SyncConn
 from pgjobs.validation import MAX_FLOW_JOBS, MAX_KEY_LENGTH
 
 MAX_API_FLOW = MAX_FLOW_JOBS

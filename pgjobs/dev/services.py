@@ -17,7 +17,7 @@ there (a free localhost port when the path is too long for a socket), and keep r
 until stopped, so the next start reuses them. As root, PostgreSQL runs as an
 unprivileged system user, because it refuses to run as root.
 
-`python -m pgjobs.devservices env` prints shell `export` lines for DATABASE_URL, and
+`python -m pgjobs.dev.services env` prints shell `export` lines for DATABASE_URL, and
 PGJOBS_DEV_REDIS_URL when a Redis is available; `... stop NAME...` stops the private
 servers that `env` reported as started in PGJOBS_DEV_STARTED (bin/test does both).
 """
@@ -48,6 +48,7 @@ from typing import IO, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
+import redis
 from dotenv import dotenv_values
 
 from pgjobs.errors import ServiceUnavailable
@@ -168,8 +169,6 @@ def postgres_problem(url: str, timeout: int = 3) -> str | None:
 
 def redis_problem(url: str, timeout: float = 2.0) -> str | None:
     """None when `url` answers PING, else the reason."""
-    import redis
-
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
@@ -768,7 +767,7 @@ def describe(resolution: Resolution) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------- python -m pgjobs.devservices
+# ---------------------------------------------------------------- python -m pgjobs.dev.services
 
 
 def _export(name: str, value: str, out: IO[str]) -> None:
@@ -776,7 +775,7 @@ def _export(name: str, value: str, out: IO[str]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pgjobs.devservices")
+    parser = argparse.ArgumentParser(prog="python -m pgjobs.dev.services")
     commands = parser.add_subparsers(dest="command", required=True)
     env = commands.add_parser("env", help="find or start services; print export lines")
     env.add_argument("--data-dir", default=None)

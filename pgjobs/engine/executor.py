@@ -14,13 +14,12 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pgjobs.app import HandlerSpec
 from pgjobs.backoff import retry_delay_ms
-from pgjobs.completer import Outcome
 from pgjobs.config import Settings
-from pgjobs.context import JobContext
+from pgjobs.context import HandlerSpec, JobContext
+from pgjobs.engine.completer import Outcome
 from pgjobs.errors import Discard, RetryIn
-from pgjobs.options import unstorable_json
+from pgjobs.producer.options import unstorable_json
 
 MAX_MESSAGE = 4000
 MAX_STACK = 64_000

@@ -22,6 +22,7 @@ from pgjobs.errors import ValidationError
 from pgjobs.ids import uuid7
 from pgjobs.jsonlimits import depth_error, too_deep
 from pgjobs.models import PRIORITIES, STATUSES
+from pgjobs.types import payload_problem
 from pgjobs.types.builtin import check_payload
 from pgjobs.validation import (
     JOB_TYPE,
@@ -197,8 +198,6 @@ def new_job(
 
 
 def _check_builtin_payload(type: Any, payload: Any) -> None:
-    from pgjobs.types import payload_problem
-
     problem = payload_problem(type, payload) if isinstance(type, str) else None
     if problem is not None:
         field, message = problem
