@@ -89,7 +89,9 @@ class Rig:
     api: ApiProducer
     fleet: Fleet
     rate: float
+    high_factor: float
     rng: random.Random
+    api_base: str | None  # a `pgjobs server` of the database, for the readers
 
 
 class Fault:
@@ -133,13 +135,13 @@ class IdleTransaction(Fault):
 
 class HighLoad(Fault):
     name = "high-load"
-    factor = 4
 
     def label(self) -> str:
-        return f"producer at {self.factor}x: {self.rig.rate * self.factor:g} jobs/s"
+        rig = self.rig
+        return f"producer at {rig.high_factor:g}x: {rig.rate * rig.high_factor:g} jobs/s"
 
     def begin(self) -> None:
-        self.rig.api.rate = self.rig.rate * self.factor
+        self.rig.api.rate = self.rig.rate * self.rig.high_factor
         self.rig.run.faults["high load"] += 1
 
     def end(self) -> None:
@@ -159,12 +161,13 @@ class Readers(Fault):
     def begin(self) -> None:
         self.reads = self.polls = 0
         self.halt = threading.Event()
-        self.stack = contextlib.ExitStack()
-        base = self.stack.enter_context(running_server(self.rig.db_url))
         self.threads = [
             threading.Thread(target=self.read, daemon=True) for _ in range(self.sessions)
         ]
-        self.threads.append(threading.Thread(target=self.poll, args=(base,), daemon=True))
+        assert self.rig.api_base is not None, "the REST server was not started"
+        self.threads.append(
+            threading.Thread(target=self.poll, args=(self.rig.api_base,), daemon=True)
+        )
         for thread in self.threads:
             thread.start()
         self.rig.run.faults["active readers"] += 1
@@ -186,7 +189,6 @@ class Readers(Fault):
         self.halt.set()
         for thread in self.threads:
             thread.join(30)
-        self.stack.close()
 
 
 class IdleConnections(Fault):
@@ -305,14 +307,17 @@ def phased_run(
     *,
     window_s: float,
     rate: float = 150.0,
+    high_factor: float = 3.0,
     workers: int = 4,
     concurrency: int = 8,
     only: Sequence[str] = PHASES,
-    settle_limit: float = 60.0,
+    settle_limit: float = 300.0,
     seed: int = 9,
 ) -> tuple[Report, list[PhaseFigures]]:
     """Run the phases named in `only` (in their fixed order) with windows of `window_s`;
-    returns the whole run's report and one `PhaseFigures` per phase."""
+    returns the whole run's report and one `PhaseFigures` per phase. `settle_limit`:
+    how long a phase's jobs may take to finish after its after window (the backlog of
+    the high-load phase drains then, so the next phase starts from an empty queue)."""
     unknown = set(only) - set(PHASES)
     if unknown:
         raise ValueError(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
@@ -322,13 +327,19 @@ def phased_run(
         db_url,
         log_dir,
     )
+    stack = contextlib.ExitStack()
+    # Started before the load: a server starting while the machine is busy may miss its
+    # start-up deadline.
+    api_base = stack.enter_context(running_server(db_url)) if Readers.name in only else None
     fleet = Fleet(db_url, workers, concurrency=concurrency, log_dir=log_dir).start()
     # Production starts once every worker is up: a backlog from the fleet's start-up
     # would weigh on the first phases' latencies.
     wait_registered(run.ledger, workers)
     api = ApiProducer(db_url, rate=rate)
     api.start()
-    rig = Rig(cluster, db_url, log_dir, run, api, fleet, rate, random.Random(seed))
+    rig = Rig(
+        cluster, db_url, log_dir, run, api, fleet, rate, high_factor, random.Random(seed), api_base
+    )
     figures: list[PhaseFigures] = []
     try:
         _wait(lambda: run.ledger.counts().get("completed", 0) > 0, 60, "the first completion")
@@ -342,6 +353,7 @@ def phased_run(
         if api.is_alive():
             api.stop()
         fleet.kill_all()
+        stack.close()
     # Deliberate kills aside, no worker may have exited.
     report.worker_exits = fleet.spawned - workers - run.faults["kill -9"] + fleet.exited_early
     report.exits_allowed = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import platform
 import re
@@ -49,6 +50,7 @@ class Sizes:
     poison_count: int
     poison_s: float
     phase_window_s: float
+    phase_rate: float
 
 
 FULL = Sizes(
@@ -65,6 +67,7 @@ FULL = Sizes(
     poison_count=10,
     poison_s=60,
     phase_window_s=30,
+    phase_rate=150,
 )
 QUICK = Sizes(
     kill9_jobs=4_000,
@@ -80,6 +83,7 @@ QUICK = Sizes(
     poison_count=3,
     poison_s=6,
     phase_window_s=3,
+    phase_rate=150,
 )
 
 
@@ -306,7 +310,11 @@ class Soak:
     def phases(self) -> None:
         def body(cluster: Cluster, db_url: str, log_dir: Path) -> None:
             report, figures = phased_run(
-                cluster, db_url, log_dir, window_s=self.sizes.phase_window_s
+                cluster,
+                db_url,
+                log_dir,
+                window_s=self.sizes.phase_window_s,
+                rate=self.sizes.phase_rate,
             )
             self.add(report)
             self.phase_figures = figures
@@ -475,10 +483,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restarts", type=int, help="scenario 3's restarts (default 5)")
     parser.add_argument("--hold", type=float, help="scenario 7's hold in s (default 180)")
     parser.add_argument("--window", type=float, help="scenario 9's window in s (default 30)")
+    parser.add_argument("--rate", type=float, help="scenario 9's jobs/s (default 150)")
     parser.add_argument("--database-url", help="an existing server's admin URL")
     parser.add_argument("--keep", action="store_true", help="keep the scenario databases")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
+    # The API producers' pools log every failed reconnect during a restart.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     sizes = QUICK if args.quick else FULL
     overrides = {
         "kill9_jobs": args.jobs,
@@ -486,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "restarts": args.restarts,
         "hold_s": args.hold,
         "phase_window_s": args.window,
+        "phase_rate": args.rate,
     }
     sizes = Sizes(**{**vars(sizes), **{k: v for k, v in overrides.items() if v is not None}})
     if args.database_url is None and not Cluster.available():
