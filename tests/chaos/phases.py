@@ -47,7 +47,14 @@ from tests.chaos.harness import (
     connect,
     terminate_backends,
 )
-from tests.chaos.scenarios import ApiProducer, Run, _wait, restart_and_measure, wait_registered
+from tests.chaos.scenarios import (
+    ApiProducer,
+    Run,
+    _wait,
+    kill_running_worker,
+    restart_and_measure,
+    wait_registered,
+)
 from tests.webserver import running_server
 
 WINDOW_SQL = """
@@ -256,11 +263,9 @@ class WorkerKills(Fault):
             self.kill()
 
     def kill(self) -> None:
-        fleet = self.rig.fleet
-        slot = self.rig.rng.choice(fleet.alive() or [0])
-        fleet.kill(slot)
-        fleet.spawn(slot)
-        self.rig.run.faults["kill -9"] += 1
+        rig = self.rig
+        if kill_running_worker(rig.fleet, rig.run.ledger, rig.rng):
+            rig.run.faults["kill -9"] += 1
 
 
 FAULTS: tuple[type[Fault], ...] = (

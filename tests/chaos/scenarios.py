@@ -779,10 +779,7 @@ def poison_among_kills(
         respawned = fleet.respawn_dead()
         crashes += respawned
         run.faults["worker killed by a poison job"] += respawned
-        if killer.due():
-            slot = rng.choice(fleet.alive() or [0])
-            fleet.kill(slot)
-            fleet.spawn(slot)
+        if killer.due() and kill_running_worker(fleet, run.ledger, rng):
             run.faults["kill -9"] += 1
 
     try:
@@ -1200,6 +1197,24 @@ def _count_exits(report: Report, fleet: Fleet, started: int) -> None:
     scenario stopped them."""
     report.worker_exits = fleet.spawned - started + fleet.exited_early
     report.exits_allowed = False
+
+
+def kill_running_worker(fleet: Fleet, ledger: Ledger, rng: random.Random) -> bool:
+    """SIGKILL a random worker of `fleet` that is up (registered), and respawn it; False
+    when none is up. On a busy machine a Python process takes seconds to start: killing
+    processes that have not started yet would leave the fleet down, testing nothing."""
+    try:
+        rows = ledger.query("SELECT pid FROM job_workers")
+    except psycopg.Error:
+        return False
+    registered = {int(row["pid"]) for row in rows}
+    running = [slot for slot in fleet.alive() if fleet.pid(slot) in registered]
+    if not running:
+        return False
+    slot = rng.choice(running)
+    fleet.kill(slot)
+    fleet.spawn(slot)
+    return True
 
 
 def wait_registered(ledger: Ledger, workers: int, timeout: float = 120) -> None:
