@@ -388,7 +388,11 @@ def _phase(
     t2 = _now()
     _hold(rig, window_s)
     t3 = _now()
+    # The producer pauses while the phase's jobs finish, so that the next phase starts
+    # from an empty queue even when a fault left a backlog.
+    rig.api.rate = 0
     settle_s, left_active = _settle(rig, t3, settle_limit)
+    rig.api.rate = rig.rate
     report = rig.run.ledger.report(f"9. {fault.name}", after=since, until=t3)
     figures = PhaseFigures(
         name=fault.name,
