@@ -779,7 +779,10 @@ def poison_among_kills(
         respawned = fleet.respawn_dead()
         crashes += respawned
         run.faults["worker killed by a poison job"] += respawned
-        if killer.due() and kill_running_worker(fleet, run.ledger, rng):
+        if killer.due():
+            slot = rng.choice(fleet.alive() or [0])
+            fleet.kill(slot)
+            fleet.spawn(slot)
             run.faults["kill -9"] += 1
 
     try:
