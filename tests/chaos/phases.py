@@ -252,7 +252,7 @@ class WorkerKills(Fault):
     every = 2.0
 
     def label(self) -> str:
-        return f"SIGKILL a random worker every {self.every:g} s, respawned"
+        return f"SIGKILL a random running worker every {self.every:g} s, respawned"
 
     def begin(self) -> None:
         self.ticker = Ticker(self.every)
