@@ -17,6 +17,7 @@ monitor, and the invariants every scenario must keep.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import random
 import shutil
@@ -44,6 +45,8 @@ from pgjobs.dev.services import PrivatePostgres, PrivateRedis, debian_bin_dirs, 
 
 APPS = Path(__file__).parent / "apps"
 TERMINAL = ("completed", "failed", "cancelled")
+NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
+FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 # Leases short enough that a rescue takes seconds, not the default 30 s.
 LEASE_MS = 2000
@@ -77,6 +80,17 @@ CREATE TABLE IF NOT EXISTS chaos_effects (
     pid int NOT NULL,
     at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+CREATE INDEX IF NOT EXISTS chaos_starts_job_idx ON chaos_starts (job_id);
+CREATE INDEX IF NOT EXISTS chaos_jobs_run_at_idx ON chaos_jobs (run_at);
+"""
+
+# The ledger rows of jobs that were created: ids that never reached the jobs table (a
+# create that failed) yield none, and a row recorded already is left alone.
+RECORD_SQL = """
+INSERT INTO chaos_jobs (job_id, run_at, mode)
+SELECT j.id, j.run_at, m.mode FROM jobs j
+JOIN unnest(%s::uuid[], %s::text[]) AS m(id, mode) ON m.id = j.id
+ON CONFLICT (job_id) DO NOTHING
 """
 
 
@@ -107,29 +121,42 @@ class Cluster:
         return bool(debian_bin_dirs("/usr/lib/postgresql/*/bin"))
 
     @classmethod
-    def start(cls) -> Cluster:
+    def start(cls, *, max_connections: int | None = None) -> Cluster:
+        """`max_connections`: more than the 200 the private server starts with (set by a
+        restart with new options: command-line settings beat postgresql.conf)."""
         bin_dir = debian_bin_dirs("/usr/lib/postgresql/*/bin")[0]
         root = Path(tempfile.mkdtemp(prefix="pgjobs-chaos-"))
         root.chmod(0o755)  # the postgres system user must be able to enter it
         server = PrivatePostgres(bin_dir, root / "data")
-        url = server.start(port=free_port())
-        return cls(root, server, url)
+        port = free_port()
+        url = server.start(port=port)
+        cluster = cls(root, server, url)
+        if max_connections is not None:
+            options = f"-k '' -h 127.0.0.1 -p {port} -c max_connections={max_connections}"
+            cluster._restart("fast", options)
+        return cluster
 
     def restart_immediate(self) -> float:
         """`pg_ctl restart -m immediate`: every backend dies without a checkpoint and the
         server replays its WAL on the way up. Returns the seconds it took."""
+        return self._restart("immediate")
+
+    def _restart(self, mode: str, options: str | None = None) -> float:
+        """`pg_ctl restart -m <mode>`, with the server's last options unless `options`
+        are given (pg_ctl reuses postmaster.opts). Returns the seconds it took."""
         began = time.monotonic()
         argv = [
             str(self.server.bin_dir / "pg_ctl"),
             "-D",
             str(self.server.data_dir),
             "-m",
-            "immediate",
+            mode,
             "-w",
             "-t",
             "60",
             "-l",
             str(self.server.data_dir / "server.log"),
+            *(["-o", options] if options is not None else []),
             "restart",
         ]
         user = self.server.run_as
@@ -194,6 +221,36 @@ class Redis:
             self.server.stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class ServerWatch(threading.Thread):
+    """A raw connect loop started just before a restart: when the server stopped
+    accepting connections and when it accepted them again (monotonic seconds)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True, name="chaos-server-watch")
+        self.url = url
+        self.down_at: float | None = None  # first refused connect
+        self.up_at: float | None = None  # first connect that worked after that
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                psycopg.connect(self.url, connect_timeout=2).close()
+            except psycopg.OperationalError:
+                if self.down_at is None:
+                    self.down_at = time.monotonic()
+            else:
+                if self.down_at is not None:
+                    self.up_at = time.monotonic()
+                    return
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Wait for the server's return, at most `timeout` s."""
+        self.join(timeout)
+        self._halt.set()
 
 
 def create_database(admin_url: str, prefix: str = "pgjobs_chaos") -> str:
@@ -378,6 +435,10 @@ class Report:
     resumed_s: float | None = None  # longest wait for a completion after an outage
     exits_allowed: bool = True
     innocents_failed: int = 0  # ordinary jobs that did not complete where all must
+    # After each database restart: seconds from the server accepting connections again
+    # to the first successful create through the public API, and to the first completion.
+    producer_back_s: list[float] = field(default_factory=list)
+    worker_back_s: list[float] = field(default_factory=list)
 
     def violations(self) -> list[str]:
         found = []
@@ -404,8 +465,24 @@ class Report:
     def reasons_text(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items())) or "-"
 
+    def recovery_text(self) -> str:
+        """ "producer back after p50 / max; worker back after p50 / max" (or "-")."""
+        parts = [
+            f"{who} back after {_p50_max_ms(values)}"
+            for who, values in (("producer", self.producer_back_s), ("worker", self.worker_back_s))
+            if values
+        ]
+        return "; ".join(parts) or "-"
+
     def faults_text(self) -> str:
         return ", ".join(f"{k} x{v}" for k, v in self.faults.items()) or "-"
+
+
+def _p50_max_ms(seconds: Sequence[float]) -> str:
+    ms = sorted(1000 * x for x in seconds)
+    if len(ms) == 1:
+        return f"{ms[0]:,.0f} ms"
+    return f"{ms[(len(ms) - 1) // 2]:,.0f} / {ms[-1]:,.0f} ms (p50 / max of {len(ms)})"
 
 
 def assert_invariants(report: Report) -> None:
@@ -439,6 +516,7 @@ per AS (
     LEFT JOIN e ON e.job_id = c.job_id
     LEFT JOIN r ON r.job_id = c.job_id
     LEFT JOIN f ON f.job_id = c.job_id
+    WHERE c.run_at > %(after)s AND c.run_at <= %(until)s
 )
 SELECT count(*) AS jobs,
        count(*) FILTER (WHERE status = 'completed') AS completed,
@@ -472,6 +550,7 @@ FROM per
 REASONS_SQL = """
 SELECT f.kind, count(*) AS n
 FROM job_failures f JOIN chaos_jobs c ON c.job_id = f.job_id
+WHERE c.run_at > %(after)s AND c.run_at <= %(until)s
 GROUP BY f.kind ORDER BY f.kind
 """
 
@@ -537,12 +616,7 @@ class Ledger:
                     break
                 with conn.transaction():
                     self.app.create_many_sync(jobs, conn=conn)
-                    conn.execute(
-                        "INSERT INTO chaos_jobs (job_id, run_at, mode) "
-                        "SELECT j.id, j.run_at, m.mode FROM jobs j "
-                        "JOIN unnest(%s::uuid[], %s::text[]) AS m(id, mode) ON m.id = j.id",
-                        (ids, modes),
-                    )
+                    conn.execute(RECORD_SQL, (ids, modes))
                 break
             except psycopg.Error:
                 self.close()
@@ -551,6 +625,14 @@ class Ledger:
                 time.sleep(0.2)
         self.enqueued += count
         return ids
+
+    def record(self, ids: Sequence[uuid.UUID], modes: Sequence[str]) -> None:
+        """Add jobs created elsewhere (through the public API) to the ledger."""
+        try:
+            self._connection().execute(RECORD_SQL, (list(ids), list(modes)))
+        except psycopg.Error:
+            self.close()
+            raise
 
     @staticmethod
     def _has_batch(conn: psycopg.Connection[dict[str, Any]], ids: list[uuid.UUID]) -> bool:
@@ -596,9 +678,19 @@ class Ledger:
             self.close()
             raise
 
-    def report(self, scenario: str, **extra: Any) -> Report:
-        row = self.query(REPORT_SQL)[0]
-        reasons = {r["kind"]: int(r["n"]) for r in self.query(REASONS_SQL)}
+    def report(
+        self,
+        scenario: str,
+        *,
+        after: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        **extra: Any,
+    ) -> Report:
+        """The invariants over the ledger's jobs, or over those whose run_at lies in
+        (`after`, `until`]."""
+        bounds = {"after": after or NEVER, "until": until or FOREVER}
+        row = self.query(REPORT_SQL, bounds)[0]
+        reasons = {r["kind"]: int(r["n"]) for r in self.query(REASONS_SQL, bounds)}
         report = Report(scenario=scenario, reasons=reasons, **extra)
         for name in (
             "jobs",
@@ -721,15 +813,18 @@ class Monitor(threading.Thread):
 # ---------------------------------------------------------------- faults
 
 
-def terminate_backends(url: str, like: str) -> int:
+def terminate_backends(url: str, like: str, *, limit: int | None = None) -> int:
     """pg_terminate_backend every connection to `url`'s database whose
-    application_name matches `like`; returns how many were terminated."""
+    application_name matches `like` (or `limit` of them, picked at random); returns how
+    many were terminated."""
     database = urlsplit(url).path.lstrip("/")
     with connect(url, "chaos:killer") as conn:
         row = conn.execute(
-            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name LIKE %s AND pid <> pg_backend_pid()",
-            (database, like),
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM ("
+            "  SELECT pid FROM pg_stat_activity"
+            "  WHERE datname = %s AND application_name LIKE %s AND pid <> pg_backend_pid()"
+            "  ORDER BY random() LIMIT %s) AS picked",
+            (database, like, limit),
         ).fetchone()
     return int(row["n"]) if row else 0
 

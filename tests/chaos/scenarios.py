@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from pgjobs.app import App
 from tests.chaos.harness import (
     LEASE_MS,
     SWEEP_MS,
@@ -32,6 +33,7 @@ from tests.chaos.harness import (
     Monitor,
     Redis,
     Report,
+    ServerWatch,
     Ticker,
     connect,
     pgjobs_connections,
@@ -94,6 +96,109 @@ class Producer(threading.Thread):
         self.join(60)
 
 
+class ApiProducer(threading.Thread):
+    """Creates chaos jobs of a few ms through the public API, as an application would (an
+    App with default settings: its own pool, `create_many_sync`), at `rate` jobs per
+    second (changeable while it runs), and keeps creating through outages. Each call is
+    timed, so the first success after a restart can be found. Created jobs are added to
+    the ledger; the ids of a failed call are looked up once the run ends (its commit may
+    have happened before the error)."""
+
+    def __init__(
+        self, db_url: str, *, rate: float, every: float = 0.02, job_ms: tuple[int, int] = (2, 8)
+    ) -> None:
+        super().__init__(daemon=True, name="chaos-api-producer")
+        self.app = App(database_url=db_url)
+        self.ledger = Ledger(db_url, seed=3)
+        self.rate = rate
+        self.every = every
+        self.job_ms = job_ms
+        self.calls: list[tuple[float, float, bool]] = []  # (started, ended, worked)
+        self.created = 0
+        self.failed_calls = 0
+        self._unrecorded: list[tuple[list[Any], list[str]]] = []
+        self._uncertain: list[tuple[list[Any], list[str]]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        due, last = 0.0, time.monotonic()
+        while not self._halt.is_set():
+            now = time.monotonic()
+            due += self.rate * (now - last)
+            last = now
+            count = min(int(due), 1000)
+            if count:
+                due -= count
+                self._create(count)
+            # A failed call's commit is settled once the server answers again.
+            if self._record():
+                self._record(self._uncertain)
+            self._halt.wait(self.every)
+
+    def _create(self, count: int) -> None:
+        low, high = self.job_ms
+        built = [
+            self.ledger.chaos_payload(min_ms=low, max_ms=high, return_share=0.25)
+            for _ in range(count)
+        ]
+        jobs = [self.app.build("chaos", body, attempts=CHAOS_ATTEMPTS) for body, _ in built]
+        batch = ([job.id for job in jobs], [mode for _, mode in built])
+        started = time.monotonic()
+        try:
+            self.app.create_many_sync(jobs)
+        except Exception:  # an outage: the caller's next call tries again
+            self.calls.append((started, time.monotonic(), False))
+            self.failed_calls += 1
+            self._uncertain.append(batch)
+            return
+        self.calls.append((started, time.monotonic(), True))
+        self.created += count
+        self._unrecorded.append(batch)
+
+    def _record(self, batches: list[tuple[list[Any], list[str]]] | None = None) -> bool:
+        batches = self._unrecorded if batches is None else batches
+        while batches:
+            ids, modes = batches[0]
+            try:
+                self.ledger.record(ids, modes)
+            except psycopg.Error:
+                return False
+            batches.pop(0)
+        return True
+
+    def unrecorded(self) -> int:
+        """Batches not yet looked up in the jobs table and added to the ledger."""
+        return len(self._unrecorded) + len(self._uncertain)
+
+    def first_success_after(self, moment: float) -> float | None:
+        ends = [end for start, end, ok in self.calls if ok and start >= moment]
+        return min(ends) if ends else None
+
+    def back_after(self, down_at: float, up_at: float, limit: float) -> float:
+        """Seconds from `up_at` (the server accepts connections again) to the end of the
+        first successful create that began after `down_at`; `limit` if none came."""
+        deadline = up_at + limit
+        while time.monotonic() < deadline:
+            success = self.first_success_after(down_at)
+            if success is not None:
+                return max(0.0, success - up_at)
+            time.sleep(0.01)
+        return limit
+
+    def stop(self) -> None:
+        """Stop creating; every created job (and any that a failed call did create) is in
+        the ledger when this returns."""
+        self._halt.set()
+        self.join(60)
+        deadline = time.monotonic() + 60
+        while not (self._record() and self._record(self._uncertain)):
+            if time.monotonic() > deadline:
+                raise AssertionError("could not record the API producer's jobs in the ledger")
+            time.sleep(0.2)
+        self.ledger.close()
+        self.app.close_sync()
+
+
 @dataclass
 class Run:
     """Shared plumbing of a scenario run."""
@@ -107,6 +212,8 @@ class Run:
     began: float = field(default_factory=time.monotonic)
     stop_codes: dict[int, int] = field(default_factory=dict)
     stop_s: float = 0.0
+    producer_back_s: list[float] = field(default_factory=list)
+    worker_back_s: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.db_url)
@@ -157,6 +264,8 @@ class Run:
             expect_completed=expect_completed,
         )
         report.stuck_active = self.monitor.stuck
+        report.producer_back_s = self.producer_back_s
+        report.worker_back_s = self.worker_back_s
         report.max_silent_s = round(self.monitor.max_silent_s, 2)
         report.notes.extend(self.monitor.details)
         self.ledger.close()
@@ -323,42 +432,67 @@ def postgres_restarts(
     every: float = 5.0,
     workers: int = 4,
     concurrency: int = 8,
+    api_rate: float = 20.0,
     timeout: float = 300,
 ) -> Report:
     """`pg_ctl restart -m immediate` the cluster `restarts` times, `every` s apart, while
-    jobs are enqueued and run; the workers must reconnect by themselves."""
+    jobs are enqueued and run; the workers must reconnect by themselves. A producer that
+    keeps creating through the public API measures, like the workers' first completion,
+    how soon after each restart it works again."""
     run = Run(f"3. PostgreSQL restarted -m immediate x{restarts}", db_url, log_dir)
     fleet = Fleet(db_url, workers, concurrency=concurrency, log_dir=log_dir).start()
+    # The restarts must find the workers running, not still starting up.
+    wait_registered(run.ledger, workers)
     # Production spans every restart, so work arrives before, during and after each.
     rate = jobs / ((restarts + 1) * every)
     producer = Producer(db_url, total=jobs, batch=max(1, int(rate / 4)), rate=rate)
     producer.start()
+    api = ApiProducer(db_url, rate=api_rate)
+    api.start()
     downtime: list[float] = []
-    resumed: list[float] = []
     try:
         for _ in range(restarts):
             time.sleep(every)
-            downtime.append(cluster.restart_immediate())
-            run.faults["pg_ctl restart -m immediate"] += 1
-            # Nobody can heartbeat or rescue while the server is away.
-            run.monitor.quiet(RESCUE_S + 8)
-            resumed.append(_resumed_after(db_url, limit=60))
+            downtime.append(restart_and_measure(cluster, db_url, run, api))
+        api.stop()
         report = run.finish(fleet, timeout=timeout, producer=producer)
     finally:
         fleet.kill_all()
     report.notes.append(
-        "restart took " + ", ".join(f"{d:.1f}s" for d in downtime) + " (pg_ctl -w); "
-        "first completion after it " + ", ".join(f"{r:.1f}s" for r in resumed)
+        "restart took " + ", ".join(f"{d:.1f}s" for d in downtime) + " (pg_ctl -w); after "
+        f"it (from the server accepting connections): {report.recovery_text()}; "
+        f"{api.created} jobs created through the API, {api.failed_calls} calls failed"
     )
-    report.resumed_s = max(resumed, default=0.0)
+    report.resumed_s = max(run.worker_back_s, default=0.0)
     _count_exits(report, fleet, workers)
     return report
 
 
-def _resumed_after(db_url: str, limit: float) -> float:
-    """Seconds from now (the server just came back) until a job completes again."""
-    deadline = time.monotonic() + limit
+def restart_and_measure(
+    cluster: Cluster, db_url: str, run: Run, api: ApiProducer, limit: float = 60
+) -> float:
+    """`pg_ctl restart -m immediate` while `api` keeps creating; adds to the run the
+    seconds from the server accepting connections again to the API producer's first
+    success and to the workers' first completion. Returns how long the restart took."""
+    watch = ServerWatch(cluster.url)
+    watch.start()
+    took = cluster.restart_immediate()
+    run.faults["pg_ctl restart -m immediate"] += 1
+    # Nobody can heartbeat or rescue while the server is away.
+    run.monitor.quiet(RESCUE_S + 8)
+    watch.stop()
+    down_at = watch.down_at if watch.down_at is not None else time.monotonic() - took
+    up_at = watch.up_at if watch.up_at is not None else time.monotonic()
+    run.worker_back_s.append(round(_resumed_after(db_url, limit, since=up_at), 3))
+    run.producer_back_s.append(round(api.back_after(down_at, up_at, limit), 3))
+    return took
+
+
+def _resumed_after(db_url: str, limit: float, since: float) -> float:
+    """Seconds from `since` (monotonic: the server came back) until a job completes."""
+    deadline = since + limit
     with _retrying_connect(db_url, deadline) as conn:
+        connected = time.monotonic()
         up = conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
         while time.monotonic() < deadline:
             row = conn.execute(
@@ -367,12 +501,12 @@ def _resumed_after(db_url: str, limit: float) -> float:
                 (up, up),
             ).fetchone()
             if row["s"] is not None:
-                return float(row["s"])
+                return connected - since + float(row["s"])
             waiting = conn.execute(
                 "SELECT count(*) AS n FROM jobs WHERE status IN ('pending', 'active')"
             ).fetchone()
             if not waiting["n"]:
-                return 0.0  # nothing left to run
+                return connected - since  # nothing left to run
             time.sleep(0.1)
     return limit
 
@@ -1066,6 +1200,33 @@ def _count_exits(report: Report, fleet: Fleet, started: int) -> None:
     scenario stopped them."""
     report.worker_exits = fleet.spawned - started + fleet.exited_early
     report.exits_allowed = False
+
+
+def kill_running_worker(fleet: Fleet, ledger: Ledger, rng: random.Random) -> bool:
+    """SIGKILL a random worker of `fleet` that is up (registered), and respawn it; False
+    when none is up. On a busy machine a Python process takes seconds to start: killing
+    processes that have not started yet would leave the fleet down, testing nothing."""
+    try:
+        rows = ledger.query("SELECT pid FROM job_workers")
+    except psycopg.Error:
+        return False
+    registered = {int(row["pid"]) for row in rows}
+    running = [slot for slot in fleet.alive() if fleet.pid(slot) in registered]
+    if not running:
+        return False
+    slot = rng.choice(running)
+    fleet.kill(slot)
+    fleet.spawn(slot)
+    return True
+
+
+def wait_registered(ledger: Ledger, workers: int, timeout: float = 120) -> None:
+    """Wait until `workers` worker processes have registered (they are up and polling)."""
+
+    def registered() -> int:
+        return int(ledger.query("SELECT count(*) AS n FROM job_workers")[0]["n"])
+
+    _wait(lambda: registered() >= workers, timeout, f"{workers} workers to register")
 
 
 def _wait(check: Any, timeout: float, what: str) -> None:

@@ -2,18 +2,20 @@
 
     bin/soak                      # full size: 100,000 jobs, 10 minutes, 5 restarts, ...
     bin/soak --quick              # the CI sizes, for a smoke run
-    bin/soak --only 1,3           # some scenarios only
+    bin/soak --only 1,3           # some scenarios only (9: the phased run)
     bin/soak --out soak.md        # also write the table (Markdown) to a file
 
 Each scenario runs in a fresh database of a private PostgreSQL cluster (Debian's
 initdb/pg_ctl; `--database-url` uses an existing server instead, except for the restart
-scenario, which always needs a cluster it owns). Exit status 1 when an invariant broke.
+scenario and the phased run, which always need a cluster of their own). Exit status 1
+when an invariant broke.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import platform
 import re
@@ -30,6 +32,7 @@ import psycopg
 from pgjobs._version import __version__
 from tests.chaos import scenarios
 from tests.chaos.harness import Cluster, Redis, Report, create_database, drop_database
+from tests.chaos.phases import PhaseFigures, phased_run
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class Sizes:
     poison_jobs: int
     poison_count: int
     poison_s: float
+    phase_window_s: float
+    phase_rate: float
 
 
 FULL = Sizes(
@@ -61,6 +66,8 @@ FULL = Sizes(
     poison_jobs=10_000,
     poison_count=10,
     poison_s=60,
+    phase_window_s=30,
+    phase_rate=150,
 )
 QUICK = Sizes(
     kill9_jobs=4_000,
@@ -75,6 +82,8 @@ QUICK = Sizes(
     poison_jobs=600,
     poison_count=3,
     poison_s=6,
+    phase_window_s=3,
+    phase_rate=150,
 )
 
 
@@ -86,6 +95,7 @@ class Soak:
         self.admin_url = admin_url
         self.reports: list[Report] = []
         self.details: list[str] = []
+        self.phase_figures: list[PhaseFigures] = []
         self.logs = Path(tempfile.mkdtemp(prefix="pgjobs-soak-"))
 
     def server(self) -> str:
@@ -98,10 +108,18 @@ class Soak:
         if self.cluster is not None:
             self.cluster.stop()
 
-    def run(self, number: int, name: str, body: Callable[[str, Path], None]) -> None:
+    def run(
+        self,
+        number: int,
+        name: str,
+        body: Callable[[str, Path], None],
+        admin: str | None = None,
+    ) -> None:
+        """Run `body(db_url, log_dir)` in a new database of `admin`'s server (default:
+        the soak's shared one)."""
         log_dir = self.logs / f"scenario-{number}"
         log_dir.mkdir()
-        admin = self.server()
+        admin = admin or self.server()
         db_url = create_database(admin)
         began = time.monotonic()
         print(f"== {name}", flush=True)
@@ -150,13 +168,24 @@ class Soak:
 
         self.run(2, "terminate all pgjobs connections every 5 s", body)
 
-    def restarts(self) -> None:
-        cluster = Cluster.start()
+    def on_own_cluster(
+        self,
+        number: int,
+        name: str,
+        body: Callable[[Cluster, str, Path], None],
+        max_connections: int | None = None,
+    ) -> None:
+        """Run a scenario that restarts its server on a cluster of its own."""
+        cluster = Cluster.start(max_connections=max_connections)
         try:
-            db_url = create_database(cluster.url)
-            log_dir = self.logs / "scenario-3"
-            log_dir.mkdir()
-            print("== PostgreSQL restarts", flush=True)
+            self.run(
+                number, name, lambda db_url, log_dir: body(cluster, db_url, log_dir), cluster.url
+            )
+        finally:
+            cluster.stop()
+
+    def restarts(self) -> None:
+        def body(cluster: Cluster, db_url: str, log_dir: Path) -> None:
             self.add(
                 scenarios.postgres_restarts(
                     cluster,
@@ -168,8 +197,8 @@ class Soak:
                     timeout=1800,
                 )
             )
-        finally:
-            cluster.stop()
+
+        self.on_own_cluster(3, "PostgreSQL restarts", body)
 
     def redis(self) -> None:
         if not Redis.available():
@@ -278,6 +307,21 @@ class Soak:
 
         self.run(8, "poison jobs among kill -9", body)
 
+    def phases(self) -> None:
+        def body(cluster: Cluster, db_url: str, log_dir: Path) -> None:
+            report, figures = phased_run(
+                cluster,
+                db_url,
+                log_dir,
+                window_s=self.sizes.phase_window_s,
+                rate=self.sizes.phase_rate,
+            )
+            self.add(report)
+            self.phase_figures = figures
+
+        # The idle-connections phase opens 300 on top of the fleet's and the readers'.
+        self.on_own_cluster(9, "phases", body, max_connections=600)
+
     # ---------------------------------------------------------------- output
 
     def table(self, started: dt.datetime, elapsed: float) -> str:
@@ -285,18 +329,40 @@ class Soak:
             f"Soak run of {started:%Y-%m-%d %H:%M} UTC, {elapsed / 60:.0f} min in all — "
             f"{machine()}; pgjobs {__version__} ({git_commit()})",
             "",
-            "| scenario | jobs | faults injected | lost | duplicate-completed | "
-            "re-executions (recorded reasons) | unexplained | pickup p50 / p99 | "
-            "end-to-end p50 / p99 | duration |",
-            "|---|---:|---|---:|---:|---|---:|---|---|---:|",
+            *markdown_table(
+                [
+                    ("scenario", "-"),
+                    ("jobs", ":"),
+                    ("faults injected", "-"),
+                    ("lost", ":"),
+                    ("duplicate-completed", ":"),
+                    ("re-executions (recorded reasons)", "-"),
+                    ("unexplained", ":"),
+                    ("pickup p50 / p99", "-"),
+                    ("end-to-end p50 / p99", "-"),
+                    ("back after a restart", "-"),
+                    ("duration", ":"),
+                ],
+                [
+                    [
+                        r.scenario,
+                        f"{r.jobs:,}",
+                        r.faults_text(),
+                        str(r.lost),
+                        str(r.duplicate_completed),
+                        f"{r.reexecutions:,} ({r.reasons_text()})",
+                        str(r.unexplained),
+                        f"{_ms(r.pickup_p50_ms)} / {_ms(r.pickup_p99_ms)}",
+                        f"{_ms(r.e2e_p50_ms)} / {_ms(r.e2e_p99_ms)}",
+                        r.recovery_text(),
+                        f"{r.duration_s:,.0f} s",
+                    ]
+                    for r in self.reports
+                ],
+            ),
         ]
-        for r in self.reports:
-            lines.append(
-                f"| {r.scenario} | {r.jobs:,} | {r.faults_text()} | {r.lost} | "
-                f"{r.duplicate_completed} | {r.reexecutions:,} ({r.reasons_text()}) | "
-                f"{r.unexplained} | {_ms(r.pickup_p50_ms)} / {_ms(r.pickup_p99_ms)} | "
-                f"{_ms(r.e2e_p50_ms)} / {_ms(r.e2e_p99_ms)} | {r.duration_s:,.0f} s |"
-            )
+        if self.phase_figures:
+            lines += ["", *self.phase_table()]
         lines.append("")
         lines.extend(f"- {d}" for d in self.details)
         broken = [f"{r.scenario}: {r.violations()}" for r in self.reports if r.violations()]
@@ -307,6 +373,49 @@ class Soak:
             else "Invariants BROKEN:\n" + "\n".join(f"- {b}" for b in broken)
         )
         return "\n".join(lines)
+
+    def phase_table(self) -> list[str]:
+        """Scenario 9, one row per phase: each window's completed jobs per second and p99
+        pickup (run_at -> handler start), then the phase's jobs after its recovery."""
+        return markdown_table(
+            [
+                ("phase", "-"),
+                ("fault (during)", "-"),
+                ("before", "-"),
+                ("during", "-"),
+                ("after", "-"),
+                ("jobs", ":"),
+                ("left active", ":"),
+                ("lost", ":"),
+                ("duplicated", ":"),
+                ("settled", ":"),
+            ],
+            [
+                [
+                    f.name,
+                    f.fault,
+                    f.before.text(),
+                    f.during.text(),
+                    f.after.text(),
+                    f"{f.report.jobs:,}",
+                    str(f.left_active),
+                    str(f.report.lost),
+                    str(f.report.duplicate_completed),
+                    f"{f.settle_s:g} s",
+                ]
+                for f in self.phase_figures
+            ],
+        )
+
+
+def markdown_table(columns: list[tuple[str, str]], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table; each column is (title, "-" left or ":" right)."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    rule = "|" + "|".join("---:" if align == ":" else "---" for _, align in columns) + "|"
+    return [line([title for title, _ in columns]), rule, *(line(row) for row in rows)]
 
 
 def _ms(value: float | None) -> str:
@@ -368,26 +477,35 @@ def git_commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the CI sizes (a smoke run)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="scenario numbers, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="scenario numbers, e.g. 1,3")
     parser.add_argument("--jobs", type=int, help="scenario 1's job count (default 100,000)")
     parser.add_argument("--minutes", type=float, help="scenario 2's duration (default 10)")
     parser.add_argument("--restarts", type=int, help="scenario 3's restarts (default 5)")
     parser.add_argument("--hold", type=float, help="scenario 7's hold in s (default 180)")
+    parser.add_argument("--window", type=float, help="scenario 9's window in s (default 30)")
+    parser.add_argument("--rate", type=float, help="scenario 9's jobs/s (default 150)")
     parser.add_argument("--database-url", help="an existing server's admin URL")
     parser.add_argument("--keep", action="store_true", help="keep the scenario databases")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
+    # The API producers' pools log every failed reconnect during a restart.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     sizes = QUICK if args.quick else FULL
     overrides = {
         "kill9_jobs": args.jobs,
         "terminate_s": args.minutes * 60 if args.minutes else None,
         "restarts": args.restarts,
         "hold_s": args.hold,
+        "phase_window_s": args.window,
+        "phase_rate": args.rate,
     }
     sizes = Sizes(**{**vars(sizes), **{k: v for k, v in overrides.items() if v is not None}})
     if args.database_url is None and not Cluster.available():
         parser.error("no PostgreSQL binaries in /usr/lib/postgresql: give --database-url")
-    wanted = {int(n) for n in args.only.split(",") if n.strip()}
+    try:
+        wanted = {int(n) for n in args.only.split(",") if n.strip()}
+    except ValueError:
+        parser.error(f"--only takes scenario numbers like 1,3, not {args.only!r}")
     soak = Soak(sizes, args.database_url, args.keep)
     steps = {
         1: soak.kill9,
@@ -398,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
         6: soak.sigstop,
         7: soak.long_transaction,
         8: soak.poison,
+        9: soak.phases,
     }
+    if wanted - steps.keys():
+        parser.error(f"no scenario {sorted(wanted - steps.keys())}: they are 1 to {len(steps)}")
     started = dt.datetime.now(dt.UTC)
     began = time.monotonic()
     print(f"soak: sizes {sizes}; worker logs in {soak.logs}", flush=True)

@@ -1,6 +1,6 @@
 """Scenario 3: PostgreSQL restarted with `pg_ctl restart -m immediate` (a crash: no
 checkpoint, WAL replay on the way up) twice while jobs are enqueued and run. The
-workers reconnect on their own; nothing is lost or recorded twice."""
+workers and an API producer reconnect on their own; nothing is lost or recorded twice."""
 
 from __future__ import annotations
 
@@ -21,3 +21,7 @@ def test_postgres_restarted_twice_mid_run(own_cluster: Cluster, log_dir: Path) -
     # The workers noticed by themselves: jobs completed again within seconds of the
     # server's return (a checkout stuck until its 30 s pool timeout would miss this).
     assert report.resumed_s is not None and report.resumed_s < 10, report.notes
+    # So did an application creating jobs through the public API all along (the
+    # one-second bound is tests/chaos/test_chaos_producer_recovery.py's, on a quiet run).
+    assert len(report.producer_back_s) == 2, report.notes
+    assert max(report.producer_back_s) < 5, report.notes

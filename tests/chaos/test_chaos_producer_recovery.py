@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-import psycopg
 
 from pgjobs.app import App
-from tests.chaos.harness import Cluster, create_database
+from tests.chaos.harness import Cluster, ServerWatch, create_database
 from tests.webserver import running_server
 
 RECOVERY_S = 1.0
@@ -39,27 +38,6 @@ class Poller:
     def tried_between(self, begin: float, end: float) -> bool:
         """Whether a call was under way while the server was away."""
         return any(start <= end and stop >= begin for start, stop, _ in self.calls)
-
-
-@dataclass
-class Outage:
-    down_at: float | None = None  # first refused raw connect after the restart began
-    up_at: float | None = None  # first raw connect that worked after that
-
-
-def watch_server(url: str, outage: Outage, done: threading.Event) -> None:
-    """A raw psycopg connect loop: when the server stopped and started accepting."""
-    while not done.is_set():
-        try:
-            psycopg.connect(url, connect_timeout=2).close()
-        except psycopg.OperationalError:
-            if outage.down_at is None:
-                outage.down_at = time.monotonic()
-        else:
-            if outage.down_at is not None:
-                outage.up_at = time.monotonic()
-                return
-        time.sleep(0.01)
 
 
 def keep_calling(poller: Poller, call: Callable[[], object], stop: threading.Event) -> None:
@@ -102,7 +80,6 @@ def test_every_enqueue_path_is_back_within_a_second(own_cluster: Cluster) -> Non
     names = ["create", "create_many", "create_sync", "create_many_sync", "POST /api/jobs"]
     pollers = {name: Poller(name) for name in names}
     stop = threading.Event()
-    outage = Outage()
     sync_app = App(database_url=db_url)
     with running_server(db_url) as base, httpx.Client(base_url=base, timeout=60) as http:
 
@@ -134,13 +111,11 @@ def test_every_enqueue_path_is_back_within_a_second(own_cluster: Cluster) -> Non
             while not all(p.first_success_after(0) for p in pollers.values()):
                 assert time.monotonic() < deadline, {n: p.calls[-1:] for n, p in pollers.items()}
                 time.sleep(0.05)
-            watcher = threading.Thread(
-                target=watch_server, args=(own_cluster.url, outage, threading.Event())
-            )
-            watcher.start()
+            outage = ServerWatch(own_cluster.url)
+            outage.start()
             own_cluster.restart_immediate()
-            watcher.join(30)
-            assert outage.down_at is not None and outage.up_at is not None, outage
+            outage.stop()
+            assert outage.down_at is not None and outage.up_at is not None, vars(outage)
             deadline = outage.up_at + GIVE_UP_S
             while time.monotonic() < deadline and not all(
                 p.first_success_after(outage.down_at) for p in pollers.values()
