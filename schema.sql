@@ -123,6 +123,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     autovacuum_analyze_scale_factor = 0.02,
     autovacuum_vacuum_cost_delay = 0
 );
+
 -- The claim reads this index only: pending rows of the asked queues in claim order,
 -- suspects left out; they get a small index of their own.
 CREATE INDEX IF NOT EXISTS jobs_claim_idx ON jobs (queue, priority, run_at, id)
