@@ -1,15 +1,15 @@
--- pgjobs schema.
+-- pgjobs schema: everything a fresh install creates, each object once, in its current form.
 --
--- The file is a sequence of versioned migrations. `pgjobs init` applies, in order and
--- exactly once, every migration newer than the version recorded in
--- pgjobs_schema_migrations, all inside one transaction that holds an advisory lock, so
--- two processes running init at once cannot interleave. Every statement is also
--- written to be idempotent, so re-applying a migration by hand is harmless.
---
--- Add changes as a new "-- migration: N name" section at the end; never edit a
--- released section.
+-- `pgjobs init` on an empty database runs this file and records every migration in
+-- migrations/ as applied. A database made by an older pgjobs is upgraded by the
+-- migrations newer than its recorded version instead (migrations/0001_initial.sql ...),
+-- in order; both happen in one transaction holding an advisory lock, so two inits at
+-- once cannot interleave. A change is made twice: as a new migration, and here.
+-- tests/test_schema.py proves that an upgrade from every older version ends with exactly
+-- the catalog this file creates (see docs/development.md, "Changing the schema").
+-- Statements stay idempotent, so running the file again by hand is harmless.
 
--- migration: 1 initial
+-- ---------------------------------------------------------------- bookkeeping, ids, time
 
 CREATE TABLE IF NOT EXISTS pgjobs_schema_migrations (
     version integer PRIMARY KEY,
@@ -41,6 +41,7 @@ BEGIN
     RETURN encode(bytes, 'hex')::uuid;
 END $$;
 
+-- ---------------------------------------------------------------- queues, workers, jobs
 
 CREATE TABLE IF NOT EXISTS job_queues (
     name varchar(100) PRIMARY KEY,
@@ -97,6 +98,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     schedule_id uuid,
     scheduled_for timestamptz,
     metadata jsonb NOT NULL DEFAULT '{}'::jsonb,
+    -- Unique keys. The latest job created with a key holds it until a later create finds
+    -- that the holder no longer counts (its status is outside the states that count and
+    -- its uniqueFor period is over) and releases it by setting unique_released_at. The
+    -- unique index jobs_unique_hold_idx is the only arbiter, so two creators can never
+    -- both hold a key.
+    unique_released_at timestamptz,
+    -- A job taken back from a worker that died is a suspect: any job in flight there may
+    -- have killed it. Suspects are claimed one at a time by a worker that runs nothing
+    -- else (claim_suspect), so the job that really kills workers is the one charged a
+    -- stall and its neighbours are not.
+    suspect boolean NOT NULL DEFAULT false,
     CONSTRAINT jobs_status_check CHECK (status IN
         ('pending', 'active', 'completed', 'failed', 'delayed', 'blocked', 'cancelled')),
     CONSTRAINT jobs_progress_check CHECK (progress BETWEEN 0 AND 100),
@@ -112,9 +124,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     autovacuum_vacuum_cost_delay = 0
 );
 
--- The claim reads this index only: pending rows of the asked queues in claim order.
+-- The claim reads this index only: pending rows of the asked queues in claim order,
+-- suspects left out; they get a small index of their own.
 CREATE INDEX IF NOT EXISTS jobs_claim_idx ON jobs (queue, priority, run_at, id)
-    WHERE status = 'pending';
+    WHERE status = 'pending' AND NOT suspect;
+CREATE INDEX IF NOT EXISTS jobs_suspect_idx ON jobs (queue, priority, run_at, id)
+    WHERE status = 'pending' AND suspect;
 -- Staging delayed jobs looks for the earliest run_at.
 CREATE INDEX IF NOT EXISTS jobs_delayed_idx ON jobs (run_at) WHERE status = 'delayed';
 -- Rescue finds active jobs by their lease owner.
@@ -125,11 +140,15 @@ CREATE INDEX IF NOT EXISTS jobs_finished_idx ON jobs (completed_at)
 CREATE INDEX IF NOT EXISTS idx_jobs_status ON jobs (queue, status);
 CREATE INDEX IF NOT EXISTS idx_jobs_type ON jobs (type);
 CREATE INDEX IF NOT EXISTS idx_jobs_created ON jobs (created_at DESC);
+-- Settling finds the blocked children of finished jobs.
 CREATE INDEX IF NOT EXISTS jobs_blocked_deps_idx ON jobs USING gin (depends_on)
     WHERE status = 'blocked';
--- A unique key holds while its job is live; finished jobs free it for a new one.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_key_idx ON jobs (unique_key)
-    WHERE unique_key IS NOT NULL AND status IN ('pending', 'delayed', 'active', 'blocked');
+-- A job's parents and children for any status (the blocked-only index serves settling).
+CREATE INDEX IF NOT EXISTS jobs_depends_on_idx ON jobs USING gin (depends_on)
+    WHERE depends_on IS NOT NULL;
+-- One holder per unique key (see unique_released_at).
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_hold_idx ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND unique_released_at IS NULL;
 
 CREATE TABLE IF NOT EXISTS job_results (
     id uuid PRIMARY KEY DEFAULT pgjobs_uuid7(),
@@ -154,6 +173,8 @@ CREATE TABLE IF NOT EXISTS job_failures (
 );
 CREATE INDEX IF NOT EXISTS idx_job_failures_job ON job_failures (job_id);
 CREATE INDEX IF NOT EXISTS idx_job_failures_failed ON job_failures (failed_at DESC);
+
+-- ---------------------------------------------------------------- schedules
 
 CREATE TABLE IF NOT EXISTS job_schedules (
     id uuid PRIMARY KEY DEFAULT pgjobs_uuid7(),
@@ -188,6 +209,8 @@ CREATE TABLE IF NOT EXISTS job_schedule_fires (
     PRIMARY KEY (schedule_id, fire_time)
 );
 
+-- ---------------------------------------------------------------- operator audit
+
 CREATE TABLE IF NOT EXISTS job_audit (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at timestamptz NOT NULL DEFAULT now(),
@@ -198,34 +221,7 @@ CREATE TABLE IF NOT EXISTS job_audit (
 );
 CREATE INDEX IF NOT EXISTS job_audit_at_idx ON job_audit (at DESC);
 
--- Wake-ups: one NOTIFY per queue that received runnable jobs, sent by PostgreSQL at
--- commit (so a rolled-back enqueue wakes nobody). The payload is the queue name only.
-CREATE OR REPLACE FUNCTION pgjobs_notify_queues(queues text[]) RETURNS void
-LANGUAGE sql VOLATILE AS $$
-    SELECT pg_notify('pgjobs_jobs', q) FROM (SELECT DISTINCT unnest(queues) AS q) AS d
-$$;
-
-CREATE OR REPLACE FUNCTION pgjobs_notify_inserted() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pgjobs_notify_queues(ARRAY(SELECT DISTINCT queue FROM new_jobs
-                                       WHERE status = 'pending'));
-    -- Delayed jobs wake the stager, which may need to run earlier than it planned.
-    IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'delayed') THEN
-        PERFORM pg_notify('pgjobs_delayed', '');
-    END IF;
-    RETURN NULL;
-END $$;
-
-DROP TRIGGER IF EXISTS jobs_notify_insert ON jobs;
-CREATE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
-    REFERENCING NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgjobs_notify_inserted();
-
-INSERT INTO job_queues (name) VALUES ('default'), ('high-priority'), ('low-priority')
-ON CONFLICT (name) DO NOTHING;
-
--- migration: 2 rate limits and job events
+-- ---------------------------------------------------------------- rate limits (tables)
 
 -- Per-key rate limits. A job whose rate_limit_key matches `pattern` starts at most
 -- max_jobs times per duration_ms, counted per key: `tenant:*` gives every tenant key its
@@ -260,7 +256,107 @@ CREATE TABLE IF NOT EXISTS job_rate_state (
     redis_grants_until timestamptz,
     changed_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- ---------------------------------------------------------------- settings
+
+-- Defaults the Python producer takes from its settings. `pgjobs init` writes them from
+-- the settings it runs with (JOBS_RETRY_ATTEMPTS, JOBS_JOB_TIMEOUT,
+-- JOBS_MAX_PAYLOAD_BYTES); until then they hold the settings' defaults.
+CREATE TABLE IF NOT EXISTS pgjobs_settings (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    retry_attempts integer NOT NULL DEFAULT 3 CHECK (retry_attempts >= 1),
+    job_timeout_ms bigint NOT NULL DEFAULT 60000 CHECK (job_timeout_ms >= 1),
+    max_payload_bytes integer NOT NULL DEFAULT 1048576 CHECK (max_payload_bytes >= 1),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    -- The producer allowlist: which job types pgjobs_enqueue and pgjobs_enqueue_many may
+    -- create. NULL (the default) allows every type except pgjobs_operator_types(), which
+    -- act on the server's files, databases or run operator-defined actions; a list
+    -- replaces that rule entirely. `pgjobs producer-types set/reset` manages it. The SQL
+    -- functions check it for every caller; the Python, REST and CLI paths are the
+    -- operators' and do not consult it.
+    producer_types text[]
+);
+
+-- ---------------------------------------------------------------- the rows that always exist
+
+INSERT INTO job_queues (name) VALUES ('default'), ('high-priority'), ('low-priority')
+ON CONFLICT (name) DO NOTHING;
 INSERT INTO job_rate_state (id) VALUES (true) ON CONFLICT (id) DO NOTHING;
+INSERT INTO pgjobs_settings (id) VALUES (true) ON CONFLICT (id) DO NOTHING;
+
+-- ---------------------------------------------------------------- wake-ups and job events
+
+-- Wake-ups: one NOTIFY per queue that received runnable jobs, sent by PostgreSQL at
+-- commit (so a rolled-back enqueue wakes nobody). The payload is the queue name only.
+CREATE OR REPLACE FUNCTION pgjobs_notify_queues(queues text[]) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    SELECT pg_notify('pgjobs_jobs', q) FROM (SELECT DISTINCT unnest(queues) AS q) AS d
+$$;
+
+-- The insert trigger's wake-ups, once per statement: one pass over the new rows, then a
+-- NOTIFY per queue as a plain expression (a third of a one-job insert's server time
+-- went to this trigger when it ran three queries).
+CREATE OR REPLACE FUNCTION pgjobs_notify_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    queues text[];
+    any_delayed boolean;
+    q text;
+BEGIN
+    SELECT array_agg(DISTINCT queue) FILTER (WHERE status = 'pending'),
+           bool_or(status = 'delayed')
+    INTO queues, any_delayed
+    FROM new_jobs;
+    FOREACH q IN ARRAY coalesce(queues, '{}') LOOP
+        PERFORM pg_notify('pgjobs_jobs', q);
+    END LOOP;
+    -- Delayed jobs wake the stager, which may need to run earlier than it planned.
+    IF any_delayed THEN
+        PERFORM pg_notify('pgjobs_delayed', '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS jobs_notify_insert ON jobs;
+CREATE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION pgjobs_notify_inserted();
+
+-- Job events travel in this table; NOTIFY pgjobs_events carries only the id of a batch
+-- (a bare number), so a login that may LISTEN but not read this table learns nothing
+-- about jobs. Consumers read the batches they were told of. Batches are kept for
+-- 5 minutes: consumers read them within milliseconds, and a consumer that falls further
+-- behind misses events, as one whose connection drops does (events are hints).
+CREATE TABLE IF NOT EXISTS job_event_batches (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    events jsonb NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_cost_delay = 0);
+
+-- Each event is a JSON array [event, id, queue, type, status, progress]; one call stores
+-- them, in the order given, as one batch. Every 64th batch also prunes expired ones,
+-- skipping rows another pruner holds, so pruning never waits and needs no maintenance.
+CREATE OR REPLACE FUNCTION pgjobs_notify_events(events text[]) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    batch bigint;
+BEGIN
+    IF coalesce(cardinality(events), 0) = 0 THEN
+        RETURN;
+    END IF;
+    INSERT INTO job_event_batches (events)
+    SELECT jsonb_agg(e::jsonb ORDER BY o) FROM unnest(events) WITH ORDINALITY AS u(e, o)
+    RETURNING id INTO batch;
+    PERFORM pg_notify('pgjobs_events', batch::text);
+    IF batch % 64 = 0 THEN
+        DELETE FROM job_event_batches b
+        WHERE b.id IN (SELECT x.id FROM job_event_batches x
+                       WHERE x.at < now() - interval '5 minutes'
+                       ORDER BY x.id LIMIT 1000 FOR UPDATE SKIP LOCKED);
+    END IF;
+END $$;
+
+-- ---------------------------------------------------------------- rate limits (tokens)
 
 -- Takes start tokens for jobs a worker holds locked, atomically across buckets. Each
 -- bucket is a sliding log: it grants while fewer than its max starts lie inside the
@@ -359,44 +455,7 @@ BEGIN
     END LOOP;
 END $$;
 
--- Job events for LISTEN pgjobs_events, sent at commit (never for a rolled-back change).
--- Each event is a JSON array [event, id, queue, type, status, progress]; they are packed,
--- in the order given, into notifications of at most ~7 kB (payloads must stay < 8000 bytes).
-CREATE OR REPLACE FUNCTION pgjobs_notify_events(events text[]) RETURNS void
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    chunk text := '';
-    e text;
-BEGIN
-    FOREACH e IN ARRAY coalesce(events, '{}'::text[]) LOOP
-        IF chunk <> '' AND octet_length(chunk) + octet_length(e) > 7000 THEN
-            PERFORM pg_notify('pgjobs_events', '[' || chunk || ']');
-            chunk := '';
-        END IF;
-        chunk := CASE WHEN chunk = '' THEN e ELSE chunk || ',' || e END;
-    END LOOP;
-    IF chunk <> '' THEN
-        PERFORM pg_notify('pgjobs_events', '[' || chunk || ']');
-    END IF;
-END $$;
-
--- migration: 3 dependencies and unique keys
-
--- Unique keys. The latest job created with a key holds it until a later create finds
--- that the holder no longer counts (its status is outside the states that count and
--- its uniqueFor period is over) and releases it by setting unique_released_at. The
--- unique index below is the only arbiter, so two creators can never both hold a key.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS unique_released_at timestamptz;
-UPDATE jobs SET unique_released_at = coalesce(completed_at, now())
-WHERE unique_key IS NOT NULL AND unique_released_at IS NULL
-  AND status NOT IN ('pending', 'delayed', 'active', 'blocked');
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_hold_idx ON jobs (unique_key)
-    WHERE unique_key IS NOT NULL AND unique_released_at IS NULL;
-DROP INDEX IF EXISTS jobs_unique_key_idx;
-
--- A job's parents and children for any status (the blocked-only index serves settling).
-CREATE INDEX IF NOT EXISTS jobs_depends_on_idx ON jobs USING gin (depends_on)
-    WHERE depends_on IS NOT NULL;
+-- ---------------------------------------------------------------- dependencies
 
 -- What a job's dependencies decide, given their statuses in the same order (NULL = the
 -- dependency no longer exists; a dependency created in the same batch counts as
@@ -450,87 +509,10 @@ $$;
 -- second to lock the child sees the first one's outcome; a job created while its
 -- parent finishes either waits for that outcome (creators share-lock the parents) or
 -- makes the finishing transaction wait, whose settle step then sees the new job.
-CREATE OR REPLACE FUNCTION pgjobs_settle_blocked(parents uuid[], children uuid[],
-                                                 at timestamptz DEFAULT NULL)
-RETURNS integer
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    locked uuid[];
-    ended uuid[];
-    changed integer;
-    total integer := 0;
-BEGIN
-    IF coalesce(cardinality(parents), 0) = 0 AND coalesce(cardinality(children), 0) = 0 THEN
-        RETURN 0;
-    END IF;
-    at := coalesce(at, pgjobs_now());
-    IF coalesce(cardinality(children), 0) > 0 THEN
-        -- Parents before children, in id order: the order finishing transactions take.
-        PERFORM 1 FROM jobs p
-        WHERE p.id IN (SELECT unnest(c.depends_on) FROM jobs c
-                       WHERE c.id = ANY (children) AND c.status = 'blocked')
-        ORDER BY p.id
-        FOR SHARE OF p;
-    END IF;
-    LOOP
-        SELECT array_agg(s.id) INTO locked
-        FROM (SELECT j.id FROM jobs j
-              WHERE j.status = 'blocked'
-                AND (j.depends_on && parents OR j.id = ANY (children))
-              ORDER BY j.id
-              FOR NO KEY UPDATE OF j) s;
-        EXIT WHEN locked IS NULL;
-        WITH verdicts AS (
-            SELECT j.id, v.verdict, v.reason
-            FROM jobs j
-            CROSS JOIN LATERAL (
-                SELECT array_agg(p.status ORDER BY d.ord) AS statuses
-                FROM unnest(j.depends_on) WITH ORDINALITY AS d(id, ord)
-                LEFT JOIN jobs p ON p.id = d.id
-            ) s
-            CROSS JOIN LATERAL pgjobs_dependency_verdict(j.dependency_policy, j.depends_on,
-                                                         s.statuses) v
-            WHERE j.id = ANY (locked) AND v.verdict <> 'blocked'
-        ),
-        settled AS (
-            UPDATE jobs j
-            SET status = CASE WHEN v.verdict <> 'ready' THEN v.verdict
-                              WHEN j.run_at > at THEN 'delayed'
-                              ELSE 'pending' END,
-                completed_at = CASE WHEN v.verdict <> 'ready' THEN at END,
-                last_error = coalesce(v.reason, j.last_error)
-            FROM verdicts v
-            WHERE j.id = v.id
-            RETURNING j.id, j.queue, j.status, j.attempts, j.last_error
-        ),
-        failures AS (
-            INSERT INTO job_failures (job_id, attempt_number, error_message, failed_at, kind)
-            SELECT s.id, s.attempts, s.last_error, at, 'dependency'
-            FROM settled s WHERE s.status = 'failed'
-        ),
-        wake AS (
-            SELECT pgjobs_notify_queues(array_agg(s.queue) FILTER (WHERE s.status = 'pending')),
-                   CASE WHEN bool_or(s.status = 'delayed') THEN pg_notify('pgjobs_delayed', '')
-                   END
-            FROM settled s
-        )
-        SELECT count(*), array_agg(s.id) FILTER (WHERE s.status IN ('failed', 'cancelled'))
-        INTO changed, ended
-        FROM settled s CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
-        total := total + changed;
-        EXIT WHEN ended IS NULL;
-        -- Jobs that just failed or were cancelled settle their own children.
-        parents := ended;
-        children := NULL;
-    END LOOP;
-    RETURN total;
-END $$;
-
--- migration: 4 cheaper settling
-
--- pgjobs_settle_blocked runs inside every finishing statement of the worker, usually
--- for jobs that nobody waits on: first a single probe of the blocked-only index, and
--- generic plans for its statements (custom plans were re-planned on every call).
+--
+-- It runs inside every finishing statement of the worker, usually for jobs that nobody
+-- waits on: first a single probe of the blocked-only index, and generic plans for its
+-- statements (custom plans were re-planned on every call).
 CREATE OR REPLACE FUNCTION pgjobs_settle_blocked(parents uuid[], children uuid[],
                                                  at timestamptz DEFAULT NULL)
 RETURNS integer
@@ -611,7 +593,34 @@ BEGIN
     RETURN total;
 END $$;
 
--- migration: 5 sql api
+-- ---------------------------------------------------------------- operator retry
+
+-- An operator's retry of failed or cancelled jobs, for every path that retries
+-- (retry_job, ops_retry_failed, pgjobs_retry), which lock the rows and check their status
+-- first. It grants a fresh budget of tries on top of the ones used, so attempts keeps
+-- increasing and every run's (id, attempts) fence token stays unique; the budget is the
+-- one the job was created with, not a max_attempts raised by given-back attempts. A job
+-- with dependencies waits for them again: it becomes blocked, and the caller settles it
+-- against their current outcomes.
+CREATE OR REPLACE FUNCTION pgjobs_retry_reset(ids uuid[], at timestamptz) RETURNS SETOF jobs
+LANGUAGE sql VOLATILE AS $$
+    UPDATE jobs j
+    SET status = CASE WHEN j.depends_on IS NULL THEN 'pending' ELSE 'blocked' END,
+        run_at = at,
+        attempt_budget = coalesce(j.attempt_budget, j.max_attempts),
+        max_attempts = j.attempts + coalesce(j.attempt_budget, j.max_attempts),
+        stalled_count = 0,
+        progress = 0,
+        progress_message = NULL,
+        started_at = NULL,
+        completed_at = NULL,
+        worker_id = NULL,
+        cancel_requested_at = NULL
+    WHERE j.id = ANY (ids)
+    RETURNING j.*
+$$;
+
+-- ---------------------------------------------------------------- the SQL API
 
 -- The SQL API: create and steer jobs from SQL (triggers, Hasura, PostgREST, any
 -- language) inside the caller's transaction. The rules and error texts are those of
@@ -619,18 +628,6 @@ END $$;
 -- through both and requires identical rows or identical messages.
 -- SQLSTATEs: 22023 invalid option (Python ValidationError), 23505 unique key held with
 -- onConflict 'raise', P0002 no such job or queue, 55000 a job in the wrong state.
-
--- Defaults the Python producer takes from its settings. `pgjobs init` writes them from
--- the settings it runs with (JOBS_RETRY_ATTEMPTS, JOBS_JOB_TIMEOUT,
--- JOBS_MAX_PAYLOAD_BYTES); until then they hold the settings' defaults.
-CREATE TABLE IF NOT EXISTS pgjobs_settings (
-    id boolean PRIMARY KEY DEFAULT true CHECK (id),
-    retry_attempts integer NOT NULL DEFAULT 3 CHECK (retry_attempts >= 1),
-    job_timeout_ms bigint NOT NULL DEFAULT 60000 CHECK (job_timeout_ms >= 1),
-    max_payload_bytes integer NOT NULL DEFAULT 1048576 CHECK (max_payload_bytes >= 1),
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO pgjobs_settings (id) VALUES (true) ON CONFLICT (id) DO NOTHING;
 
 CREATE OR REPLACE FUNCTION pgjobs_invalid(message text) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
@@ -733,8 +730,29 @@ BEGIN
     END IF;
     RETURN v #>> '{}';
 END $$;
+-- Payloads and metadata nested more than 100 levels deep are refused, as by
+-- pgjobs/jsonlimits.py (MAX_JSON_DEPTH), whichever producer sends them: Python's decoder
+-- fails a little below 1,000 levels and code that walks a decoded value far earlier, so
+-- such a payload would poison every worker that claims it and every page that shows it.
+CREATE OR REPLACE FUNCTION pgjobs_json_too_deep(v jsonb, max_depth integer DEFAULT 100)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    t text := v::text;
+BEGIN
+    -- Fewer brackets than levels allowed (the usual case) cannot be too deep.
+    IF length(t) - length(translate(t, '[{', '')) <= max_depth THEN
+        RETURN false;
+    END IF;
+    -- A container at level max_depth (the outermost value is level 0) nests one
+    -- level too many; the walk stops at that level.
+    RETURN jsonb_path_exists(
+        v, format('strict $.**{%s} ? (@.type() == "object" || @.type() == "array")',
+                  max_depth)::jsonpath);
+END $$;
 
--- options.py encode_payload: a JSON object (NULL = {}) whose compact JSON text fits.
+-- options.py encode_payload: a JSON object (NULL = {}) not nested too deeply whose compact
+-- JSON text fits, the depth checked before the size as options.py does.
 CREATE OR REPLACE FUNCTION pgjobs_option_object(what text, v jsonb, max_bytes integer)
 RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -746,6 +764,10 @@ BEGIN
     END IF;
     IF jsonb_typeof(v) <> 'object' THEN
         PERFORM pgjobs_invalid(format('%s must be a JSON object', what));
+    END IF;
+    IF pgjobs_json_too_deep(v) THEN
+        PERFORM pgjobs_invalid(format('%s is nested too deeply (the limit is 100 levels)',
+                                      what));
     END IF;
     size := octet_length(v::text);
     -- jsonb's text puts a space after every ':' and ','; Python measures compact JSON.
@@ -777,10 +799,12 @@ BEGIN
             metadata jsonb);
     END IF;
 END $$;
-
 -- One job's type, payload and options, validated and encoded as options.py new_job does
--- (same checks in the same order, same messages). `queue` is the queue given outside the
--- options (NULL = 'default'); `queue_option` allows "queue" inside the options as well.
+-- (same checks in the same order, same messages, so the first error of a bad job is the
+-- same on both sides). `queue` is the queue given outside the options (NULL =
+-- 'default'); `queue_option` allows "queue" inside the options as well. Job types follow
+-- options.py JOB_TYPE: letters (either case), digits and . _ : -, 1 to 100 characters
+-- starting with a letter or digit.
 CREATE OR REPLACE FUNCTION pgjobs_validate_job(
     type text, payload jsonb, options jsonb, queue jsonb DEFAULT NULL,
     queue_option boolean DEFAULT false)
@@ -867,6 +891,11 @@ BEGIN
     END IF;
     IF type ~ '[\x01-\x1f\x7f-\x9f]' THEN
         PERFORM pgjobs_invalid('job type contains a control character');
+    END IF;
+    IF type !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
+        PERFORM pgjobs_invalid(format(
+            'invalid job type %s: use 1-100 characters A-Z a-z 0-9 . _ : - '
+            'starting with a letter or digit', pgjobs_py_repr(to_jsonb(type))));
     END IF;
     j.job_type := type;
     -- queue
@@ -1152,547 +1181,8 @@ BEGIN
     RETURN holder;
 END $$;
 
--- pgjobs_enqueue(type, payload, options): create one job in the caller's transaction
--- and return its row (or, for a unique key already held, the holder's). The options are
--- the Python API's in their JSON names, plus "queue". Workers are woken at commit.
-CREATE OR REPLACE FUNCTION pgjobs_enqueue(type text, payload jsonb DEFAULT '{}',
-                                          options jsonb DEFAULT '{}')
-RETURNS SETOF jobs
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
-BEGIN
-    RETURN NEXT pgjobs_insert_job(pgjobs_validate_job($1, $2, $3, queue_option => true),
-                                  pgjobs_now());
-END $$;
-
--- pgjobs_enqueue_many(jobs): a JSON array of {"type", "queue", "payload", "options"},
--- created all or nothing in one statement; returns the rows in the order given. A bad
--- job fails the whole call with "job <index>: <reason>" (index from 0).
-CREATE OR REPLACE FUNCTION pgjobs_enqueue_many(jobs jsonb) RETURNS SETOF jobs
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
-DECLARE
-    batch jsonb := $1;
-    todo pgjobs_new_job[] := '{}';
-    body jsonb;
-    i integer := 0;
-    msg text;
-    at timestamptz := pgjobs_now();
-    inserted uuid[];
-    o bigint;
-    moved_ord bigint[] := '{}';
-    moved uuid[] := '{}';
-BEGIN
-    IF jsonb_typeof(batch) IS DISTINCT FROM 'array' THEN
-        PERFORM pgjobs_invalid('jobs must be a JSON array of job objects');
-    END IF;
-    -- One block (one subtransaction) for the whole loop: it only adds the job's index.
-    BEGIN
-        FOR body IN SELECT e FROM jsonb_array_elements(batch) AS a(e) LOOP
-            todo := todo || pgjobs_validate_request(body);
-            i := i + 1;
-        END LOOP;
-    EXCEPTION WHEN invalid_parameter_value THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-        PERFORM pgjobs_invalid(format('job %s: %s', i, msg));
-    END;
-    IF NOT EXISTS (SELECT 1 FROM unnest(todo) AS t WHERE t.depends_on IS NOT NULL) THEN
-        -- Without dependencies: one set-based insert; a held unique key is skipped here
-        -- and resolved below, job by job, in order.
-        WITH ins AS (
-            INSERT INTO jobs AS n (id, type, queue, status, priority, payload, max_attempts,
-                                   delay_ms, timeout_ms, run_at, backoff, unique_key,
-                                   dependency_policy, rate_limit_key, metadata, created_at)
-            SELECT t.id, t.job_type, t.job_queue,
-                   CASE WHEN w.run_at > at THEN 'delayed' ELSE 'pending' END,
-                   t.priority, t.job_payload, t.max_attempts, t.delay_ms, t.timeout_ms,
-                   w.run_at, t.backoff, t.unique_key, t.dependency_policy, t.rate_limit_key,
-                   t.metadata, at
-            FROM unnest(todo) WITH ORDINALITY AS t
-            CROSS JOIN LATERAL (
-                SELECT coalesce(t.run_at, at + t.delay_ms * interval '1 millisecond') AS run_at
-            ) w
-            ORDER BY t.ordinality
-            ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND unique_released_at IS NULL
-                DO NOTHING
-            RETURNING n.id
-        )
-        SELECT array_agg(ins.id) INTO inserted FROM ins;
-        IF coalesce(cardinality(inserted), 0) = cardinality(todo) THEN
-            RETURN QUERY SELECT n.* FROM unnest(todo) WITH ORDINALITY AS t
-                         JOIN jobs n ON n.id = t.id ORDER BY t.ordinality;
-            RETURN;
-        END IF;
-    END IF;
-    -- The rest (all of them when some have dependencies) one by one, in order.
-    FOR o IN SELECT t.ordinality FROM unnest(todo) WITH ORDINALITY AS t
-             WHERE NOT EXISTS (SELECT 1 FROM unnest(inserted) AS x(id) WHERE x.id = t.id)
-             ORDER BY t.ordinality LOOP
-        moved_ord := moved_ord || o;
-        moved := moved || (pgjobs_insert_job(todo[o], at)).id;
-    END LOOP;
-    RETURN QUERY SELECT n.* FROM unnest(todo) WITH ORDINALITY AS t
-                 LEFT JOIN unnest(moved_ord, moved) AS m(ord, id) ON m.ord = t.ordinality
-                 JOIN jobs n ON n.id = coalesce(m.id, t.id)
-                 ORDER BY t.ordinality;
-END $$;
-
--- pgjobs_cancel(id): client.py cancel_job. A waiting job is cancelled at once (and the
--- jobs waiting on it settle); a running one is flagged and its worker told at commit.
-CREATE OR REPLACE FUNCTION pgjobs_cancel(id uuid) RETURNS SETOF jobs
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
-#variable_conflict use_column
-DECLARE
-    job_id uuid := $1;
-    previous text;
-    at timestamptz := pgjobs_now();
-    r jobs;
-BEGIN
-    SELECT j.status INTO previous FROM jobs j WHERE j.id = job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'no_data_found', MESSAGE = 'no job with id ' || job_id;
-    END IF;
-    IF previous NOT IN ('pending', 'delayed', 'blocked', 'active') THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state', MESSAGE = format(
-            'job %s is %s; only pending, delayed, blocked or active jobs can be cancelled',
-            job_id, previous);
-    END IF;
-    UPDATE jobs j
-    SET status = CASE WHEN previous = 'active' THEN 'active' ELSE 'cancelled' END,
-        cancel_requested_at = at,
-        completed_at = CASE WHEN previous = 'active' THEN NULL ELSE at END
-    WHERE j.id = job_id
-    RETURNING j.* INTO r;
-    IF r.status = 'active' THEN
-        PERFORM pg_notify('pgjobs_cancel', r.id::text);
-    ELSE
-        PERFORM pgjobs_settle_blocked(ARRAY[r.id], NULL, at);
-    END IF;
-    RETURN NEXT r;
-END $$;
-
--- pgjobs_retry(id): client.py retry_job. A failed or cancelled job runs again with a
--- fresh budget of tries; one with dependencies is settled against them at once.
-CREATE OR REPLACE FUNCTION pgjobs_retry(id uuid) RETURNS SETOF jobs
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
-#variable_conflict use_column
-DECLARE
-    job_id uuid := $1;
-    previous text;
-    at timestamptz := pgjobs_now();
-    r jobs;
-BEGIN
-    SELECT j.status INTO previous FROM jobs j WHERE j.id = job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'no_data_found', MESSAGE = 'no job with id ' || job_id;
-    END IF;
-    IF previous NOT IN ('failed', 'cancelled') THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state', MESSAGE = format(
-            'job %s is %s; only failed or cancelled jobs can be retried', job_id, previous);
-    END IF;
-    UPDATE jobs j
-    SET status = CASE WHEN j.depends_on IS NULL THEN 'pending' ELSE 'blocked' END,
-        run_at = at,
-        attempt_budget = coalesce(j.attempt_budget, j.max_attempts),
-        max_attempts = j.attempts + coalesce(j.attempt_budget, j.max_attempts),
-        stalled_count = 0,
-        progress = 0,
-        progress_message = NULL,
-        started_at = NULL,
-        completed_at = NULL,
-        worker_id = NULL,
-        cancel_requested_at = NULL
-    WHERE j.id = job_id
-    RETURNING j.* INTO r;
-    IF r.status = 'pending' THEN
-        PERFORM pgjobs_notify_queues(ARRAY[r.queue::text]);
-    ELSE
-        PERFORM pgjobs_settle_blocked(NULL, ARRAY[r.id], at);
-        SELECT * INTO r FROM jobs j WHERE j.id = job_id;
-    END IF;
-    RETURN NEXT r;
-END $$;
-
--- pgjobs_pause(queue) / pgjobs_resume(queue): ops_set_queue_paused, recorded in
--- job_audit with the actor 'sql:<session user>'. Resuming wakes the workers at commit.
-CREATE OR REPLACE FUNCTION pgjobs_set_paused(queue text, paused boolean) RETURNS job_queues
-LANGUAGE plpgsql VOLATILE AS $$
-#variable_conflict use_variable
-DECLARE
-    name text;
-    at timestamptz := pgjobs_now();
-    r job_queues;
-BEGIN
-    IF queue IS NULL THEN
-        PERFORM pgjobs_invalid('queue name must be a string (got NoneType)');
-    END IF;
-    name := (pgjobs_validate_job('pause', NULL, jsonb_build_object('queue', queue),
-                                 queue_option => true)).job_queue;
-    IF NOT EXISTS (SELECT 1 FROM job_queues q WHERE q.name = name)
-       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.queue = name) THEN
-        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
-            MESSAGE = 'no queue named ' || pgjobs_py_repr(to_jsonb(name));
-    END IF;
-    INSERT INTO job_queues AS q (name, paused, paused_at)
-    VALUES (name, paused, CASE WHEN paused THEN at END)
-    ON CONFLICT ON CONSTRAINT job_queues_pkey DO UPDATE
-        SET paused = excluded.paused,
-            paused_at = CASE WHEN q.paused AND excluded.paused THEN q.paused_at
-                             ELSE excluded.paused_at END
-    RETURNING q.* INTO r;
-    IF NOT r.paused THEN
-        PERFORM pgjobs_notify_queues(ARRAY[name]);
-    END IF;
-    INSERT INTO job_audit (at, actor, action, target, detail)
-    VALUES (at, left('sql:' || session_user, 200), CASE WHEN paused THEN 'pause' ELSE 'resume' END,
-            name, '{}');
-    RETURN r;
-END $$;
-
-CREATE OR REPLACE FUNCTION pgjobs_pause(queue text) RETURNS SETOF job_queues
-LANGUAGE sql VOLATILE SECURITY DEFINER AS $$ SELECT * FROM pgjobs_set_paused($1, true) $$;
-
-CREATE OR REPLACE FUNCTION pgjobs_resume(queue text) RETURNS SETOF job_queues
-LANGUAGE sql VOLATILE SECURITY DEFINER AS $$ SELECT * FROM pgjobs_set_paused($1, false) $$;
-
--- The SECURITY DEFINER functions resolve names in the schema pgjobs is installed in
--- only (pg_temp last, so no caller's temporary table can stand in for a pgjobs one).
--- A later migration that replaces one of them must set its search_path again.
--- Nobody may call them until granted; pgjobs_producer may enqueue (and nothing else:
--- it has no privilege on any table). Roles are cluster-wide: created only if missing,
--- and an installing user without CREATEROLE leaves that to the DBA (see README).
-DO $$
-DECLARE
-    f text;
-BEGIN
-    FOREACH f IN ARRAY ARRAY['pgjobs_enqueue(text, jsonb, jsonb)', 'pgjobs_enqueue_many(jsonb)',
-                             'pgjobs_cancel(uuid)', 'pgjobs_retry(uuid)', 'pgjobs_pause(text)',
-                             'pgjobs_resume(text)'] LOOP
-        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f,
-                       current_schema());
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-    END LOOP;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgjobs_producer') THEN
-        BEGIN
-            CREATE ROLE pgjobs_producer NOLOGIN;
-        EXCEPTION WHEN insufficient_privilege OR duplicate_object OR unique_violation THEN
-            RAISE NOTICE 'pgjobs_producer was not created: %', SQLERRM;
-        END;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgjobs_producer') THEN
-        GRANT EXECUTE ON FUNCTION pgjobs_enqueue(text, jsonb, jsonb), pgjobs_enqueue_many(jsonb)
-            TO pgjobs_producer;
-    END IF;
-END $$;
-
--- migration: 6 cheaper insert notifications
-
--- The insert trigger ran three queries per statement (the pending queues, the notify
--- function's DISTINCT over them, the delayed check): a tenth of a millisecond, a third
--- of a one-job insert's time in the server. One pass over the new rows, then a NOTIFY
--- per queue as a plain expression.
-CREATE OR REPLACE FUNCTION pgjobs_notify_inserted() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    queues text[];
-    any_delayed boolean;
-    q text;
-BEGIN
-    SELECT array_agg(DISTINCT queue) FILTER (WHERE status = 'pending'),
-           bool_or(status = 'delayed')
-    INTO queues, any_delayed
-    FROM new_jobs;
-    FOREACH q IN ARRAY coalesce(queues, '{}') LOOP
-        PERFORM pg_notify('pgjobs_jobs', q);
-    END LOOP;
-    -- Delayed jobs wake the stager, which may need to run earlier than it planned.
-    IF any_delayed THEN
-        PERFORM pg_notify('pgjobs_delayed', '');
-    END IF;
-    RETURN NULL;
-END $$;
-
--- migration: 7 security hardening
-
--- Job types follow options.py JOB_TYPE in SQL too: letters (either case), digits and
--- . _ : -, 1 to 100 characters starting with a letter or digit. The function is
--- migration 5's with that one check added after the control-character check, where
--- validate_type makes it, so the first error of a bad job is the same on both sides.
-CREATE OR REPLACE FUNCTION pgjobs_validate_job(
-    type text, payload jsonb, options jsonb, queue jsonb DEFAULT NULL,
-    queue_option boolean DEFAULT false)
-RETURNS pgjobs_new_job
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    j pgjobs_new_job;
-    statuses CONSTANT text[] := ARRAY['pending', 'active', 'completed', 'failed', 'delayed',
-                                      'blocked', 'cancelled'];
-    max_delay CONSTANT bigint := 10::bigint * 365 * 86400000;
-    cfg pgjobs_settings;
-    opt jsonb := '{}';
-    name text;
-    keyword text;
-    value jsonb;
-    o_priority jsonb; o_attempts jsonb; o_retries jsonb; o_delay jsonb; o_run_at jsonb;
-    o_backoff jsonb; o_timeout jsonb; o_unique_for jsonb; o_states jsonb; o_conflict jsonb;
-    o_depends jsonb; o_policy jsonb; o_rate_key jsonb; o_metadata jsonb;
-    s text;
-    m text[];
-    item jsonb;
-    ids uuid[] := '{}';
-BEGIN
-    IF options IS NULL OR options = 'null' THEN
-        options := '{}';
-    END IF;
-    IF jsonb_typeof(options) <> 'object' THEN
-        PERFORM pgjobs_invalid('options must be a JSON object');
-    END IF;
-    -- keyword_options: API names (camelCase or snake_case) to one keyword each.
-    FOR name, value IN SELECT e.key, e.value FROM jsonb_each(options) AS e LOOP
-        keyword := CASE name
-            WHEN 'priority' THEN 'priority' WHEN 'attempts' THEN 'attempts'
-            WHEN 'maxRetries' THEN 'max_retries' WHEN 'max_retries' THEN 'max_retries'
-            WHEN 'delay' THEN 'delay' WHEN 'runAt' THEN 'run_at' WHEN 'run_at' THEN 'run_at'
-            WHEN 'backoff' THEN 'backoff' WHEN 'timeout' THEN 'timeout'
-            WHEN 'uniqueKey' THEN 'unique_key' WHEN 'unique_key' THEN 'unique_key'
-            WHEN 'uniqueFor' THEN 'unique_for' WHEN 'unique_for' THEN 'unique_for'
-            WHEN 'uniqueStates' THEN 'unique_states' WHEN 'unique_states' THEN 'unique_states'
-            WHEN 'onConflict' THEN 'on_conflict' WHEN 'on_conflict' THEN 'on_conflict'
-            WHEN 'dependsOn' THEN 'depends_on' WHEN 'depends_on' THEN 'depends_on'
-            WHEN 'onDependencyFailure' THEN 'dependency_policy'
-            WHEN 'dependency_policy' THEN 'dependency_policy'
-            WHEN 'rateLimitKey' THEN 'rate_limit_key' WHEN 'rate_limit_key' THEN 'rate_limit_key'
-            WHEN 'metadata' THEN 'metadata'
-            WHEN 'queue' THEN CASE WHEN queue_option THEN 'queue' END
-        END;
-        IF keyword IS NULL THEN
-            PERFORM pgjobs_invalid(format('unknown option %L', name));
-        END IF;
-        IF opt ? keyword THEN
-            PERFORM pgjobs_invalid(format('option %L is given twice', name));
-        END IF;
-        opt := opt || jsonb_build_object(keyword, value);
-    END LOOP;
-    -- An absent or null option takes its default, as None does in Python.
-    opt := jsonb_strip_nulls(opt);
-    queue := coalesce(opt -> 'queue', queue);
-    o_priority := opt -> 'priority'; o_attempts := opt -> 'attempts';
-    o_retries := opt -> 'max_retries'; o_delay := opt -> 'delay'; o_run_at := opt -> 'run_at';
-    o_backoff := opt -> 'backoff'; o_timeout := opt -> 'timeout';
-    o_unique_for := opt -> 'unique_for'; o_states := opt -> 'unique_states';
-    o_conflict := opt -> 'on_conflict'; o_depends := opt -> 'depends_on';
-    o_policy := opt -> 'dependency_policy'; o_rate_key := opt -> 'rate_limit_key';
-    o_metadata := opt -> 'metadata';
-    SELECT * INTO cfg FROM pgjobs_settings LIMIT 1;
-    IF o_delay IS NOT NULL AND o_run_at IS NOT NULL THEN
-        PERFORM pgjobs_invalid('give either delay or runAt, not both');
-    END IF;
-    j.unique_key := pgjobs_option_key('uniqueKey', opt -> 'unique_key');
-    IF j.unique_key IS NULL THEN
-        IF o_unique_for IS NOT NULL THEN
-            PERFORM pgjobs_invalid('uniqueFor needs a uniqueKey');
-        ELSIF o_states IS NOT NULL THEN
-            PERFORM pgjobs_invalid('uniqueStates needs a uniqueKey');
-        ELSIF o_conflict IS NOT NULL THEN
-            PERFORM pgjobs_invalid('onConflict needs a uniqueKey');
-        END IF;
-    END IF;
-    -- type
-    IF type IS NULL OR char_length(type) NOT BETWEEN 1 AND 100 THEN
-        PERFORM pgjobs_invalid(
-            'job type must be a non-empty string of at most 100 characters');
-    END IF;
-    IF type ~ '[\x01-\x1f\x7f-\x9f]' THEN
-        PERFORM pgjobs_invalid('job type contains a control character');
-    END IF;
-    IF type !~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$' THEN
-        PERFORM pgjobs_invalid(format(
-            'invalid job type %s: use 1-100 characters A-Z a-z 0-9 . _ : - '
-            'starting with a letter or digit', pgjobs_py_repr(to_jsonb(type))));
-    END IF;
-    j.job_type := type;
-    -- queue
-    IF queue IS NULL OR queue = 'null' THEN
-        queue := '"default"';
-    END IF;
-    IF jsonb_typeof(queue) <> 'string' THEN
-        PERFORM pgjobs_invalid(format('queue name must be a string (got %s)',
-            CASE jsonb_typeof(queue) WHEN 'number' THEN
-                CASE WHEN queue::text ~ '^-?\d+$' THEN 'int' ELSE 'float' END
-                WHEN 'boolean' THEN 'bool' WHEN 'array' THEN 'list'
-                WHEN 'object' THEN 'dict' END));
-    END IF;
-    j.job_queue := queue #>> '{}';
-    IF j.job_queue !~ '^[a-z0-9][a-z0-9._:-]{0,99}$' THEN
-        PERFORM pgjobs_invalid(format(
-            'invalid queue name %s: use 1-100 characters a-z 0-9 . _ : - '
-            'starting with a letter or digit', pgjobs_py_repr(to_jsonb(left(j.job_queue, 120)))));
-    END IF;
-    -- payload
-    j.job_payload := pgjobs_option_object('payload', payload, cfg.max_payload_bytes);
-    -- priority
-    IF o_priority IS NULL THEN
-        j.priority := 10;
-    ELSE
-        IF jsonb_typeof(o_priority) = 'string' THEN
-            s := lower(btrim(o_priority #>> '{}', E' \t\n\r\f\v'));
-            IF s IN ('critical', 'high', 'normal', 'low') THEN
-                o_priority := to_jsonb(CASE s WHEN 'critical' THEN 1 WHEN 'high' THEN 5
-                                              WHEN 'normal' THEN 10 ELSE 20 END);
-            ELSIF s ~ '^-?\d+$' AND length(s) < 30 THEN
-                o_priority := to_jsonb(s::numeric);
-            ELSE
-                PERFORM pgjobs_invalid(format('unknown priority %s: use critical, high, '
-                    'normal, low or an integer', pgjobs_py_repr(o_priority)));
-            END IF;
-        END IF;
-        IF jsonb_typeof(o_priority) <> 'number' OR o_priority::text !~ '^-?\d+$' THEN
-            PERFORM pgjobs_invalid(
-                'priority must be critical, high, normal, low or an integer');
-        END IF;
-        IF (o_priority::text)::numeric NOT BETWEEN -1000000 AND 1000000 THEN
-            PERFORM pgjobs_invalid(format('priority must be between -1000000 and 1000000 '
-                                          '(got %s)', o_priority::text));
-        END IF;
-        j.priority := (o_priority::text)::integer;
-    END IF;
-    -- attempts
-    IF o_attempts IS NOT NULL AND o_retries IS NOT NULL THEN
-        PERFORM pgjobs_invalid('give either attempts or maxRetries, not both');
-    ELSIF o_retries IS NOT NULL THEN
-        j.max_attempts := pgjobs_whole_number('maxRetries', o_retries, 0, 999,
-                                            integral => true) + 1;
-    ELSIF o_attempts IS NOT NULL THEN
-        j.max_attempts := pgjobs_whole_number('attempts', o_attempts, 1, 1000,
-                                            integral => true);
-    ELSE
-        j.max_attempts := cfg.retry_attempts;
-    END IF;
-    -- delay / runAt
-    j.delay_ms := CASE WHEN o_delay IS NULL THEN 0
-                     ELSE pgjobs_whole_number('delay', o_delay, 0, max_delay, ms => true) END;
-    IF o_run_at IS NOT NULL THEN
-        s := o_run_at #>> '{}';
-        m := regexp_match(s, '^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d{1,6})?)?)?'
-                             '(Z|[+-]\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?)?)?$');
-        IF jsonb_typeof(o_run_at) <> 'string' OR m IS NULL THEN
-            PERFORM pgjobs_invalid(format('runAt must be an ISO-8601 time with an offset '
-                                          '(got %s)', pgjobs_py_repr(o_run_at)));
-        END IF;
-        BEGIN
-            j.run_at := replace(s, ',', '.')::timestamptz;
-        EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
-            PERFORM pgjobs_invalid(format('runAt must be an ISO-8601 time with an offset '
-                                          '(got %s)', pgjobs_py_repr(o_run_at)));
-        END;
-        IF m[1] IS NULL THEN
-            j.run_at := NULL;
-            PERFORM pgjobs_invalid(
-                'runAt needs a timezone offset, e.g. 2030-01-01T09:00:00+00:00');
-        END IF;
-    END IF;
-    -- backoff
-    IF o_backoff IS NOT NULL THEN
-        IF jsonb_typeof(o_backoff) = 'array' THEN
-            IF jsonb_array_length(o_backoff) NOT BETWEEN 1 AND 100 THEN
-                PERFORM pgjobs_invalid('backoff list must have 1 to 100 delays');
-            END IF;
-            SELECT jsonb_build_object('type', 'list', 'delays',
-                       jsonb_agg(pgjobs_whole_number('backoff', e, 0, max_delay, ms => true)
-                                 ORDER BY o))
-            INTO j.backoff
-            FROM jsonb_array_elements(o_backoff) WITH ORDINALITY AS a(e, o);
-        ELSIF jsonb_typeof(o_backoff) = 'object'
-              AND o_backoff -> 'type' IN ('"exponential"', '"fixed"')
-              AND o_backoff - 'type' - 'delay' = '{}' THEN
-            j.backoff := jsonb_build_object('type', o_backoff -> 'type');
-            IF o_backoff ? 'delay' THEN
-                j.backoff := j.backoff || jsonb_build_object('delay',
-                    pgjobs_whole_number('backoff delay', o_backoff -> 'delay', 0, max_delay,
-                                        ms => true));
-            END IF;
-        ELSE
-            PERFORM pgjobs_invalid('backoff must be {"type": "exponential"|"fixed", '
-                                   '"delay": ms} or a list of delays in ms');
-        END IF;
-    END IF;
-    -- timeout
-    j.timeout_ms := CASE WHEN o_timeout IS NULL THEN cfg.job_timeout_ms
-        ELSE pgjobs_whole_number('timeout', o_timeout, 1, 30::bigint * 86400000,
-                                 ms => true) END;
-    -- unique options
-    IF o_unique_for IS NOT NULL THEN
-        j.unique_for_ms := pgjobs_whole_number('uniqueFor', o_unique_for, 0, max_delay,
-                                             ms => true);
-    END IF;
-    IF o_states IS NULL THEN
-        j.unique_states := ARRAY['pending', 'delayed', 'active', 'blocked'];
-    ELSE
-        IF jsonb_typeof(o_states) <> 'array' THEN
-            PERFORM pgjobs_invalid('uniqueStates must be a list of job statuses');
-        END IF;
-        SELECT e INTO item FROM jsonb_array_elements(o_states) WITH ORDINALITY AS a(e, o)
-        WHERE jsonb_typeof(e) <> 'string' OR NOT (e #>> '{}') = ANY (statuses)
-        ORDER BY o LIMIT 1;
-        IF item IS NOT NULL OR jsonb_array_length(o_states) = 0 THEN
-            PERFORM pgjobs_invalid('uniqueStates must be a non-empty list of: '
-                || array_to_string(statuses, ', ')
-                || CASE WHEN item IS NOT NULL THEN ' (got ' || pgjobs_py_repr(item) || ')'
-                        ELSE '' END);
-        END IF;
-        j.unique_states := ARRAY(SELECT x FROM unnest(statuses) WITH ORDINALITY AS u(x, o)
-                               WHERE o_states ? x ORDER BY o);
-    END IF;
-    IF o_conflict IS NULL THEN
-        j.on_conflict := 'return';
-    ELSIF o_conflict IN ('"return"', '"raise"') THEN
-        j.on_conflict := o_conflict #>> '{}';
-    ELSE
-        PERFORM pgjobs_invalid('onConflict must be ''return'' or ''raise''');
-    END IF;
-    -- dependsOn
-    IF o_depends IS NOT NULL THEN
-        IF jsonb_typeof(o_depends) = 'string' THEN
-            o_depends := jsonb_build_array(o_depends);
-        ELSIF jsonb_typeof(o_depends) <> 'array' THEN
-            PERFORM pgjobs_invalid('dependsOn must be a job id or a list of job ids');
-        END IF;
-        FOR item IN SELECT e FROM jsonb_array_elements(o_depends) AS a(e) LOOP
-            -- str(item) as Python shows it, then parsed as uuid.UUID does.
-            s := CASE jsonb_typeof(item) WHEN 'string' THEN item #>> '{}'
-                                         ELSE pgjobs_py_repr(item) END;
-            IF replace(btrim(replace(replace(s, 'urn:', ''), 'uuid:', ''), '{}'), '-', '')
-               !~ '^[0-9a-fA-F]{32}$' THEN
-                PERFORM pgjobs_invalid(format('dependsOn has an invalid job id %s',
-                                              pgjobs_py_repr(to_jsonb(left(s, 60)))));
-            END IF;
-            ids := ids || replace(btrim(replace(replace(s, 'urn:', ''), 'uuid:', ''), '{}'),
-                                  '-', '')::uuid;
-        END LOOP;
-        j.depends_on := ARRAY(SELECT DISTINCT d FROM unnest(ids) AS d ORDER BY d);
-        IF cardinality(j.depends_on) = 0 THEN
-            j.depends_on := NULL;
-        END IF;
-    END IF;
-    IF o_policy IS NULL THEN
-        j.dependency_policy := 'fail';
-    ELSIF o_policy IN ('"fail"', '"ignore"', '"cancel"') THEN
-        j.dependency_policy := o_policy #>> '{}';
-    ELSE
-        PERFORM pgjobs_invalid('onDependencyFailure must be one of fail, ignore, cancel');
-    END IF;
-    j.rate_limit_key := pgjobs_option_key('rateLimitKey', o_rate_key);
-    j.metadata := pgjobs_option_object('metadata', o_metadata, 65536);
-    j.id := pgjobs_uuid7();
-    RETURN j;
-END $$;
-
--- The producer allowlist: which job types pgjobs_enqueue and pgjobs_enqueue_many may
--- create. NULL (the default) allows every type except the operator types below, which
--- act on the server's files, databases or run operator-defined actions; a list replaces
--- that rule entirely. `pgjobs producer-types set/reset` manages it. The SQL functions
--- check it for every caller; the Python, REST and CLI paths are the operators' and do
--- not consult it.
-ALTER TABLE pgjobs_settings ADD COLUMN IF NOT EXISTS producer_types text[];
-
+-- The producer allowlist (pgjobs_settings.producer_types) and the job types it refuses
+-- by default.
 CREATE OR REPLACE FUNCTION pgjobs_operator_types() RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$ SELECT ARRAY['custom', 'database-backup', 'file-cleanup'] $$;
 
@@ -1730,8 +1220,10 @@ BEGIN
     RETURN jsonb_populate_record(NULL::jobs, jsonb_build_object('id', r.id, 'status', r.status));
 END $$;
 
--- pgjobs_enqueue: migration 5's, plus the allowlist, and a unique key's holder returned
--- only as far as the caller may see it.
+-- pgjobs_enqueue(type, payload, options): create one job in the caller's transaction
+-- and return its row (or, for a unique key already held, the holder's, only as far as
+-- the caller may see it). The options are the Python API's in their JSON names, plus
+-- "queue". The type must pass the producer allowlist. Workers are woken at commit.
 CREATE OR REPLACE FUNCTION pgjobs_enqueue(type text, payload jsonb DEFAULT '{}',
                                           options jsonb DEFAULT '{}')
 RETURNS SETOF jobs
@@ -1745,8 +1237,10 @@ BEGIN
     RETURN NEXT pgjobs_visible_job(r, r.id = j.id);
 END $$;
 
--- pgjobs_enqueue_many: migration 5's, plus the allowlist (refused as "job <index>: ...")
--- and holders of unique keys returned as pgjobs_enqueue returns them.
+-- pgjobs_enqueue_many(jobs): a JSON array of {"type", "queue", "payload", "options"},
+-- created all or nothing in one statement; returns the rows in the order given, holders
+-- of unique keys as pgjobs_enqueue returns them. A bad job, or one the allowlist refuses,
+-- fails the whole call with "job <index>: <reason>" (index from 0).
 CREATE OR REPLACE FUNCTION pgjobs_enqueue_many(jobs jsonb) RETURNS SETOF jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
 DECLARE
@@ -1820,9 +1314,11 @@ BEGIN
                  ORDER BY t.ordinality;
 END $$;
 
--- pgjobs_cancel: migration 5's, recorded in job_audit like pgjobs_pause, and the worker
--- is told by its id, not the job's: the notification is only a hint that makes the
--- worker read cancel_requested_at of the jobs it holds (any login may NOTIFY).
+-- pgjobs_cancel(id): client.py cancel_job, recorded in job_audit like pgjobs_pause. A
+-- waiting job is cancelled at once (and the jobs waiting on it settle); a running one is
+-- flagged and its worker told at commit, by the worker's id, not the job's: the
+-- notification is only a hint that makes the worker read cancel_requested_at of the jobs
+-- it holds (any login may NOTIFY).
 CREATE OR REPLACE FUNCTION pgjobs_cancel(id uuid) RETURNS SETOF jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
 #variable_conflict use_column
@@ -1858,122 +1354,105 @@ BEGIN
     RETURN NEXT r;
 END $$;
 
--- Job events travel in this table; NOTIFY pgjobs_events carries only the id of a batch
--- (a bare number), so a login that may LISTEN but not read this table learns nothing
--- about jobs. Consumers read the batches they were told of. Batches are kept for
--- 5 minutes: consumers read them within milliseconds, and a consumer that falls further
--- behind misses events, as one whose connection drops does (events are hints).
-CREATE TABLE IF NOT EXISTS job_event_batches (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    at timestamptz NOT NULL DEFAULT now(),
-    events jsonb NOT NULL
-) WITH (autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_cost_delay = 0);
-
--- Each event is a JSON array [event, id, queue, type, status, progress]; one call stores
--- them, in the order given, as one batch. Every 64th batch also prunes expired ones,
--- skipping rows another pruner holds, so pruning never waits and needs no maintenance.
-CREATE OR REPLACE FUNCTION pgjobs_notify_events(events text[]) RETURNS void
-LANGUAGE plpgsql VOLATILE AS $$
+-- pgjobs_retry(id): client.py retry_job. A failed or cancelled job runs again with a
+-- fresh budget of tries (pgjobs_retry_reset); one with dependencies is settled against
+-- them at once.
+CREATE OR REPLACE FUNCTION pgjobs_retry(id uuid) RETURNS SETOF jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
+#variable_conflict use_column
 DECLARE
-    batch bigint;
+    job_id uuid := $1;
+    previous text;
+    at timestamptz := pgjobs_now();
+    r jobs;
 BEGIN
-    IF coalesce(cardinality(events), 0) = 0 THEN
-        RETURN;
+    SELECT j.status INTO previous FROM jobs j WHERE j.id = job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found', MESSAGE = 'no job with id ' || job_id;
     END IF;
-    INSERT INTO job_event_batches (events)
-    SELECT jsonb_agg(e::jsonb ORDER BY o) FROM unnest(events) WITH ORDINALITY AS u(e, o)
-    RETURNING id INTO batch;
-    PERFORM pg_notify('pgjobs_events', batch::text);
-    IF batch % 64 = 0 THEN
-        DELETE FROM job_event_batches b
-        WHERE b.id IN (SELECT x.id FROM job_event_batches x
-                       WHERE x.at < now() - interval '5 minutes'
-                       ORDER BY x.id LIMIT 1000 FOR UPDATE SKIP LOCKED);
+    IF previous NOT IN ('failed', 'cancelled') THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state', MESSAGE = format(
+            'job %s is %s; only failed or cancelled jobs can be retried', job_id, previous);
     END IF;
+    SELECT * INTO r FROM pgjobs_retry_reset(ARRAY[job_id], at);
+    IF r.status = 'pending' THEN
+        PERFORM pgjobs_notify_queues(ARRAY[r.queue::text]);
+    ELSE
+        PERFORM pgjobs_settle_blocked(NULL, ARRAY[r.id], at);
+        SELECT * INTO r FROM jobs j WHERE j.id = job_id;
+    END IF;
+    RETURN NEXT r;
 END $$;
 
--- Replacing a function resets its settings: the SECURITY DEFINER ones get migration 5's
--- search_path again. The helpers they call are no API: nobody else needs to run them.
+-- pgjobs_pause(queue) / pgjobs_resume(queue): ops_set_queue_paused, recorded in
+-- job_audit with the actor 'sql:<session user>'. Resuming wakes the workers at commit.
+CREATE OR REPLACE FUNCTION pgjobs_set_paused(queue text, paused boolean) RETURNS job_queues
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_variable
+DECLARE
+    name text;
+    at timestamptz := pgjobs_now();
+    r job_queues;
+BEGIN
+    IF queue IS NULL THEN
+        PERFORM pgjobs_invalid('queue name must be a string (got NoneType)');
+    END IF;
+    name := (pgjobs_validate_job('pause', NULL, jsonb_build_object('queue', queue),
+                                 queue_option => true)).job_queue;
+    IF NOT EXISTS (SELECT 1 FROM job_queues q WHERE q.name = name)
+       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.queue = name) THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+            MESSAGE = 'no queue named ' || pgjobs_py_repr(to_jsonb(name));
+    END IF;
+    INSERT INTO job_queues AS q (name, paused, paused_at)
+    VALUES (name, paused, CASE WHEN paused THEN at END)
+    ON CONFLICT ON CONSTRAINT job_queues_pkey DO UPDATE
+        SET paused = excluded.paused,
+            paused_at = CASE WHEN q.paused AND excluded.paused THEN q.paused_at
+                             ELSE excluded.paused_at END
+    RETURNING q.* INTO r;
+    IF NOT r.paused THEN
+        PERFORM pgjobs_notify_queues(ARRAY[name]);
+    END IF;
+    INSERT INTO job_audit (at, actor, action, target, detail)
+    VALUES (at, left('sql:' || session_user, 200), CASE WHEN paused THEN 'pause' ELSE 'resume' END,
+            name, '{}');
+    RETURN r;
+END $$;
+
+CREATE OR REPLACE FUNCTION pgjobs_pause(queue text) RETURNS SETOF job_queues
+LANGUAGE sql VOLATILE SECURITY DEFINER AS $$ SELECT * FROM pgjobs_set_paused($1, true) $$;
+
+CREATE OR REPLACE FUNCTION pgjobs_resume(queue text) RETURNS SETOF job_queues
+LANGUAGE sql VOLATILE SECURITY DEFINER AS $$ SELECT * FROM pgjobs_set_paused($1, false) $$;
+
+-- The SECURITY DEFINER functions resolve names in the schema pgjobs is installed in
+-- only (pg_temp last, so no caller's temporary table can stand in for a pgjobs one).
+-- Replacing one of them resets its settings: a migration that replaces one must set its
+-- search_path again. Nobody may call them until granted; pgjobs_producer may enqueue (and
+-- nothing else: it has no privilege on any table). The helpers they call are no API:
+-- nobody else needs to run them. Roles are cluster-wide: created only if missing, and an
+-- installing user without CREATEROLE leaves that to the DBA (see README).
 DO $$
 DECLARE
     f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY['pgjobs_enqueue(text, jsonb, jsonb)', 'pgjobs_enqueue_many(jsonb)',
-                             'pgjobs_cancel(uuid)'] LOOP
+                             'pgjobs_cancel(uuid)', 'pgjobs_retry(uuid)', 'pgjobs_pause(text)',
+                             'pgjobs_resume(text)'] LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f,
                        current_schema());
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgjobs_producer') THEN
+        BEGIN
+            CREATE ROLE pgjobs_producer NOLOGIN;
+        EXCEPTION WHEN insufficient_privilege OR duplicate_object OR unique_violation THEN
+            RAISE NOTICE 'pgjobs_producer was not created: %', SQLERRM;
+        END;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgjobs_producer') THEN
+        GRANT EXECUTE ON FUNCTION pgjobs_enqueue(text, jsonb, jsonb), pgjobs_enqueue_many(jsonb)
+            TO pgjobs_producer;
+    END IF;
 END $$;
-
--- migration: 8 payload limits
-
--- Payloads and metadata nested more than 100 levels deep are refused, as by
--- pgjobs/jsonlimits.py (MAX_JSON_DEPTH), whichever producer sends them: Python's decoder
--- fails a little below 1,000 levels and code that walks a decoded value far earlier, so
--- such a payload would poison every worker that claims it and every page that shows it.
-CREATE OR REPLACE FUNCTION pgjobs_json_too_deep(v jsonb, max_depth integer DEFAULT 100)
-RETURNS boolean
-LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-    t text := v::text;
-BEGIN
-    -- Fewer brackets than levels allowed (the usual case) cannot be too deep.
-    IF length(t) - length(translate(t, '[{', '')) <= max_depth THEN
-        RETURN false;
-    END IF;
-    -- A container at level max_depth (the outermost value is level 0) nests one
-    -- level too many; the walk stops at that level.
-    RETURN jsonb_path_exists(
-        v, format('strict $.**{%s} ? (@.type() == "object" || @.type() == "array")',
-                  max_depth)::jsonpath);
-END $$;
-
--- As in migration 5, with the depth checked before the size (as options.py does).
-CREATE OR REPLACE FUNCTION pgjobs_option_object(what text, v jsonb, max_bytes integer)
-RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-    size bigint;
-BEGIN
-    IF v IS NULL OR v = 'null' THEN
-        RETURN '{}';
-    END IF;
-    IF jsonb_typeof(v) <> 'object' THEN
-        PERFORM pgjobs_invalid(format('%s must be a JSON object', what));
-    END IF;
-    IF pgjobs_json_too_deep(v) THEN
-        PERFORM pgjobs_invalid(format('%s is nested too deeply (the limit is 100 levels)',
-                                      what));
-    END IF;
-    size := octet_length(v::text);
-    -- jsonb's text puts a space after every ':' and ','; Python measures compact JSON.
-    -- The spaced text is never shorter, so only a payload near the limit is measured.
-    IF size > max_bytes THEN
-        SELECT size - coalesce(sum(CASE jsonb_typeof(n)
-                                       WHEN 'object' THEN 2 * (SELECT count(*) FROM jsonb_object_keys(n)) - 1
-                                       ELSE jsonb_array_length(n) - 1 END), 0)
-        INTO size
-        FROM jsonb_path_query(v, 'strict $.**') AS p(n)
-        WHERE jsonb_typeof(n) IN ('object', 'array') AND n NOT IN ('{}', '[]');
-        IF size > max_bytes THEN
-            PERFORM pgjobs_invalid(format('%s is %s bytes; the limit is %s (JOBS_MAX_PAYLOAD_BYTES)',
-                                          what, size, max_bytes));
-        END IF;
-    END IF;
-    RETURN v;
-END $$;
-
--- migration: 9 poison isolation
-
--- A job taken back from a worker that died is a suspect: any job in flight there may
--- have killed it. Suspects are claimed one at a time by a worker that runs nothing else
--- (claim_suspect), so the job that really kills workers is the one charged a stall and
--- its neighbours are not. The ordinary claim skips suspects: its partial index leaves
--- them out, and they get a small index of their own.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS suspect boolean NOT NULL DEFAULT false;
-DROP INDEX IF EXISTS jobs_claim_idx;
-CREATE INDEX IF NOT EXISTS jobs_claim_idx ON jobs (queue, priority, run_at, id)
-    WHERE status = 'pending' AND NOT suspect;
-CREATE INDEX IF NOT EXISTS jobs_suspect_idx ON jobs (queue, priority, run_at, id)
-    WHERE status = 'pending' AND suspect;

@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from pgjobs.errors import SchemaError, ServiceUnavailable
 from pgjobs.jsonlimits import load_json
 from pgjobs.queries import query
-from pgjobs.resources import read_text
+from pgjobs.resources import data_path, read_text
 
 # Our own sessions never hold a transaction open while doing other work; a stuck
 # statement or an abandoned transaction must not pin vacuum or locks for long.
@@ -296,7 +296,8 @@ def make_sync_pool(
 
 # ---------------------------------------------------------------- schema install
 
-_MIGRATION = re.compile(r"^--\s*migration:\s*(\d+)\s+(\S.*?)\s*$", re.MULTILINE)
+# migrations/0002_rate_limits_and_job_events.sql: version 2, "rate limits and job events".
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
 @dataclass(frozen=True)
@@ -319,23 +320,26 @@ class InstallReport:
 
 
 def migrations() -> list[Migration]:
-    """The versioned sections of schema.sql, in order."""
-    text = read_text("schema.sql")
-    parts = _MIGRATION.split(text)
-    found = [
-        Migration(int(version), name, body)
-        for version, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True)
-    ]
+    """The upgrade steps of migrations/ (0001_initial.sql ...), in order."""
+    found = []
+    for path in sorted(data_path("migrations").glob("*.sql")):
+        match = _MIGRATION_FILE.match(path.name)
+        if match is None:
+            raise RuntimeError(f"migrations/{path.name} is not named NNNN_lowercase_words.sql")
+        name = match[2].replace("_", " ")
+        found.append(Migration(int(match[1]), name, path.read_text(encoding="utf-8")))
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"schema.sql migrations must be numbered 1..N, found {versions}")
+        raise RuntimeError(f"migrations/ must be numbered 1..N without a gap, found {versions}")
     return found
 
 
 def install_schema(conn: psycopg.Connection[Any], *, up_to: int | None = None) -> InstallReport:
     """Create or upgrade the schema and views in one transaction, serialised by a lock.
 
-    `up_to` stops at an older version (used to test upgrades of old installs).
+    An empty database gets schema.sql, the current schema, with every migration recorded
+    as applied; an older one gets the migrations newer than its version, in order.
+    `up_to` builds an older version from the migrations (to test upgrades of old installs).
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SET LOCAL client_min_messages = warning")
@@ -343,10 +347,14 @@ def install_schema(conn: psycopg.Connection[Any], *, up_to: int | None = None) -
         installed = _fetch(cur, query("schema_installed"))["installed"]
         before = int(_fetch(cur, query("schema_version"))["version"]) if installed else 0
         report = InstallReport(version_before=before, version_after=before)
+        fresh = before == 0 and up_to is None
+        if fresh:
+            _apply(cur, read_text("schema.sql"), "schema.sql")
         for migration in migrations():
             if migration.version <= before or (up_to is not None and migration.version > up_to):
                 continue
-            _apply(cur, migration.sql, f"migration {migration.version} {migration.name}")
+            if not fresh:
+                _apply(cur, migration.sql, f"migration {migration.version} {migration.name}")
             cur.execute(
                 query("record_migration"),
                 {"version": migration.version, "name": migration.name},

@@ -1,4 +1,5 @@
-"""Files shipped beside the code: schema.sql, views.sql and the dashboard templates.
+"""Files shipped beside the code: schema.sql, migrations/, views.sql and the dashboard
+templates.
 
 In a wheel they live in `pgjobs/_data/`; in a source checkout (editable install) they
 stay at the repository root, one folder above the package.

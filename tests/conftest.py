@@ -15,7 +15,7 @@ import pytest
 
 from pgjobs.app import App
 from pgjobs.config import Settings, load_settings
-from pgjobs.db import install_schema
+from pgjobs.db import install_schema, migrations
 from pgjobs.resources import read_text
 
 ADMIN_URL = (
@@ -52,6 +52,8 @@ def anyio_backend() -> str:
 def template_db() -> str:
     """A database with the current schema, built once per schema version."""
     digest = hashlib.sha256((read_text("schema.sql") + read_text("views.sql")).encode())
+    for migration in migrations():  # a fresh install records their names
+        digest.update(f"{migration.version} {migration.name}".encode())
     name = f"pgjobs_tpl_{digest.hexdigest()[:16]}"
     with _admin() as admin:
         admin.execute("SELECT pg_advisory_lock(7423510099)")

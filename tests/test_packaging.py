@@ -1,6 +1,6 @@
 """The built wheel works on its own: installed (not editable) into a fresh virtualenv
-outside the repository, `pgjobs init` finds its schema, views and templates inside the
-installed package."""
+outside the repository, `pgjobs init` finds its schema, migrations, views and templates
+inside the installed package, and both creates a schema and upgrades an older one."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import create_database, database_url, drop_database
 from pgjobs_cli import run_pgjobs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +44,19 @@ def installer() -> tuple[str, ...]:
     return (sys.executable, "-m", "pip")
 
 
-def test_wheel_installs_and_inits_outside_the_repo(tmp_path: Path, empty_db_url: str) -> None:
+@pytest.fixture
+def old_install_url() -> Iterator[str]:
+    """A second empty database, for an install left at an old version."""
+    name = create_database("template0")
+    try:
+        yield database_url(name)
+    finally:
+        drop_database(name)
+
+
+def test_wheel_installs_and_inits_outside_the_repo(
+    tmp_path: Path, empty_db_url: str, old_install_url: str
+) -> None:
     dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
     work.mkdir()
 
@@ -84,6 +98,11 @@ def test_wheel_installs_and_inits_outside_the_repo(tmp_path: Path, empty_db_url:
         assert (data / "templates" / template).is_file(), f"template {template} not shipped"
     for sql in sorted((ROOT / "pgjobs" / "queries").glob("*.sql")):
         assert (package / "queries" / sql.name).is_file(), f"queries/{sql.name} not shipped"
+    shipped = sorted(p.name for p in (data / "migrations").iterdir())
+    assert shipped == sorted(p.name for p in (ROOT / "migrations").iterdir())
+    for name in shipped:
+        shipped_bytes = (data / "migrations" / name).read_bytes()
+        assert shipped_bytes == (ROOT / "migrations" / name).read_bytes(), name
 
     pgjobs = (str(venv / "bin" / "pgjobs"),)
     first = run_pgjobs(["init"], work, {"DATABASE_URL": empty_db_url}, executable=pgjobs)
@@ -92,3 +111,17 @@ def test_wheel_installs_and_inits_outside_the_repo(tmp_path: Path, empty_db_url:
     second = run_pgjobs(["init"], work, {"DATABASE_URL": empty_db_url}, executable=pgjobs)
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines()[1].startswith("schema: up to date (version ")
+
+    # An install that an older pgjobs made (version 1, built here from the wheel's own
+    # migrations) is upgraded by the installed `pgjobs init`.
+    run(
+        python,
+        "-c",
+        "import sys, psycopg; from pgjobs.db import install_schema; "
+        "install_schema(psycopg.connect(sys.argv[1], autocommit=True), up_to=1)",
+        old_install_url,
+        cwd=work,
+    )
+    upgraded = run_pgjobs(["init"], work, {"DATABASE_URL": old_install_url}, executable=pgjobs)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.splitlines()[1].startswith("schema: upgraded from version 1 to ")

@@ -1,8 +1,13 @@
 """The schema: `pgjobs init`, upgrades, the spec's tables and views, and the spec's own SQL
-examples running unchanged against them."""
+examples running unchanged against them.
+
+schema.sql is the current schema, which a fresh install creates; migrations/ holds the steps
+that upgrade older installs. The upgrade tests prove both end with the same catalog, and the
+RELEASED manifest keeps every released migration unchanged."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +26,7 @@ from pgjobs.db import Migration, install_schema, migrations
 from pgjobs.errors import SchemaError
 
 LATEST = len(migrations())
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 # ------------------------------------------------------------------ the contract, literally
 # From the spec's "Database Schema": every table starts with exactly these columns.
@@ -315,9 +321,56 @@ def columns(conn: psycopg.Connection[Any], relation: str) -> list[tuple[str, str
 
 
 def schema_snapshot(url: str) -> dict[str, Any]:
-    """Everything init creates, in a comparable form."""
+    """Everything init creates, in a comparable form: relations with their columns,
+    defaults, options, indexes and constraints; functions as pg_get_functiondef prints
+    them (body, settings, security); triggers, views, composite types, privileges,
+    comments and the rows every install holds."""
     with connect(url) as conn:
         return {
+            "relations": rows(
+                conn,
+                """SELECT c.relname, c.relkind, c.relpersistence, c.relacl::text AS acl,
+                          c.relrowsecurity, c.relforcerowsecurity
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = 'public' ORDER BY c.relname""",
+            ),
+            "types": rows(
+                conn,
+                """SELECT t.typname, a.attnum, a.attname,
+                          format_type(a.atttypid, a.atttypmod) AS type
+                   FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                   JOIN pg_class c ON c.oid = t.typrelid AND c.relkind = 'c'
+                   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+                   WHERE n.nspname = 'public' ORDER BY t.typname, a.attnum""",
+            ),
+            "function_acls": rows(
+                conn,
+                """SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args,
+                          p.proacl::text AS acl
+                   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                   WHERE n.nspname = 'public' ORDER BY p.proname, args""",
+            ),
+            "comments": rows(
+                conn,
+                """SELECT o.type, o.identity, d.description
+                   FROM pg_description d
+                   CROSS JOIN LATERAL pg_identify_object(d.classoid, d.objoid, d.objsubid) o
+                   WHERE o.schema = 'public' ORDER BY o.type, o.identity""",
+            ),
+            "policies": rows(
+                conn,
+                "SELECT tablename, policyname, cmd, qual FROM pg_policies"
+                " WHERE schemaname = 'public' ORDER BY tablename, policyname",
+            ),
+            "settings": rows(
+                conn,
+                "SELECT retry_attempts, job_timeout_ms, max_payload_bytes, producer_types"
+                " FROM pgjobs_settings",
+            ),
+            "rate_state": rows(
+                conn,
+                "SELECT store, redis_adopted_at, redis_grants_until FROM job_rate_state",
+            ),
             "columns": rows(
                 conn,
                 """SELECT table_name, column_name, ordinal_position, data_type, udt_name,
@@ -344,9 +397,10 @@ def schema_snapshot(url: str) -> dict[str, Any]:
             ),
             "functions": rows(
                 conn,
-                """SELECT p.proname, pg_get_functiondef(p.oid) AS def
+                """SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args,
+                          pg_get_functiondef(p.oid) AS def
                    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                   WHERE n.nspname = 'public' ORDER BY p.proname""",
+                   WHERE n.nspname = 'public' ORDER BY p.proname, args""",
             ),
             "triggers": rows(
                 conn,
@@ -461,26 +515,42 @@ def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ upgrades
 
 
-@pytest.mark.parametrize("target", range(1, LATEST + 1), ids=lambda n: f"migration-{n}")
-def test_upgrade_to_every_migration_matches_a_fresh_install(
-    target: int, empty_db_url: str, tmp_path: Path, fresh_snapshot: dict[str, Any]
+@pytest.mark.parametrize("version", range(1, LATEST), ids=lambda n: f"from-{n}")
+def test_upgrade_from_every_older_version_matches_a_fresh_install(
+    version: int, empty_db_url: str, tmp_path: Path, fresh_snapshot: dict[str, Any]
 ) -> None:
-    """An install left at version N-1 (as an older pgjobs made it) upgrades to exactly the
-    schema a fresh install creates."""
+    """An install left at an older version (as that pgjobs made it, from migrations/)
+    upgrades to exactly the catalog schema.sql creates."""
     with connect(empty_db_url) as conn:
-        report = install_schema(conn, up_to=target - 1)
-    assert report.version_after == target - 1
+        report = install_schema(conn, up_to=version)
+    assert report.version_after == version
     result = init(empty_db_url, tmp_path)
     assert result.returncode == 0, result.stderr
-    expected = (
-        f"schema: created (version {LATEST})"
-        if target == 1
-        else f"schema: upgraded from version {target - 1} to {LATEST} (applied: "
-        + ", ".join(f"{m.version} {m.name}" for m in migrations()[target - 1 :])
+    assert result.stdout.splitlines()[1] == (
+        f"schema: upgraded from version {version} to {LATEST} (applied: "
+        + ", ".join(f"{m.version} {m.name}" for m in migrations()[version:])
         + ")"
     )
-    assert result.stdout.splitlines()[1] == expected
     assert schema_snapshot(empty_db_url) == fresh_snapshot
+
+
+def test_all_migrations_on_an_empty_database_match_a_fresh_install(
+    empty_db_url: str, fresh_snapshot: dict[str, Any]
+) -> None:
+    with connect(empty_db_url) as conn:
+        assert install_schema(conn, up_to=LATEST).applied == migrations()
+        assert not install_schema(conn).changed  # the views and default queues only
+    assert schema_snapshot(empty_db_url) == fresh_snapshot
+
+
+def test_a_fresh_install_records_every_migration(empty_db_url: str) -> None:
+    with connect(empty_db_url) as conn:
+        report = install_schema(conn)
+        assert (report.version_before, report.version_after) == (0, LATEST)
+        assert report.applied == migrations()
+        assert rows(conn, "SELECT version, name FROM pgjobs_schema_migrations ORDER BY 1") == [
+            {"version": m.version, "name": m.name} for m in migrations()
+        ]
 
 
 def test_init_upgrades_a_version_1_install(
@@ -561,6 +631,75 @@ def test_migrations_are_numbered_in_order() -> None:
     found = migrations()
     assert [m.version for m in found] == list(range(1, len(found) + 1))
     assert found[0].name == "initial"
+
+
+def test_a_gap_in_the_migrations_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for name in ("0001_initial.sql", "0003_later.sql"):
+        (folder / name).write_text("SELECT 1;\n")
+    monkeypatch.setattr(pgjobs_db, "data_path", lambda name: tmp_path / name)
+    with pytest.raises(RuntimeError, match=r"numbered 1..N without a gap, found \[1, 3\]"):
+        migrations()
+    (folder / "0002 Bad Name.sql").write_text("SELECT 1;\n")
+    with pytest.raises(RuntimeError, match=r"0002 Bad Name\.sql is not named NNNN_"):
+        migrations()
+
+
+# ------------------------------------------------------------------ released migrations
+
+
+def released_problems(folder: Path) -> list[str]:
+    """What is wrong with the released migrations in `folder` against its RELEASED
+    manifest (lines as `sha256sum` writes them: digest, two spaces, file name)."""
+    manifest = dict(
+        reversed(line.split("  ", 1))
+        for line in (folder / "RELEASED").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    problems = []
+    numbers = [int(name[:4]) for name in sorted(manifest)]
+    if numbers != list(range(1, len(numbers) + 1)):
+        problems.append(f"RELEASED must list migrations 1..N without a gap, found {numbers}")
+    for name, digest in sorted(manifest.items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"released migration {name} is missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"released migration {name} was edited: add a new migration instead")
+    for path in sorted(folder.glob("*.sql")):
+        if path.name not in manifest and int(path.name[:4]) <= len(numbers):
+            problems.append(f"{path.name} is numbered like a released migration")
+    return problems
+
+
+def test_released_migrations_never_change() -> None:
+    assert released_problems(MIGRATIONS) == []
+
+
+def test_the_release_check_catches_an_edit_and_a_missing_number(tmp_path: Path) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    texts = {"0001_initial.sql": "SELECT 1;\n", "0002_more.sql": "SELECT 2;\n"}
+    lines = []
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+        lines.append(f"{hashlib.sha256(text.encode()).hexdigest()}  {name}")
+    (folder / "RELEASED").write_text("# comment\n" + "\n".join(lines) + "\n")
+    assert released_problems(folder) == []
+    (folder / "0002_more.sql").write_text("SELECT 2; -- edited\n")
+    assert released_problems(folder) == [
+        "released migration 0002_more.sql was edited: add a new migration instead"
+    ]
+    (folder / "0002_more.sql").unlink()
+    (folder / "RELEASED").write_text(lines[1] + "\n")
+    assert released_problems(folder) == [
+        "RELEASED must list migrations 1..N without a gap, found [2]",
+        "released migration 0002_more.sql is missing",
+        "0001_initial.sql is numbered like a released migration",
+    ]
 
 
 # ------------------------------------------------------------------ the spec's shapes

@@ -289,28 +289,17 @@ CROSS JOIN LATERAL (SELECT count(*) FROM signal) s
 CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
 
 -- name: retry_job
--- An operator retry grants a fresh budget of tries on top of the ones used, so attempts
--- keeps increasing and every run's (id, attempts) fence token stays unique. A job with
--- dependencies waits for them again: it is settled at once against their current
--- outcomes (it runs if they all completed, fails again if one still has failed).
+-- An operator retry grants a fresh budget of tries on top of the ones used (see
+-- pgjobs_retry_reset in schema.sql). A job with dependencies waits for them again: it is
+-- settled at once against their current outcomes (it runs if they all completed, fails
+-- again if one still has failed).
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 target AS (SELECT id, status FROM jobs WHERE id = %(id)s FOR UPDATE),
 updated AS (
-    UPDATE jobs j
-    SET status = CASE WHEN j.depends_on IS NULL THEN 'pending' ELSE 'blocked' END,
-        run_at = c.now,
-        attempt_budget = coalesce(j.attempt_budget, j.max_attempts),
-        max_attempts = j.attempts + coalesce(j.attempt_budget, j.max_attempts),
-        stalled_count = 0,
-        progress = 0,
-        progress_message = NULL,
-        started_at = NULL,
-        completed_at = NULL,
-        worker_id = NULL,
-        cancel_requested_at = NULL
-    FROM target t, clock c
-    WHERE j.id = t.id AND t.status IN ('failed', 'cancelled')
-    RETURNING j.*
+    SELECT r.*
+    FROM clock c,
+         pgjobs_retry_reset(ARRAY(SELECT t.id FROM target t
+                                  WHERE t.status IN ('failed', 'cancelled')), c.now) r
 ),
 wake AS (
     SELECT pgjobs_notify_queues(array_agg(u.queue) FILTER (WHERE u.status = 'pending'))

@@ -137,9 +137,9 @@ ORDER BY completed_at DESC NULLS LAST, id DESC
 LIMIT %(limit)s;
 
 -- name: ops_retry_failed
--- Bulk operator retry. The SET list is the one of retry_job (jobs.sql): a fresh budget
--- of tries on top of the ones used, so every run's (id, attempts) fence stays unique.
--- SKIP LOCKED leaves a job that is being retried or pruned right now to its other owner.
+-- Bulk operator retry, as retry_job (jobs.sql) retries one job: pgjobs_retry_reset grants
+-- a fresh budget of tries on top of the ones used. SKIP LOCKED leaves a job that is
+-- being retried or pruned right now to its other owner.
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 target AS (
     SELECT id FROM jobs
@@ -154,22 +154,9 @@ target AS (
     FOR UPDATE SKIP LOCKED
 ),
 updated AS (
-    UPDATE jobs j
-    SET status = CASE WHEN j.depends_on IS NULL THEN 'pending' ELSE 'blocked' END,
-        run_at = c.now,
-        attempt_budget = coalesce(j.attempt_budget, j.max_attempts),
-        max_attempts = j.attempts + coalesce(j.attempt_budget, j.max_attempts),
-        stalled_count = 0,
-        progress = 0,
-        progress_message = NULL,
-        started_at = NULL,
-        completed_at = NULL,
-        worker_id = NULL,
-        cancel_requested_at = NULL
-    FROM target t, clock c
-    WHERE j.id = t.id
-    RETURNING j.id, j.type, j.queue, j.status, j.attempts, j.max_attempts, j.last_error,
-              NULL::timestamptz AS failed_at, j.created_at
+    SELECT r.id, r.type, r.queue, r.status, r.attempts, r.max_attempts, r.last_error,
+           NULL::timestamptz AS failed_at, r.created_at
+    FROM clock c, pgjobs_retry_reset(ARRAY(SELECT t.id FROM target t), c.now) r
 ),
 wake AS (
     SELECT pgjobs_notify_queues(array_agg(u.queue::text) FILTER (WHERE u.status = 'pending')),

@@ -8,7 +8,6 @@
 -- The picking is a CTE so the planner cannot update more rows than the LIMIT (the
 -- UPDATE joins the already-limited set). Paused queues are skipped here, so a pause
 -- takes effect on the next claim of every worker.
--- Claiming increments attempts: (id, attempts) is the run's fence token.
 -- Suspects (jobs rescued from a dead worker) are left out: the index has none, and
 -- claim_suspect hands them out one at a time to a worker running nothing else.
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
@@ -28,6 +27,12 @@ candidates AS (
 picked AS (
     SELECT id FROM candidates ORDER BY priority, run_at, id LIMIT %(limit)s
 ),
+{{claim_picked}};
+
+-- name: claim_picked
+-- The last step of claim_jobs and claim_suspect: the jobs in `picked` (locked by the
+-- statement) become active runs of %(worker)s at the `clock`'s now. Claiming increments
+-- attempts: (id, attempts) is the run's fence token.
 claimed AS (
     UPDATE jobs j
     SET status = 'active',
@@ -41,13 +46,13 @@ claimed AS (
     RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
               j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at
 )
-SELECT * FROM claimed;
+SELECT * FROM claimed
 
 -- name: claim_suspect
 -- One suspect of the asked queues, for a worker that holds no other job and will claim
 -- nothing else until this run is over and recorded (worker.py). Its run is alone in its
 -- process, so if the worker dies now the rescuer charges this job a stall, and only
--- this one. Claimed like claim_jobs otherwise (the same fence token).
+-- this one. Claimed as claim_jobs claims (claim_picked).
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 picked AS (
     SELECT c.id
@@ -63,18 +68,8 @@ picked AS (
     WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)
     ORDER BY c.priority, c.run_at, c.id
     LIMIT 1
-)
-UPDATE jobs j
-SET status = 'active',
-    attempts = j.attempts + 1,
-    started_at = c.now,
-    worker_id = %(worker)s,
-    progress = 0,
-    progress_message = NULL
-FROM clock c
-WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
-RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
-          j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at;
+),
+{{claim_picked}};
 
 -- name: suspects_waiting
 -- Whether a suspect waits in one of the worker's queues (read at each heartbeat): the
