@@ -35,6 +35,10 @@ TEST_ENV = {
 }
 
 
+# "gw0", "gw1", ... under pytest-xdist, "main" in a plain run.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
 def database_url(name: str) -> str:
     return urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
 
@@ -50,9 +54,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def template_db() -> str:
-    """A database with the current schema, built once per schema version."""
+    """A database with the current schema, built once per schema version and per xdist
+    worker, so parallel workers never wait on each other's template (PostgreSQL refuses
+    to clone a database while another session is connected to it)."""
     digest = hashlib.sha256((read_text("schema.sql") + read_text("views.sql")).encode())
-    name = f"pgjobs_tpl_{digest.hexdigest()[:16]}"
+    name = f"pgjobs_tpl_{digest.hexdigest()[:16]}_{XDIST_WORKER}"
     with _admin() as admin:
         admin.execute("SELECT pg_advisory_lock(7423510099)")
         try:

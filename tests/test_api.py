@@ -265,7 +265,6 @@ async def test_metrics_text_parses(client: httpx.AsyncClient, db: Conn) -> None:
 
 
 async def test_schedules_crud(client: httpx.AsyncClient, db: Conn) -> None:
-    pytest.importorskip("pgjobs.schedule_service")
     body = {
         "name": "daily-backup",
         "type": "database-backup",

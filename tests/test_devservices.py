@@ -7,7 +7,6 @@ servers are never touched.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -451,12 +450,7 @@ def test_dev_services_private_prints_urls_and_stops_on_ctrl_c(data_dir: Path) ->
 # ---------------------------------------------------------------- pgjobs demo
 
 
-def worker_available() -> bool:
-    return importlib.util.find_spec("pgjobs.worker") is not None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not worker_available(), reason="pgjobs.worker is not available yet")
 def test_demo_runs_sample_jobs_to_completion_and_stops_everything_on_ctrl_c(
     db_url: str, data_dir: Path
 ) -> None:

@@ -35,7 +35,6 @@ def register_handlers(app: App) -> None:
 
 
 async def test_metrics_counters_match_the_database_after_1000_jobs(app: App, db: Conn) -> None:
-    pytest.importorskip("pgjobs.worker")
     register_handlers(app)
     retry_now = {"attempts": 2, "backoff": {"type": "fixed", "delay": 0}}
     jobs = (
