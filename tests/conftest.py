@@ -1,5 +1,11 @@
 """Test harness: a real PostgreSQL; every test gets its own database cloned from a
-template that has the schema installed, so tests run in any order and in parallel."""
+template that has the schema installed, so tests run in any order and in parallel
+(pytest-xdist: `bin/test` runs them on every core).
+
+The tests are in tiers, one folder each, and every test is marked with its tier:
+tests/unit (no service at all), tests/db (PostgreSQL and Redis, in process),
+tests/process (worker, server and CLI subprocesses; the fault-injection scenarios) and
+tests/browser (the dashboard in chromium). `-m "unit or db"` picks tiers by marker."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +44,22 @@ TEST_ENV = {
 
 # "gw0", "gw1", ... under pytest-xdist, "main" in a plain run.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "db", "process", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        if parts[0] in TIERS:
+            item.add_marker(parts[0])
+        if "chaos" in parts[:-1]:
+            # Under xdist (`--dist loadgroup`) the fault-injection scenarios run one after
+            # another on one worker: each starts dozens of processes and measures recovery
+            # times, and two at once starve each other on a small machine.
+            item.add_marker(pytest.mark.xdist_group("chaos"))
 
 
 def database_url(name: str) -> str:

@@ -32,12 +32,11 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from tests.helpers import wait_until
+from tests.paths import APPS, ROOT
 from tests.webserver import Process, free_port, running_server
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-APPS = str(Path(__file__).parent / "apps")
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -16,11 +16,10 @@ from starlette.routing import Route
 from pgjobs.config import Settings
 from pgjobs.web import create_app
 from tests.opsdata import insert_job, snapshot, status_of
+from tests.web_client import api_client, asgi_client, assert_error
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[Any]
-TOKEN = "t0ken"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SPEC_BODY = {
     "type": "send-email",
     "queue": "default",
@@ -31,23 +30,8 @@ SPEC_BODY = {
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    web = create_app(settings.replace(api_token=TOKEN))
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", headers=AUTH
-        ) as http:
-            yield http
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert "Traceback" not in response.text
-    if code is not None:
-        assert body["error"]["code"] == code, body
+    async with api_client(settings) as http:
+        yield http
 
 
 async def test_create_and_get_job_as_in_the_spec(client: httpx.AsyncClient, db: Conn) -> None:
@@ -227,10 +211,8 @@ async def test_unexpected_errors_are_a_bare_500(settings: Settings) -> None:
         raise RuntimeError("secret internals")
 
     web.router.routes.append(Route("/api/boom", boom))
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            response = await http.get("/api/boom")
+    async with asgi_client(web, raise_app_exceptions=False) as http:
+        response = await http.get("/api/boom")
     assert_error(response, 500, "internal")
     assert "secret" not in response.text
 

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
@@ -23,9 +22,9 @@ from pgjobs.backups.pgtools import target
 from pgjobs.backups.sources import resolve
 from pgjobs.config import Settings
 from pgjobs.errors import ValidationError
-from pgjobs.web import create_app
 from tests.conftest import make_settings
 from tests.pgjobs_cli import run_pgjobs
+from tests.web_client import api_client
 
 pytestmark = pytest.mark.anyio
 
@@ -311,26 +310,18 @@ async def test_bare_name_is_that_database_on_the_database_url_server(
 async def test_api_refuses_both_with_a_4xx_and_stores_nothing(
     db_url: str, roots: tuple[Path, Path], fake_server: FakeServer
 ) -> None:
-    settings = settings_for(db_url, roots[0]).replace(api_token="t0ken")
-    web = create_app(settings)
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport,
-            base_url="http://test",
-            headers={"authorization": "Bearer t0ken"},
-        ) as http:
-            for payload in (
-                {"destination": f"{roots[0]}/../elsewhere"},
-                {"database": f"postgresql://app@127.0.0.1:{fake_server.port}/x"},
-            ):
-                response = await http.post(
-                    "/api/jobs", json={"type": "database-backup", "payload": payload}
-                )
-                assert response.status_code == 422, response.text
-                error = response.json()["error"]
-                assert error["code"] == "invalid_request"
-                assert "database-backup: " in error["message"]
+    async with api_client(settings_for(db_url, roots[0])) as http:
+        for payload in (
+            {"destination": f"{roots[0]}/../elsewhere"},
+            {"database": f"postgresql://app@127.0.0.1:{fake_server.port}/x"},
+        ):
+            response = await http.post(
+                "/api/jobs", json={"type": "database-backup", "payload": payload}
+            )
+            assert response.status_code == 422, response.text
+            error = response.json()["error"]
+            assert error["code"] == "invalid_request"
+            assert "database-backup: " in error["message"]
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
     assert fake_server.connections == 0

@@ -24,6 +24,7 @@ from pgjobs.web import create_app
 from pgjobs.web.dashboard import pages
 from pgjobs.web.dashboard.security import CSRF_COOKIE, CsrfSigner
 from tests.opsdata import insert_job, snapshot, status_of
+from tests.web_client import asgi_client
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[Any]
@@ -231,7 +232,7 @@ async def test_overview_counts_match_the_database(dash: Dash, db: Conn) -> None:
     assert "/dashboard/queues/default?status=failed" in page.links
     assert "paused" in page.text and "≈" not in page.text
     # The charts are drawn (their per-minute counts are checked in
-    # tests/test_dashboard_format.py; counting jobs stamped in the current minute right
+    # tests/unit/test_dashboard_format.py; counting jobs stamped in the current minute right
     # after start-up depends on when the history's first fill ran).
     assert "Throughput" in page.text and "Failure rate" in page.text
 
@@ -584,17 +585,13 @@ async def test_read_only_users_see_everything_and_change_nothing(
 
     # JOBS_DASHBOARD_READONLY=true makes the main login read-only as well.
     web = make_web(settings, dashboard_readonly=True)
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", auth=ADMIN
-        ) as admin:
-            page = parse(await admin.get(f"/dashboard/jobs/{failed}"))
-            assert page.posts() == {} and "read-only" in page.text
-            response = await admin.post(
-                f"/dashboard/jobs/{failed}/retry", data={"csrf": token_for("admin")}, headers=ORIGIN
-            )
-            assert response.status_code == 403
+    async with asgi_client(web, auth=ADMIN) as admin:
+        page = parse(await admin.get(f"/dashboard/jobs/{failed}"))
+        assert page.posts() == {} and "read-only" in page.text
+        response = await admin.post(
+            f"/dashboard/jobs/{failed}/retry", data={"csrf": token_for("admin")}, headers=ORIGIN
+        )
+        assert response.status_code == 403
     assert snapshot(db) == before
 
 
@@ -607,12 +604,10 @@ async def test_logins(dash: Dash, settings: Settings) -> None:
     web = create_app(
         settings.replace(dashboard_readonly_user="viewer", dashboard_readonly_password="look")
     )
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            assert (await client.get("/dashboard")).status_code == 401
-            page = parse(await client.get("/dashboard", auth=VIEWER))
-            assert "read-only" in page.text
+    async with asgi_client(web) as client:
+        assert (await client.get("/dashboard")).status_code == 401
+        page = parse(await client.get("/dashboard", auth=VIEWER))
+        assert "read-only" in page.text
 
 
 async def test_every_response_carries_the_security_headers(dash: Dash, db: Conn) -> None:
@@ -721,43 +716,33 @@ async def ops_error(ops: Ops, fields: dict[str, Any]) -> str:
 async def test_dashboard_mounted_elsewhere(settings: Settings, db: Conn) -> None:
     job = insert_job(db, status="failed")
     web = create_app(settings.replace(dashboard_path="/ops/jobs"))
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            page = parse(await client.get("/ops/jobs"))
-            assert "/ops/jobs/queues/default" in page.links
-            assert page.scripts[0]["src"] == "/ops/jobs/static/dashboard.js?v=0.1.0"
-            token = re.findall(
-                r'name="csrf" value="([0-9a-f]+)"',
-                (await client.get(f"/ops/jobs/jobs/{job}")).text,
-            )[0]
-            response = await client.post(
-                f"/ops/jobs/jobs/{job}/retry", data={"csrf": token}, headers=ORIGIN
-            )
-            assert response.headers["location"] == f"/ops/jobs/jobs/{job}?done=retry&n=1"
-            assert (await client.get("/dashboard")).status_code == 404
-            assert audit(db)[0]["actor"] == "dashboard:anonymous"
+    async with asgi_client(web) as client:
+        page = parse(await client.get("/ops/jobs"))
+        assert "/ops/jobs/queues/default" in page.links
+        assert page.scripts[0]["src"] == "/ops/jobs/static/dashboard.js?v=0.1.0"
+        token = re.findall(
+            r'name="csrf" value="([0-9a-f]+)"',
+            (await client.get(f"/ops/jobs/jobs/{job}")).text,
+        )[0]
+        response = await client.post(
+            f"/ops/jobs/jobs/{job}/retry", data={"csrf": token}, headers=ORIGIN
+        )
+        assert response.headers["location"] == f"/ops/jobs/jobs/{job}?done=retry&n=1"
+        assert (await client.get("/dashboard")).status_code == 404
+        assert audit(db)[0]["actor"] == "dashboard:anonymous"
 
 
 async def test_csrf_cookie_is_secure_over_https(settings: Settings, db: Conn) -> None:
     job = insert_job(db, status="failed")
     web = make_web(settings)
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="https://test", auth=ADMIN
-        ) as browser:
-            page = await browser.get(f"/dashboard/jobs/{job}")
-            cookie = page.headers["set-cookie"]
-            assert (
-                "Secure" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
-            )
-            token = re.findall(r'name="csrf" value="([0-9a-f]+)"', page.text)[0]
-            # Over https the page's own origin is https://test; http://test is another.
-            target = f"/dashboard/jobs/{job}/retry"
-            plain = await browser.post(target, data={"csrf": token}, headers=ORIGIN)
-            assert plain.status_code == 403 and status_of(db, job) == "failed"
-            ok = await browser.post(
-                target, data={"csrf": token}, headers={"Origin": "https://test"}
-            )
-            assert ok.status_code == 303 and status_of(db, job) == "pending"
+    async with asgi_client(web, base_url="https://test", auth=ADMIN) as browser:
+        page = await browser.get(f"/dashboard/jobs/{job}")
+        cookie = page.headers["set-cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+        token = re.findall(r'name="csrf" value="([0-9a-f]+)"', page.text)[0]
+        # Over https the page's own origin is https://test; http://test is another.
+        target = f"/dashboard/jobs/{job}/retry"
+        plain = await browser.post(target, data={"csrf": token}, headers=ORIGIN)
+        assert plain.status_code == 403 and status_of(db, job) == "failed"
+        ok = await browser.post(target, data={"csrf": token}, headers={"Origin": "https://test"})
+        assert ok.status_code == 303 and status_of(db, job) == "pending"

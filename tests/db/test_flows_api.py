@@ -14,32 +14,17 @@ import pytest
 import pgjobs
 from pgjobs.app import App
 from pgjobs.config import Settings
-from pgjobs.web import create_app
 from tests.pgjobs_cli import run_pgjobs
+from tests.web_client import api_client, assert_error
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[Any]
-TOKEN = "t0ken"
 
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    web = create_app(settings.replace(api_token=TOKEN))
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport,
-            base_url="http://test",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as http:
-            yield http
-
-
-def assert_error(response: httpx.Response, status: int, message: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    assert message in body["error"]["message"], body
+    async with api_client(settings) as http:
+        yield http
 
 
 def count(db: Conn) -> int:
@@ -89,7 +74,7 @@ async def test_bad_flows_are_4xx_and_store_nothing(client: httpx.AsyncClient, db
         ([{"type": "t"}], 422, ""),
     ]
     for body, status, message in cases:
-        assert_error(await client.post("/api/flows", json=body), status, message)
+        assert_error(await client.post("/api/flows", json=body), status, message=message)
     bad_json = await client.post(
         "/api/flows", content=b"{", headers={"Content-Type": "application/json"}
     )
@@ -106,13 +91,14 @@ async def test_unique_conflicts_over_the_api(client: httpx.AsyncClient, db: Conn
     assert_error(
         await client.post("/api/jobs", json=raising),
         409,
-        f"unique key 'user:1' is held by job {first['id']} (pending)",
+        message=f"unique key 'user:1' is held by job {first['id']} (pending)",
     )
-    assert_error(await client.post("/api/jobs/bulk", json={"jobs": [raising]}), 409, "user:1")
+    bulk = await client.post("/api/jobs/bulk", json={"jobs": [raising]})
+    assert_error(bulk, 409, message="user:1")
     assert_error(
         await client.post("/api/jobs", json={"type": "t", "options": {"uniqueFor": 10}}),
         422,
-        "uniqueFor needs a uniqueKey",
+        message="uniqueFor needs a uniqueKey",
     )
     assert count(db) == 1
 

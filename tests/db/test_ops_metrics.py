@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pgjobs.app import App
 from pgjobs.context import JobContext
 from pgjobs.web import create_app
+from tests.web_client import asgi_client
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[Any]
@@ -54,11 +54,8 @@ async def test_metrics_counters_match_the_database_after_1000_jobs(app: App, db:
         "SELECT status, count(*) AS n FROM jobs GROUP BY status ORDER BY status"
     ).fetchall() == [{"status": "completed", "n": 900}, {"status": "failed", "n": 100}]
 
-    web = create_app(app.settings, app=app)
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            text = (await http.get("/metrics")).text
+    async with asgi_client(create_app(app.settings, app=app)) as http:
+        text = (await http.get("/metrics")).text
 
     processed: Counter[tuple[str, str, str]] = Counter()
     sizes: dict[tuple[str, str], float] = {}

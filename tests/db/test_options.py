@@ -14,12 +14,12 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from conftest import make_settings
-from pgjobs_cli import run_pgjobs
 
 from pgjobs.app import App
 from pgjobs.errors import ValidationError
 from pgjobs.options import new_job_from_request
+from tests.conftest import make_settings
+from tests.pgjobs_cli import run_pgjobs
 
 pytestmark = pytest.mark.anyio
 

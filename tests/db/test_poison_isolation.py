@@ -1,6 +1,6 @@
 """Jobs taken back from a dead worker are suspects: they run alone, only a suspect that
 dies alone is charged a stall, and a suspect's normal ending clears the suspicion.
-(The same with real worker processes and SIGKILL: tests/test_worker_process.py and
+(The same with real worker processes and SIGKILL: tests/process/test_worker_process.py and
 tests/chaos/test_chaos_poison.py.)"""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import time
 from typing import Any
 from uuid import UUID
 
-import httpx
 import psycopg
 import pytest
 
@@ -20,6 +19,7 @@ from pgjobs.ids import uuid7
 from pgjobs.maintenance import Rescuer, run_round
 from pgjobs.queries import query
 from pgjobs.web import create_app
+from tests.web_client import asgi_client, bearer
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[Any]
@@ -161,13 +161,9 @@ async def test_api_and_dashboard_show_stalls_apart_from_failures(app: App, db: C
             dashboard_secret="test-dashboard-secret",
         )
     )
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            body = (
-                await http.get(f"/api/jobs/{job_id}", headers={"Authorization": "Bearer t0ken"})
-            ).json()
-            page = (await http.get(f"/dashboard/jobs/{job_id}", auth=("admin", "pw"))).text
+    async with asgi_client(web) as http:
+        body = (await http.get(f"/api/jobs/{job_id}", headers=bearer("t0ken"))).json()
+        page = (await http.get(f"/dashboard/jobs/{job_id}", auth=("admin", "pw"))).text
     assert (body["stalls"], body["suspect"], body["status"]) == (1, True, "pending")
     assert [f["kind"] for f in body["failures"]] == ["interrupted", "stalled"]
     assert '<dd class="stalls">1 ' in page

@@ -272,9 +272,8 @@ async def test_retry_grants_a_fresh_budget(app: App, db: Any) -> None:
 async def test_a_frozen_clock_decides_creation_and_delay(db_url: str) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from conftest import make_settings
-
     from pgjobs.clock import FrozenClock
+    from tests.conftest import make_settings
 
     clock = FrozenClock(datetime(2030, 1, 1, 9, 0, tzinfo=UTC))
     async with App(make_settings(db_url), clock=clock) as frozen:

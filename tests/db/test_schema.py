@@ -12,13 +12,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import database_url
-from pgjobs_cli import clean_env, run_pgjobs
 from psycopg.rows import dict_row
 
 from pgjobs import db as pgjobs_db
 from pgjobs.db import Migration, install_schema, migrations
 from pgjobs.errors import SchemaError
+from tests.conftest import database_url
+from tests.pgjobs_cli import clean_env, run_pgjobs
 
 LATEST = len(migrations())
 

@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
 from pgjobs import App, FrozenClock, Job
-from pgjobs.web import create_app
 from tests.conftest import make_settings
 from tests.servers import HttpServer, Reply, Request, http_server
+from tests.web_client import api_client
 
 pytestmark = pytest.mark.anyio
 
@@ -214,15 +213,7 @@ async def test_producer_role_cannot_send_the_admin_secret_to_its_own_url(
 async def test_api_token_holder_cannot_send_the_admin_secret_to_its_own_url(
     action_app: App, thief: HttpServer
 ) -> None:
-    web = create_app(action_app.settings.replace(api_token="t0k"))
-    async with (
-        web.router.lifespan_context(web),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=web),
-            base_url="http://test",
-            headers={"Authorization": "Bearer t0k"},
-        ) as client,
-    ):
+    async with api_client(action_app.settings) as client:
         response = await client.post(
             "/api/jobs",
             json={

@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
@@ -17,9 +16,9 @@ from pgjobs import App, Discard, FrozenClock, Job
 from pgjobs.config import load_settings
 from pgjobs.errors import ValidationError
 from pgjobs.types import send_email
-from pgjobs.web import create_app
 from tests.conftest import make_settings
 from tests.servers import SmtpRecorder, free_port, self_signed_cert, smtp_server
+from tests.web_client import api_client
 
 pytestmark = pytest.mark.anyio
 
@@ -454,15 +453,7 @@ async def test_hostile_header_is_refused_when_the_job_is_created(
     payload = {"to": "user@example.com", "subject": "Hi", "body": "text", "headers": headers}
     with pytest.raises(ValidationError, match=problem):
         await mail_app.create("send-email", payload)
-    web = create_app(mail_app.settings.replace(api_token="t0k"))
-    async with (
-        web.router.lifespan_context(web),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=web),
-            base_url="http://test",
-            headers={"Authorization": "Bearer t0k"},
-        ) as client,
-    ):
+    async with api_client(mail_app.settings) as client:
         one = await client.post("/api/jobs", json={"type": "send-email", "payload": payload})
         bulk = await client.post(
             "/api/jobs/bulk", json={"jobs": [{"type": "send-email", "payload": payload}]}

@@ -13,12 +13,12 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from conftest import make_settings
 from psycopg.rows import dict_row
 
 from pgjobs.app import App
 from pgjobs.clock import FrozenClock
 from pgjobs.errors import Conflict, ValidationError
+from tests.conftest import make_settings
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

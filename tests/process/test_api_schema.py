@@ -51,7 +51,7 @@ def api_schema(live_api: str) -> schemathesis.BaseSchema:
 
 
 # The event stream never ends and the long-poll may hold a request for its whole
-# `timeout` (up to 300 s) by design: tests/test_live_api.py covers both, including their
+# `timeout` (up to 300 s) by design: tests/process/test_live_api.py covers both, including their
 # bad-input answers. (Filtered here, on the lazy schema: a filter applied inside the
 # fixture is not seen by every generation phase.)
 schema = schemathesis.pytest.from_fixture("api_schema").exclude(

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -31,7 +29,8 @@ from pgjobs.app import App
 from pgjobs.config import Settings
 from pgjobs.errors import PgJobsError
 from tests.opsdata import insert_job
-from tests.webserver import clean_env, running_server
+from tests.pgjobs_cli import one_line_error_problem, run_against
+from tests.webserver import running_server
 
 TOKEN = "hostile-token"
 DEEP = 10_000
@@ -330,29 +329,15 @@ CLI_CASES: list[tuple[str, list[str]]] = [
 ]
 
 
-def run_cli(args: list[str], db_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pgjobs", *args],
-        env=clean_env(DATABASE_URL=db_url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd="/",
-    )
-
-
 def test_cli_refuses_hostile_input(db_url: str, seeded: Conn) -> None:
     before = checksum(seeded)
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda case: run_cli(case[1], db_url), CLI_CASES))
+        results = list(pool.map(lambda case: run_against(db_url, *case[1]), CLI_CASES))
     problems = []
     for (label, _args), result in zip(CLI_CASES, results, strict=True):
-        lines = result.stderr.strip().splitlines()
-        if result.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: "):
-            problems.append(f"{label}: exit {result.returncode}, stderr {result.stderr[-300:]!r}")
-        elif result.stdout:
-            problems.append(f"{label}: printed {result.stdout[:100]!r}")
+        problem = one_line_error_problem(result)
+        if problem:
+            problems.append(f"{label}: {problem}")
     assert not problems, "\n".join(problems)
     assert checksum(seeded) == before
 

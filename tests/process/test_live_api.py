@@ -21,6 +21,7 @@ from pgjobs.web import create_app
 from tests.conftest import make_settings
 from tests.pgjobs_cli import run_pgjobs
 from tests.redis_server import shared_redis_url
+from tests.web_client import api_client, asgi_client, assert_error
 from tests.webserver import running_server
 
 pytestmark = pytest.mark.anyio
@@ -35,19 +36,8 @@ def rows(db: Any, sql: str, *params: Any) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    web = create_app(settings.replace(api_token=TOKEN))
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", headers=AUTH, timeout=30
-        ) as http:
-            yield http
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    async with api_client(settings, TOKEN, timeout=30) as http:
+        yield http
 
 
 # ------------------------------------------------------------------ limits
@@ -234,11 +224,7 @@ def test_init_reports_a_redis_outage_as_a_warning(db_url: str, tmp_path: Path) -
 
 async def test_health_reports_redis_down_but_stays_up(db_url: str) -> None:
     settings = make_settings(db_url, JOBS_REDIS_URL="redis://127.0.0.1:1/0", JOBS_API_TOKEN=TOKEN)
-    web = create_app(settings)
-    async with (
-        web.router.lifespan_context(web),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://test") as http,
-    ):
+    async with asgi_client(create_app(settings)) as http:
         health = await http.get("/health", headers=AUTH)
         anonymous = await http.get("/health")
     assert health.status_code == 200

@@ -12,9 +12,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from pgjobs_cli import run_pgjobs
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
+from tests.pgjobs_cli import run_pgjobs
 
 pytestmark = pytest.mark.slow
 

@@ -12,21 +12,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
 from pgjobs.app import App
 from pgjobs.config import Settings
-from pgjobs.web import create_app
 from tests.helpers import wait_until, wait_until_async
+from tests.web_client import api_client
 from tests.webserver import clean_env, ctrl_c_as_in_a_terminal, run_cli
 
 pytestmark = pytest.mark.anyio
 
 Conn = psycopg.Connection[Any]
 QUEUE = "pgjobs_longhorizon_bench"
-TOKEN = "t0ken"
 BIN = str(Path(sys.executable).parent)
 
 
@@ -55,26 +53,19 @@ async def test_python_create_and_a_worker_serving_the_queue(app: App) -> None:
 
 
 async def test_rest_create_stats_and_pause(settings: Settings) -> None:
-    web = create_app(settings.replace(api_token=TOKEN))
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(
-            transport=transport,
-            base_url="http://test",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as http:
-            created = await http.post("/api/jobs", json={"type": "t", "queue": QUEUE})
-            assert created.status_code == 201, created.text
-            assert created.json()["queue"] == QUEUE
-            many = await http.post("/api/jobs/bulk", json={"jobs": [{"type": "t", "queue": QUEUE}]})
-            assert many.status_code == 201, many.text
-            paused = await http.post(f"/api/queues/{QUEUE}/pause")
-            assert paused.status_code == 200, paused.text
-            listed = await http.get("/api/jobs", params={"queue": QUEUE})
-            assert listed.status_code == 200, listed.text
-            assert {j["queue"] for j in listed.json()["jobs"]} == {QUEUE}
-            stats = await http.get("/api/stats", params={"queue": QUEUE})
-            assert stats.status_code == 200, stats.text
+    async with api_client(settings) as http:
+        created = await http.post("/api/jobs", json={"type": "t", "queue": QUEUE})
+        assert created.status_code == 201, created.text
+        assert created.json()["queue"] == QUEUE
+        many = await http.post("/api/jobs/bulk", json={"jobs": [{"type": "t", "queue": QUEUE}]})
+        assert many.status_code == 201, many.text
+        paused = await http.post(f"/api/queues/{QUEUE}/pause")
+        assert paused.status_code == 200, paused.text
+        listed = await http.get("/api/jobs", params={"queue": QUEUE})
+        assert listed.status_code == 200, listed.text
+        assert {j["queue"] for j in listed.json()["jobs"]} == {QUEUE}
+        stats = await http.get("/api/stats", params={"queue": QUEUE})
+        assert stats.status_code == 200, stats.text
 
 
 def test_sql_enqueue(db: Conn) -> None:

@@ -20,11 +20,11 @@ import pytest
 import redis
 
 from tests.helpers import wait_until
+from tests.paths import APPS
 from tests.redis_server import RedisServer, shared_redis_url
 
 pytestmark = pytest.mark.slow
 
-APPS = str(Path(__file__).parent / "apps")
 Spawn = Callable[..., list[subprocess.Popen[bytes]]]
 
 

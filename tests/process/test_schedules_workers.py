@@ -21,8 +21,8 @@ import pgjobs
 from pgjobs.app import App
 from tests.conftest import make_settings
 from tests.helpers import wait_until, wait_until_async
+from tests.paths import APPS
 
-APPS = str(Path(__file__).parent / "apps")
 GRACE = timedelta(seconds=10)  # JOBS_CRON_MISFIRE_GRACE default
 
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import re
 import signal
-from pathlib import Path
 
 import httpx
 import psycopg
 
 from tests.helpers import wait_until
+from tests.paths import APPS
 from tests.redis_server import shared_redis_url
 from tests.webserver import Process, free_port
-
-APPS = str(Path(__file__).parent / "apps")
 
 # What Python's warnings module prints ("...: UserWarning: text") and what logging
 # prints at WARNING level or above.

@@ -15,7 +15,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,12 +23,13 @@ import psycopg
 import pytest
 
 from tests.helpers import wait_until
+from tests.paths import APPS
+from tests.web_client import assert_error
 from tests.webserver import Process, free_port, run_cli, running_server
 
 Conn = psycopg.Connection[Any]
 TOKEN = "s3curity-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-APPS = str(Path(__file__).parent / "apps")
 
 
 def port_of(base: str) -> int:
@@ -45,12 +45,6 @@ def job_count(db: Conn) -> int:
 def paused(db: Conn, queue: str) -> bool:
     row = db.execute("SELECT paused FROM job_queues WHERE name = %s", (queue,)).fetchone()
     return bool(row and row["paused"])
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code, body
 
 
 def csrf_of(html: str) -> str:

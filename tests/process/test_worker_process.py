@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,8 +17,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.helpers import wait_until
-
-APPS = str(Path(__file__).parent / "apps")
+from tests.paths import APPS
 
 FAST_LEASES = {
     "JOBS_LOCK_DURATION": "1500",

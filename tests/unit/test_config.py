@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgjobs_cli import run_pgjobs
 
 from pgjobs.config import Settings, load_settings, variables
 from pgjobs.errors import ConfigError
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 URL_HINT = "a URL like postgresql://user:password@host:5432/dbname"
 REDIS_HINT = "a URL like redis://host:6379/0 (or rediss://, unix://)"
 
@@ -405,35 +404,6 @@ def test_env_example_loads_as_a_dotenv_file() -> None:
     s = load_settings({}, env_file=ROOT / ".env.example")
     assert s == Settings(database_url=s.database_url)
     assert s.database_url is not None
-
-
-# ------------------------------------------------------------------ command line
-
-
-def test_cli_reports_a_bad_setting_in_one_line(tmp_path: Path) -> None:
-    result = run_pgjobs(["init"], tmp_path, {"JOBS_DEFAULT_CONCURRENCY": "abc"})
-    assert result.returncode == 2
-    assert result.stderr == "error: JOBS_DEFAULT_CONCURRENCY must be an integer (got 'abc')\n"
-    assert result.stdout == ""
-
-
-def test_cli_reads_the_env_file_of_its_working_directory(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("JOBS_DASHBOARD_PATH=dashboard\n")
-    result = run_pgjobs(["init"], tmp_path)
-    assert result.returncode == 2
-    assert result.stderr == (
-        "error: JOBS_DASHBOARD_PATH must be an absolute path starting with / (got 'dashboard')\n"
-    )
-    assert result.stdout == ""
-
-
-def test_cli_without_database_url(tmp_path: Path) -> None:
-    result = run_pgjobs(["init"], tmp_path)
-    assert result.returncode == 2
-    assert result.stderr == (
-        "error: DATABASE_URL is not set: give a URL like postgresql://user@127.0.0.1:5432/db\n"
-    )
-    assert result.stdout == ""
 
 
 def test_repr_of_settings_shows_no_secret() -> None:

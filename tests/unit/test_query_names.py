@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,7 @@ INCLUDE = re.compile(r"\{\{([a-z_][a-z0-9_]*)\}\}")
 NAME_SHAPE = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
+@cache
 def package_sources() -> dict[Path, ast.Module]:
     return {
         path: ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
