@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from pgjobs.bench import completed
 from pgjobs.db import GENERIC_PLANS
 from pgjobs.queries import query
+from tests.conftest import create_database, database_url, drop_database
 
 FINISHED_ROWS = 1_000_000
+
+# Both tests that read a filled, analyzed table share one (see `filled`): on one xdist
+# worker, so the million rows are written once.
+pytestmark = pytest.mark.xdist_group("claim_plan")
 
 
 def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -37,9 +45,29 @@ def fill(db: Any, *, analyze: bool = True) -> None:
         db.execute("VACUUM ANALYZE jobs")
 
 
+@pytest.fixture(scope="module")
+def filled_db_url(template_db: str) -> Iterator[str]:
+    """A database filled once for the module (a million rows take seconds to write and
+    analyze); the tests change it only inside transactions they roll back."""
+    name = create_database(template_db)
+    try:
+        with psycopg.connect(database_url(name), autocommit=True) as conn:
+            fill(conn)
+        yield database_url(name)
+    finally:
+        drop_database(name)
+
+
+@pytest.fixture
+def filled(filled_db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of its own (prepared statements, session settings) to that database."""
+    with psycopg.connect(filled_db_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
 @pytest.mark.slow
-def test_claim_reads_only_the_pending_index_with_a_million_finished_jobs(db: Any) -> None:
-    fill(db)
+def test_claim_reads_only_the_pending_index_with_a_million_finished_jobs(filled: Any) -> None:
+    db = filled
     params = {"now": None, "queues": ["default", "high-priority"], "limit": 10, "worker": None}
     db.execute("BEGIN")
     try:
@@ -92,11 +120,14 @@ def use_hot_session_settings(db: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("made", ["with fresh statistics", "on an empty table"])
-def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(db: Any, made: str) -> None:
+def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(
+    request: pytest.FixtureRequest, made: str
+) -> None:
     """The worker's claim and finish run with reused generic plans, made without the
     parameters' values (the LIMIT, the batch's ids): they must not fall back to reading
     the table, which holds a million finished jobs here. A plan made while the table was
     empty is kept while it fills up (until the next ANALYZE): it must hold up too."""
+    db = request.getfixturevalue("db" if made == "on an empty table" else "filled")
     use_hot_session_settings(db)
     claim = {"now": None, "queues": ["default"], "limit": 10, "worker": uuid.uuid4()}
     claim_names = prepare_generic(db, "claim_jobs", query("claim_jobs"))
@@ -110,11 +141,9 @@ def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(db: Any, made
         explain_generic(db, "finish_runs", finish_names, {**claim, **completed([])})
         db.execute("ROLLBACK")
         fill(db, analyze=False)
-    else:
-        fill(db)
-    active = db.execute(query("claim_jobs"), claim).fetchall()
     db.execute("BEGIN")
     try:
+        active = db.execute(query("claim_jobs"), claim).fetchall()
         claim_plan = explain_generic(db, "claim_jobs", claim_names, claim)
         finish_plan = explain_generic(
             db, "finish_runs", finish_names, {**claim, **completed(active)}
