@@ -1,7 +1,7 @@
 """Jobs taken back from a dead worker are suspects: they run alone, only a suspect that
 dies alone is charged a stall, and a suspect's normal ending clears the suspicion.
 (The same with real worker processes and SIGKILL: tests/process/test_worker_process.py and
-tests/chaos/test_chaos_poison.py.)"""
+tests/process/chaos/test_chaos_poison.py.)"""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import Cluster, Redis, create_database, drop_database
 from tests.conftest import ADMIN_URL
+from tests.process.chaos.harness import Cluster, Redis, create_database, drop_database
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 monitor, and the invariants every scenario must keep.
 
 - `Ledger`: tables in the scenario's own database. `chaos_jobs` remembers every enqueued
-  id with its original run_at; the handler (tests/chaos/apps/chaos_app.py) writes a
+  id with its original run_at; the handler (tests/process/chaos/apps/chaos_app.py) writes a
   `chaos_starts` row per run and a `chaos_effects` row committed together with the
   completion through `ctx.complete_in(conn)`.
 - `Fleet`: `python -m pgjobs worker --app chaos_app:app` processes (not threads), with

@@ -1,7 +1,7 @@
 """The fault-injection scenarios, each a function that runs against a database and
 returns a `Report` (plus figures). The tests run them small; `bin/soak` runs them big.
 
-Every scenario: enqueue jobs of the chaos app (tests/chaos/apps/chaos_app.py), run real
+Every scenario: enqueue jobs of the chaos app (tests/process/chaos/apps/chaos_app.py), run real
 worker processes, inject its fault while jobs flow, wait until every job is terminal,
 stop the workers, then check the ledger's invariants.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from tests.chaos.harness import (
+from tests.process.chaos.harness import (
     LEASE_MS,
     SWEEP_MS,
     Cluster,

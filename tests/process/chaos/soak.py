@@ -28,8 +28,8 @@ from pathlib import Path
 import psycopg
 
 from pgjobs import __version__
-from tests.chaos import scenarios
-from tests.chaos.harness import Cluster, Redis, Report, create_database, drop_database
+from tests.process.chaos import scenarios
+from tests.process.chaos.harness import Cluster, Redis, Report, create_database, drop_database
 
 
 @dataclass(frozen=True)

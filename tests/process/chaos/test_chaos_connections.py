@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 
 from pgjobs.db import connect_kwargs
-from tests.chaos.harness import Fleet, Ledger, assert_invariants, connect
-from tests.chaos.scenarios import kill_listener, terminate_connections
 from tests.helpers import wait_until
+from tests.process.chaos.harness import Fleet, Ledger, assert_invariants, connect
+from tests.process.chaos.scenarios import kill_listener, terminate_connections
 
 
 def test_terminating_all_pgjobs_connections(chaos_db: str, log_dir: Path) -> None:

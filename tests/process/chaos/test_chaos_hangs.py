@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.chaos.harness import assert_invariants
-from tests.chaos.scenarios import hangs_and_poison
+from tests.process.chaos.harness import assert_invariants
+from tests.process.chaos.scenarios import hangs_and_poison
 
 
 def test_hangs_time_out_and_poison_fails_after_max_stalls(chaos_db: str, log_dir: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.chaos.harness import assert_invariants
-from tests.chaos.scenarios import kill9
+from tests.process.chaos.harness import assert_invariants
+from tests.process.chaos.scenarios import kill9
 
 
 def test_kill9_a_random_worker_every_2s(chaos_db: str, log_dir: Path) -> None:

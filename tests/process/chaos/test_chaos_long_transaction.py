@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pgjobs.ops.health import LONG_TRANSACTION_S, long_transaction_warning
-from tests.chaos.harness import assert_invariants
-from tests.chaos.scenarios import long_transaction
+from tests.process.chaos.harness import assert_invariants
+from tests.process.chaos.scenarios import long_transaction
 
 
 def test_long_transaction_warning_threshold() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import assert_invariants
-from tests.chaos.scenarios import poison_among_kills
+from tests.process.chaos.harness import assert_invariants
+from tests.process.chaos.scenarios import poison_among_kills
 
 
 @pytest.mark.parametrize("max_stalled", [1, 2])

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.chaos.harness import Cluster, assert_invariants, create_database
-from tests.chaos.scenarios import postgres_restarts
+from tests.process.chaos.harness import Cluster, assert_invariants, create_database
+from tests.process.chaos.scenarios import postgres_restarts
 
 
 def test_postgres_restarted_twice_mid_run(own_cluster: Cluster, log_dir: Path) -> None:

@@ -15,7 +15,7 @@ import httpx
 import psycopg
 
 from pgjobs.app import App
-from tests.chaos.harness import Cluster, create_database
+from tests.process.chaos.harness import Cluster, create_database
 from tests.webserver import running_server
 
 RECOVERY_S = 1.0

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.chaos.harness import Redis, assert_invariants
-from tests.chaos.scenarios import redis_restart
+from tests.process.chaos.harness import Redis, assert_invariants
+from tests.process.chaos.scenarios import redis_restart
 
 
 def test_redis_stopped_and_restarted_mid_run(

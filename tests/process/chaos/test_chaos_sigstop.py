@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.chaos.harness import assert_invariants
-from tests.chaos.scenarios import sigstop
+from tests.process.chaos.harness import assert_invariants
+from tests.process.chaos.scenarios import sigstop
 
 
 def test_frozen_worker_loses_to_the_rescued_runs(chaos_db: str, log_dir: Path) -> None:

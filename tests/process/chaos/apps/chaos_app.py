@@ -4,7 +4,7 @@
 dies later still leaves its trace), works for `ms` milliseconds, then records its effect
 and completes the job in ONE transaction through `ctx.complete_in(conn)` — or, with
 `"complete": "return"`, returns its result for the worker's batched completer. The
-ledger tables live in the scenario's database (see tests/chaos/harness.py).
+ledger tables live in the scenario's database (see tests/process/chaos/harness.py).
 
 The others misbehave on purpose: hang past their timeout (async, sync thread, CPU loop)
 or kill their own worker process every time (`poison`).
