@@ -8,7 +8,6 @@ import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -19,7 +18,6 @@ from pgjobs.app import App
 from pgjobs.errors import ValidationError
 from pgjobs.options import new_job_from_request
 from tests.conftest import make_settings
-from tests.pgjobs_cli import run_pgjobs
 
 pytestmark = pytest.mark.anyio
 
@@ -610,34 +608,3 @@ async def test_python_api_accepts_datetimes_and_timedeltas(
         await strict_app.create("t", run_at=datetime(2030, 1, 1))
     assert str(caught.value) == "runAt needs a timezone offset, e.g. 2030-01-01T09:00:00+00:00"
     assert job_count(db) == 2
-
-
-# ------------------------------------------------------------------ the command line
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--queue", "Bad Queue"], f"invalid queue name 'Bad Queue': {QUEUE_RULE}"),
-        (
-            ["--priority", "urgent"],
-            "unknown priority 'urgent': use critical, high, normal, low or an integer",
-        ),
-        (["--payload", "[1, 2]"], "payload must be a JSON object"),
-        (
-            ["--payload", "{bad"],
-            "--payload is not valid JSON: Expecting property name enclosed in double quotes"
-            " at line 1 column 2",
-        ),
-        (["--payload", '{"a": "\\u0000"}'], NUL_PAYLOAD),
-        (["--attempts", "0"], "attempts must be at least 1 (got 0)"),
-        (["--delay", "-5"], "delay must be a non-negative number of milliseconds (got -5)"),
-    ],
-    ids=["queue", "priority", "payload-list", "payload-json", "payload-nul", "attempts", "delay"],
-)
-def test_cli_enqueue_refuses_in_one_line(
-    args: list[str], message: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
-) -> None:
-    result = run_pgjobs(["enqueue", "send-email", *args], tmp_path, {"DATABASE_URL": db_url})
-    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"error: {message}\n")
-    assert job_count(db) == 0
