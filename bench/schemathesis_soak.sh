@@ -17,5 +17,5 @@ fi
 examples="${EXAMPLES:-1000}"
 started=$(date +%s)
 PGJOBS_SCHEMA_EXAMPLES="$examples" PGJOBS_SCHEMA_RANDOM=1 PGJOBS_SCHEMA_MIN_CASES=$((examples * 5)) \
-    python -m pytest tests/test_api_schema.py -q -s "$@"
+    python -m pytest tests/process/test_api_schema.py -q -s "$@"
 echo "soak: ${examples} examples per operation in $(( $(date +%s) - started )) s"

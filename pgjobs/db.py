@@ -54,7 +54,7 @@ def application_name(role: str, owner: str | None = None) -> str:
 # follow the statistics of the moment it was made: on a table that looked empty the
 # claim sorted every pending row of the (queue, status) index instead of reading the
 # claim index in order. With sorts and sequential scans priced out, these statements
-# keep to the index paths they were written for (tests/test_claim_plan.py).
+# keep to the index paths they were written for (tests/db/test_claim_plan.py).
 GENERIC_PLANS = " -c plan_cache_mode=force_generic_plan -c enable_sort=off -c enable_seqscan=off"
 
 

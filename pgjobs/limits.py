@@ -62,7 +62,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-import redis
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -371,6 +370,8 @@ class RedisTokens:
         self.keys = keys
 
     async def take(self, request: TokenRequest, prefix: str) -> TokenAnswer:
+        import redis  # loaded already by the client; not at module level (see signals/redis_client.py)
+
         args: list[Any] = [prefix]
         for limit in request.limits:
             args += [limit.max_jobs, redis_window_ms(limit)]

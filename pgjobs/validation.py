@@ -3,7 +3,7 @@
 The Python API (pgjobs.producer.options and the services), the CLI, the REST handlers and the
 OpenAPI document (pgjobs.web.shapes) all import these; none keeps a copy, so a rule
 cannot differ between them. SQL cannot import Python: the checks in schema.sql repeat
-the patterns, and tests/test_contract.py fails when they stop being the same text.
+the patterns, and tests/unit/test_contract.py fails when they stop being the same text.
 
 This module imports nothing from pgjobs, so that any module can import it.
 """

@@ -1,5 +1,11 @@
 """Test harness: a real PostgreSQL; every test gets its own database cloned from a
-template that has the schema installed, so tests run in any order and in parallel."""
+template that has the schema installed, so tests run in any order and in parallel
+(pytest-xdist: `bin/test` runs them on every core).
+
+The tests are in tiers, one folder each, and every test is marked with its tier:
+tests/unit (no service at all), tests/db (PostgreSQL and Redis, in process),
+tests/process (worker, server and CLI subprocesses; the fault-injection scenarios) and
+tests/browser (the dashboard in chromium). `-m "unit or db"` picks tiers by marker."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +42,26 @@ TEST_ENV = {
 }
 
 
+# "gw0", "gw1", ... under pytest-xdist, "main" in a plain run.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "db", "process", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        if parts[0] in TIERS:
+            item.add_marker(parts[0])
+        if "chaos" in parts[:-1]:
+            # Under xdist (`--dist loadgroup`) the fault-injection scenarios run one after
+            # another on one worker: each starts dozens of processes and measures recovery
+            # times, and two at once starve each other on a small machine.
+            item.add_marker(pytest.mark.xdist_group("chaos"))
+
+
 def database_url(name: str) -> str:
     return urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
 
@@ -50,11 +77,13 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def template_db() -> str:
-    """A database with the current schema, built once per schema version."""
+    """A database with the current schema, built once per schema version and per xdist
+    worker, so parallel workers never wait on each other's template (PostgreSQL refuses
+    to clone a database while another session is connected to it)."""
     digest = hashlib.sha256((read_text("schema.sql") + read_text("views.sql")).encode())
     for migration in migrations():  # a fresh install records their names
         digest.update(f"{migration.version} {migration.name}".encode())
-    name = f"pgjobs_tpl_{digest.hexdigest()[:16]}"
+    name = f"pgjobs_tpl_{digest.hexdigest()[:16]}_{XDIST_WORKER}"
     with _admin() as admin:
         admin.execute("SELECT pg_advisory_lock(7423510099)")
         try:

@@ -151,7 +151,7 @@ CASES: list[Case] = [
             ),
             "type": name,
         }
-        # The names tests/test_hostile_input.py sends through every other entry point.
+        # The names tests/process/test_hostile_input.py sends through every other entry point.
         for name in (
             "x'; DROP TABLE jobs; --",
             "../../etc/passwd",

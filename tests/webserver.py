@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.pgjobs_cli import clean_env
+
 PGJOBS = str(Path(sys.executable).parent / "pgjobs")
 
 
@@ -23,16 +25,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def clean_env(**env: str) -> dict[str, str]:
-    """The process environment without any pgjobs setting, plus `env`."""
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("JOBS_") and k not in ("DATABASE_URL", "LOG_LEVEL")
-    }
-    return {**base, **env}
 
 
 def run_cli(

@@ -137,8 +137,3 @@ WHERE q.rate_limit_max IS NOT NULL
 UNION ALL
 SELECT 'key', k.pattern::text, k.max_jobs, k.duration_ms FROM job_rate_limits k
 ORDER BY 1 DESC, 2;
-
--- name: limits_store_state
-SELECT s.store, s.redis_adopted_at, s.redis_grants_until, s.changed_at
-FROM job_rate_state s
-WHERE s.id;

@@ -9,6 +9,10 @@ configured or down. Clients therefore fail fast (short timeouts, no retries) and
 Keys and channels are namespaced `pgjobs:{<database name>}:...`, so installations that
 share one Redis keep apart, and the braces (a Redis Cluster hash tag) put all keys of
 one installation in one slot, as the rate-limit script needs.
+
+redis-py is imported only when a client is made or `ERRORS` is first read: importing it
+takes most of a second, which every `pgjobs` command and worker process would pay
+even with Redis not configured.
 """
 
 from __future__ import annotations
@@ -18,23 +22,37 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
-
-import redis
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any
 
 from pgjobs.backoff import ReconnectDelay
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio as aioredis
+
+    # What a failing Redis call raises (a refused or reset connection is also an
+    # OSError); built by __getattr__ below on first use.
+    ERRORS: tuple[type[BaseException], ...]
 
 log = logging.getLogger("pgjobs.redis")
 
 TIMEOUT_S = 1.0
 BREAK_S = 2.0
 
-# What a failing Redis call raises (a refused or reset connection is also an OSError).
-ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
+
+def __getattr__(name: str) -> Any:
+    if name == "ERRORS":
+        import redis
+
+        errors = (redis.RedisError, OSError, asyncio.TimeoutError)
+        globals()["ERRORS"] = errors
+        return errors
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = globals().get("ERRORS") or __getattr__("ERRORS")
+    return errors
 
 
 class Keys:
@@ -52,6 +70,10 @@ class Keys:
 
 def async_client(url: str) -> aioredis.Redis:
     """An asyncio client that fails within a second instead of retrying."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+
     return aioredis.Redis.from_url(
         url,
         socket_timeout=TIMEOUT_S,
@@ -61,6 +83,10 @@ def async_client(url: str) -> aioredis.Redis:
 
 
 def sync_client(url: str) -> redis.Redis:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     return redis.Redis.from_url(
         url,
         socket_timeout=TIMEOUT_S,
@@ -154,7 +180,7 @@ class Subscriber:
                     message = await pubsub.get_message(timeout=0.5)
                     if message is not None and message.get("type") == "message":
                         self._deliver(message)
-            except ERRORS as exc:
+            except _errors() as exc:
                 self.connected.clear()
                 if not down:
                     log.warning(
@@ -166,9 +192,9 @@ class Subscriber:
                 await asyncio.sleep(delay.next())
             finally:
                 self.connected.clear()
-                with contextlib.suppress(*ERRORS):
+                with contextlib.suppress(*_errors()):
                     await pubsub.aclose()
-                with contextlib.suppress(*ERRORS):
+                with contextlib.suppress(*_errors()):
                     await client.aclose()
 
     def _deliver(self, message: dict[str, Any]) -> None:
