@@ -370,7 +370,7 @@ class RedisTokens:
         self.keys = keys
 
     async def take(self, request: TokenRequest, prefix: str) -> TokenAnswer:
-        import redis  # loaded already by the client; not at module level (see signals/redis_client.py)
+        import redis  # loaded already by the client; kept off module level (redis_client.py)
 
         args: list[Any] = [prefix]
         for limit in request.limits:
