@@ -4,9 +4,10 @@ One async implementation used by the CLI (through `asyncio.run`), the REST API a
 dashboard. Single-job create/get/cancel/retry go through `App`
 (pgjobs.producer.statements), so their rules live in one place; bulk and read-model
 statements live in queries/ops.sql. Every state change is recorded in `job_audit` with
-the actor that asked for it, by `_audit_in` and nowhere else: the CLI, the REST API and
-the dashboard make their changes through these methods, and the modules below (limits,
-schedules.store, sql_api) write no audit rows. A change and its row commit in one
+the actor that asked for it, by pgjobs.audit (through `_audit_in`) and nowhere else:
+the CLI, the REST API and the dashboard make their changes through these methods, the
+file-cleanup type cleans through pgjobs.retention as `Ops.clean` does, and the modules
+below (limits, schedules.store, sql_api) write no audit rows. A change and its row commit in one
 transaction, so an action that fails writes none.
 """
 
