@@ -23,17 +23,33 @@ from pgjobs.stats import (
     health_score,
 )
 
-# The stats and clean-up reports are defined below the App facade (the App reports
-# stats, the file-cleanup type cleans); they are operator reports all the same.
+# The stats and clean-up reports (and health_score) are defined below the App facade (the
+# App reports stats, the file-cleanup type cleans); they are operator reports all the same.
 __all__ = [
+    "AuditEntry",
     "CleanReport",
     "DatabaseHealth",
     "DurationStats",
+    "FailureGroup",
+    "FinishedMinute",
+    "FinishedSeries",
+    "HistogramSeries",
+    "JobLink",
+    "JobPage",
+    "JobSummary",
     "Jsonable",
+    "MetricsSnapshot",
+    "QueueCounts",
+    "QueueState",
     "QueueStats",
+    "RetryCandidate",
+    "RetryReport",
+    "ScheduleRun",
     "StatsReport",
+    "ThroughputPoint",
     "WindowStats",
     "WorkerInfo",
+    "health_score",
     "jsonable",
 ]
 
