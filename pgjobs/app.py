@@ -14,7 +14,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -42,10 +42,8 @@ from pgjobs.schedules import store as sched
 from pgjobs.schedules.store import Schedule
 from pgjobs.signals.events import EventHub, EventStream
 from pgjobs.signals.wakeup import WakeupPublisher
+from pgjobs.stats import StatsReport, read_stats
 from pgjobs.types import register_builtin_types
-
-if TYPE_CHECKING:
-    from pgjobs.ops.models import StatsReport
 
 __all__ = ["App", "Handler", "HandlerSpec"]
 
@@ -461,10 +459,14 @@ class App:
         """The counts `pgjobs stats` shows: per queue (waiting, active, delayed, failed,
         ...), the last `hours`' throughput, live workers, database health. With `queue`,
         that queue only (NotFound if it has no jobs and no settings)."""
-        # Function-level: ops wraps the App (a real cycle; ops sits above the facade).
-        from pgjobs.ops import Ops
-
-        return await Ops(self).stats(queue=queue, hours=hours, performance=performance)
+        return await read_stats(
+            self.connection,
+            self.settings,
+            self.clock,
+            queue=queue,
+            hours=hours,
+            performance=performance,
+        )
 
     def stats_sync(
         self, queue: str | None = None, *, hours: float = 24.0, performance: bool = False

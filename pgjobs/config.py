@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from pgjobs.errors import ConfigError
+from pgjobs.netpolicy import origin_of, parse_rules
 from pgjobs.redact import MASK, mask_urls
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -157,9 +158,6 @@ def _http_url(raw: str) -> str:
 
 
 def _origins(raw: str) -> tuple[str, ...]:
-    # Function-level: the types package sits above the settings (layering).
-    from pgjobs.types.origins import origin_of
-
     origins = []
     for entry in (e.strip() for e in raw.split(",") if e.strip()):
         parts = urlsplit(entry)
@@ -173,9 +171,6 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 
 def _egress_rules(raw: str) -> tuple[str, ...]:
-    # Function-level: types sit above the settings, and egress pulls in httpx.
-    from pgjobs.types.egress import parse_rules
-
     return parse_rules(raw)
 
 

@@ -72,6 +72,12 @@ class Discard(HandlerSignal):
         self.reason = reason
 
 
+def bad_field(field: str, problem: str) -> Discard:
+    """A bad payload field: `Discard("<field>: <problem>")`, so the job fails at once,
+    naming the field. The built-in types and the backup helpers both report with it."""
+    return Discard(f"{field}: {problem}")
+
+
 class RetryIn(HandlerSignal):
     """Run the job again after `seconds`, without counting this run as a failure."""
 

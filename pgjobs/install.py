@@ -27,6 +27,7 @@ def redis_status(url: str | None) -> str:
     """'ok', 'disabled' or 'down: <reason>' — Redis is optional, so never raises."""
     if not url:
         return "disabled"
+    # Function-level: redis-py loads only when JOBS_REDIS_URL is set (Redis is optional).
     import redis
 
     try:

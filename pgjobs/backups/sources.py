@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from pgjobs.types.payload import bad
+from pgjobs.errors import bad_field
 
 if TYPE_CHECKING:
     from pgjobs.config import Settings
@@ -77,19 +77,19 @@ def resolve(raw: str | None, settings: Settings) -> DumpSource:
     if "://" not in raw and "=" not in raw:
         return DumpSource({**own, "dbname": _database_name(raw)}, own_server=True)
     if not raw.startswith(("postgresql://", "postgres://")) and "://" in raw:
-        raise bad("database", "must be a PostgreSQL URL like postgresql://user@host/db")
+        raise bad_field("database", "must be a PostgreSQL URL like postgresql://user@host/db")
     try:
         params = {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(raw).items()}
     except psycopg.ProgrammingError:
-        raise bad("database", "is not a valid PostgreSQL URL or connection string") from None
+        raise bad_field("database", "is not a valid PostgreSQL URL or connection string") from None
     refused = sorted(set(params) - ALLOWED_PARAMS)
     if refused:
-        raise bad("database", f"connection parameter {refused[0]!r} is not allowed")
+        raise bad_field("database", f"connection parameter {refused[0]!r} is not allowed")
     params = _explicit_server(params)
     if _server(params) == _server(own):
         return DumpSource(params, own_server=True)
     if not _listed(params, settings.backup_databases):
-        raise bad(
+        raise bad_field(
             "database",
             f"{_where(params)} is not a server backups may be taken from: only the "
             f"DATABASE_URL server ({_where(own)}) and JOBS_BACKUP_DATABASES are",
@@ -99,7 +99,7 @@ def resolve(raw: str | None, settings: Settings) -> DumpSource:
 
 def _params_of_database_url(settings: Settings) -> dict[str, str]:
     if settings.database_url is None:
-        raise bad("database", "required (DATABASE_URL is not set either)")
+        raise bad_field("database", "required (DATABASE_URL is not set either)")
     params = psycopg.conninfo.conninfo_to_dict(settings.database_url)
     return _explicit_server({k: str(v) for k, v in params.items()})
 
@@ -110,7 +110,7 @@ def _explicit_server(params: dict[str, str]) -> dict[str, str]:
     host = params.get("host") or os.environ.get("PGHOST", "")
     port = params.get("port") or os.environ.get("PGPORT", "") or DEFAULT_PORT
     if "," in host or "," in port:
-        raise bad("database", "must name a single host")
+        raise bad_field("database", "must name a single host")
     out = {**params, "port": port}
     if host:
         out["host"] = host
@@ -137,5 +137,5 @@ def _listed(params: dict[str, str], allowed: tuple[tuple[str, str, str | None], 
 
 def _database_name(raw: str) -> str:
     if len(raw.encode()) > MAX_NAME or "\0" in raw or raw != raw.strip():
-        raise bad("database", f"{raw[:80]!r} is not a database name or a PostgreSQL URL")
+        raise bad_field("database", f"{raw[:80]!r} is not a database name or a PostgreSQL URL")
     return raw

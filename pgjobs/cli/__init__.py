@@ -6,64 +6,19 @@ Errors a user can fix (bad input, unreachable services, bad settings) print one 
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from pgjobs._version import __version__
-from pgjobs.cli.output import echo, one_line
-from pgjobs.config import Settings, load_settings
-from pgjobs.errors import PgJobsError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    echo(f"error: {one_line(message)}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(func: F) -> F:
-    """Turn pgjobs errors into one line on stderr and exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except PgJobsError as exc:
-            fail(str(exc))
-
-    return wrapper  # type: ignore[return-value]
-
-
-def settings_from(ctx: click.Context) -> Settings:
-    obj = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        try:
-            obj["settings"] = load_settings()
-        except PgJobsError as exc:
-            fail(str(exc))
-    settings: Settings = obj["settings"]
-    return settings
-
-
-def print_json(value: Any) -> None:
-    echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
-
-
-def parse_json_option(value: str, name: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        fail(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-    except RecursionError:
-        fail(f"{name} is nested too deeply")
-    except ValueError as exc:  # an integer beyond Python's digit limit
-        fail(f"{name} is not valid JSON: {str(exc).split(';')[0][:120]}")
+from pgjobs.app import App
+from pgjobs.cli import backup, bench, dev, ops, producers, queues, schedules, worker
+from pgjobs.cli.common import fail, handle_errors, parse_json_option, print_json, settings_from
+from pgjobs.cli.output import echo
+from pgjobs.install import initialise
+from pgjobs.producer.options import validate_type
 
 
 class OneLineErrors(click.Group):
@@ -114,8 +69,6 @@ def main() -> None:
 def init(ctx: click.Context, producer_types: str | None) -> None:
     """Check PostgreSQL (and Redis if JOBS_REDIS_URL is set), then create or upgrade
     the schema, views and the default queues. Safe to run again, and concurrently."""
-    from pgjobs.install import initialise
-
     wanted = None if producer_types is None else _type_list(producer_types)
     report = initialise(settings_from(ctx))
     for line in report.lines():
@@ -123,14 +76,12 @@ def init(ctx: click.Context, producer_types: str | None) -> None:
     if not report.ok:
         sys.exit(1)
     if wanted is not None:
-        from pgjobs.cli.producers import apply_producer_types
-
-        apply_producer_types(settings_from(ctx), None if wanted == ["default"] else wanted)
+        producers.apply_producer_types(
+            settings_from(ctx), None if wanted == ["default"] else wanted
+        )
 
 
 def _type_list(value: str) -> list[str]:
-    from pgjobs.producer.options import validate_type
-
     names = [name.strip() for name in value.split(",") if name.strip()]
     if not names:
         fail("--producer-types needs at least one job type, or 'default'")
@@ -162,8 +113,6 @@ def enqueue(
     timeout: int | None,
 ) -> None:
     """Create a job of TYPE and print its id."""
-    from pgjobs.app import App
-
     app = App(settings_from(ctx))
     try:
         job = app.create_sync(
@@ -186,8 +135,6 @@ def enqueue(
 @handle_errors
 def get(ctx: click.Context, job_id: str) -> None:
     """Print a job, its results and its failures as JSON."""
-    from pgjobs.app import App
-
     app = App(settings_from(ctx))
     try:
         job = app.get_sync(job_id)
@@ -196,12 +143,6 @@ def get(ctx: click.Context, job_id: str) -> None:
     print_json(job.to_dict())
 
 
-def _attach_commands() -> None:
-    """Commands grouped by concern live in their own modules beside this one."""
-    from pgjobs.cli import backup, bench, dev, ops, producers, queues, schedules, worker
-
-    for module in (worker, ops, schedules, dev, backup, bench, queues, producers):
-        module.register(main)
-
-
-_attach_commands()
+# Commands grouped by concern live in their own modules beside this one.
+for _module in (worker, ops, schedules, dev, backup, bench, queues, producers):
+    _module.register(main)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from pgjobs.cli import handle_errors, settings_from
+from pgjobs.backups.restore import restore
+from pgjobs.cli.common import handle_errors, settings_from
 from pgjobs.cli.output import echo
 
 
@@ -44,8 +45,6 @@ def backup_restore(
     restore it with pg_restore (custom format) or psql (plain SQL) of the server's major
     version, in one transaction: on any error the database is left as it was. psql
     meta-commands (such as \\! shell commands) in a plain SQL file are refused."""
-    from pgjobs.backups.restore import restore
-
     report = restore(
         file,
         database_url,

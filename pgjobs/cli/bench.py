@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pgjobs.cli.common import handle_errors, settings_from
 from pgjobs.cli.output import echo
 
 
@@ -40,7 +41,7 @@ def register(group: click.Group) -> None:
     ) -> None:
         """Benchmark pgjobs against the raw-SQL limit, on a scratch database it creates
         (next to DATABASE_URL's) and drops."""
-        from pgjobs.cli import handle_errors, settings_from
+        # Function-level: development tooling (pgjobs.dev) loads only for its commands.
         from pgjobs.dev.bench import run, save
 
         settings = settings_from(ctx)

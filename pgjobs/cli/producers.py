@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import click
 
-from pgjobs.cli import handle_errors, print_json, settings_from
+from pgjobs.cli.common import handle_errors, print_json, settings_from
 from pgjobs.cli.ops import actor, json_option, run_ops
 from pgjobs.config import Settings
 from pgjobs.db import connect_sync

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pgjobs.cli import fail, handle_errors, print_json, settings_from
+from pgjobs.cli.common import fail, handle_errors, print_json, settings_from
 from pgjobs.cli.ops import actor, json_option, run_ops
 from pgjobs.cli.output import echo
 from pgjobs.cli.tables import table

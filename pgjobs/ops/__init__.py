@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pgjobs.ops.durations import format_duration_ms, parse_duration_ms
 from pgjobs.ops.filters import JobFilter, clamp_limit
-from pgjobs.ops.health import health_score
 from pgjobs.ops.models import (
     AuditEntry,
     CleanReport,
@@ -27,7 +26,8 @@ from pgjobs.ops.models import (
     ThroughputPoint,
     WorkerInfo,
 )
-from pgjobs.ops.service import DURATION_BUCKETS_S, Ops, window_hours
+from pgjobs.ops.service import DURATION_BUCKETS_S, Ops
+from pgjobs.stats import health_score, window_hours
 
 __all__ = [
     "DURATION_BUCKETS_S",

@@ -4,17 +4,16 @@ One async implementation used by the CLI (through `asyncio.run`), the REST API a
 dashboard. Single-job create/get/cancel/retry go through `App`
 (pgjobs.producer.statements), so their rules live in one place; bulk and read-model
 statements live in queries/ops.sql. Every state change is recorded in `job_audit` with
-the actor that asked for it, by `_audit_in` and nowhere else: the CLI, the REST API and
-the dashboard make their changes through these methods, and the modules below (limits,
-schedules.store, sql_api) write no audit rows. A change and its row commit in one
+the actor that asked for it, by pgjobs.audit (through `_audit_in`) and nowhere else:
+the CLI, the REST API and the dashboard make their changes through these methods, the
+file-cleanup type cleans through pgjobs.retention as `Ops.clean` does, and the modules
+below (limits, schedules.store, sql_api) write no audit rows. A change and its row commit in one
 transaction, so an action that fails writes none.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -23,18 +22,16 @@ from uuid import UUID
 
 import psycopg
 
-from pgjobs import limits, sql_api
+from pgjobs import audit, limits, sql_api
 from pgjobs.app import App
 from pgjobs.errors import Conflict, JobNotFound, NotFound, ValidationError
 from pgjobs.limits import KeyLimit, Limits, QueueLimit
 from pgjobs.models import FINISHED, Job
 from pgjobs.ops.filters import JobFilter, clamp_limit, decode_cursor, encode_cursor
-from pgjobs.ops.health import health_score
 from pgjobs.ops.models import (
     AuditEntry,
     CleanReport,
     DatabaseHealth,
-    DurationStats,
     FailureGroup,
     FinishedMinute,
     FinishedSeries,
@@ -51,7 +48,6 @@ from pgjobs.ops.models import (
     ScheduleRun,
     StatsReport,
     ThroughputPoint,
-    WindowStats,
     WorkerInfo,
 )
 from pgjobs.producer.options import validate_queue
@@ -66,9 +62,17 @@ from pgjobs.producer.statements import (
     retry_statement,
 )
 from pgjobs.queries import query
+from pgjobs.retention import CLEAN_BATCH, clean_finished
 from pgjobs.schedules import store as schedule_service
 from pgjobs.schedules.store import Schedule
-from pgjobs.validation import DEFAULT_LIMIT, MAX_BULK, MAX_WINDOW_HOURS
+from pgjobs.stats import (
+    queue_stats,
+    read_database_health,
+    read_stats,
+    read_workers,
+    window_hours,
+)
+from pgjobs.validation import DEFAULT_LIMIT, MAX_BULK
 
 Row = dict[str, Any]
 AsyncConn = psycopg.AsyncConnection[Any]
@@ -76,7 +80,6 @@ AsyncConn = psycopg.AsyncConnection[Any]
 # Upper bounds of job_duration_seconds, the spec's prom-client buckets. The SQL statement
 # ops_metrics_durations counts against the same bounds, in the same order.
 DURATION_BUCKETS_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-CLEAN_BATCH = 1000
 PAYLOAD_PREVIEW_CHARS = 200
 # Dashboard counts: a finished status with more jobs than this in a queue is estimated
 # from a sample of about SAMPLE_ROWS rows (see Ops.queue_counts).
@@ -85,20 +88,6 @@ SAMPLE_ROWS = 20_000
 AUDIT_MAX_IDS = 1000
 
 log = logging.getLogger("pgjobs.ops")
-
-
-def window_hours(value: Any) -> float:
-    """A stats window in hours (0 < h <= one year)."""
-    try:
-        hours = float(value)
-    except (TypeError, ValueError):
-        shown = str(value)[:40]
-        raise ValidationError(f"hours must be a number (got {shown!r})", field="hours") from None
-    if not math.isfinite(hours) or not 0 < hours <= MAX_WINDOW_HOURS:
-        raise ValidationError(
-            f"hours must be above 0 and at most {MAX_WINDOW_HOURS}", field="hours"
-        )
-    return hours
 
 
 class Ops:
@@ -119,34 +108,13 @@ class Ops:
     ) -> StatsReport:
         """Counts per queue and status, the window's throughput and failure rate, health
         scores, live workers and database health; run-time percentiles on request."""
-        if queue is not None:
-            validate_queue(queue)
-        hours = window_hours(hours)
-        params = {"queue": queue, "now": self.clock.sql_now(), "window_s": hours * 3600}
-        async with self._connection() as conn:
-            counts = await self._all(conn, "ops_queue_counts", params)
-            if queue is not None and not counts:
-                raise NotFound(f"no queue named {queue!r}")
-            windows = {r["queue"]: r for r in await self._all(conn, "ops_queue_window", params)}
-            oldest_rows = await self._all(conn, "ops_oldest_pending", params)
-            oldest = {r["queue"]: r["age_s"] for r in oldest_rows}
-            workers = await self._workers(conn)
-            database = await self._database(conn)
-            durations = None
-            if performance:
-                rows = await self._all(conn, "ops_duration_percentiles", params)
-                durations = tuple(DurationStats(**r) for r in rows)
-        queues = tuple(
-            _queue_stats(row, windows.get(row["queue"]), oldest.get(row["queue"]), hours)
-            for row in counts
-        )
-        return StatsReport(
-            generated_at=self._now(),
-            window_hours=hours,
-            queues=queues,
-            workers=sum(1 for w in workers if w.alive),
-            database=database,
-            performance=durations,
+        return await read_stats(
+            self._connection,
+            self.settings,
+            self.clock,
+            queue=queue,
+            hours=hours,
+            performance=performance,
         )
 
     async def queues(self) -> tuple[QueueStats, ...]:
@@ -264,7 +232,7 @@ class Ops:
         return MetricsSnapshot(
             processed=tuple((r["queue"], r["type"], r["status"], int(r["n"])) for r in processed),
             durations=tuple(_histogram(r) for r in durations),
-            queues=tuple(_queue_stats(r, None, None, 1.0) for r in counts),
+            queues=tuple(queue_stats(r, None, None, 1.0) for r in counts),
             workers=sum(1 for w in workers if w.alive),
             oldest_pending_s={r["queue"]: float(r["age_s"]) for r in oldest},
             database=database,
@@ -401,47 +369,16 @@ class Ops:
         """Delete completed jobs older than one age and failed/cancelled jobs older than
         another, in batches of `batch_size`. With neither age given, the JOBS_CLEAN_*
         settings apply."""
-        if completed_older_than_ms is None and failed_older_than_ms is None:
-            completed_older_than_ms = self.settings.clean_completed_after_ms
-            failed_older_than_ms = self.settings.clean_failed_after_ms
-        for name, value in (
-            ("completed-older-than", completed_older_than_ms),
-            ("failed-older-than", failed_older_than_ms),
-        ):
-            if value is not None and value < 0:
-                raise ValidationError(f"{name} must not be negative", field=name)
-        params = {
-            "completed_s": _seconds(completed_older_than_ms),
-            "failed_s": _seconds(failed_older_than_ms),
-            "now": self.clock.sql_now(),
-            "batch": max(1, batch_size),
-        }
-        completed = failed = batches = 0
-        async with self._connection() as conn:
-            if dry_run:
-                row = await self._one(conn, "ops_clean_count", params)
-                assert row is not None
-                completed, failed = int(row["completed"]), int(row["failed"])
-            else:
-                while True:
-                    row = await self._one(conn, "ops_clean_batch", params)
-                    assert row is not None
-                    batches += 1
-                    completed += int(row["completed"])
-                    failed += int(row["failed"])
-                    if row["completed"] + row["failed"] < params["batch"]:
-                        break
-        report = CleanReport(
-            completed=completed,
-            failed=failed,
-            dry_run=dry_run,
-            batches=batches,
+        return await clean_finished(
+            self._connection,
+            self.settings,
+            self.clock,
             completed_older_than_ms=completed_older_than_ms,
             failed_older_than_ms=failed_older_than_ms,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            actor=actor,
         )
-        if not dry_run and report.total:
-            await self._audit_after_commit(actor, "clean", None, report.to_dict())
-        return report
 
     # ------------------------------------------------------------ queues
 
@@ -693,44 +630,20 @@ class Ops:
         return self.clock.now()
 
     async def _workers(self, conn: AsyncConn) -> tuple[WorkerInfo, ...]:
-        params = {"now": self.clock.sql_now(), "lease_s": self.settings.lock_duration_ms / 1000}
-        rows = await self._all(conn, "ops_workers", params)
-        return tuple(WorkerInfo(**{**r, "queues": tuple(r["queues"])}) for r in rows)
+        return await read_workers(conn, self.settings, self.clock)
 
     async def _database(self, conn: AsyncConn) -> DatabaseHealth:
-        row = await self._one(conn, "ops_db_health", {})
-        assert row is not None
-        return DatabaseHealth(**row)
+        return await read_database_health(conn)
 
     async def _audit_after_commit(
         self, actor: str, action: str, target: str | None, detail: Any
     ) -> None:
-        """The audit row of work committed in batches (cleaning): failing to write it
-        is logged in full instead of failing the request, whose work is done."""
-        try:
-            async with self._connection() as conn:
-                await self._audit_in(conn, actor, action, target, detail)
-        except Exception as exc:
-            log.error(
-                "audit row not written (%s): actor=%s action=%s target=%s detail=%s",
-                exc,
-                actor,
-                action,
-                target,
-                json.dumps(detail, default=str)[:2000],
-            )
+        await audit.record_after_commit(self._connection, self.clock, actor, action, target, detail)
 
     async def _audit_in(
         self, conn: AsyncConn, actor: str, action: str, target: str | None, detail: Any
     ) -> None:
-        params = {
-            "actor": actor[:200],
-            "action": action,
-            "target": target,
-            "detail": json.dumps(detail, default=str),
-            "now": self.clock.sql_now(),
-        }
-        await fetch_none(conn, Statement(query("ops_record_audit"), params))
+        await audit.record_in(conn, self.clock, actor, action, target, detail)
 
     @staticmethod
     async def _all(conn: AsyncConn, name: str, params: dict[str, Any]) -> list[Row]:
@@ -744,34 +657,6 @@ class Ops:
 async def fetch_none(conn: AsyncConn, statement: Statement) -> None:
     async with conn.cursor() as cur:
         await cur.execute(statement.sql, statement.params)
-
-
-def _seconds(ms: int | None) -> float | None:
-    return None if ms is None else ms / 1000
-
-
-def _queue_stats(row: Row, window: Row | None, oldest: float | None, hours: float) -> QueueStats:
-    counts = {k: int(row[k]) for k in ("waiting", "active", "completed", "failed", "delayed")}
-    return QueueStats(
-        name=row["queue"],
-        **counts,
-        paused=int(row["paused"]),
-        blocked=int(row["blocked"]),
-        cancelled=int(row["cancelled"]),
-        is_paused=bool(row["is_paused"]),
-        paused_at=row["paused_at"],
-        rate_limit_max=row["rate_limit_max"],
-        rate_limit_duration_ms=row["rate_limit_duration_ms"],
-        health_score=health_score(
-            waiting=counts["waiting"], active=counts["active"], failed=counts["failed"]
-        ),
-        oldest_waiting_s=None if oldest is None else float(oldest),
-        window=WindowStats(
-            hours=hours,
-            completed=int(window["completed"]) if window else 0,
-            failed=int(window["failed"]) if window else 0,
-        ),
-    )
 
 
 def _histogram(row: Row) -> HistogramSeries:

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pgjobs.errors import Discard
+from pgjobs.netpolicy import origin_of
 from pgjobs.types import payload as p
 from pgjobs.types.egress import EgressPolicy
 from pgjobs.types.httpcall import Response, Route, send
-from pgjobs.types.origins import origin_of
 
 if TYPE_CHECKING:
     from pgjobs.config import Settings

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import httpx
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from pgjobs.netpolicy import Address, Network, address_of, network_of
 
 LINK_LOCAL: tuple[Network, ...] = (
     ipaddress.ip_network("169.254.0.0/16"),
@@ -39,35 +37,6 @@ LINK_LOCAL: tuple[Network, ...] = (
     ipaddress.ip_network("fd00:ec2::254/128"),
 )
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_HOST = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
-
-
-def parse_rules(raw: str) -> tuple[str, ...]:
-    """A comma-separated list of host names, `*.domain`s, IPs and CIDRs (for config)."""
-    entries = tuple(e.strip().lower().rstrip(".") for e in raw.split(",") if e.strip())
-    for entry in entries:
-        if _network(entry) is None and not _HOST.fullmatch(entry):
-            raise ValueError(
-                "a comma-separated list of host names, *.domain, IP addresses and CIDRs "
-                f"like 10.0.0.0/8 ({entry!r} is none of those)"
-            )
-    return entries
-
-
-def _network(entry: str) -> Network | None:
-    try:
-        return ipaddress.ip_network(entry, strict=False)
-    except ValueError:
-        return None
-
-
-def _address(host: str) -> Address | None:
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return mapped or address
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +49,7 @@ class Rules:
         networks: list[Network] = []
         hosts: list[str] = []
         for entry in entries:
-            network = _network(entry)
+            network = network_of(entry)
             if network is not None:
                 networks.append(network)
             else:
@@ -172,7 +141,7 @@ class EgressDenied(Exception):
 
 async def resolve(host: str, port: int) -> list[Address]:
     """Every address `host` resolves to, in the resolver's order, each once."""
-    literal = _address(host)
+    literal = address_of(host)
     if literal is not None:
         return [literal]
     loop = asyncio.get_running_loop()
@@ -182,7 +151,7 @@ async def resolve(host: str, port: int) -> list[Address]:
         raise httpx.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
     found: dict[Address, None] = {}
     for *_, sockaddr in infos:
-        address = _address(str(sockaddr[0]).partition("%")[0])
+        address = address_of(str(sockaddr[0]).partition("%")[0])
         if address is not None:
             found.setdefault(address, None)
     if not found:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pgjobs.retention import clean_finished
 from pgjobs.types import payload as p
 from pgjobs.types.paths import confine
 
@@ -215,12 +216,11 @@ async def handle(ctx: JobContext, payload: Any) -> dict[str, Any]:
 
 
 async def _clean_jobs(ctx: JobContext, request: JobsCleanup) -> dict[str, Any]:
-    # Function-level: Ops wraps the App, and the App registers this type (a real
-    # cycle, so ops is imported only when a jobs clean-up runs).
-    from pgjobs.ops import Ops
-
-    # ctx.app is the App itself; its narrow type (JobHost) keeps App out of this module.
-    report = await Ops(ctx.app).clean(  # type: ignore[arg-type]
+    app = ctx.app
+    report = await clean_finished(
+        app.connection,
+        app.settings,
+        app.clock,
         completed_older_than_ms=request.completed_after_ms,
         failed_older_than_ms=request.failed_after_ms,
         dry_run=request.dry_run,

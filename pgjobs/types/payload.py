@@ -9,13 +9,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pgjobs.errors import Discard
+from pgjobs.errors import Discard, bad_field
 
 _MISSING = object()
 
 
-def bad(field: str, problem: str) -> Discard:
-    return Discard(f"{field}: {problem}")
+# The short name every type module uses (`p.bad(...)`); defined in errors, below the
+# backup helpers that report the same way.
+bad = bad_field
 
 
 def as_object(payload: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 from uuid import UUID
 
 from starlette.requests import Request
@@ -21,13 +20,11 @@ from pgjobs.contract.jsonschema import reject_unknown_fields
 from pgjobs.contract.shapes import BulkCreate
 from pgjobs.errors import ValidationError
 from pgjobs.install import redis_status
-from pgjobs.models import Job
-from pgjobs.ops import JobFilter, JobPage
-from pgjobs.redact import mask_json_text, mask_secrets
+from pgjobs.ops import JobFilter
 from pgjobs.validation import DEFAULT_WINDOW_HOURS
+from pgjobs.web import flows_api, live_api, schedules_api
 from pgjobs.web import metrics as metrics_text
 from pgjobs.web.auth import token_ok
-from pgjobs.web.openapi import openapi_document
 from pgjobs.web.requests import (
     bool_param,
     float_param,
@@ -36,7 +33,8 @@ from pgjobs.web.requests import (
     query_param,
     read_json,
 )
-from pgjobs.web.state import ops_of
+from pgjobs.web.shown import shown_job, shown_page
+from pgjobs.web.state import openapi_of, ops_of
 
 # A single job's body may carry a payload up to JOBS_MAX_PAYLOAD_BYTES plus its options;
 # JSON escapes can make the body several times the stored size.
@@ -107,25 +105,12 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document(request.app.state.settings))
+    # The document describes this route table, so pgjobs.web.openapi imports this module;
+    # pgjobs.web.app hands its builder to the handlers through the app's state.
+    return JSONResponse(openapi_of(request))
 
 
 # ------------------------------------------------------------------ jobs
-
-
-def shown_job(job: Job) -> dict[str, Any]:
-    """A job as the API shows it: secrets in its payload, results, metadata and error
-    texts masked (handlers get the real values). No field of a job itself has a name
-    that looks secret, so only the values inside them are touched."""
-    out: dict[str, Any] = mask_secrets(job.to_dict())
-    return out
-
-
-def shown_page(page: JobPage) -> dict[str, Any]:
-    out: dict[str, Any] = mask_secrets(page.to_dict())
-    for summary in out["jobs"]:
-        summary["payload_preview"] = mask_json_text(summary["payload_preview"] or "")
-    return out
 
 
 async def create_job(request: Request) -> Response:
@@ -216,8 +201,6 @@ async def list_workers(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     """Every HTTP route except the dashboard's (see pgjobs.web.dashboard)."""
-    from pgjobs.web import flows_api, live_api, schedules_api
-
     return [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

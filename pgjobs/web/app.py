@@ -10,6 +10,7 @@ through pgjobs.redact so payload and URL secrets stay out of them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,6 +26,7 @@ from pgjobs.web import api, dashboard
 from pgjobs.web.auth import AuthMiddleware, credentials_problem
 from pgjobs.web.errors import exception_handlers
 from pgjobs.web.hosts import HostGuard
+from pgjobs.web.openapi import openapi_document
 
 # What the server process logs through (a logger's filters do not apply to its children).
 SERVER_LOGGERS = (
@@ -80,4 +82,5 @@ def create_app(settings: Settings, *, app: App | None = None) -> Starlette:
         lifespan=lifespan,
     )
     web.state.settings = settings
+    web.state.openapi_document = functools.partial(openapi_document, settings)
     return web

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pgjobs.config import Settings
 from pgjobs.web.errors import error_response
+from pgjobs.web.headers import SECURITY_HEADERS
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
@@ -104,9 +105,6 @@ class HostGuard:
     (pure ASGI, before authentication, so a foreign site learns nothing else)."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        # Imported here: the dashboard package imports this module.
-        from pgjobs.web.dashboard.security import SECURITY_HEADERS
-
         self.app = app
         self.allowed = allowed_hosts(settings)
         self.headers = SECURITY_HEADERS

@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -23,8 +24,8 @@ from pgjobs.errors import JobFailed, ValidationError
 from pgjobs.producer.options import validate_queue
 from pgjobs.signals.events import EVENT_NAMES, JobEvent
 from pgjobs.validation import WAIT_DEFAULT_S, WAIT_MAX_S
-from pgjobs.web.api import shown_job
 from pgjobs.web.requests import job_id_param, object_body, query_param, read_json
+from pgjobs.web.shown import shown_job
 from pgjobs.web.state import ops_of
 
 API_ACTOR = "api"
@@ -141,8 +142,6 @@ async def stream_events(request: Request) -> Response:
 
 
 def job_id_param_value(raw: str) -> Any:
-    from uuid import UUID
-
     try:
         return UUID(raw)
     except ValueError:

@@ -27,6 +27,7 @@ from pgjobs.contract.operations import (
     Operation,
     Param,
 )
+from pgjobs.web.api import routes
 from pgjobs.web.auth import API_PREFIXES
 
 Schema = dict[str, Any]
@@ -118,8 +119,6 @@ def _parameter(param: Param, where: str, builder: SchemaBuilder) -> Schema:
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The document of the routes pgjobs.web.api serves (the same for every settings)."""
-    from pgjobs.web.api import routes
-
     built = build_document(routes())
     return {
         "openapi": "3.0.3",

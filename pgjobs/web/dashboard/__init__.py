@@ -1,9 +1,10 @@
 """The dashboard: server-rendered pages at JOBS_DASHBOARD_PATH (default /dashboard).
 
 Modules: `pages` (GET handlers), `actions` (POST handlers), `render` (templates and
-URLs), `security` (headers, CSRF, origin and role checks), `format` and `charts`
-(pure formatting helpers), `history` (the throughput history cache). The route table
-is below, in one place. Authentication happens before any of it, in pgjobs.web.auth.
+URLs), `security` (CSRF, origin and role checks; the headers are pgjobs.web.headers),
+`format` and `charts` (pure formatting helpers), `history` (the throughput history
+cache). The route table is below, in one place. Authentication happens before any of
+it, in pgjobs.web.auth.
 The web app's lifespan calls `Dashboard.start` so the throughput history is counted in
 the background before the first page asks for it.
 """

@@ -19,7 +19,7 @@ from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.charts import failure_rate_chart, throughput_chart
 from pgjobs.web.dashboard.history import History
 from pgjobs.web.dashboard.render import PAGE_HEADERS, STATIC_FILES, Dashboard
-from pgjobs.web.dashboard.security import SECURITY_HEADERS
+from pgjobs.web.headers import SECURITY_HEADERS
 from pgjobs.web.requests import query_param
 from pgjobs.web.state import ops_of
 

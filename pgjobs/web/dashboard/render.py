@@ -29,7 +29,6 @@ from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.history import HistoryCache
 from pgjobs.web.dashboard.security import (
-    SECURITY_HEADERS,
     CsrfSigner,
     browser_secret,
     new_browser_secret,
@@ -37,6 +36,7 @@ from pgjobs.web.dashboard.security import (
     set_browser_secret,
     user_of,
 )
+from pgjobs.web.headers import SECURITY_HEADERS
 from pgjobs.web.hosts import allowed_hosts
 
 STATIC_FILES = {

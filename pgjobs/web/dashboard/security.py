@@ -31,16 +31,6 @@ from pgjobs.web.errors import HTTPError, UnsupportedMediaType
 from pgjobs.web.hosts import origin_problem
 from pgjobs.web.requests import read_body
 
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
-        "object-src 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
 FORM_LIMIT = 64 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
 CSRF_COOKIE = "pgjobs_csrf"
