@@ -23,10 +23,11 @@ from pgjobs import db as pgjobs_db
 from pgjobs.db import Migration, install_schema, migrations
 from pgjobs.errors import SchemaError
 from tests.conftest import database_url
+from tests.paths import ROOT
 from tests.pgjobs_cli import clean_env, run_pgjobs
 
 LATEST = len(migrations())
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = ROOT / "migrations"
 
 # ------------------------------------------------------------------ the contract, literally
 # From the spec's "Database Schema": every table starts with exactly these columns.

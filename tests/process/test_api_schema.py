@@ -26,6 +26,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXAMPLES = int(os.environ.get("PGJOBS_SCHEMA_EXAMPLES", "60"))
 MIN_CASES = int(os.environ.get("PGJOBS_SCHEMA_MIN_CASES", "1000"))
 CALLS: dict[str, int] = {}
+# The count check reads CALLS, so both tests must run in one process, in file order.
+pytestmark = pytest.mark.xdist_group("schemathesis")
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

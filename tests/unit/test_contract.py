@@ -21,9 +21,9 @@ from pgjobs.contract.operations import OPERATIONS
 from pgjobs.errors import ValidationError
 from pgjobs.web import api, create_app
 from pgjobs.web.openapi import build_document, openapi_document
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = Path(pgjobs.__file__).resolve().parent
 METHODS = {"get", "post", "put", "patch", "delete"}
 

@@ -73,7 +73,7 @@ WHERE c.run_at > %(lo)s AND c.run_at <= %(hi)s
 UNFINISHED_SQL = """
 SELECT count(*) FILTER (WHERE status <> ALL(%(terminal)s)) AS unfinished,
        count(*) FILTER (WHERE status = 'active') AS active
-FROM jobs WHERE run_at <= %(until)s
+FROM jobs WHERE created_at <= %(until)s
 """
 
 # The readers' statements: the views an operator's dashboard would poll, and a scan.
