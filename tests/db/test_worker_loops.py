@@ -43,10 +43,16 @@ class FailingOnce:
             raise RuntimeError("a bug nobody planned for")
 
 
-def register_noop(app: App) -> None:
+def register_noop(app: App) -> list[Any]:
+    """Register the "noop" handler; returns the ids of the jobs it ran, one per run."""
+    ran: list[Any] = []
+
     @app.handler("noop")
     async def noop(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> str:
+        ran.append(ctx.id)
         return "ok"
+
+    return ran
 
 
 async def wait_completed(app: App, job_id: Any) -> None:
@@ -73,7 +79,7 @@ async def test_claiming_loop_restarts_after_an_unexpected_error(
 async def test_outcomes_are_recorded_after_an_unexpected_error(
     app: App, caplog: pytest.LogCaptureFixture
 ) -> None:
-    register_noop(app)
+    ran = register_noop(app)
     fault = FailingOnce("record")
     worker = app.worker(queues=["default"], maintenance=False, fault=fault)
     with caplog.at_level(logging.ERROR, logger="pgjobs.worker"):
@@ -83,6 +89,9 @@ async def test_outcomes_are_recorded_after_an_unexpected_error(
             second = await app.create("noop")
             await wait_completed(app, second.id)
     assert fault.calls >= 2
+    # The outcome that met the fault was kept and written: its job ran only once (a lost
+    # outcome leaves the job active until the heartbeat gives it back to run again).
+    assert ran == [job.id, second.id]
     assert "recording outcomes failed (RuntimeError" in caplog.text
 
 
