@@ -370,7 +370,8 @@ class RedisTokens:
         self.keys = keys
 
     async def take(self, request: TokenRequest, prefix: str) -> TokenAnswer:
-        import redis  # loaded already by the client; kept off module level (redis_client.py)
+        # Loaded already by the client; not at module level (see signals/redis_client.py).
+        import redis
 
         args: list[Any] = [prefix]
         for limit in request.limits:
@@ -542,6 +543,12 @@ class RateLimiter:
             return None
         return max(0.0, min(self._exhausted.values()) - time.monotonic())
 
+    def exhausted(self) -> list[str]:
+        """The buckets ("q:<queue>", "k:<rate limit key>") this worker leaves out of its
+        claims until they grant again, oldest first; at most 4 * MAX_EXCLUDED."""
+        self._forget_expired()
+        return list(self._exhausted)
+
     def _forget_expired(self) -> None:
         now = time.monotonic()
         if any(until <= now for until in self._exhausted.values()):
@@ -614,7 +621,7 @@ class RateLimiter:
                     granted[position] = ok
                 if answer.taken_at is not None:
                     started_at = answer.taken_at
-                self._note_waits(request, answer)
+                self.note_waits(request, answer)
             ids = [row["id"] for row, ok in zip(candidates, granted, strict=True) if ok]
             refused = len(ids) < len(candidates)
             if not ids:
@@ -633,7 +640,10 @@ class RateLimiter:
                 raise
         return rows, refused
 
-    def _note_waits(self, request: TokenRequest, answer: TokenAnswer) -> None:
+    def note_waits(self, request: TokenRequest, answer: TokenAnswer) -> None:
+        """Remember the buckets a token answer said are exhausted, and for how long.
+        `claim()` calls it after each take; it is public as a test seam, so the bound on
+        what is remembered can be tested without a token store."""
         now = time.monotonic()
         for bucket, wait in zip(request.buckets, answer.waits_ms, strict=True):
             if wait > 0:

@@ -75,8 +75,11 @@ class Completer:
         max_wait: float = 0.002,
         events: Publisher | None = None,
         on_written: Callable[[], None] | None = None,
+        fault: Callable[[str], None] | None = None,
     ) -> None:
+        """`fault`: a test seam (see Worker), called with "record" before each write."""
         self._pool = pool
+        self._fault = fault
         self._on_written = on_written
         self._events = events
         self._clock = clock
@@ -165,6 +168,8 @@ class Completer:
                 await asyncio.sleep(self._max_wait)
             batch = self._take()
             try:
+                if self._fault is not None:
+                    self._fault("record")
                 applied = await self._write(batch)
             except (psycopg.Error, OSError) as exc:
                 self._give_back(batch)

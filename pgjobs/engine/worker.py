@@ -24,6 +24,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -89,9 +90,53 @@ class RunningAverage:
             self.value += self.weight * (sample - self.value)
 
 
+@dataclass(slots=True)
+class ClaimTimings:
+    """How long runs and claims take, as running averages: while runs are shorter than
+    a claim's round trip, the worker claims ahead (see Worker._claim_limit).
+
+    Test seam: `Worker(timings=...)` starts a worker with averages of the caller's, e.g.
+    seeded with `add()` so that it claims ahead from the first claim, or with
+    `weight=0.0` so that measurements never move them."""
+
+    run: RunningAverage = field(default_factory=RunningAverage)
+    claim: RunningAverage = field(default_factory=RunningAverage)
+
+    def runs_are_short(self) -> bool:
+        run, trip = self.run.value, self.claim.value
+        return run is not None and trip is not None and run < trip
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """What a worker holds at one moment (`Worker.snapshot()`): read-only counts for
+    operators, metrics and tests."""
+
+    running: int  # handlers running now
+    ready: int  # jobs claimed ahead, waiting for a slot
+    unrecorded: int  # runs that ended whose outcome is not written yet
+    processed: int  # runs ended since the worker started
+    claims_ahead: bool  # runs are shorter than a claim's round trip and no rate limit applies
+    run_ms: float | None  # running average of a run (None before the first)
+    claim_ms: float | None  # running average of a claim's round trip
+
+
+# Called with a loop step's name before the step (a test seam, see Worker).
+FaultHook = Callable[[str], None]
+
+
 class Worker:
     """A worker for `queues`. `async with app.worker(...)` runs it in the background;
-    `await worker.run()` runs it until `stop()` is called."""
+    `await worker.run()` runs it until `stop()` is called; `snapshot()` tells what it
+    holds.
+
+    Test seams (documented in docs/development.md), both None in production:
+    `timings` replaces the running averages that decide claiming ahead (see
+    ClaimTimings); `fault` is called with a step's name before each step of a
+    background loop: "claim" (one claim of the claiming loop), "record" (one write of
+    outcomes) and "heartbeat" (one beat of the heartbeat loop, not the registration).
+    Whatever it raises, that step raises, as a bug in the step would.
+    """
 
     def __init__(
         self,
@@ -105,6 +150,8 @@ class Worker:
         poll_interval: float | None = None,
         tasks: list[MaintenanceTask] | None = None,
         drain: bool = False,
+        timings: ClaimTimings | None = None,
+        fault: FaultHook | None = None,
     ) -> None:
         settings = app.settings
         if not queues:
@@ -137,8 +184,8 @@ class Worker:
         # claims nothing else until that run is over and recorded (see _claim_limit).
         self._suspects_waiting = True
         self._suspect: UUID | None = None
-        self._run_seconds = RunningAverage()
-        self._claim_seconds = RunningAverage()
+        self._timings = ClaimTimings() if timings is None else timings
+        self._fault = fault
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._cancel_hinted = asyncio.Event()
@@ -162,6 +209,7 @@ class Worker:
             self.id,
             events=self._events,
             on_written=self._slot_freed.set,  # the fetch loop may wait for the backlog
+            fault=fault,
         )
         self._threads = ThreadRunner(self.concurrency + 4)
         self._listener: Listener | None = None
@@ -332,6 +380,21 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def snapshot(self) -> WorkerState:
+        """What the worker holds now: jobs running, claimed ahead, outcomes not yet
+        written, runs ended, and whether it claims ahead. Cheap; call it on the worker's
+        event loop."""
+        run, claim = self._timings.run.value, self._timings.claim.value
+        return WorkerState(
+            running=len(self._running),
+            ready=len(self._ready),
+            unrecorded=self._completer.backlog,
+            processed=self.processed,
+            claims_ahead=self._runs_are_short(),
+            run_ms=None if run is None else run * 1000,
+            claim_ms=None if claim is None else claim * 1000,
+        )
+
     async def until_idle(self) -> int:
         """(drain mode) Wait until no due job is left, then stop; return jobs run."""
         if self._fetch_task is not None:
@@ -404,8 +467,7 @@ class Worker:
         return False
 
     def _runs_are_short(self) -> bool:
-        run, trip = self._run_seconds.value, self._claim_seconds.value
-        return run is not None and trip is not None and run < trip and not self._limiter.active
+        return self._timings.runs_are_short() and not self._limiter.active
 
     async def _await_slots(self, wanted: int) -> None:
         deadline = time.monotonic() + CLAIM_BATCH_WAIT
@@ -452,6 +514,8 @@ class Worker:
         side by side beat one statement doing both (one round trip and one commit per
         cycle) by a third. With rate limits, the limiter claims (see pgjobs/limits.py).
         With nothing in flight and a suspect maybe waiting, the suspect comes first."""
+        if self._fault is not None:
+            self._fault("claim")
         if self._suspects_waiting and not self._held() and not self._suspect_in_flight():
             suspect = await self._claim_suspect()
             if suspect:
@@ -473,7 +537,7 @@ class Worker:
             await cur.execute(query("claim_jobs"), params)
             rows = await cur.fetchall()
             elapsed = time.perf_counter() - started
-        self._claim_seconds.add(elapsed)
+        self._timings.claim.add(elapsed)
         if rows and log.isEnabledFor(logging.DEBUG):
             log.debug("claimed %d jobs in %.1f ms", len(rows), elapsed * 1000)
         return self._runnable([ClaimedJob.from_row(row) for row in rows])
@@ -558,7 +622,7 @@ class Worker:
         finally:
             handle.finish()
             self._running.pop(job.id, None)
-            self._run_seconds.add(time.perf_counter() - started)
+            self._timings.run.add(time.perf_counter() - started)
             self._start_ready()
             self._slot_freed.set()
         outcome.queue, outcome.type = job.queue, job.type
@@ -665,6 +729,8 @@ class Worker:
         interval = self.settings.heartbeat_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
+            if self._fault is not None:
+                self._fault("heartbeat")
             try:
                 await self._heartbeat()
             except (psycopg.Error, OSError) as exc:

@@ -25,7 +25,7 @@ from pgjobs.ops import Ops
 from pgjobs.queries import query
 from pgjobs.signals import redis_client as cache
 from tests.conftest import make_settings
-from tests.helpers import wait_until_async
+from tests.helpers import wait_until, wait_until_async
 from tests.redis_server import shared_redis_url
 
 pytestmark = pytest.mark.anyio
@@ -413,10 +413,11 @@ def test_limiter_forgets_exhausted_buckets(settings: Settings) -> None:
     request = TokenRequest()
     for n in range(5000):
         request.bucket(f"k:tenant-{n}", RateLimit(1, 1000))
-    answer = limits.TokenAnswer([], [1] * 4999 + [60_000], None)
-    limiter._note_waits(request, answer)
-    assert len(limiter._exhausted) == 4 * limits.MAX_EXCLUDED  # bounded, newest kept
-    time.sleep(0.01)
+    answer = limits.TokenAnswer([], [500] * 4999 + [60_000], None)
+    limiter.note_waits(request, answer)
+    exhausted = limiter.exhausted()
+    assert len(exhausted) == 4 * limits.MAX_EXCLUDED  # bounded, newest kept
+    assert (exhausted[0], exhausted[-1]) == ("k:tenant-1000", "k:tenant-4999")
     # Expired waits are forgotten, so the worker never spins on a stale one.
+    wait_until(lambda: limiter.exhausted() == ["k:tenant-4999"], message="short waits expired")
     assert limiter.ready_in() is not None and limiter.ready_in() > 50  # type: ignore[operator]
-    assert list(limiter._exhausted) == ["k:tenant-4999"]

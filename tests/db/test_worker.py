@@ -320,10 +320,13 @@ async def test_a_worker_keeps_nothing_per_job_once_outcomes_are_recorded(app: Ap
 
     async with app.worker(["default"], concurrency=10) as worker:
         await wait_until_async(lambda: asyncio.sleep(0, completed() == 2_000), timeout=30)
-        await worker._completer.wait_flushed()
-        assert worker.processed == 2_000
-        assert not worker._running and not worker._ready
-        assert not worker._completer.unrecorded()
+
+        async def holds_nothing() -> bool:
+            state = worker.snapshot()
+            return (state.running, state.ready, state.unrecorded) == (0, 0, 0)
+
+        await wait_until_async(holds_nothing, message="no job held once all are recorded")
+        assert worker.snapshot().processed == 2_000
 
 
 async def test_claiming_resumes_once_a_stuck_backlog_of_outcomes_is_written(
@@ -349,7 +352,8 @@ async def test_claiming_resumes_once_a_stuck_backlog_of_outcomes_is_written(
         async with app.worker(["default"], concurrency=1) as worker:
 
             async def stopped_claiming() -> bool:
-                return worker._completer.backlog > 10 and not worker._running
+                state = worker.snapshot()
+                return state.unrecorded > 10 and state.running == 0
 
             await wait_until_async(stopped_claiming, message="a backlog of outcomes")
             assert count("completed") == 0

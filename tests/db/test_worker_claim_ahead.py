@@ -12,7 +12,7 @@ import pytest
 
 import pgjobs
 from pgjobs.app import App
-from pgjobs.engine.worker import RunningAverage, Worker
+from pgjobs.engine.worker import ClaimTimings, RunningAverage, Worker
 from tests.helpers import wait_until_async
 
 pytestmark = pytest.mark.anyio
@@ -23,17 +23,18 @@ def count(db: Any, status: str) -> int:
     return int(row["n"])
 
 
-def make_runs_look_short(worker: Worker) -> None:
-    # What the worker measures once handlers return faster than a claim's round trip.
-    worker._run_seconds.add(0.0)
-    worker._claim_seconds.add(1.0)
-
-
-def keep_runs_looking_short(worker: Worker) -> None:
-    # Averages that ignore new samples: the worker claims ahead whatever it measures.
-    worker._run_seconds = RunningAverage(weight=0.0)
-    worker._claim_seconds = RunningAverage(weight=0.0)
-    make_runs_look_short(worker)
+def runs_look_short(*, weight: float | None = None) -> ClaimTimings:
+    """What the worker measures once handlers return faster than a claim's round trip.
+    With `weight=0.0` the averages ignore new samples: the worker claims ahead whatever
+    it measures."""
+    timings = (
+        ClaimTimings()
+        if weight is None
+        else ClaimTimings(RunningAverage(weight=weight), RunningAverage(weight=weight))
+    )
+    timings.run.add(0.0)
+    timings.claim.add(1.0)
+    return timings
 
 
 async def test_short_runs_are_claimed_ahead_without_exceeding_concurrency(
@@ -47,18 +48,19 @@ async def test_short_runs_are_claimed_ahead_without_exceeding_concurrency(
         nonlocal running, most
         running += 1
         most = max(most, running)
-        await asyncio.sleep(0)
+        # Long enough that claims answered ahead find every slot still busy.
+        await asyncio.sleep(0.002)
         running -= 1
 
     await app.create_many([app.build("quick", {}) for _ in range(600)])
-    worker = app.worker(["default"], concurrency=5)
-    keep_runs_looking_short(worker)
+    worker = app.worker(["default"], concurrency=5, timings=runs_look_short(weight=0.0))
     async with worker:
 
         async def all_done() -> bool:
             return count(db, "completed") == 600
 
         await wait_until_async(all_done, timeout=60, message="600 jobs completed")
+        assert worker.snapshot().claims_ahead  # all along: the averages ignore samples
     assert 1 <= most <= 5
 
 
@@ -75,11 +77,12 @@ async def test_long_runs_are_never_claimed_ahead(app: App, db: Any) -> None:
             # Jobs claimed and not yet run to the end. (The database may briefly show
             # more active jobs: a finished run stays active until its outcome is
             # written, a couple of milliseconds later.)
-            held.append(len(worker._running) + len(worker._ready))
+            state = worker.snapshot()
+            held.append(state.running + state.ready)
             return count(db, "completed") == 8
 
         await wait_until_async(all_done, timeout=30, message="8 jobs completed")
-        assert not worker._runs_are_short()
+        assert not worker.snapshot().claims_ahead
     assert max(held) == 2, held
 
 
@@ -100,8 +103,9 @@ class Holding:
     async def start(self, **worker_options: Any) -> tuple[pgjobs.Job, pgjobs.Job, Worker]:
         first = await self.app.create("hold", {"n": 1})
         second = await self.app.create("hold", {"n": 2}, attempts=1)
-        worker = self.app.worker(["default"], concurrency=1, **worker_options)
-        make_runs_look_short(worker)
+        worker = self.app.worker(
+            ["default"], concurrency=1, timings=runs_look_short(), **worker_options
+        )
         return first, second, worker
 
     async def wait_claimed_ahead(self, second: pgjobs.Job) -> None:
