@@ -63,7 +63,7 @@ from pgjobs.producer.statements import (
 )
 from pgjobs.queries import query
 from pgjobs.retention import CLEAN_BATCH, clean_finished
-from pgjobs.schedules import store as schedule_service
+from pgjobs.schedules import store as schedule_store
 from pgjobs.schedules.store import Schedule
 from pgjobs.stats import (
     queue_stats,
@@ -455,11 +455,11 @@ class Ops:
 
     async def schedules(self) -> list[Schedule]:
         async with self._connection() as conn:
-            return await schedule_service.list_schedules(conn)
+            return await schedule_store.list_schedules(conn)
 
     async def schedule(self, name: str, *, upcoming: int = 5) -> Schedule:
         async with self._connection() as conn:
-            return await schedule_service.get_schedule(conn, name, upcoming=upcoming)
+            return await schedule_store.get_schedule(conn, name, upcoming=upcoming)
 
     async def create_schedule(
         self, fields: Mapping[str, Any], *, replace: bool = False, actor: str
@@ -468,7 +468,7 @@ class Ops:
         exists (recorded as an update of every given field)."""
         async with self._connection() as conn, conn.transaction():
             try:
-                created = await schedule_service.create_schedule(
+                created = await schedule_store.create_schedule(
                     conn, self.settings, self.clock, fields
                 )
             except Conflict:
@@ -489,7 +489,7 @@ class Ops:
     async def _update_schedule_in(
         self, conn: AsyncConn, name: str, changes: Mapping[str, Any], actor: str
     ) -> Schedule:
-        updated = await schedule_service.update_schedule(
+        updated = await schedule_store.update_schedule(
             conn, self.settings, self.clock, name, changes
         )
         detail = {"fields": sorted(changes)}
@@ -498,7 +498,7 @@ class Ops:
 
     async def delete_schedule(self, name: str, *, actor: str) -> Schedule:
         async with self._connection() as conn, conn.transaction():
-            deleted = await schedule_service.delete_schedule(conn, name)
+            deleted = await schedule_store.delete_schedule(conn, name)
             await self._audit_in(conn, actor, "schedule.delete", deleted.name, {})
         return deleted
 

@@ -1,4 +1,4 @@
--- Statements of `pgjobs bench` (bench.py), run only on its scratch database.
+-- Statements of `pgjobs bench` (dev/bench.py), run only on its scratch database.
 
 -- name: bench_truncate
 TRUNCATE jobs CASCADE;

@@ -1,4 +1,4 @@
--- Development services (pgjobs.devservices): probing a server, and the database that
+-- Development services (pgjobs.dev.services): probing a server, and the database that
 -- `pgjobs demo` and `pgjobs dev-services` use on a server they found or started.
 
 -- name: dev_ping

@@ -1,4 +1,4 @@
--- Job events and waiting for results (events.py).
+-- Job events and waiting for results (signals/events.py).
 
 -- name: listen_events
 LISTEN pgjobs_events;

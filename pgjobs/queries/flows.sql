@@ -1,4 +1,4 @@
--- Dependencies between jobs: the settling safety net (dependencies.py).
+-- Dependencies between jobs: the settling safety net (producer/dependencies.py).
 
 -- name: sweep_blocked_jobs
 -- Safety net behind the settling that every finish does in its own transaction: finds

@@ -1,4 +1,4 @@
--- Producing and looking up jobs (client.py).
+-- Producing and looking up jobs (producer/statements.py).
 
 -- name: insert_input
 -- The jobs to insert: parallel arrays through unnest keep one job or thousands one
@@ -164,7 +164,7 @@ WITH {{insert_one_input}}, {{insert_independent_steps}} {{insert_rows}};
 -- App.create of one job without a unique key or dependencies, the common case: a plain
 -- INSERT with no CTE and no unique-key holders to look for runs in a fraction of
 -- insert_one_job's time. Statuses and columns as in insert_independent_steps; it
--- returns only what the database decides (client.py builds the rest of the Job).
+-- returns only what the database decides (producer/statements.py builds the rest of the Job).
 INSERT INTO jobs (id, type, queue, status, priority, payload, max_attempts, delay_ms,
                   timeout_ms, run_at, backoff, dependency_policy, rate_limit_key, metadata,
                   created_at)

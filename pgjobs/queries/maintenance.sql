@@ -1,4 +1,4 @@
--- Leader-elected maintenance (maintenance.py). Each round runs in one transaction that
+-- Leader-elected maintenance (engine/maintenance/tasks.py). Each round runs in one transaction that
 -- first takes its task's transaction-scoped advisory lock, so one worker acts at a time
 -- and a crashed leader can never keep the lock.
 

@@ -1,4 +1,4 @@
--- Cron schedules: definitions (schedule_service.py) and exactly-once fires (scheduler.py).
+-- Cron schedules: definitions (schedules/store.py) and exactly-once fires (schedules/task.py).
 
 -- name: schedule_clock
 SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now;

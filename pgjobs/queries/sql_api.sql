@@ -1,4 +1,4 @@
--- The SQL API's defaults (schema.sql migration 5, pgjobs/sql_api.py).
+-- The SQL API's defaults (schema.sql, pgjobs/sql_api.py).
 
 -- name: sql_api_record_settings
 -- The producer defaults the SQL functions use, from the settings `pgjobs init` runs with.

@@ -1,4 +1,5 @@
--- The worker's hot path: claim, finish, progress, heartbeats (worker.py, completer.py).
+-- The worker's hot path: claim, finish, progress, heartbeats (engine/worker.py,
+-- engine/completer.py).
 
 -- name: claim_jobs
 -- Picks up to %(limit)s pending jobs of the asked queues and marks them active.
@@ -50,7 +51,7 @@ SELECT * FROM claimed
 
 -- name: claim_suspect
 -- One suspect of the asked queues, for a worker that holds no other job and will claim
--- nothing else until this run is over and recorded (worker.py). Its run is alone in its
+-- nothing else until this run is over and recorded (engine/worker.py). Its run is alone in its
 -- process, so if the worker dies now the rescuer charges this job a stall, and only
 -- this one. Claimed as claim_jobs claims (claim_picked).
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
