@@ -1,7 +1,7 @@
 """A backup much larger than the memory bound keeps the worker's memory flat.
 
-Runs bench/backup_memory.py at a CI-friendly size (the README's 200 MB figure comes from
-the same script at its default size). Memory, not time, is asserted."""
+Runs bench/backup_memory.py at a CI-friendly size (the 200 MB figure in
+docs/job-types.md comes from the same script at its default size). Memory, not time, is asserted."""
 
 from __future__ import annotations
 

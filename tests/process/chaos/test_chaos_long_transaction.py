@@ -1,7 +1,7 @@
 """Scenario 7: an idle REPEATABLE READ transaction is held open while jobs flow at full
 speed. Vacuum cannot remove the dead row versions the queue leaves behind while it is
 open; nothing is lost, and pgjobs' health output (`pgjobs stats`, /metrics) flags it.
-The slowdown is measured here and documented in the README (no timing is asserted)."""
+The slowdown is measured here and documented in docs/reliability.md (no timing is asserted)."""
 
 from __future__ import annotations
 
