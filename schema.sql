@@ -1432,7 +1432,7 @@ LANGUAGE sql VOLATILE SECURITY DEFINER AS $$ SELECT * FROM pgjobs_set_paused($1,
 -- search_path again. Nobody may call them until granted; pgjobs_producer may enqueue (and
 -- nothing else: it has no privilege on any table). The helpers they call are no API:
 -- nobody else needs to run them. Roles are cluster-wide: created only if missing, and an
--- installing user without CREATEROLE leaves that to the DBA (see README).
+-- installing user without CREATEROLE leaves that to the DBA (see docs/sql-api.md).
 DO $$
 DECLARE
     f text;
