@@ -1,0 +1,196 @@
+"""The four workloads a user measures, through the public API with default settings and
+timed by the client's wall clock. `pgjobs bench` reports them, and the peers harness
+(bench/peers/) runs the same workloads for pgjobs and for each peer.
+
+- drain: `count` no-op jobs created beforehand; the clock runs from just before the
+  worker is started (`App.worker(queues=["default"], concurrency=…)`, maintenance on,
+  built-in types registered) until every job is recorded done in the database.
+- latency: an idle worker in the same process; the clock runs from just before
+  `create()` to the first line of the handler.
+- bulk: `create_many` of `count` jobs, building each job (`App.build`) inside the clock.
+- single: `count` calls of `create()` one after the other on one connection.
+
+Run one as a command (prints one JSON object), as the peers harness does:
+`python -m pgjobs.dev.workloads drain --database-url URL --count 20000`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import operator
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgjobs.app import App
+from pgjobs.queries import query
+
+NOOP = "bench-noop"
+LATENCY = "bench-latency"
+DONE_POLL = 0.005  # how often the drain looks whether every job is recorded done
+
+Result = dict[str, Any]
+
+
+def user_app(database_url: str) -> App:
+    """An App as a user makes one: defaults from the environment, built-in types on."""
+    app = App(database_url=database_url)
+
+    @app.handler(NOOP)
+    async def noop(ctx: Any, payload: Any) -> None:
+        return None
+
+    return app
+
+
+def _truncate(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(query("bench_truncate"))
+        conn.execute(query("bench_vacuum"))
+
+
+async def _unfinished(conn: psycopg.AsyncConnection[Any]) -> int:
+    row = await (await conn.execute(query("bench_unfinished_count"))).fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def drain(database_url: str, count: int, concurrency: int = 10) -> Result:
+    """Jobs per second from worker start until all `count` jobs are recorded done."""
+    _truncate(database_url)
+    app = user_app(database_url)
+    try:
+        await app.create_many([app.build(NOOP, {}) for _ in range(count)])
+        async with await psycopg.AsyncConnection.connect(
+            database_url, autocommit=True, row_factory=dict_row
+        ) as conn:
+            began = time.perf_counter()
+            async with app.worker(queues=["default"], concurrency=concurrency):
+                while await _unfinished(conn):  # noqa: ASYNC110 - the database decides
+                    await asyncio.sleep(DONE_POLL)
+                elapsed = time.perf_counter() - began
+            window = await (await conn.execute(query("bench_drain_window"))).fetchone()
+    finally:
+        await app.close()
+    assert window is not None
+    return {
+        "jobs_per_s": count / elapsed,
+        "seconds": elapsed,
+        # Secondary, from database timestamps: first start to last completion.
+        "db_jobs_per_s": float(window["n"]) / max(float(window["s"] or 0), 1e-6),
+    }
+
+
+async def latency(database_url: str, count: int, rate: float = 50.0) -> Result:
+    """Client clock before `create()` to the handler's first line, with an idle worker,
+    `count` jobs created one at a time at `rate` per second."""
+    _truncate(database_url)
+    app = user_app(database_url)
+    began: dict[int, float] = {}
+    ran: dict[int, float] = {}
+    arrived = asyncio.Event()
+
+    @app.handler(LATENCY)
+    async def record(ctx: Any, payload: Any) -> None:
+        ran[payload["k"]] = time.perf_counter()
+        arrived.set()
+
+    try:
+        async with app.worker(queues=["default"], concurrency=10) as worker:
+            await worker.wait_listening()
+            interval = 1 / rate
+            for k in range(count):
+                next_at = time.perf_counter() + interval
+                began[k] = time.perf_counter()
+                await app.create(LATENCY, {"k": k})
+                await _wait_until(partial(operator.contains, ran, k), arrived, 10.0)
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    finally:
+        await app.close()
+    values = sorted((ran[k] - began[k]) * 1000 for k in began)
+    return {
+        "p50_ms": percentile(values, 50),
+        "p95_ms": percentile(values, 95),
+        "p99_ms": percentile(values, 99),
+    }
+
+
+async def _wait_until(done: Callable[[], bool], changed: asyncio.Event, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while not done():
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise TimeoutError("a latency job did not start within 10 s")
+        changed.clear()
+        await asyncio.wait_for(changed.wait(), remaining)
+
+
+async def bulk(database_url: str, count: int) -> Result:
+    """`create_many` of `count` jobs, building them inside the clock."""
+    _truncate(database_url)
+    app = user_app(database_url)
+    try:
+        await app.create(NOOP, {})  # the pool's first connection is not the figure
+        began = time.perf_counter()
+        await app.create_many([app.build(NOOP, {"n": i}) for i in range(count)])
+        elapsed = time.perf_counter() - began
+    finally:
+        await app.close()
+    return {"jobs_per_s": count / elapsed, "seconds": elapsed}
+
+
+async def single(database_url: str, count: int) -> Result:
+    """`count` single creates, one after the other."""
+    _truncate(database_url)
+    app = user_app(database_url)
+    try:
+        await app.create(NOOP, {})
+        began = time.perf_counter()
+        for i in range(count):
+            await app.create(NOOP, {"n": i})
+        elapsed = time.perf_counter() - began
+    finally:
+        await app.close()
+    return {"jobs_per_s": count / elapsed, "seconds": elapsed}
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
+
+
+WORKLOADS: dict[str, Callable[..., Awaitable[Result]]] = {
+    "drain": drain,
+    "latency": latency,
+    "bulk": bulk,
+    "single": single,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pgjobs.dev.workloads")
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("--database-url", required=True, help="a database with the schema")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, default=10, help="drain only")
+    args = parser.parse_args(argv)
+    options: dict[str, Any] = {"count": args.count}
+    if args.workload == "drain":
+        options["concurrency"] = args.concurrency
+    result = asyncio.run(WORKLOADS[args.workload](args.database_url, **options))
+    json.dump(result, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
