@@ -23,7 +23,7 @@ import operator
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -169,7 +169,7 @@ def percentile(values: list[float], pct: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
 
 
-WORKLOADS: dict[str, Callable[..., Awaitable[Result]]] = {
+WORKLOADS: dict[str, Callable[..., Coroutine[Any, Any, Result]]] = {
     "drain": drain,
     "latency": latency,
     "bulk": bulk,
