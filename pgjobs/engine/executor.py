@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import threading
-import time
 import traceback
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,18 +112,55 @@ class Execution:
         self.threads = threads
         self.cancel_requested = False  # by an operator
         self.released = False  # by shutdown
-        self._started = time.monotonic()
+        # The event loop's clock, which asyncio.timeout_at reads too.
+        self._started = asyncio.get_running_loop().time()
         self._deadline: asyncio.Timeout | None = None
+        self._context: contextvars.Context | None = None
+        # The handler's coroutine and what it waits on, after start() ran its first step.
+        self._suspended: tuple[Coroutine[Any, Any, Any], Any] | None = None
 
     @property
     def elapsed_ms(self) -> int:
-        return round((time.monotonic() - self._started) * 1000)
+        return round((asyncio.get_running_loop().time() - self._started) * 1000)
+
+    def start(self) -> Outcome | None:
+        """Run an async handler up to its first wait, here and now: one that never waits
+        (most quick handlers) ends here, without the task and the timer that `run`
+        costs. None when there is more to run (or the handler is a plain `def`): `run`
+        then runs it, going on from where this stopped."""
+        spec, job = self.spec, self.job
+        if spec is None:
+            return self._ended_by(NoHandler(f"no handler registered for job type {job.type!r}"))
+        if not spec.is_async:
+            return None
+        self._context = contextvars.copy_context()
+        try:
+            coro = spec.func(self.ctx, job.payload)
+            yielded = self._context.run(coro.send, None)
+        except StopIteration as stop:
+            return self._completed(stop.value)
+        except BaseException as exc:  # classified as run() does
+            return self._ended_by(exc)
+        self._suspended = (coro, yielded)
+        return None
+
+    @property
+    def context(self) -> contextvars.Context | None:
+        """The context the handler started in (see `start`): its task goes on in it."""
+        return self._context
 
     async def run(self) -> Outcome:
-        job = self.job
         try:
             result = await self._call()
-        except TimeoutError as exc:
+        except BaseException as exc:  # see _ended_by
+            return self._ended_by(exc)
+        return self._completed(result)
+
+    def _ended_by(self, exc: BaseException) -> Outcome:
+        """The outcome of a run the handler ended by raising `exc`. A cancellation that
+        is neither a shutdown nor an operator's cancel is raised again."""
+        job = self.job
+        if isinstance(exc, TimeoutError):
             if self._deadline is None or not self._deadline.expired():
                 return self._failure(exc)  # the handler's own timeout, not the job's
             self.ctx.mark_cancelled()
@@ -131,7 +169,7 @@ class Execution:
             timeout = TimeoutError(f"job exceeded {job.timeout_ms} ms")
             timeout.__cause__ = exc
             return self._failure(timeout, kind="timeout")
-        except asyncio.CancelledError:
+        if isinstance(exc, asyncio.CancelledError):
             self.ctx.mark_cancelled()
             if self.spec is not None and not self.spec.is_async:
                 self.threads.abandoned()
@@ -139,10 +177,10 @@ class Execution:
                 return Outcome(job.id, job.attempts, "release")
             if self.cancel_requested:
                 return Outcome(job.id, job.attempts, "cancelled", message="cancelled")
-            raise
-        except Discard as exc:
+            raise exc
+        if isinstance(exc, Discard):
             return self._failure(exc, kind="discarded", final=True)
-        except RetryIn as exc:
+        if isinstance(exc, RetryIn):
             return Outcome(
                 job.id,
                 job.attempts,
@@ -150,18 +188,25 @@ class Execution:
                 delay_ms=round(exc.seconds * 1000),
                 message=exc.reason or None,
             )
-        except Exception as exc:
+        if isinstance(exc, Exception):
             return self._failure(exc, kind="no_handler" if isinstance(exc, NoHandler) else "error")
+        raise exc  # KeyboardInterrupt, SystemExit: not the job's outcome
+
+    def _completed(self, result: Any) -> Outcome:
+        job = self.job
         if self.ctx.completed_in_transaction:
             # Already recorded by the handler's own transaction; nothing left to write.
             return Outcome(job.id, job.attempts, "completed", duration_ms=self.elapsed_ms)
-        try:
-            encoded = json.dumps(result, ensure_ascii=False, allow_nan=False, default=_default)
-        except (TypeError, ValueError) as exc:
-            return self._failure(TypeError(f"result is not JSON-serializable: {exc}"))
-        problem = unstorable_json(encoded)
-        if problem is not None:
-            return self._failure(ValueError(f"result contains {problem}"))
+        if result is None:
+            encoded = "null"  # most handlers return nothing: no encoder, no checks
+        else:
+            try:
+                encoded = json.dumps(result, ensure_ascii=False, allow_nan=False, default=_default)
+            except (TypeError, ValueError) as exc:
+                return self._failure(TypeError(f"result is not JSON-serializable: {exc}"))
+            problem = unstorable_json(encoded)
+            if problem is not None:
+                return self._failure(ValueError(f"result contains {problem}"))
         return Outcome(
             job.id, job.attempts, "completed", result_json=encoded, duration_ms=self.elapsed_ms
         )
@@ -170,7 +215,13 @@ class Execution:
         spec, job, ctx = self.spec, self.job, self.ctx
         if spec is None:
             raise NoHandler(f"no handler registered for job type {job.type!r}")
-        async with asyncio.timeout(job.timeout_ms / 1000) as self._deadline:
+        # The job's timeout counts from the start, including a first step run by start().
+        deadline = self._started + job.timeout_ms / 1000
+        async with asyncio.timeout_at(deadline) as self._deadline:
+            if self._suspended is not None:
+                coro, yielded = self._suspended
+                self._suspended = None
+                return await _resume(coro, yielded)
             if spec.is_async:
                 return await spec.func(ctx, job.payload)
             return await self.threads.run(_bind(spec.func, ctx, job.payload))
@@ -195,6 +246,29 @@ class Execution:
             failure_kind=kind,
             delay_ms=delay,
         )
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Go on with `coro`, which already ran up to its first wait and yielded `yielded`
+    (see Execution.start), exactly as if the awaiting task had run it from the start:
+    what the task sends or throws in goes to `coro`, what `coro` yields goes out."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # handed to the handler
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _bind(

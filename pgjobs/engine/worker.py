@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -67,6 +68,8 @@ class WorkerHost(JobHost, Protocol):
 
 PROGRESS_MIN_INTERVAL = 0.25  # seconds between progress writes of one run
 CLAIM_BATCH_WAIT = 0.002  # longest wait for more free slots before claiming
+MAX_CLAIM = 100  # jobs one claim takes at most
+MAX_AHEAD = 100  # jobs held beyond the slots at most (see Worker._claim_ahead)
 # Every loop of the worker retries on its own, so a checkout waits briefly: a heartbeat
 # stuck longer than the lease loses the worker's jobs.
 POOL_WAIT = 2.0
@@ -170,7 +173,10 @@ class Worker:
             settings.poll_interval_ms / 1000 if poll_interval is None else poll_interval
         )
         self._drain = drain
-        self._claim_batch = max(1, self.concurrency // 2)
+        # The fetch loop waiting for free places sleeps until this few jobs are held
+        # (-1: it does not wait); see _await_slots.
+        self._held_low = -1
+        self._job_loggers: dict[str, logging.Logger] = {}
         self._listen = (settings.listen if listen is None else listen) and not drain
         self._with_maintenance = maintenance and not drain
         self._tasks = tasks
@@ -409,14 +415,20 @@ class Worker:
         while not self._stopping:
             free = self._claim_limit()
             if free <= 0 or self._completer.backlog > 10 * self.concurrency:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
+                await self._await_slots(1, deadline=None)
                 continue
-            if self._running and free < self._claim_batch:
+            wanted = self._claim_batch()
+            if self._running and free < wanted:
                 # Claim in batches: a moment lets more runs finish, so one round trip
-                # fills several slots instead of one.
-                await self._await_slots(self._claim_batch)
-                continue
+                # fills many slots instead of a few.
+                await self._await_slots(wanted, deadline=CLAIM_BATCH_WAIT)
+                if self._claim_limit() < wanted:
+                    self._held_low = -1
+                if self._stopping:
+                    break
+                free = self._claim_limit()
+                if free <= 0:
+                    continue
             self._wake.clear()
             try:
                 claimed = await self._claim(free)
@@ -439,21 +451,36 @@ class Worker:
             await self._wait_for_work()
 
     def _claim_limit(self) -> int:
-        """How many jobs to claim now: one per free slot, and while runs take less time
-        than a claim's round trip, also one per busy slot (at most `concurrency` in one
-        claim). Such slots free before the answer arrives, so a job claimed for one
-        waits less than the round trip that claiming it later would take; no job is held
-        back from other workers, and the database works on the next claim while this
-        worker runs the last. Slower runs (or rate limits) get exactly the free slots.
+        """How many jobs to claim now: one per free slot, plus the jobs claimed ahead
+        (see `_claim_ahead`), at most MAX_CLAIM in one statement.
 
         Nothing while a suspect runs, and nothing while a suspect may be waiting and jobs
         are held: the next claim, made with nothing in flight, takes the suspect."""
         held = len(self._running) + len(self._ready)
         if self._suspect_in_flight() or (self._suspects_waiting and held):
             return 0
-        if self._runs_are_short():
-            return min(self.concurrency, 2 * self.concurrency - held)
-        return self.concurrency - held
+        return min(MAX_CLAIM, self.concurrency + self._claim_ahead() - held)
+
+    def _claim_ahead(self) -> int:
+        """How many jobs to hold beyond the slots: while runs take less time than a
+        claim's round trip, the slots start `concurrency * round trip / run` jobs during
+        one round trip, so a job claimed for them waits for a slot less than claiming it
+        later would take; no job is held back from other workers, and the database works
+        on the next claim while this worker runs the last. At least `concurrency` (so
+        the next claim can be on its way while the slots are full), at most MAX_AHEAD.
+        Slower runs, and rate limits, get exactly the free slots."""
+        if not self._runs_are_short():
+            return 0
+        run, trip = self._timings.run.value, self._timings.claim.value
+        assert run is not None and trip is not None
+        ahead = self.concurrency * trip / max(run, 1e-6)
+        return min(MAX_AHEAD, max(self.concurrency, math.ceil(ahead)))
+
+    def _claim_batch(self) -> int:
+        """How many free places the fetch loop waits for (a short moment) before it
+        claims while runs go on: half of what it may hold, so one claim is on its way
+        while the other half runs."""
+        return max(1, (self.concurrency + self._claim_ahead()) // 2)
 
     def _suspect_in_flight(self) -> bool:
         """Whether the suspect this worker claimed still runs or awaits its record: until
@@ -469,17 +496,20 @@ class Worker:
     def _runs_are_short(self) -> bool:
         return self._timings.runs_are_short() and not self._limiter.active
 
-    async def _await_slots(self, wanted: int) -> None:
-        deadline = time.monotonic() + CLAIM_BATCH_WAIT
-        while self._claim_limit() < wanted and not self._stopping:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._slot_freed.clear()
-            try:
-                await asyncio.wait_for(self._slot_freed.wait(), remaining)
-            except TimeoutError:
-                return
+    async def _await_slots(self, wanted: int, *, deadline: float | None) -> None:
+        """Wait until `wanted` more jobs may be claimed, or `deadline` seconds pass. The
+        runs that end wake this loop only once enough of them did (see `_run_ended`)."""
+        held = len(self._running) + len(self._ready)
+        self._held_low = held - wanted + self._claim_limit()
+        self._slot_freed.clear()
+        try:
+            if deadline is None:
+                await self._slot_freed.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), deadline)
+        finally:
+            self._held_low = -1
 
     async def _drain_should_continue(self, claimed: list[ClaimedJob]) -> bool:
         if claimed or self._running or self._ready:
@@ -576,6 +606,9 @@ class Worker:
     def _start_ready(self) -> None:
         while self._ready and len(self._running) < self.concurrency and not self._stopping:
             self._launch(self._ready.popleft())
+        # Wake the fetch loop if it waits for this few held jobs (see _await_slots).
+        if self._held_low < 0 or len(self._running) + len(self._ready) <= self._held_low:
+            self._slot_freed.set()
 
     def _release_ready(self) -> None:
         """Give back the claimed jobs that never started (shutdown): pending again, their
@@ -585,6 +618,11 @@ class Worker:
             self._completer.add(Outcome(job.id, job.attempts, "release"))
 
     def _launch(self, job: ClaimedJob) -> None:
+        if job.cancel_requested_at is not None:
+            # Cancelled between its claim and its start: it never runs.
+            log.info("cancelling job id=%s before it started", job.id)
+            self._completer.add(Outcome(job.id, job.attempts, "cancelled", message="cancelled"))
+            return
         handle = RunHandle(self, job)
         ctx = JobContext(
             id=job.id,
@@ -598,33 +636,59 @@ class Worker:
             created_at=job.created_at,
             worker_id=self.id,
             app=self.app,
-            logger=logging.getLogger(f"pgjobs.job.{job.type}"),
+            logger=self._job_logger(job.type),
             _control=handle,
         )
         execution = Execution(
             job, self.app.handlers.get(job.type), ctx, self.settings, self._threads
         )
-        task = asyncio.create_task(self._run(execution, handle), name=f"pgjobs-job-{job.id}")
-        self._running[job.id] = (task, execution)
-        if job.cancel_requested_at is not None:
-            self._on_cancel(job.id)
-
-    async def _run(self, execution: Execution, handle: RunHandle) -> None:
-        job = execution.job
         started = time.perf_counter()
+        try:
+            outcome = execution.start()
+        except Exception as exc:  # a bug of ours, not the handler's: never lose the job
+            outcome = self._internal_error(job, exc)
+        if outcome is not None:
+            # Ended without waiting: no slot was taken, the next ready job starts next.
+            handle.finish()
+            self._timings.run.add(time.perf_counter() - started)
+            self._ended(execution, handle, outcome)
+            return
+        task = asyncio.create_task(
+            self._run(execution, handle, started),
+            name=f"pgjobs-job-{job.id}",
+            context=execution.context,
+        )
+        self._running[job.id] = (task, execution)
+
+    def _job_logger(self, job_type: str) -> logging.Logger:
+        # logging.getLogger takes a lock on every call: once per type is enough.
+        logger = self._job_loggers.get(job_type)
+        if logger is None:
+            logger = self._job_loggers[job_type] = logging.getLogger(f"pgjobs.job.{job_type}")
+        return logger
+
+    async def _run(self, execution: Execution, handle: RunHandle, started: float) -> None:
+        job = execution.job
         try:
             outcome = await execution.run()
         except asyncio.CancelledError:
             outcome = Outcome(job.id, job.attempts, "release")
         except Exception as exc:  # a bug of ours, not the handler's: never lose the job
-            log.exception("internal error running job %s", job.id)
-            outcome = Outcome(job.id, job.attempts, "retry", message=repr(exc), delay_ms=1000)
+            outcome = self._internal_error(job, exc)
         finally:
             handle.finish()
             self._running.pop(job.id, None)
             self._timings.run.add(time.perf_counter() - started)
             self._start_ready()
-            self._slot_freed.set()
+        self._ended(execution, handle, outcome)
+
+    def _internal_error(self, job: ClaimedJob, exc: Exception) -> Outcome:
+        log.error("internal error running job %s", job.id, exc_info=exc)
+        return Outcome(job.id, job.attempts, "retry", message=repr(exc), delay_ms=1000)
+
+    def _ended(self, execution: Execution, handle: RunHandle, outcome: Outcome) -> None:
+        """Hand a run's outcome to the completer."""
+        job = execution.job
         outcome.queue, outcome.type = job.queue, job.type
         # A completion made inside the handler's transaction is recorded by its commit.
         # Any other ending is recorded here, even after complete_in: a handler that
@@ -933,12 +997,13 @@ def _log_task_error(task: asyncio.Future[Any]) -> None:
 
 
 def _log_outcome(job: ClaimedJob, outcome: Outcome) -> None:
+    if outcome.kind == "completed" and not log.isEnabledFor(logging.INFO):
+        return  # the common case: nothing to format
     fields = (
         f"id={job.id} type={job.type} queue={job.queue} attempt={job.attempts}/{job.max_attempts}"
     )
     if outcome.kind == "completed":
-        if log.isEnabledFor(logging.INFO):
-            log.info("job completed %s duration_ms=%s", fields, outcome.duration_ms)
+        log.info("job completed %s duration_ms=%s", fields, outcome.duration_ms)
     elif outcome.kind == "retry":
         log.warning(
             "job failed, retrying %s in_ms=%d error=%r", fields, outcome.delay_ms, outcome.message

@@ -45,9 +45,12 @@ claimed AS (
     FROM clock c
     WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
-              j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at
+              j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at,
+              j.run_at
 )
-SELECT * FROM claimed
+-- In claim order: the worker starts them in the order they come (an UPDATE returns
+-- its rows in whatever order it found them).
+SELECT * FROM claimed ORDER BY priority, run_at, id
 
 -- name: claim_suspect
 -- One suspect of the asked queues, for a worker that holds no other job and will claim
