@@ -1,9 +1,10 @@
-"""`pgjobs bench`: enqueue, drain and latency figures on a scratch database, next to the
-raw-SQL limit of the same statements, all measured in one run.
+"""`pgjobs bench`: the figures a user gets, next to the limit PostgreSQL itself sets on
+the same machine, all measured in one run on a scratch database.
 
-Every figure comes from the database's own timestamps where it can (first start to
-last completion for drains, created_at to started_at for latency), so process start-up
-is not counted as queue time.
+The main figures are the user's (see pgjobs.dev.workloads): the public API with default
+settings, timed by the client's wall clock, start-up and maintenance included. Figures
+from the database's own timestamps follow each one as a secondary, labelled line; the
+raw-SQL lines drive the worker's very statements with no worker around them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import json
 import operator
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -33,11 +33,12 @@ from pgjobs.app import App
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.db import connect_kwargs, install_schema
+from pgjobs.dev import workloads
 from pgjobs.engine.completer import Outcome, encode_outcomes
 from pgjobs.ids import uuid7
 from pgjobs.queries import query
 
-NOOP = "bench-noop"
+NOOP = workloads.NOOP
 
 
 def bench_app() -> App:
@@ -121,16 +122,11 @@ def reset(url: str) -> None:
 # ------------------------------------------------------------------ enqueue
 
 
-async def bench_enqueue(app: App, url: str, sizes: Sizes, report: Report) -> None:
-    jobs = [app.build(NOOP, {"n": i}) for i in range(sizes.bulk)]
-    began = time.perf_counter()
-    await app.create_many(jobs)
-    report.add("enqueue: create_many jobs/s", sizes.bulk / (time.perf_counter() - began))
-    began = time.perf_counter()
-    for i in range(sizes.single):
-        await app.create(NOOP, {"n": i})
-    single = sizes.single / (time.perf_counter() - began)
-    report.add("enqueue: single create jobs/s", single)
+async def bench_enqueue(url: str, sizes: Sizes, report: Report) -> None:
+    bulk = await workloads.bulk(url, sizes.bulk)
+    report.add("enqueue: create_many incl. build, jobs/s", bulk["jobs_per_s"])
+    single = (await workloads.single(url, sizes.single))["jobs_per_s"]
+    report.add("enqueue: single create, jobs/s", single)
     raw = await bench_raw_inserts(url, sizes.single)
     report.add("raw SQL: one-row insert loop, jobs/s", raw)
     report.add("ratio: single create / raw SQL insert", round(single / raw, 3))
@@ -151,6 +147,7 @@ async def bench_raw_inserts(url: str, count: int) -> float:
 
 
 def worker_command(concurrency: int, processes: int) -> list[str]:
+    """`pgjobs worker` as a user runs it: default settings, maintenance on."""
     return [
         sys.executable,
         "-m",
@@ -162,7 +159,6 @@ def worker_command(concurrency: int, processes: int) -> list[str]:
         str(concurrency),
         "--processes",
         str(processes),
-        "--no-maintenance",
     ]
 
 
@@ -210,53 +206,51 @@ def drain_rate(url: str) -> float:
     return float(row["n"]) / max(float(row["s"] or 0), 1e-6)
 
 
-async def bench_drain(
+async def bench_drain(url: str, sizes: Sizes, report: Report) -> float:
+    """One in-process worker at concurrency 10, as a user's application runs one."""
+    result = await workloads.drain(url, sizes.drain, concurrency=10)
+    report.add("drain: 1 worker x concurrency 10, jobs/s", result["jobs_per_s"])
+    report.add("  (secondary) same, database timestamps, jobs/s", result["db_jobs_per_s"])
+    return float(result["jobs_per_s"])
+
+
+async def bench_drain_processes(
     app: App, url: str, sizes: Sizes, report: Report, concurrency: int, processes: int
 ) -> float:
+    """`pgjobs worker --processes N --concurrency C`, timed from the command's start
+    (process start-up included) until every job is recorded done."""
     reset(url)
     await app.create_many([app.build(NOOP, {}) for _ in range(sizes.drain)])
+    began = time.perf_counter()
     proc = start_workers(url, concurrency, processes)
     try:
-        await wait_for_count(url, "bench_completed_count", lambda n: n >= sizes.drain, 600)
+        await wait_for_count(url, "bench_unfinished_count", lambda n: n == 0, 600)
+        elapsed = time.perf_counter() - began
     finally:
         stop_workers(proc)
-    rate = drain_rate(url)
-    report.add(f"drain: {processes} process(es) x concurrency {concurrency} jobs/s", rate)
+    rate = sizes.drain / elapsed
+    name = f"drain: pgjobs worker --processes {processes} --concurrency {concurrency}"
+    report.add(f"{name}, jobs/s", rate)
+    report.add("  (secondary) same, database timestamps, jobs/s", drain_rate(url))
     return rate
 
 
 # ------------------------------------------------------------------ latency
 
 
-async def bench_latency(app: App, url: str, sizes: Sizes, report: Report) -> None:
-    reset(url)
-    proc = start_workers(url, 10, 1)
-    try:
-        await wait_for_count(url, "bench_worker_count", lambda n: n >= 1, 30)
-        await asyncio.sleep(0.5)  # the listener connects right after registration
-        interval = 1 / sizes.latency_rate
-        next_at = time.perf_counter()
-        for _ in range(sizes.latency):
-            await app.create(NOOP, {})
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-        await wait_for_count(url, "bench_completed_count", lambda n: n >= sizes.latency, 60)
-    finally:
-        stop_workers(proc)
+async def bench_latency(url: str, sizes: Sizes, report: Report) -> None:
+    """An idle in-process worker; client clock before create() to the handler's start."""
+    result = await workloads.latency(url, sizes.latency, sizes.latency_rate)
+    for pct in (50, 95, 99):
+        report.add(f"latency: create -> handler start p{pct}, ms", result[f"p{pct}_ms"])
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         rows = conn.execute(query("bench_latencies")).fetchall()
     values = sorted(float(r["ms"]) for r in rows)
-    report.add("latency: enqueue->start p50 ms", percentile(values, 50))
-    report.add("latency: enqueue->start p95 ms", percentile(values, 95))
-    report.add("latency: enqueue->start p99 ms", percentile(values, 99))
+    report.add("  (secondary) created_at -> started_at p50, ms", percentile(values, 50))
+    report.add("  (secondary) created_at -> started_at p99, ms", percentile(values, 99))
 
 
-def percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
+percentile = workloads.percentile
 
 
 # ------------------------------------------------------------------ raw SQL
@@ -333,6 +327,46 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
     return rate
 
 
+async def bench_raw_clients(
+    app: App, url: str, sizes: Sizes, report: Report, batch: int, clients: int = 4
+) -> float:
+    """The machine's limit for the same two statements, pgbench-style: `clients`
+    connections, each claiming `batch` jobs and recording them completed, in a loop,
+    with nothing else in between."""
+    reset(url)
+    await app.create_many([app.build(NOOP, {}) for _ in range(sizes.raw)])
+    options = connect_kwargs("claim", generic_plans=True)
+    done = 0
+
+    async def client(conn: psycopg.AsyncConnection[Any]) -> None:
+        nonlocal done
+        worker = uuid7()
+        await register_bench_worker(conn, worker, batch)
+        claim = {"now": None, "queues": ["default"], "limit": batch, "worker": worker}
+        try:
+            while rows := await (await conn.execute(query("claim_jobs"), claim)).fetchall():
+                finish = {**claim, **completed(rows)}
+                await (await conn.execute(query("finish_runs"), finish)).fetchall()
+                done += len(rows)
+        finally:
+            await conn.execute(query("deregister_worker"), {"id": worker})
+
+    conns = [
+        await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row, **options)
+        for _ in range(clients)
+    ]
+    try:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(conn) for conn in conns))
+        elapsed = time.perf_counter() - began
+    finally:
+        for conn in conns:
+            await conn.close()
+    rate = done / elapsed
+    report.add(f"raw SQL: {clients} clients claim+finish, batch {batch}, jobs/s", rate)
+    return rate
+
+
 async def register_bench_worker(
     conn: psycopg.AsyncConnection[Any], worker: uuid.UUID, concurrency: int
 ) -> None:
@@ -358,7 +392,7 @@ async def register_bench_worker(
 
 
 async def bench_large_table(
-    app: App, url: str, sizes: Sizes, report: Report, empty_rate: float, finished: int
+    url: str, sizes: Sizes, report: Report, empty_rate: float, finished: int
 ) -> None:
     """Drain again with `finished` completed jobs in the table: the claim's partial index
     does not hold them, so the rate should barely move."""
@@ -366,16 +400,8 @@ async def bench_large_table(
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(query("bench_fill_finished"), {"count": finished})
         conn.execute(query("bench_vacuum"))
-    await app.create_many([app.build(NOOP, {}) for _ in range(sizes.drain)])
-    proc = start_workers(url, 10, 1)
-    try:
-        await wait_for_count(url, "bench_unfinished_count", lambda n: n == 0, 600)
-    finally:
-        stop_workers(proc)
-    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        row = conn.execute(query("bench_recent_drain_window")).fetchone()
-    assert row is not None
-    rate = float(row["n"]) / max(float(row["s"] or 0), 1e-6)
+    result = await workloads.drain(url, sizes.drain, concurrency=10, keep_table=True)
+    rate = float(result["jobs_per_s"])
     report.add(f"drain with {finished:,} finished jobs in the table, jobs/s", rate)
     report.add("ratio: large table / empty table", round(rate / empty_rate, 3))
 
@@ -432,15 +458,18 @@ async def run(
         app = App(settings.replace(database_url=url), clock=Clock(), builtin_types=False)
         app.register(NOOP, bench_app().handlers[NOOP].func)
         try:
-            await bench_enqueue(app, url, sizes, report)
-            drain = await bench_drain(app, url, sizes, report, concurrency=10, processes=1)
+            await bench_enqueue(url, sizes, report)
+            drain = await bench_drain(url, sizes, report)
             raw = await bench_raw(app, url, sizes, report, batch=10)
-            report.add("ratio: drain / raw SQL (batch 10)", round(drain / raw, 3))
-            await bench_drain(app, url, sizes, report, concurrency=50, processes=2)
+            limit = await bench_raw_clients(app, url, sizes, report, batch=10)
+            report.add("ratio: drain / raw SQL loops (batch 10)", round(drain / raw, 3))
+            report.add("ratio: drain / 4-client limit (batch 10)", round(drain / limit, 3))
+            await bench_drain_processes(app, url, sizes, report, concurrency=50, processes=2)
             await bench_raw(app, url, sizes, report, batch=100)
-            await bench_latency(app, url, sizes, report)
+            await bench_raw_clients(app, url, sizes, report, batch=100)
+            await bench_latency(url, sizes, report)
             if large_table:
-                await bench_large_table(app, url, sizes, report, drain, large_table)
+                await bench_large_table(url, sizes, report, drain, large_table)
             if memory_jobs:
                 await bench_memory(app, url, report, memory_jobs)
         finally:

@@ -62,9 +62,14 @@ async def _unfinished(conn: psycopg.AsyncConnection[Any]) -> int:
     return int(row["n"]) if row else 0
 
 
-async def drain(database_url: str, count: int, concurrency: int = 10) -> Result:
-    """Jobs per second from worker start until all `count` jobs are recorded done."""
-    _truncate(database_url)
+async def drain(
+    database_url: str, count: int, concurrency: int = 10, *, keep_table: bool = False
+) -> Result:
+    """Jobs per second from worker start until all `count` jobs are recorded done.
+    `keep_table`: leave the jobs already there (finished ones, for a large-table run);
+    the database-timestamp figure then covers them too and is left out."""
+    if not keep_table:
+        _truncate(database_url)
     app = user_app(database_url)
     try:
         await app.create_many([app.build(NOOP, {}) for _ in range(count)])
@@ -79,13 +84,11 @@ async def drain(database_url: str, count: int, concurrency: int = 10) -> Result:
             window = await (await conn.execute(query("bench_drain_window"))).fetchone()
     finally:
         await app.close()
-    assert window is not None
-    return {
-        "jobs_per_s": count / elapsed,
-        "seconds": elapsed,
+    result: Result = {"jobs_per_s": count / elapsed, "seconds": elapsed}
+    if window is not None and not keep_table:
         # Secondary, from database timestamps: first start to last completion.
-        "db_jobs_per_s": float(window["n"]) / max(float(window["s"] or 0), 1e-6),
-    }
+        result["db_jobs_per_s"] = float(window["n"]) / max(float(window["s"] or 0), 1e-6)
+    return result
 
 
 async def latency(database_url: str, count: int, rate: float = 50.0) -> Result:

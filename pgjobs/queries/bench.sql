@@ -37,7 +37,3 @@ INSERT INTO jobs (type, status, payload, created_at, started_at, completed_at, r
 SELECT 'bench-old', 'completed', '{}', now() - interval '1 hour', now() - interval '1 hour',
        now() - interval '1 hour', now() - interval '1 hour'
 FROM generate_series(1, %(count)s);
-
--- name: bench_recent_drain_window
-SELECT count(*) AS n, extract(epoch FROM max(completed_at) - min(started_at)) AS s
-FROM jobs WHERE status = 'completed' AND type <> 'bench-old';

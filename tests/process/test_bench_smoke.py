@@ -35,7 +35,7 @@ def test_rate_limits_benchmark_runs(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_raw_sql_limit_leaves_no_worker_registered(settings: Settings) -> None:
-    """The raw-SQL loops register a worker as the worker does; left behind, it counted as
+    """The raw-SQL loops (and the 4-client limit) register workers as the worker does; left behind, it counted as
     the latency phase's worker, which then enqueued before its real worker had started
     (enqueue->start figures of a second instead of milliseconds)."""
     url = settings.require_database_url()
@@ -44,8 +44,9 @@ async def test_raw_sql_limit_leaves_no_worker_registered(settings: Settings) -> 
     report = bench.Report(started="now", server="test")
     try:
         rate = await bench.bench_raw(app, url, bench.Sizes.quick(), report, batch=10)
+        limit = await bench.bench_raw_clients(app, url, bench.Sizes.quick(), report, batch=10)
     finally:
         await app.close()
-    assert rate > 0
+    assert rate > 0 and limit > 0
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM job_workers").fetchone() == (0,)
