@@ -69,7 +69,9 @@ class WorkerHost(JobHost, Protocol):
 PROGRESS_MIN_INTERVAL = 0.25  # seconds between progress writes of one run
 CLAIM_BATCH_WAIT = 0.002  # longest wait for more free slots before claiming
 MAX_CLAIM = 100  # jobs one claim takes at most
-MAX_AHEAD = 100  # jobs held beyond the slots at most (see Worker._claim_ahead)
+# Jobs held beyond the slots at most (see Worker._claim_ahead): two full claims, so the
+# next one is on its way while the jobs of the last run.
+MAX_AHEAD = 2 * MAX_CLAIM
 # Every loop of the worker retries on its own, so a checkout waits briefly: a heartbeat
 # stuck longer than the lease loses the worker's jobs.
 POOL_WAIT = 2.0
@@ -478,9 +480,9 @@ class Worker:
 
     def _claim_batch(self) -> int:
         """How many free places the fetch loop waits for (a short moment) before it
-        claims while runs go on: half of what it may hold, so one claim is on its way
-        while the other half runs."""
-        return max(1, (self.concurrency + self._claim_ahead()) // 2)
+        claims while runs go on: half of what it may hold (at most a full claim), so
+        one claim is on its way while the jobs of the other run."""
+        return max(1, min(MAX_CLAIM, (self.concurrency + self._claim_ahead()) // 2))
 
     def _suspect_in_flight(self) -> bool:
         """Whether the suspect this worker claimed still runs or awaits its record: until
