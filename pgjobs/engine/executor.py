@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import threading
 import traceback
-import types
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,67 +110,47 @@ class Execution:
         self.threads = threads
         self.cancel_requested = False  # by an operator
         self.released = False  # by shutdown
-        # The event loop's clock, which asyncio.timeout_at reads too.
+        self.timed_out = False  # by the job's timeout
+        # The event loop's clock, which the timeout's timer runs on.
         self._started = asyncio.get_running_loop().time()
-        self._deadline: asyncio.Timeout | None = None
-        self._context: contextvars.Context | None = None
-        # The handler's coroutine and what it waits on, after start() ran its first step.
-        self._suspended: tuple[Coroutine[Any, Any, Any], Any] | None = None
 
     @property
     def elapsed_ms(self) -> int:
         return round((asyncio.get_running_loop().time() - self._started) * 1000)
 
-    def start(self) -> Outcome | None:
-        """Run an async handler up to its first wait, here and now: one that never waits
-        (most quick handlers) ends here, without the task and the timer that `run`
-        costs. None when there is more to run (or the handler is a plain `def`): `run`
-        then runs it, going on from where this stopped."""
-        spec, job = self.spec, self.job
-        if spec is None:
-            return self._ended_by(NoHandler(f"no handler registered for job type {job.type!r}"))
-        if not spec.is_async:
-            return None
-        self._context = contextvars.copy_context()
-        try:
-            coro = spec.func(self.ctx, job.payload)
-            yielded = self._context.run(coro.send, None)
-        except StopIteration as stop:
-            return self._completed(stop.value)
-        except BaseException as exc:  # classified as run() does
-            return self._ended_by(exc)
-        self._suspended = (coro, yielded)
-        return None
-
-    @property
-    def context(self) -> contextvars.Context | None:
-        """The context the handler started in (see `start`): its task goes on in it."""
-        return self._context
-
     async def run(self) -> Outcome:
+        """Run the handler in the current task, under the job's timeout: one timer that
+        cancels the task (asyncio.timeout costs twice as much per run, which shows with
+        quick handlers). The handler sees the expiry as a cancellation, as it would
+        under asyncio.timeout; the outcome is a timeout failure."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        timer = loop.call_at(self._started + self.job.timeout_ms / 1000, self._expire, task)
         try:
             result = await self._call()
         except BaseException as exc:  # see _ended_by
             return self._ended_by(exc)
+        finally:
+            timer.cancel()
         return self._completed(result)
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        self.timed_out = True
+        task.cancel()
 
     def _ended_by(self, exc: BaseException) -> Outcome:
         """The outcome of a run the handler ended by raising `exc`. A cancellation that
         is neither a shutdown nor an operator's cancel is raised again."""
         job = self.job
-        if isinstance(exc, TimeoutError):
-            if self._deadline is None or not self._deadline.expired():
-                return self._failure(exc)  # the handler's own timeout, not the job's
-            self.ctx.mark_cancelled()
-            if self.spec is not None and not self.spec.is_async:
-                self.threads.abandoned()
-            timeout = TimeoutError(f"job exceeded {job.timeout_ms} ms")
-            timeout.__cause__ = exc
-            return self._failure(timeout, kind="timeout")
         if isinstance(exc, asyncio.CancelledError):
             self.ctx.mark_cancelled()
             if self.spec is not None and not self.spec.is_async:
                 self.threads.abandoned()
+            if self.timed_out and not self.released and not self.cancel_requested:
+                timeout = TimeoutError(f"job exceeded {job.timeout_ms} ms")
+                timeout.__cause__ = exc
+                return self._failure(timeout, kind="timeout")
             if self.released:
                 return Outcome(job.id, job.attempts, "release")
             if self.cancel_requested:
@@ -215,16 +193,9 @@ class Execution:
         spec, job, ctx = self.spec, self.job, self.ctx
         if spec is None:
             raise NoHandler(f"no handler registered for job type {job.type!r}")
-        # The job's timeout counts from the start, including a first step run by start().
-        deadline = self._started + job.timeout_ms / 1000
-        async with asyncio.timeout_at(deadline) as self._deadline:
-            if self._suspended is not None:
-                coro, yielded = self._suspended
-                self._suspended = None
-                return await _resume(coro, yielded)
-            if spec.is_async:
-                return await spec.func(ctx, job.payload)
-            return await self.threads.run(_bind(spec.func, ctx, job.payload))
+        if spec.is_async:
+            return await spec.func(ctx, job.payload)
+        return await self.threads.run(_bind(spec.func, ctx, job.payload))
 
     def _failure(self, exc: BaseException, *, kind: str = "error", final: bool = False) -> Outcome:
         job = self.job
@@ -246,29 +217,6 @@ class Execution:
             failure_kind=kind,
             delay_ms=delay,
         )
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """Go on with `coro`, which already ran up to its first wait and yielded `yielded`
-    (see Execution.start), exactly as if the awaiting task had run it from the start:
-    what the task sends or throws in goes to `coro`, what `coro` yields goes out."""
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # handed to the handler
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
 
 
 def _bind(

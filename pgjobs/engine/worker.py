@@ -644,22 +644,7 @@ class Worker:
         execution = Execution(
             job, self.app.handlers.get(job.type), ctx, self.settings, self._threads
         )
-        started = time.perf_counter()
-        try:
-            outcome = execution.start()
-        except Exception as exc:  # a bug of ours, not the handler's: never lose the job
-            outcome = self._internal_error(job, exc)
-        if outcome is not None:
-            # Ended without waiting: no slot was taken, the next ready job starts next.
-            handle.finish()
-            self._timings.run.add(time.perf_counter() - started)
-            self._ended(execution, handle, outcome)
-            return
-        task = asyncio.create_task(
-            self._run(execution, handle, started),
-            name=f"pgjobs-job-{job.id}",
-            context=execution.context,
-        )
+        task = asyncio.create_task(self._run(execution, handle), name=f"pgjobs-job-{job.id}")
         self._running[job.id] = (task, execution)
 
     def _job_logger(self, job_type: str) -> logging.Logger:
@@ -669,8 +654,9 @@ class Worker:
             logger = self._job_loggers[job_type] = logging.getLogger(f"pgjobs.job.{job_type}")
         return logger
 
-    async def _run(self, execution: Execution, handle: RunHandle, started: float) -> None:
+    async def _run(self, execution: Execution, handle: RunHandle) -> None:
         job = execution.job
+        started = time.perf_counter()
         try:
             outcome = await execution.run()
         except asyncio.CancelledError:
