@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import redis
@@ -397,8 +397,13 @@ def _output(argv: list[str]) -> str:
 # ------------------------------------------------------------------ main
 
 
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bin/bench --peers", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="bin/bench --peers", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, help="rounds (3; 1 with --quick)")
     parser.add_argument(
         "--peers",
