@@ -7,7 +7,7 @@
 "use strict";
 
 const { EventEmitter } = require("node:events");
-const { makeWorkerUtils, run, runMigrations } = require("graphile-worker");
+const { Logger, makeWorkerUtils, run, runMigrations } = require("graphile-worker");
 const {
   arrivals,
   emit,
@@ -34,7 +34,6 @@ function preset(url, concurrency, events) {
   };
 }
 
-const { Logger } = require("graphile-worker");
 const logger = new Logger(silent);
 
 async function reset(utils) {
