@@ -452,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with ExitStack() as stack:
         prepare_stores(stack, contenders, server, redis_url or "")
         samples = run_rounds(contenders, counts, rounds, args.concurrency, redis_url)
+    if redis_url:
+        flush_redis(redis_url)  # as the scratch databases are dropped
     rows = rows_for(counts, args.concurrency)
     summary = summarize(samples, rows, names)
     table = render(rows, summary, names)
