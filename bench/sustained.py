@@ -14,7 +14,10 @@ Prints a line per sample, then a table per minute and the ratio of the last minu
 throughput to the first's, and writes a JSON record to bench-results/. Usage:
 
     python -m bench.sustained [--minutes 10] [--workers 32] [--processes 2] [--depth 2000]
-                              [--handler-ms 1] [--payload-bytes 256] [--quick]
+                              [--handler-ms 1] [--payload-bytes 256] [--prefill N] [--quick]
+
+`--prefill N` starts with N finished jobs in the table (and their results), to tell the
+cost of a large table from the cost of time.
 
 The server is PGJOBS_BENCH_DATABASE_URL, else PGJOBS_TEST_DATABASE_URL, else DATABASE_URL
 (the scratch database is created beside it and dropped afterwards).
@@ -68,12 +71,25 @@ COMPLETED_BETWEEN = (
     "SELECT count(*) AS n FROM jobs WHERE status = 'completed' "
     "AND completed_at >= %(since)s AND completed_at < %(until)s"
 )
+# Jobs finished a moment ago, as a day of history would leave them (with their results).
+PREFILL = (
+    "INSERT INTO jobs (type, status, payload, attempts, progress, started_at, completed_at) "
+    "SELECT 'sustained', 'completed', jsonb_build_object('pad', repeat('x', %(pad)s)), 1, 100, "
+    "now(), now() FROM generate_series(1, %(count)s)"
+)
+PREFILL_RESULTS = (
+    "INSERT INTO job_results (job_id, duration_ms, completed_at, attempt) "
+    "SELECT id, 1, completed_at, 1 FROM jobs"
+)
 TABLE_HEALTH = """
 SELECT clock_timestamp() AS at,
        pg_total_relation_size('jobs') AS table_bytes,
        pg_relation_size('jobs_claim_idx') AS claim_idx_bytes,
        s.n_live_tup, s.n_dead_tup, s.autovacuum_count, s.vacuum_count,
-       s.last_autovacuum, s.last_vacuum
+       s.last_autovacuum, s.last_vacuum,
+       -- an old snapshot here keeps vacuum from removing anything
+       (SELECT max(age(a.backend_xmin)) FROM pg_stat_activity a
+        WHERE a.datname = current_database()) AS xmin_age
 FROM pg_stat_user_tables s WHERE s.relid = 'jobs'::regclass
 """
 
@@ -88,6 +104,7 @@ class Load:
     depth: int
     handler_ms: float
     payload_bytes: int
+    prefill: int
 
 
 @dataclass
@@ -104,6 +121,7 @@ class Sample:
     last_autovacuum: str | None
     last_vacuum: str | None
     pending: int
+    xmin_age: int | None
     loadavg_1m: float
 
 
@@ -116,6 +134,9 @@ def parse_args(argv: list[str] | None) -> tuple[Load, Path]:
     parser.add_argument("--handler-ms", type=float, default=1.0)
     parser.add_argument("--payload-bytes", type=int, default=256)
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
+    parser.add_argument(
+        "--prefill", type=int, default=0, metavar="N", help="start with N finished jobs stored"
+    )
     parser.add_argument("--quick", action="store_true", help="about 20 s, tiny")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args(argv)
@@ -132,7 +153,7 @@ def parse_args(argv: list[str] | None) -> tuple[Load, Path]:
             parser.exit(2, f"--{name} must be positive\n")
     if args.workers % args.processes:
         parser.exit(2, "--workers must be a multiple of --processes\n")
-    if args.handler_ms < 0 or args.payload_bytes < 16:
+    if args.handler_ms < 0 or args.payload_bytes < 16 or args.prefill < 0:
         parser.exit(2, "--handler-ms must be >= 0 and --payload-bytes >= 16\n")
     seconds = args.minutes * 60
     load = Load(
@@ -144,6 +165,7 @@ def parse_args(argv: list[str] | None) -> tuple[Load, Path]:
         depth=args.depth,
         handler_ms=args.handler_ms,
         payload_bytes=args.payload_bytes,
+        prefill=args.prefill,
     )
     return load, args.out
 
@@ -331,6 +353,7 @@ async def sample(
                 last_autovacuum=iso(now["last_autovacuum"]),
                 last_vacuum=iso(now["last_vacuum"]),
                 pending=await producer.pending(),
+                xmin_age=now["xmin_age"],
                 loadavg_1m=round(os.getloadavg()[0], 2),
             )
         )
@@ -343,7 +366,7 @@ def print_sample(s: Sample) -> None:
         f"{s.t:7.1f} s {s.jobs_per_s:9,.0f} jobs/s  table {s.table_bytes / 2**20:7.1f} MB  "
         f"claim idx {s.claim_idx_bytes / 2**20:6.2f} MB  live {s.n_live_tup:>9,} "
         f"dead {s.n_dead_tup:>8,}  autovac {s.autovacuum_count} vac {s.vacuum_count}  "
-        f"pending {s.pending:>6,}  load {s.loadavg_1m:.2f}",
+        f"pending {s.pending:>6,}  xmin age {s.xmin_age or 0:>6,}  load {s.loadavg_1m:.2f}",
         flush=True,
     )
 
@@ -391,6 +414,9 @@ def windows(samples: list[Sample], width: float) -> list[dict[str, Any]]:
                 "claim_idx_mb": round(last.claim_idx_bytes / 2**20, 2),
                 "n_dead_tup": last.n_dead_tup,
                 "n_live_tup": last.n_live_tup,
+                # Finished jobs stay for a day, so the table grows with the work done:
+                # bloat shows as bytes per live row.
+                "bytes_per_live_row": last.table_bytes // max(1, last.n_live_tup),
                 "autovacuum_count": last.autovacuum_count,
                 "vacuum_count": last.vacuum_count,
             }
@@ -399,13 +425,29 @@ def windows(samples: list[Sample], width: float) -> list[dict[str, Any]]:
 
 
 def print_windows(rows: list[dict[str, Any]], width: float) -> None:
-    print(f"\nper {width:g} s: until   jobs/s   table MB  claim idx MB   dead tuples  vacuums")
+    print(
+        f"\nper {width:g} s: until   jobs/s   table MB  B/live row  claim idx MB   dead tuples"
+        "  vacuums (auto + other)"
+    )
     for w in rows:
         print(
             f"           {w['until_s']:>5} {w['jobs_per_s']:>8,.0f} {w['table_mb']:>10,.1f} "
-            f"{w['claim_idx_mb']:>13,.2f} {w['n_dead_tup']:>13,} "
-            f"{w['autovacuum_count']:>4} + {w['vacuum_count']}"
+            f"{w['bytes_per_live_row']:>11,} {w['claim_idx_mb']:>13,.2f} {w['n_dead_tup']:>13,} "
+            f"{w['autovacuum_count']:>6} + {w['vacuum_count']}"
         )
+
+
+def prefill(url: str, load: Load) -> None:
+    if not load.prefill:
+        return
+    began = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        pad = load.payload_bytes - len('{"pad": ""}')
+        conn.execute(PREFILL, {"pad": pad, "count": load.prefill})
+        conn.execute(PREFILL_RESULTS)
+        conn.execute("VACUUM ANALYZE jobs")
+        conn.execute("VACUUM ANALYZE job_results")
+    print(f"stored {load.prefill:,} finished jobs in {time.monotonic() - began:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory() as app_dir, scratch(server_url()) as db:
         Path(app_dir, "sustained_app.py").write_text(APP_MODULE)
+        prefill(db.url, load)
         result = asyncio.run(measure(db.url, load, app_dir))
     samples: list[Sample] = result["samples"]
     rows = windows(samples, load.window)
