@@ -125,3 +125,26 @@ doomed AS (
 )
 DELETE FROM jobs j USING doomed d WHERE j.id = d.id
 RETURNING j.status;
+
+-- name: vacuum_leader_lock
+-- VACUUM cannot run inside a transaction, so the vacuum round's leader holds a
+-- session-level lock, released by vacuum_leader_unlock or when its connection closes.
+SELECT pg_try_advisory_lock(%(key)s) AS acquired;
+
+-- name: vacuum_leader_unlock
+SELECT pg_advisory_unlock(%(key)s) AS released;
+
+-- name: jobs_dead_tuples
+-- What the vacuum round decides on: dead row versions in `jobs` (the statistics lag a
+-- second at most), live ones, and whether this role may vacuum the table (its owner).
+SELECT s.n_dead_tup AS dead, s.n_live_tup AS live,
+       pg_has_role(current_user, c.relowner, 'USAGE') AS may_vacuum
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.relid = 'jobs'::regclass;
+
+-- name: vacuum_jobs
+-- Index cleanup always: left to its default, VACUUM skips the indexes when few heap
+-- pages hold dead rows (a large table of finished jobs), and the claim index is the
+-- one that must be cleaned. No truncation: it would take an exclusive lock on the hot
+-- table. SKIP_LOCKED: an autovacuum already at work does the same job.
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON, TRUNCATE false, PROCESS_TOAST false) jobs;

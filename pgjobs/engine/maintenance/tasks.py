@@ -31,6 +31,11 @@ log = logging.getLogger("pgjobs.maintenance")
 
 STAGE_BATCH = 5000
 PRUNE_BATCH = 2000
+# Vacuum `jobs` once this many dead row versions (and 1 % of the live rows) pile up.
+VACUUM_DEAD_ROWS = 20_000
+VACUUM_LIVE_FRACTION = 0.01
+VACUUM_CHECK_INTERVAL = 1.0
+VACUUM_NOT_OWNER_RECHECK = 600.0
 
 
 class MaintenanceTask(Protocol):
@@ -133,6 +138,49 @@ class Pruner:
         return 0.0 if deleted >= PRUNE_BATCH else self.interval
 
 
+class Vacuumer:
+    """Vacuums `jobs` as soon as enough dead rows pile up, without waiting for autovacuum.
+
+    Every claim scans the claim index from its oldest entry, and the entries of claimed
+    jobs stay in the index until a vacuum removes them: between vacuums each claim reads
+    further. Autovacuum comes at most once per autovacuum_naptime (a minute by default),
+    by which time a busy queue has left hundreds of thousands of them.
+
+    VACUUM cannot run inside a transaction: this round takes a session-level leader
+    lock itself (`own_lock`), outside the transaction run_round would open."""
+
+    name = "vacuum"
+    lock_key = 7423510106
+    own_lock = True
+
+    def __init__(self, interval: float = VACUUM_CHECK_INTERVAL) -> None:
+        self.interval = interval
+
+    async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("vacuum_leader_lock"), {"key": self.lock_key})
+            row = await cur.fetchone()
+            if not row or not row["acquired"]:
+                return self.interval
+            try:
+                return await self._vacuum_if_due(cur)
+            finally:
+                await cur.execute(query("vacuum_leader_unlock"), {"key": self.lock_key})
+
+    async def _vacuum_if_due(self, cur: psycopg.AsyncCursor[dict[str, Any]]) -> float:
+        await cur.execute(query("jobs_dead_tuples"))
+        row = await cur.fetchone()
+        if row is None or row["dead"] < max(VACUUM_DEAD_ROWS, VACUUM_LIVE_FRACTION * row["live"]):
+            return self.interval
+        if not row["may_vacuum"]:
+            # Only the table's owner may vacuum it: autovacuum alone does, as before.
+            log.debug("not the owner of jobs: leaving its vacuuming to autovacuum")
+            return VACUUM_NOT_OWNER_RECHECK
+        await cur.execute(query("vacuum_jobs"), prepare=False)
+        log.debug("vacuumed jobs (%d dead rows)", row["dead"])
+        return self.interval
+
+
 def default_tasks(s: Settings) -> list[MaintenanceTask]:
     tasks: list[MaintenanceTask] = [
         Stager(idle=s.poll_interval_ms / 1000),
@@ -140,6 +188,7 @@ def default_tasks(s: Settings) -> list[MaintenanceTask]:
         Pruner(60.0, s.clean_completed_after_ms, s.clean_failed_after_ms),
         DependencySweeper(s.stalled_interval_ms / 1000),
         CronTask(s),
+        Vacuumer(),
     ]
     return tasks
 
@@ -148,6 +197,8 @@ async def run_round(
     conn: psycopg.AsyncConnection[Any], task: MaintenanceTask, clock: Clock
 ) -> float | None:
     """One round of `task` if this connection wins its lock; None if another leads."""
+    if getattr(task, "own_lock", False):
+        return await task.run(conn, clock)
     async with conn.transaction():
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(query("try_leader_lock"), {"key": task.lock_key})

@@ -1,0 +1,40 @@
+"""bench/sustained.py still runs (its quick mode: about 20 s with two small workers; no
+throughput is asserted beyond "jobs were done")."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ADMIN_URL
+from tests.paths import ROOT
+
+
+def test_sustained_benchmark_quick_run(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.sustained", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "PGJOBS_BENCH_DATABASE_URL": ADMIN_URL},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    [written] = list(tmp_path.glob("sustained-*.json"))
+    record = json.loads(written.read_text())
+
+    samples = record["samples"]
+    assert len(samples) >= 5
+    assert record["completed"] > 0 and all(s["jobs_per_s"] > 0 for s in samples[1:])
+    assert record["windows"] and record["last_over_first"] > 0
+    for s in samples:
+        # The producer keeps the queue near its depth (200) and never floods it.
+        assert 0 <= s["pending"] <= 400
+        assert 0 < s["claim_idx_bytes"] < s["table_bytes"] < 1 << 30
+        assert s["n_live_tup"] >= 0 and s["n_dead_tup"] >= 0
+    assert record["claim_plans"] and all(p["execution_ms"] > 0 for p in record["claim_plans"])
+    assert "last / first window throughput" in result.stdout
