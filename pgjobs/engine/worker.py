@@ -179,6 +179,10 @@ class Worker:
         # (-1: it does not wait); see _await_slots.
         self._held_low = -1
         self._job_loggers: dict[str, logging.Logger] = {}
+        # Outcomes not yet written past which the worker stops claiming (PostgreSQL not
+        # keeping up, or unreachable). Several times what the worker may hold: a bound
+        # near it made every claim wait for the write before it (a third less throughput).
+        self._max_backlog = max(10 * self.concurrency, 4 * (self.concurrency + MAX_AHEAD))
         self._listen = (settings.listen if listen is None else listen) and not drain
         self._with_maintenance = maintenance and not drain
         self._tasks = tasks
@@ -416,7 +420,7 @@ class Worker:
         delay = ReconnectDelay()
         while not self._stopping:
             free = self._claim_limit()
-            if free <= 0 or self._completer.backlog > 10 * self.concurrency:
+            if free <= 0 or self._completer.backlog > self._max_backlog:
                 await self._await_slots(1, deadline=None)
                 continue
             wanted = self._claim_batch()
