@@ -428,8 +428,6 @@ class Worker:
                 # Claim in batches: a moment lets more runs finish, so one round trip
                 # fills many slots instead of a few.
                 await self._await_slots(wanted, deadline=CLAIM_BATCH_WAIT)
-                if self._claim_limit() < wanted:
-                    self._held_low = -1
                 if self._stopping:
                     break
                 free = self._claim_limit()
@@ -504,7 +502,7 @@ class Worker:
 
     async def _await_slots(self, wanted: int, *, deadline: float | None) -> None:
         """Wait until `wanted` more jobs may be claimed, or `deadline` seconds pass. The
-        runs that end wake this loop only once enough of them did (see `_run_ended`)."""
+        runs that end wake this loop only once enough of them did (see `_start_ready`)."""
         held = len(self._running) + len(self._ready)
         self._held_low = held - wanted + self._claim_limit()
         self._slot_freed.clear()
@@ -626,8 +624,7 @@ class Worker:
     def _launch(self, job: ClaimedJob) -> None:
         if job.cancel_requested_at is not None:
             # Cancelled between its claim and its start: it never runs.
-            log.info("cancelling job id=%s before it started", job.id)
-            self._completer.add(Outcome(job.id, job.attempts, "cancelled", message="cancelled"))
+            self._cancel_unstarted(job)
             return
         handle = RunHandle(self, job)
         ctx = JobContext(
@@ -762,10 +759,15 @@ class Worker:
     def _cancel_ready(self, job_id: UUID) -> None:
         for job in self._ready:
             if job.id == job_id:
-                log.info("cancelling job id=%s before it started", job_id)
                 self._ready.remove(job)
-                self._completer.add(Outcome(job.id, job.attempts, "cancelled", message="cancelled"))
+                self._cancel_unstarted(job)
                 return
+
+    def _cancel_unstarted(self, job: ClaimedJob) -> None:
+        log.info("cancelling job id=%s before it started", job.id)
+        outcome = Outcome(job.id, job.attempts, "cancelled", message="cancelled")
+        outcome.queue, outcome.type = job.queue, job.type  # for its job event
+        self._completer.add(outcome)
 
     # ---------------------------------------------------------------- lease
 

@@ -35,9 +35,9 @@ def test_rate_limits_benchmark_runs(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_raw_sql_limit_leaves_no_worker_registered(settings: Settings) -> None:
-    """The raw-SQL loops (and the 4-client limit) register workers as the worker does; left behind, it counted as
-    the latency phase's worker, which then enqueued before its real worker had started
-    (enqueue->start figures of a second instead of milliseconds)."""
+    """The raw-SQL loops (and the 4-client limit) register workers as the worker does;
+    left behind, one counted as the latency phase's worker, which then enqueued before
+    its real worker had started (enqueue->start figures of a second instead of ms)."""
     url = settings.require_database_url()
     app = App(settings, builtin_types=False)
     app.register(bench.NOOP, bench.bench_app().handlers[bench.NOOP].func)
