@@ -1,4 +1,5 @@
-"""`pgjobs bench`: measure enqueue, drain and latency on a scratch database."""
+"""`pgjobs bench`: measure enqueue, drain and latency as a user gets them, on a scratch
+database."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pgjobs.cli.output import echo
 
 def register(group: click.Group) -> None:
     @group.command()
-    @click.option("--quick", is_flag=True, help="A ~10-second smoke run with small counts.")
+    @click.option("--quick", is_flag=True, help="A ~15-second smoke run with small counts.")
     @click.option(
         "--output",
         type=click.Path(path_type=Path),
@@ -39,8 +40,9 @@ def register(group: click.Group) -> None:
     def bench(
         ctx: click.Context, quick: bool, output: Path, large_table: int, memory_jobs: int
     ) -> None:
-        """Benchmark pgjobs against the raw-SQL limit, on a scratch database it creates
-        (next to DATABASE_URL's) and drops."""
+        """Measure what a user gets (public API, default settings, wall clock) next to
+        the limit PostgreSQL sets for the same statements, on a scratch database it
+        creates (next to DATABASE_URL's) and drops."""
         # Function-level: development tooling (pgjobs.dev) loads only for its commands.
         from pgjobs.dev.bench import run, save
 
