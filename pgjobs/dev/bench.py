@@ -73,8 +73,11 @@ class Report:
     figures: dict[str, Any] = field(default_factory=dict)
 
     def add(self, name: str, value: Any) -> None:
+        # Names are the record's keys: each must be unique within a run.
+        assert name not in self.figures, name
         self.figures[name] = value
-        print(f"  {name:<50} {_fmt(value)}", flush=True)
+        shown = f"{value:.3f}" if name.startswith("ratio") else _fmt(value)
+        print(f"  {name:<50} {shown}", flush=True)
 
 
 def _fmt(value: Any) -> str:
@@ -210,7 +213,7 @@ async def bench_drain(url: str, sizes: Sizes, report: Report) -> float:
     """One in-process worker at concurrency 10, as a user's application runs one."""
     result = await workloads.drain(url, sizes.drain, concurrency=10)
     report.add("drain: 1 worker x concurrency 10, jobs/s", result["jobs_per_s"])
-    report.add("  (secondary) same, database timestamps, jobs/s", result["db_jobs_per_s"])
+    report.add("  (secondary) same drain, database timestamps, jobs/s", result["db_jobs_per_s"])
     return float(result["jobs_per_s"])
 
 
@@ -231,7 +234,10 @@ async def bench_drain_processes(
     rate = sizes.drain / elapsed
     name = f"drain: pgjobs worker --processes {processes} --concurrency {concurrency}"
     report.add(f"{name}, jobs/s", rate)
-    report.add("  (secondary) same, database timestamps, jobs/s", drain_rate(url))
+    report.add(
+        f"  (secondary) {processes} x {concurrency} drain, database timestamps, jobs/s",
+        drain_rate(url),
+    )
     return rate
 
 
