@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 def register_builtin_types(app: HandlerRegistry) -> None:
     """Register send-email, http-request, database-backup, file-cleanup and custom."""
-    # Each module exposes `TYPE` and `handle(ctx, payload)`; imported lazily so an App
-    # that never runs them does not pay for their imports.
+    # Each module exposes `TYPE` and `handle(ctx, payload)`, imported on its type's first
+    # run (see builtin.handlers), so an App that never runs them does not pay for them.
     from pgjobs.types import builtin
 
     for type_name, handler in builtin.handlers().items():
