@@ -21,7 +21,16 @@ from pgjobs.dev.bench import scratch_database, with_database
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-__all__ = ["ROOT", "Scratch", "git_commit", "scratch", "server_url", "with_database", "write"]
+__all__ = [
+    "ROOT",
+    "Scratch",
+    "WorkerProcesses",
+    "git_commit",
+    "scratch",
+    "server_url",
+    "with_database",
+    "write",
+]
 
 
 def server_url() -> str:
@@ -79,3 +88,35 @@ def write(out: Path, benchmark: str, postgres: str | None, **fields: Any) -> Pat
     path = out / f"{benchmark}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+class WorkerProcesses:
+    """`pgjobs worker` processes started from one command and environment (subclasses
+    set `command` and `env`): started together, stopped together."""
+
+    command: list[str]
+    env: dict[str, str]
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, count: int) -> None:
+        self.procs = [
+            subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL)
+            for _ in range(count)
+        ]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"worker process {proc.pid} exited with {proc.returncode}")

@@ -45,7 +45,7 @@ from typing import Any
 
 import psycopg
 import redis
-from common import ROOT, scratch, server_url
+from common import ROOT, WorkerProcesses, scratch, server_url
 from psycopg.rows import dict_row
 
 from pgjobs.app import App
@@ -128,10 +128,11 @@ class PrivateRedis:
             self.proc.wait(10)
 
 
-class Workers:
+class Workers(WorkerProcesses):
     """`count` `pgjobs worker` processes over a throw-away app with a `noop` handler."""
 
     def __init__(self, db_url: str, app_dir: str, redis_url: str | None, *args: str) -> None:
+        super().__init__()
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBS_")}
         env.update(
             {
@@ -145,23 +146,6 @@ class Workers:
             env["JOBS_REDIS_URL"] = redis_url
         self.command = [sys.executable, "-m", "pgjobs", "worker", "--app", "bench_app:app", *args]
         self.env = env
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, count: int) -> None:
-        self.procs = [
-            subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL)
-            for _ in range(count)
-        ]
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from bench.common import ROOT, scratch, server_url, write
+from bench.common import ROOT, WorkerProcesses, scratch, server_url, write
 from pgjobs.app import App
 from pgjobs.config import load_settings
 from pgjobs.queries import query
@@ -173,10 +172,11 @@ def parse_args(argv: list[str] | None) -> tuple[Load, Path]:
 # ------------------------------------------------------------------ workers
 
 
-class Workers:
+class Workers(WorkerProcesses):
     """`pgjobs worker` processes with default settings over the sleeping handler."""
 
     def __init__(self, url: str, app_dir: str, load: Load) -> None:
+        super().__init__()
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBS_")}
         env.update(
             {
@@ -191,29 +191,6 @@ class Workers:
             *("--concurrency", str(load.concurrency)),
         ]
         self.env = env
-        self.count = load.processes
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> None:
-        self.procs = [
-            subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL)
-            for _ in range(self.count)
-        ]
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    def check_alive(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is not None:
-                raise SystemExit(f"worker process {proc.pid} exited with {proc.returncode}")
 
 
 # ------------------------------------------------------------------ producer
@@ -310,7 +287,7 @@ async def wait_for_workers(conn: psycopg.AsyncConnection[Any], workers: Workers)
     deadline = time.monotonic() + 60
     while True:
         row = await (await conn.execute(WORKERS_REGISTERED)).fetchone()
-        if row is not None and row["n"] >= workers.count:
+        if row is not None and row["n"] >= len(workers.procs):
             return
         workers.check_alive()
         if time.monotonic() > deadline:
@@ -384,7 +361,7 @@ async def measure(url: str, load: Load, app_dir: str) -> dict[str, Any]:
     ):
         producer = Producer(app, pc, load)
         await producer.top_up()
-        workers.start()
+        workers.start(load.processes)
         feeding = asyncio.create_task(producer.run())
         try:
             await wait_for_workers(sc, workers)
