@@ -17,10 +17,8 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -30,35 +28,12 @@ from psycopg.rows import dict_row
 import pgjobs
 from pgjobs.app import App
 from pgjobs.config import Settings
-from tests.conftest import ADMIN_URL, make_settings
+from tests.conftest import make_settings
 from tests.helpers import wait_until_async
 from tests.pgjobs_cli import run_pgjobs
+from tests.roles import login_role, url_as
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-
-def url_as(url: str, role: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
-
-
-@contextmanager
-def login_role(*memberships: str) -> Iterator[str]:
-    """A LOGIN role with no privilege but the given memberships, dropped afterwards
-    (roles are cluster-wide: each test gets its own name)."""
-    name = f"pgjobs_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-        for member_of in memberships:
-            admin.execute(
-                sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), sql.Identifier(name))
-            )
-    try:
-        yield name
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 @pytest.fixture
