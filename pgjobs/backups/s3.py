@@ -116,7 +116,9 @@ def client(settings: Settings) -> Any:
     except ImportError:
         raise S3Unavailable(f"s3:// backups need boto3: {INSTALL_HINT}") from None
     with errors("S3"):
-        return boto3.client(
+        # A session of its own: boto3's shared default session is not safe to create
+        # clients from in several threads at once (two backups in one worker).
+        return boto3.session.Session().client(
             "s3",
             endpoint_url=settings.backup_s3_endpoint,
             config=Config(retries={"mode": "standard", "max_attempts": 5}),
