@@ -220,6 +220,9 @@ async def handle(ctx: JobContext, payload: Any) -> dict[str, Any]:
         raise Discard(str(exc)) from None
     when = ctx.app.clock.now().strftime("%Y%m%dT%H%M%SZ")
     name = file_name(source.database, when, ctx.id.hex[-8:], request)
+    await ctx.progress(0, f"dumping {source.database} with pg_dump {tool.version}")
+    # Nothing may be awaited between creating the output and _dump(), which removes it
+    # on any failure.
     output: _Output
     if isinstance(request.destination, s3.S3Location):
         try:
@@ -230,8 +233,7 @@ async def handle(ctx: JobContext, payload: Any) -> dict[str, Any]:
     else:
         directory = request.destination
         await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
-        output = await asyncio.to_thread(_LocalFile, directory / name)
-    await ctx.progress(0, f"dumping {source.database} with pg_dump {tool.version}")
+        output = _LocalFile(directory / name)
     written = await _dump(ctx, tool, request, source, output)
     removed = await asyncio.to_thread(output.publish, request.retention, source.database)
     return {
