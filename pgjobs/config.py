@@ -320,6 +320,7 @@ class Settings:
     backup_encryption_key: bytes | None = setting(
         "JOBS_BACKUP_ENCRYPTION_KEY", _encryption_key, secret=True
     )
+    backup_s3_endpoint: str | None = setting("JOBS_BACKUP_S3_ENDPOINT", _http_url)
     pg_bindir: str | None = setting("JOBS_PG_BINDIR", _path)
     cleanup_roots: tuple[str, ...] = setting("JOBS_CLEANUP_ROOTS", _path_list, ())
     custom_action_url: str | None = setting("JOBS_CUSTOM_ACTION_URL", _http_url)

@@ -38,7 +38,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -86,10 +86,22 @@ def _nonce(counter: int, final: bool) -> bytes:
 # ---------------------------------------------------------------- writing
 
 
-class _Sink:
-    """The destination file, hashing and counting what is written to it."""
+class Writable(Protocol):
+    """Where a backup goes: a local file, or an upload to object storage."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def write(self, data: bytes, /) -> object: ...
+
+
+class Readable(Protocol):
+    """Where a backup comes from: a local file, or a download from object storage."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _Sink:
+    """The destination, hashing and counting what is written to it."""
+
+    def __init__(self, out: Writable) -> None:
         self.out = out
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -146,7 +158,7 @@ class BackupWriter:
 
     def __init__(
         self,
-        out: BinaryIO,
+        out: Writable,
         *,
         compress: bool,
         key: bytes | None,
@@ -193,7 +205,7 @@ class Layers:
     compressed: bool
 
 
-def _read_exactly(f: BinaryIO, size: int) -> bytes:
+def _read_exactly(f: Readable, size: int) -> bytes:
     parts: list[bytes] = []
     remaining = size
     while remaining:
@@ -205,8 +217,11 @@ def _read_exactly(f: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _decrypt(f: BinaryIO, key: bytes | None, name: str) -> tuple[Iterator[bytes], bool]:
-    header = _read_exactly(f, HEADER.size)
+def _decrypt(
+    f: Readable, head: bytes, key: bytes | None, name: str
+) -> tuple[Iterator[bytes], bool]:
+    # `head`: the start of the file, already read to tell the format.
+    header = head + _read_exactly(f, HEADER.size - len(head))
     if len(header) < HEADER.size:
         raise BackupFileError(f"{name}: truncated header of an encrypted backup")
     _magic, version, flags, chunk_size, salt, check = HEADER.unpack(header)
@@ -276,8 +291,9 @@ def _gunzip(chunks: Iterator[bytes], name: str, limit: int = CHUNK_SIZE) -> Iter
         raise BackupFileError(f"{name}: truncated (the gzip data ends early)")
 
 
-def read_plain(f: BinaryIO, key: bytes | None, name: str) -> tuple[Iterator[bytes], Layers]:
-    """The dump as `pg_dump` wrote it, streamed from a backup file in any of its forms.
+def read_plain(f: Readable, key: bytes | None, name: str) -> tuple[Iterator[bytes], Layers]:
+    """The dump as `pg_dump` wrote it, streamed from a backup file in any of its forms
+    (read front to back only, so a download streams just like a local file).
 
     Raises `WrongKey` / `BackupFileError` for the header at once; errors in the data
     (corruption, truncation) are raised while iterating.
@@ -285,8 +301,7 @@ def read_plain(f: BinaryIO, key: bytes | None, name: str) -> tuple[Iterator[byte
     head = _read_exactly(f, len(MAGIC))
     rest: Iterator[bytes]
     if head == MAGIC:
-        f.seek(0)
-        decrypted, compressed = _decrypt(f, key, name)
+        decrypted, compressed = _decrypt(f, head, key, name)
         if compressed:
             return _gunzip(decrypted, name), Layers(True, True)
         return decrypted, Layers(True, False)
@@ -296,7 +311,7 @@ def read_plain(f: BinaryIO, key: bytes | None, name: str) -> tuple[Iterator[byte
     return rest, Layers(False, False)
 
 
-def _raw(f: BinaryIO, head: bytes) -> Iterator[bytes]:
+def _raw(f: Readable, head: bytes) -> Iterator[bytes]:
     if head:
         yield head
     while data := f.read(CHUNK_SIZE):

@@ -9,6 +9,9 @@ would also run meta-commands such as `\\! shell command` found anywhere in the f
 the script is fed behind psql's own `\\restrict` with a random key, which makes psql
 refuse every meta-command (its lexer, not ours, decides what one is). pg_dump's own
 `\\restrict`/`\\unrestrict` pair is taken out; COPY data is unaffected.
+
+The file may also be an object in S3 (`s3://bucket/key`): it is downloaded as a stream
+straight into the same pipeline, never stored whole on disk or in memory.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from pgjobs.backups import s3
 from pgjobs.backups.fileformat import CUSTOM_MAGIC, BackupFileError, Layers, read_plain
 from pgjobs.backups.pgtools import (
     PgTool,
@@ -59,7 +63,7 @@ HEADER_BYTES = 4096
 
 @dataclass(frozen=True, slots=True)
 class RestoreReport:
-    path: Path
+    path: str
     database: str
     dump_format: str
     layers: Layers
@@ -80,8 +84,24 @@ class RestoreReport:
         )
 
 
+def open_backup(source: str, settings: Settings) -> Any:
+    """`source` (a path or `s3://bucket/key`) opened for reading as a stream."""
+    if s3.is_s3_url(source):
+        try:
+            location = s3.parse_url(source, want_object=True)
+        except ValueError as exc:
+            raise PgJobsError(str(exc)) from None
+        return s3.ObjectReader(s3.client(settings), location)
+    if "://" in source:
+        raise PgJobsError(f"{source[:80]!r}: only local files and s3://bucket/key can be restored")
+    try:
+        return Path(source).open("rb")
+    except OSError as exc:
+        raise PgJobsError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
 def restore(
-    path: Path,
+    source: str | Path,
     database_url: str,
     settings: Settings,
     *,
@@ -89,13 +109,10 @@ def restore(
     allow_unencrypted: bool = False,
 ) -> RestoreReport:
     started = time.monotonic()
-    try:
-        f = path.open("rb")
-    except OSError as exc:
-        raise PgJobsError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with f:
+    path = str(source)
+    with open_backup(path, settings) as f:
         # The key and the header are checked before the target is even contacted.
-        chunks, layers = read_plain(f, settings.backup_encryption_key, str(path))
+        chunks, layers = read_plain(f, settings.backup_encryption_key, path)
         keyed = settings.backup_encryption_key is not None
         if keyed and not layers.encrypted and not allow_unencrypted:
             raise RestoreRefused(
@@ -225,8 +242,8 @@ def _feed(command: list[str], env: dict[str, str], data: Iterator[bytes], tool: 
         proc.kill()
         proc.wait()
         reader.join(5)
-        if isinstance(exc, BackupFileError):
-            raise BackupFileError(f"{exc}; nothing was restored") from None
+        if isinstance(exc, BackupFileError | s3.S3Error):
+            raise type(exc)(f"{exc}; nothing was restored") from None
         raise
     finally:
         with contextlib.suppress(BrokenPipeError):

@@ -6,10 +6,16 @@ credentials, so a payload must not be able to point pg_dump at a server of its c
 
 - no `database`: `DATABASE_URL` itself;
 - a bare name (`"production"`): that database on the `DATABASE_URL` server, with the
-  credentials of `DATABASE_URL`;
+  credentials (and host, port, user and TLS options) of `DATABASE_URL`; only a
+  PostgreSQL identifier (letters, digits, `_`, `$`, `-`), so nothing in it can act as
+  a connection parameter;
 - a URL (or `key=value` string) whose server (host and port) is the `DATABASE_URL`
   server, or is listed in `JOBS_BACKUP_DATABASES` (as `host:port`, any database there,
   or `host:port/dbname`, only that one).
+
+When `JOBS_BACKUP_DATABASES` lists the `DATABASE_URL` server itself, it limits that
+server too: names and URLs there must then be among the databases it lists (a
+`host:port` entry without a database allows them all).
 
 A server other than the `DATABASE_URL` one gets only the credentials the payload itself
 carries, or those the worker's password file (`~/.pgpass`, `PGPASSFILE`) holds for that
@@ -22,6 +28,7 @@ is connected to.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +46,9 @@ ALLOWED_PARAMS = frozenset(
 )
 DEFAULT_PORT = "5432"
 MAX_NAME = 63  # PostgreSQL's identifier length
+# A PostgreSQL identifier (plus `-`, common in database names): no `=`, `/`, `?`, `@`,
+# quotes or spaces that could be read as connection parameters or a URL.
+_NAME = re.compile(r"[^\W\d][\w$-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +85,9 @@ def resolve(raw: str | None, settings: Settings) -> DumpSource:
     if raw is None:
         return DumpSource(own, own_server=True)
     if "://" not in raw and "=" not in raw:
-        return DumpSource({**own, "dbname": _database_name(raw)}, own_server=True)
+        params = {**own, "dbname": _database_name(raw)}
+        _check_own_server_list(params, own, settings)
+        return DumpSource(params, own_server=True)
     if not raw.startswith(("postgresql://", "postgres://")) and "://" in raw:
         raise bad_field("database", "must be a PostgreSQL URL like postgresql://user@host/db")
     try:
@@ -87,6 +99,7 @@ def resolve(raw: str | None, settings: Settings) -> DumpSource:
         raise bad_field("database", f"connection parameter {refused[0]!r} is not allowed")
     params = _explicit_server(params)
     if _server(params) == _server(own):
+        _check_own_server_list(params, own, settings)
         return DumpSource(params, own_server=True)
     if not _listed(params, settings.backup_databases):
         raise bad_field(
@@ -135,7 +148,28 @@ def _listed(params: dict[str, str], allowed: tuple[tuple[str, str, str | None], 
     )
 
 
+def _check_own_server_list(params: dict[str, str], own: dict[str, str], settings: Settings) -> None:
+    """Refuse a database of the `DATABASE_URL` server that `JOBS_BACKUP_DATABASES`,
+    when it lists that server, does not list."""
+    host, port = _server(own)
+    entries = [a for a in settings.backup_databases if (a[0], a[1]) == (host, port)]
+    if not entries or _listed(params, tuple(entries)):
+        return
+    names = ", ".join(sorted(db for _, _, db in entries if db))
+    raise bad_field(
+        "database",
+        f"{params.get('dbname', '')!r} is not a database backups may be taken from: "
+        f"JOBS_BACKUP_DATABASES allows only {names} on the DATABASE_URL server ({_where(own)})",
+    )
+
+
 def _database_name(raw: str) -> str:
-    if len(raw.encode()) > MAX_NAME or "\0" in raw or raw != raw.strip():
-        raise bad_field("database", f"{raw[:80]!r} is not a database name or a PostgreSQL URL")
+    if not _NAME.fullmatch(raw):
+        raise bad_field(
+            "database",
+            f"{raw[:80]!r} is neither a database name (letters, digits, _, $ and -, not "
+            "starting with a digit) nor a PostgreSQL URL",
+        )
+    if len(raw.encode()) > MAX_NAME:
+        raise bad_field("database", f"{raw[:80]!r} is longer than {MAX_NAME} bytes")
     return raw

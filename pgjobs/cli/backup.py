@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from pgjobs.backups.restore import restore
@@ -17,7 +15,7 @@ def register(group: click.Group) -> None:
 
 
 @click.command("backup-restore")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file")
 @click.option(
     "--database",
     "database_url",
@@ -39,12 +37,16 @@ def register(group: click.Group) -> None:
 @click.pass_context
 @handle_errors
 def backup_restore(
-    ctx: click.Context, file: Path, database_url: str, no_owner: bool, allow_unencrypted: bool
+    ctx: click.Context, file: str, database_url: str, no_owner: bool, allow_unencrypted: bool
 ) -> None:
     """Decrypt (with JOBS_BACKUP_ENCRYPTION_KEY) and decompress FILE as a stream and
     restore it with pg_restore (custom format) or psql (plain SQL) of the server's major
     version, in one transaction: on any error the database is left as it was. psql
-    meta-commands (such as \\! shell commands) in a plain SQL file are refused."""
+    meta-commands (such as \\! shell commands) in a plain SQL file are refused.
+
+    FILE is a local path or an object in S3, s3://bucket/key (downloaded as a stream;
+    needs boto3: pip install pgjobs[s3]; credentials from the AWS_* variables, endpoint
+    from JOBS_BACKUP_S3_ENDPOINT or AWS_ENDPOINT_URL)."""
     report = restore(
         file,
         database_url,

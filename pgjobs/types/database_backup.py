@@ -2,10 +2,12 @@
 
 pg_dump's stdout flows through gzip and AES-256-GCM in chunks straight to
 `<destination>/<database>-<UTC time>-<job>.<dump|sql>[.gz][.enc]`, so memory stays flat
-whatever the database size (see pgjobs/backups/fileformat.py for the file format). The
-file is written under a `.partial` name with mode 0600 and renamed only once pg_dump
-succeeded; a failed or cancelled run leaves nothing behind. `pgjobs backup-restore`
-reads every form back.
+whatever the database size (see pgjobs/backups/fileformat.py for the file format).
+The destination is a local directory or an `s3://bucket/prefix` (the same bytes under
+the same name, sent as a multipart upload: pgjobs/backups/s3.py). A local file is
+written under a `.partial` name with mode 0600 and renamed only once pg_dump
+succeeded; an upload is completed only then, and aborted otherwise. A failed or
+cancelled run leaves nothing behind. `pgjobs backup-restore` reads every form back.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from pgjobs.backups import s3
 from pgjobs.backups.fileformat import BackupWriter
 from pgjobs.backups.pgtools import PgTool, PgToolNotFound, find_tool, target
 from pgjobs.backups.sources import DumpSource, resolve
@@ -47,7 +50,7 @@ class BackupFailed(Exception):
 @dataclass(frozen=True, slots=True)
 class BackupRequest:
     source: DumpSource
-    destination: Path
+    destination: Path | s3.S3Location
     format: str
     compress: bool
     encrypt: bool
@@ -75,15 +78,20 @@ def parse(payload: Any, settings: Settings) -> BackupRequest:
     )
 
 
-def _destination(data: dict[str, Any], settings: Settings) -> Path:
+def _destination(data: dict[str, Any], settings: Settings) -> Path | s3.S3Location:
     raw = p.text(data, "destination", settings.backup_dir)
     if raw is None:
         raise p.bad("destination", "required (or set JOBS_BACKUP_DIR)")
+    if s3.is_s3_url(raw):
+        try:
+            return s3.parse_url(raw, want_object=False)
+        except ValueError as exc:
+            raise p.bad("destination", str(exc)) from None
     if "://" in raw:
         raise p.bad(
             "destination",
-            f"only local directories are supported so far (got {raw}); copy the file "
-            "to object storage in a job of your own",
+            f"must be a local directory or s3://bucket/prefix (got {raw[:80]!r}; no other "
+            "kind of URL is supported)",
         )
     setting = "JOBS_BACKUP_ROOTS" if settings.backup_roots else "JOBS_BACKUP_DIR"
     return confine(raw, settings.backup_destination_roots, field="destination", setting=setting)
@@ -111,12 +119,17 @@ def file_name(database: str, when: str, job_suffix: str, request: BackupRequest)
     return name
 
 
-def _backups_of(directory: Path, database: str) -> list[tuple[str, Path]]:
-    """(timestamp, path) of this database's backup files in `directory`."""
-    pattern = re.compile(
+def _name_pattern(database: str) -> re.Pattern[str]:
+    """This database's backup file names; group 1 is the timestamp."""
+    return re.compile(
         rf"^{re.escape(safe_name(database))}-(\d{{8}}T\d{{6}}Z)-[0-9a-f]{{8}}"
         r"\.(?:dump|sql)(?:\.gz)?(?:\.enc)?$"
     )
+
+
+def _backups_of(directory: Path, database: str) -> list[tuple[str, Path]]:
+    """(timestamp, path) of this database's backup files in `directory`."""
+    pattern = _name_pattern(database)
     found = []
     for entry in directory.iterdir():
         match = pattern.match(entry.name)
@@ -135,6 +148,23 @@ def apply_retention(directory: Path, database: str, keep: int) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(str(path))
+    return removed
+
+
+def apply_s3_retention(client: Any, location: s3.S3Location, database: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` backups of `database` directly under `location`
+    (the same names as in a directory); return the removed URLs."""
+    pattern = _name_pattern(database)
+    backups = []
+    for listed in s3.list_names(client, location):
+        match = pattern.match(listed.name)
+        if match:
+            backups.append((match.group(1), listed.modified, location.child(listed.name)))
+    backups.sort(key=lambda b: (b[0], b[1]))
+    removed = []
+    for _, _, old in backups[: max(0, len(backups) - keep)]:
+        s3.delete(client, old)
+        removed.append(old.url)
     return removed
 
 
@@ -188,15 +218,26 @@ async def handle(ctx: JobContext, payload: Any) -> dict[str, Any]:
         tool = await asyncio.to_thread(find_tool, "pg_dump", source.major, settings)
     except PgToolNotFound as exc:
         raise Discard(str(exc)) from None
-    await asyncio.to_thread(request.destination.mkdir, mode=0o700, parents=True, exist_ok=True)
     when = ctx.app.clock.now().strftime("%Y%m%dT%H%M%SZ")
-    path = request.destination / file_name(source.database, when, ctx.id.hex[-8:], request)
-    partial = path.with_name(path.name + ".partial")
+    name = file_name(source.database, when, ctx.id.hex[-8:], request)
     await ctx.progress(0, f"dumping {source.database} with pg_dump {tool.version}")
-    written = await _dump(ctx, tool, request, source, partial)
-    removed = await asyncio.to_thread(_publish, partial, path, request, source.database)
+    # Nothing may be awaited between creating the output and _dump(), which removes it
+    # on any failure.
+    output: _Output
+    if isinstance(request.destination, s3.S3Location):
+        try:
+            client = await asyncio.to_thread(s3.client, settings)
+        except s3.S3Unavailable as exc:
+            raise Discard(str(exc)) from None
+        output = _Upload(client, request.destination.child(name))
+    else:
+        directory = request.destination
+        await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
+        output = _LocalFile(directory / name)
+    written = await _dump(ctx, tool, request, source, output)
+    removed = await asyncio.to_thread(output.publish, request.retention, source.database)
     return {
-        "path": str(path),
+        "path": output.where,
         "size": written.size,
         "sha256": written.sha256,
         "durationMs": round((time.monotonic() - started) * 1000),
@@ -218,13 +259,88 @@ class _Written:
     dump_bytes: int
 
 
+class _Output(Protocol):
+    """Where the backup's bytes go: `write()` while dumping, then `finish()` once pg_dump
+    succeeded (nothing is visible before), or `discard()`; `publish()` last."""
+
+    @property
+    def where(self) -> str: ...
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def finish(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+    def publish(self, retention: int | None, database: str) -> list[str]: ...
+
+
+class _LocalFile:
+    """A file written under a `.partial` name with mode 0600, renamed by `publish()`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._out = os.fdopen(fd, "wb")
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def write(self, data: bytes, /) -> object:
+        return self._out.write(data)
+
+    def finish(self) -> None:
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+
+    def discard(self) -> None:
+        self._out.close()
+        _remove(self.partial)
+
+    def publish(self, retention: int | None, database: str) -> list[str]:
+        """Give the finished file its final name, then apply retention."""
+        os.replace(self.partial, self.path)
+        if retention is None:
+            return []
+        return apply_retention(self.path.parent, database, retention)
+
+
+class _Upload:
+    """An object in S3, uploaded in parts and completed by `finish()`."""
+
+    def __init__(self, client: Any, location: s3.S3Location) -> None:
+        self._client = client
+        self._upload = s3.MultipartUpload(client, location)
+        self.location = location
+
+    @property
+    def where(self) -> str:
+        return self.location.url
+
+    def write(self, data: bytes, /) -> object:
+        return self._upload.write(data)
+
+    def finish(self) -> None:
+        self._upload.complete()
+
+    def discard(self) -> None:
+        self._upload.abort()
+
+    def publish(self, retention: int | None, database: str) -> list[str]:
+        if retention is None:
+            return []
+        folder = s3.S3Location(self.location.bucket, self.location.key.rpartition("/")[0])
+        return apply_s3_retention(self._client, folder, database, retention)
+
+
 async def _dump(
-    ctx: JobContext, tool: PgTool, request: BackupRequest, source: Source, partial: Path
+    ctx: JobContext, tool: PgTool, request: BackupRequest, source: Source, out: _Output
 ) -> _Written:
     key = ctx.app.settings.backup_encryption_key if request.encrypt else None
     where = target(request.source.url, "backup", request.source.child_env())
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    out = os.fdopen(fd, "wb")
     proc: asyncio.subprocess.Process | None = None
     drain_errors: asyncio.Task[None] | None = None
     complete = False
@@ -256,8 +372,7 @@ async def _dump(
             detail = " | ".join(list(errors)[-3:]) or "no error output"
             raise BackupFailed(f"pg_dump {tool.version} exited with status {code}: {detail}")
         result = await asyncio.to_thread(writer.close)
-        await asyncio.to_thread(out.flush)
-        await asyncio.to_thread(os.fsync, out.fileno())
+        await asyncio.to_thread(out.finish)
         complete = True
         return _Written(result.size, result.sha256, dumped)
     finally:
@@ -266,22 +381,15 @@ async def _dump(
             await asyncio.shield(proc.wait())
         if drain_errors is not None and not drain_errors.done():
             drain_errors.cancel()
-        out.close()
         if not complete:
-            _remove(partial)
+            # Aborting an upload is a network call: shielded, so a cancelled job still
+            # leaves no parts behind.
+            await asyncio.shield(asyncio.to_thread(out.discard))
 
 
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def _publish(partial: Path, path: Path, request: BackupRequest, database: str) -> list[str]:
-    """Give the finished file its final name, then apply retention."""
-    os.replace(partial, path)
-    if request.retention is None:
-        return []
-    return apply_retention(request.destination, database, request.retention)
 
 
 async def _collect(stream: asyncio.StreamReader, lines: collections.deque[str]) -> None:

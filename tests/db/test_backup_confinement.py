@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -207,9 +208,39 @@ async def test_default_root_is_backups(db_url: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_object_storage_is_not_supported_yet(app: App) -> None:
-    with pytest.raises(ValidationError, match="only local directories are supported so far"):
-        await app.create("database-backup", {"destination": "s3://backups/weekly"})
+@pytest.mark.parametrize(
+    ("destination", "message"),
+    [
+        ("s3://", "destination: 's3://' names no bucket: use s3://bucket/prefix"),
+        ("s3:///weekly", "destination: 's3:///weekly' names no bucket"),
+        ("s3://Not_A_Bucket/x", "destination: 'Not_A_Bucket' is not an S3 bucket name"),
+        ("s3://backups/../x", "(no empty parts, . or ..)"),
+        ("gs://backups/weekly", "destination: must be a local directory or s3://bucket/prefix"),
+        ("file:///backups", "destination: must be a local directory or s3://bucket/prefix"),
+    ],
+)
+async def test_bad_object_storage_destinations_are_refused(
+    app: App, destination: str, message: str
+) -> None:
+    await refused_everywhere(app, {"destination": destination}, message)
+
+
+async def test_s3_destination_is_accepted_at_creation(app: App) -> None:
+    # The spec's example; nothing is contacted until a worker runs the job.
+    job = await app.create(
+        "database-backup", {"database": "production", "destination": "s3://backups/weekly"}
+    )
+    assert job.payload["destination"] == "s3://backups/weekly"
+
+
+async def test_without_boto3_an_s3_backup_fails_naming_the_extra(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what an uninstalled module looks like
+    name = psycopg.conninfo.conninfo_to_dict(app.settings.require_database_url())["dbname"]
+    job = await run_unchecked(app, {"database": name, "destination": "s3://backups/weekly"})
+    assert job.status == "failed" and job.failures[-1].kind == "discarded"
+    assert (job.last_error or "").endswith("s3:// backups need boto3: pip install pgjobs[s3]")
 
 
 # ---------------------------------------------------------------- database
@@ -302,6 +333,46 @@ async def test_bare_name_is_that_database_on_the_database_url_server(
     assert restored.returncode == 0, restored.stderr
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT v FROM scratch_marker").fetchall() == [("x",)]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("1production", "'1production' is neither a database name"),
+        ("prod/other", "'prod/other' is neither a database name"),
+        ("prod?host=evil", "is not a valid PostgreSQL URL or connection string"),
+        ("prod@evil", "'prod@evil' is neither a database name"),
+        ("prod name", "'prod name' is neither a database name"),
+        ("x" * 64, f"'{'x' * 64}' is longer than 63 bytes"),
+    ],
+)
+async def test_bad_database_names_are_refused(app: App, name: str, message: str) -> None:
+    await refused_everywhere(app, {"database": name}, f"database: {message}")
+
+
+async def test_names_on_the_database_url_server_follow_its_allowed_list(
+    db_url: str, empty_db_url: str, roots: tuple[Path, Path]
+) -> None:
+    allowed = psycopg.conninfo.conninfo_to_dict(empty_db_url)["dbname"]
+    own = psycopg.conninfo.conninfo_to_dict(db_url)
+    server = f"{own['host']}:{own['port']}"
+    settings = settings_for(db_url, roots[0], JOBS_BACKUP_DATABASES=f"{server}/{allowed}")
+    async with App(settings) as app:
+        await refused_everywhere(
+            app,
+            {"database": "production"},
+            f"database: 'production' is not a database backups may be taken from: "
+            f"JOBS_BACKUP_DATABASES allows only {allowed} on the DATABASE_URL server",
+        )
+        # A URL naming the same database is held to the same list.
+        await refused_everywhere(
+            app, {"database": db_url}, "is not a database backups may be taken from"
+        )
+        job = await app.create("database-backup", {"database": allowed})
+        await app.drain()
+        done = await app.get(job.id)
+        assert done.status == "completed", done.last_error
+        assert done.result["database"] == allowed
 
 
 # ---------------------------------------------------------------- the REST API

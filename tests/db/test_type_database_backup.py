@@ -221,7 +221,8 @@ async def test_retention_keeps_the_newest(backup_app: App, tmp_path: Path) -> No
     ("payload", "message"),
     [
         ({"format": "tar"}, "format: must be custom or plain"),
-        ({"destination": "s3://backups/weekly"}, "destination: only local directories"),
+        ({"destination": "gs://backups/weekly"}, "destination: must be a local directory or s3:"),
+        ({"destination": "s3://"}, "destination: 's3://' names no bucket"),
         ({"destination": "relative/dir"}, "destination: must be an absolute path"),
         ({"retention": 0}, "retention: must be at least 1"),
         ({"compress": "yes"}, "compress: must be true or false"),
