@@ -145,14 +145,15 @@ def register(group: click.Group) -> None:
             echo(describe(found))
 
     @schedule.command()
-    @click.option("--name", required=True, help="Unique name of the schedule.")
-    @click.option("--type", "type_", required=True, help="Job type each fire enqueues.")
+    @click.argument("given", nargs=-1, metavar="[NAME TYPE CRON [PAYLOAD]]")
+    @click.option("--name", default=None, help="Unique name of the schedule.")
+    @click.option("--type", "type_", default=None, help="Job type each fire enqueues.")
     @click.option(
         "--cron",
-        required=True,
+        default=None,
         help="minute hour day-of-month month day-of-week [second], or @hourly, @daily, ...",
     )
-    @click.option("--payload", default="{}", show_default=True, help="Job payload (JSON object).")
+    @click.option("--payload", default=None, help="Job payload (JSON object; default {}).")
     @click.option("--queue", default="default", show_default=True)
     @click.option("--tz", default="UTC", show_default=True, help="IANA timezone of the cron.")
     @click.option("--desc", default=None, help="Description.")
@@ -173,10 +174,11 @@ def register(group: click.Group) -> None:
     @handle_errors
     def create(
         ctx: click.Context,
-        name: str,
-        type_: str,
-        cron: str,
-        payload: str,
+        given: tuple[str, ...],
+        name: str | None,
+        type_: str | None,
+        cron: str | None,
+        payload: str | None,
         queue: str,
         tz: str,
         desc: str | None,
@@ -189,12 +191,17 @@ def register(group: click.Group) -> None:
         replace: bool,
         as_json: bool,
     ) -> None:
-        """Create a schedule that enqueues a TYPE job at every fire of CRON."""
+        """Create a schedule that enqueues a TYPE job at every fire of CRON.
+
+        NAME, TYPE, CRON and PAYLOAD may be given in this order as arguments, or as the
+        options of the same names."""
+        payload_label = "--payload" if payload is not None else "PAYLOAD"
+        name, type_, cron, payload = create_arguments(given, name, type_, cron, payload)
         fields = schedule_fields(
             name,
             type_,
             cron,
-            parse_json_option(payload, "--payload"),
+            parse_json_option(payload, payload_label),
             queue=queue,
             timezone=tz,
             description=desc,
@@ -299,3 +306,30 @@ def register(group: click.Group) -> None:
         """Delete schedule NAME (jobs it already enqueued stay)."""
         found = run(ctx, lambda ops: ops.delete_schedule(name, actor=actor()))
         output(found, as_json, f"deleted schedule {found.name!r}")
+
+
+def create_arguments(
+    given: tuple[str, ...],
+    name: str | None,
+    type_: str | None,
+    cron: str | None,
+    payload: str | None,
+) -> tuple[str, str, str, str]:
+    """`schedule create`'s fields from its arguments (`NAME TYPE CRON [PAYLOAD]`) and
+    options; each one given once, one way or the other."""
+    if len(given) > 4:
+        raise click.UsageError("schedule create takes at most NAME TYPE CRON PAYLOAD")
+    options = {"--name": name, "--type": type_, "--cron": cron, "--payload": payload}
+    for (option, value), argument in zip(options.items(), given, strict=False):
+        if value is not None:
+            raise click.UsageError(f"{option} given twice: as an argument and as an option")
+        options[option] = argument
+    for option, label in (("--name", "NAME"), ("--type", "TYPE"), ("--cron", "CRON")):
+        if options[option] is None:
+            raise click.UsageError(f"missing {label} (or {option})")
+    return (
+        str(options["--name"]),
+        str(options["--type"]),
+        str(options["--cron"]),
+        options["--payload"] or "{}",
+    )

@@ -159,6 +159,23 @@ def test_json_output_and_update(db_url: str, db: Any, tmp_path: Path) -> None:
     ]
 
 
+def test_create_with_arguments_in_order(db_url: str, db: Any, tmp_path: Path) -> None:
+    """NAME TYPE CRON PAYLOAD as arguments, a database by its name on the DATABASE_URL
+    server and an S3 destination."""
+    name = db.execute("SELECT current_database() AS name").fetchone()["name"]
+    payload = json.dumps({"database": name, "destination": "s3://backups/weekly"})
+    created = shell(
+        f"pgjobs schedule create weekly-backup database-backup \"0 3 * * 0\" '{payload}'",
+        db_url,
+        tmp_path,
+    )
+    assert created.returncode == 0, created.stderr
+    stored = schedule_cli(db_url, tmp_path, "show", "weekly-backup", "--json")
+    shown = json.loads(stored.stdout)
+    assert (shown["type"], shown["cron_expression"]) == ("database-backup", "0 3 * * 0")
+    assert shown["payload"] == {"database": name, "destination": "s3://backups/weekly"}
+
+
 def test_empty_list(db_url: str, tmp_path: Path) -> None:
     listed = schedule_cli(db_url, tmp_path, "list")
     assert listed.returncode == 0
@@ -207,6 +224,17 @@ BASE = ["create", "--name", "s", "--type", "custom"]
             ["create", "--name", "keep", "--type", "custom", "--cron", "* * * * *"],
             "error: a schedule named 'keep' already exists",
         ),
+        (["create", "s", "custom"], "error: missing CRON (or --cron)"),
+        (["create", "--type", "custom", "--cron", "* * * * *"], "error: missing NAME (or --name)"),
+        (
+            ["create", "s", "custom", "* * * * *", "{}", "extra"],
+            "error: schedule create takes at most NAME TYPE CRON PAYLOAD",
+        ),
+        (
+            ["create", "s", "--name", "t", "--type", "custom", "--cron", "* * * * *"],
+            "error: --name given twice: as an argument and as an option",
+        ),
+        (["create", "s", "custom", "* * * * *", "{bad"], "error: PAYLOAD is not valid JSON"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_changes_nothing(
