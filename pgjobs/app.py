@@ -20,7 +20,7 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from pgjobs.backoff import short_error
+from pgjobs.backoff import BackoffFunc, CustomBackoff, short_error
 from pgjobs.clock import Clock
 from pgjobs.config import Settings, load_settings
 from pgjobs.context import Handler, HandlerSpec
@@ -79,22 +79,28 @@ class App:
 
     # ------------------------------------------------------------ handlers
 
-    def handler(self, type: str) -> Callable[[Handler], Handler]:
+    def handler(
+        self, type: str, *, backoff: BackoffFunc | None = None
+    ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of job type `type`.
 
         `async def` handlers run on the worker's event loop; plain `def` handlers run
         in a thread pool. Either receives `(ctx, payload)` and returns a JSON-able result.
+        `backoff(attempt, error)` (a plain, quick function) decides the delay before
+        each retry of this type: seconds or a timedelta, or None for the job's own
+        `backoff` option or the default.
         """
 
         def register(func: Handler) -> Handler:
-            self.register(type, func)
+            self.register(type, func, backoff=backoff)
             return func
 
         return register
 
-    def register(self, type: str, func: Handler) -> None:
+    def register(self, type: str, func: Handler, *, backoff: BackoffFunc | None = None) -> None:
         validate_type(type)
-        self.handlers[type] = HandlerSpec(type, func, inspect.iscoroutinefunction(func))
+        policy = None if backoff is None else CustomBackoff(type, backoff)
+        self.handlers[type] = HandlerSpec(type, func, inspect.iscoroutinefunction(func), policy)
 
     # ------------------------------------------------------------ producing
 
