@@ -41,6 +41,7 @@ from pgjobs.producer.options import NewJob, new_job, new_job_from_request, valid
 from pgjobs.schedules import store as sched
 from pgjobs.schedules.store import Schedule
 from pgjobs.signals.events import EventHub, EventStream
+from pgjobs.signals.redis_client import checked_url
 from pgjobs.signals.wakeup import WakeupPublisher
 from pgjobs.stats import StatsReport, read_stats
 from pgjobs.types import register_builtin_types
@@ -64,6 +65,10 @@ class App:
         settings = settings or load_settings()
         if database_url is not None:
             settings = settings.replace(database_url=database_url)
+        if settings.redis_url is not None:
+            # Settings built by hand skip load_settings' checks: refuse an unusable URL
+            # here, not in the first background task that needs Redis.
+            checked_url(settings.redis_url)
         self.settings = settings
         self.clock = clock or Clock()
         self.handlers: dict[str, HandlerSpec] = {}
