@@ -20,7 +20,7 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from pgjobs.backoff import short_error
+from pgjobs.backoff import BackoffFunc, CustomBackoff, short_error
 from pgjobs.clock import Clock
 from pgjobs.config import Settings, load_settings
 from pgjobs.context import Handler, HandlerSpec
@@ -41,6 +41,7 @@ from pgjobs.producer.options import NewJob, new_job, new_job_from_request, valid
 from pgjobs.schedules import store as sched
 from pgjobs.schedules.store import Schedule
 from pgjobs.signals.events import EventHub, EventStream
+from pgjobs.signals.redis_client import checked_url
 from pgjobs.signals.wakeup import WakeupPublisher
 from pgjobs.stats import StatsReport, read_stats
 from pgjobs.types import register_builtin_types
@@ -64,6 +65,10 @@ class App:
         settings = settings or load_settings()
         if database_url is not None:
             settings = settings.replace(database_url=database_url)
+        if settings.redis_url is not None:
+            # Settings built by hand skip load_settings' checks: refuse an unusable URL
+            # here, not in the first background task that needs Redis.
+            checked_url(settings.redis_url)
         self.settings = settings
         self.clock = clock or Clock()
         self.handlers: dict[str, HandlerSpec] = {}
@@ -79,22 +84,28 @@ class App:
 
     # ------------------------------------------------------------ handlers
 
-    def handler(self, type: str) -> Callable[[Handler], Handler]:
+    def handler(
+        self, type: str, *, backoff: BackoffFunc | None = None
+    ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of job type `type`.
 
         `async def` handlers run on the worker's event loop; plain `def` handlers run
         in a thread pool. Either receives `(ctx, payload)` and returns a JSON-able result.
+        `backoff(attempt, error)` (a plain, quick function) decides the delay before
+        each retry of this type: seconds or a timedelta, or None for the job's own
+        `backoff` option or the default.
         """
 
         def register(func: Handler) -> Handler:
-            self.register(type, func)
+            self.register(type, func, backoff=backoff)
             return func
 
         return register
 
-    def register(self, type: str, func: Handler) -> None:
+    def register(self, type: str, func: Handler, *, backoff: BackoffFunc | None = None) -> None:
         validate_type(type)
-        self.handlers[type] = HandlerSpec(type, func, inspect.iscoroutinefunction(func))
+        policy = None if backoff is None else CustomBackoff(type, backoff)
+        self.handlers[type] = HandlerSpec(type, func, inspect.iscoroutinefunction(func), policy)
 
     # ------------------------------------------------------------ producing
 

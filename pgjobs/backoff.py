@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import math
+import numbers
 import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 JITTER = 0.10
+
+log = logging.getLogger("pgjobs.backoff")
+
+# `backoff=` of a handler: (attempt that failed, from 1; what it raised) -> seconds,
+# a timedelta, or None for the job's own backoff.
+BackoffFunc = Callable[[int, BaseException], "float | timedelta | None"]
 
 
 def retry_delay_ms(
@@ -38,6 +49,82 @@ def retry_delay_ms(
     base = min(base, cap_ms)
     jitter = (rng or random).uniform(-JITTER, JITTER)
     return max(0, min(cap_ms, round(base * (1 + jitter))))
+
+
+class CustomBackoff:
+    """A handler's own retry delays: `func(attempt, error)` for each retry of its type.
+
+    The function runs on the worker's event loop, so it must be quick. Whatever it does
+    wrong (raises, returns a negative, non-finite or non-number value, or more than
+    `limit_ms`) falls back to the job's own backoff: one bad function must neither fail
+    jobs for a reason of its own nor stop the worker. That is logged once per type, not
+    on every retry, which a failing handler could repeat thousands of times.
+    """
+
+    __slots__ = ("_warned", "func", "type")
+
+    def __init__(self, handler_type: str, func: BackoffFunc) -> None:
+        if not callable(func) or inspect.iscoroutinefunction(func):
+            raise TypeError(
+                f"backoff of handler {handler_type!r} must be a plain function "
+                "(attempt, error) -> seconds | timedelta | None"
+            )
+        self.type = handler_type
+        self.func = func
+        self._warned = False
+
+    def delay_ms(self, attempt: int, error: BaseException, *, limit_ms: int) -> int | None:
+        """The delay in ms before the retry after failed attempt `attempt`, or None for
+        the job's own backoff. No jitter: the function decides exactly."""
+        try:
+            value = self.func(attempt, error)
+        except Exception as exc:
+            self._warn(f"raised {short_error(exc)}")
+            return None
+        if value is None:
+            return None
+        ms = _to_ms(value)
+        if ms is None or ms > limit_ms:
+            self._warn(
+                f"returned {_shown(value)}, not a number of seconds from 0 to {limit_ms // 1000}"
+            )
+            return None
+        return ms
+
+    def _warn(self, problem: str) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        log.error(
+            "backoff of job type %r %s; its jobs use their own backoff instead "
+            "(logged once per process)",
+            self.type,
+            problem,
+        )
+
+
+def _to_ms(value: object) -> int | None:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, numbers.Real | Decimal) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except (OverflowError, ValueError):
+            return None
+    else:
+        return None
+    ms = seconds * 1000
+    if not math.isfinite(ms) or ms < 0:
+        return None
+    return round(ms)
+
+
+def _shown(value: object, limit: int = 100) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the real problem
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class ReconnectDelay:

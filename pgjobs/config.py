@@ -26,6 +26,7 @@ from dotenv import dotenv_values
 from pgjobs.errors import ConfigError
 from pgjobs.netpolicy import origin_of, parse_rules
 from pgjobs.redact import MASK, mask_urls
+from pgjobs.redisurl import RedisURLError, parse_redis_url
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -79,9 +80,12 @@ def _postgres_url(raw: str) -> str:
 
 
 def _redis_url(raw: str) -> str:
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-        raise ValueError("a URL like redis://host:6379/0 (or rediss://, unix://)")
+    try:
+        parse_redis_url(raw)
+    except RedisURLError as exc:
+        if exc.malformed:
+            raise ValueError(str(exc)) from None
+        raise ConfigError(f"JOBS_REDIS_URL {exc}", variable="JOBS_REDIS_URL") from None
     return raw.strip()
 
 

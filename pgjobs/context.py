@@ -18,6 +18,7 @@ from uuid import UUID
 
 import psycopg
 
+from pgjobs.backoff import CustomBackoff
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.models import Job
@@ -30,6 +31,7 @@ class HandlerSpec:
     type: str
     func: Handler
     is_async: bool
+    backoff: CustomBackoff | None = None  # the handler's own retry delays
 
 
 class HandlerRegistry(Protocol):

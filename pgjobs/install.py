@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pgjobs.config import Settings
 from pgjobs.db import VIEWS, InstallReport, connect_sync, install_schema, missing_relations
 from pgjobs.errors import ServiceUnavailable
+from pgjobs.signals.redis_client import sync_client
 from pgjobs.sql_api import record_settings
 
 
@@ -27,11 +28,8 @@ def redis_status(url: str | None) -> str:
     """'ok', 'disabled' or 'down: <reason>' — Redis is optional, so never raises."""
     if not url:
         return "disabled"
-    # Function-level: redis-py loads only when JOBS_REDIS_URL is set (Redis is optional).
-    import redis
-
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client = sync_client(url, timeout=2)
         try:
             client.ping()
         finally:

@@ -51,8 +51,9 @@ import psycopg
 import redis
 from dotenv import dotenv_values
 
-from pgjobs.errors import ServiceUnavailable
+from pgjobs.errors import PgJobsError, ServiceUnavailable
 from pgjobs.queries import query
+from pgjobs.signals.redis_client import sync_client
 
 DEFAULT_DATA_DIR = ".pgjobs"
 POSTGRES_USER = "postgres"
@@ -170,12 +171,12 @@ def postgres_problem(url: str, timeout: int = 3) -> str | None:
 def redis_problem(url: str, timeout: float = 2.0) -> str | None:
     """None when `url` answers PING, else the reason."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = sync_client(url, timeout)
         try:
             client.ping()
         finally:
             client.close()
-    except (redis.RedisError, OSError, ValueError) as exc:
+    except (redis.RedisError, OSError, ValueError, PgJobsError) as exc:
         return str(exc) or type(exc).__name__
     return None
 

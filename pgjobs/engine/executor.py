@@ -19,6 +19,7 @@ from pgjobs.context import HandlerSpec, JobContext
 from pgjobs.engine.completer import Outcome
 from pgjobs.errors import Discard, RetryIn
 from pgjobs.producer.options import unstorable_json
+from pgjobs.validation import MAX_DELAY_MS
 
 MAX_MESSAGE = 4000
 MAX_STACK = 64_000
@@ -202,12 +203,7 @@ class Execution:
         last = final or job.attempts >= job.max_attempts
         delay = 0
         if not last:
-            delay = retry_delay_ms(
-                job.backoff,
-                job.attempts,
-                default_delay_ms=self.settings.retry_delay_ms,
-                cap_ms=self.settings.backoff_max_ms,
-            )
+            delay = self._retry_delay_ms(exc)
         return Outcome(
             job.id,
             job.attempts,
@@ -216,6 +212,20 @@ class Execution:
             stack=stack_of(exc),
             failure_kind=kind,
             delay_ms=delay,
+        )
+
+    def _retry_delay_ms(self, exc: BaseException) -> int:
+        job, settings = self.job, self.settings
+        custom = self.spec.backoff if self.spec is not None else None
+        if custom is not None:
+            chosen = custom.delay_ms(job.attempts, exc, limit_ms=MAX_DELAY_MS)
+            if chosen is not None:
+                return min(chosen, settings.backoff_max_ms)
+        return retry_delay_ms(
+            job.backoff,
+            job.attempts,
+            default_delay_ms=settings.retry_delay_ms,
+            cap_ms=settings.backoff_max_ms,
         )
 
 

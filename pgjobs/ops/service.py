@@ -50,7 +50,7 @@ from pgjobs.ops.models import (
     ThroughputPoint,
     WorkerInfo,
 )
-from pgjobs.producer.options import validate_queue
+from pgjobs.producer.options import new_job_from_request, validate_queue
 from pgjobs.producer.statements import (
     Statement,
     cancel_statement,
@@ -242,7 +242,10 @@ class Ops:
 
     async def create_job(self, body: Mapping[str, Any]) -> Job | UUID:
         """Create one job from an API-shaped body {"type", "queue", "payload", "options"}."""
-        (job_id,) = await self.app.create_many([body])
+        # Validated here, not by create_many: its errors name the job's index in a batch
+        # ("job 0: ..."), which means nothing to a request that sent one job.
+        job = new_job_from_request(self.settings, body)
+        (job_id,) = await self.app.create_many([job])
         return await self.read_back(job_id)
 
     async def read_back(self, job_id: UUID) -> Job | UUID:

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgjobs.backoff import ReconnectDelay
+from pgjobs.errors import ConfigError
+from pgjobs.redisurl import RedisURL, RedisURLError, parse_redis_url
 
 if TYPE_CHECKING:
     import redis
@@ -68,31 +70,50 @@ class Keys:
         return f"{self.prefix}:rl:{name}"
 
 
+def checked_url(url: str) -> RedisURL:
+    """`url` translated for redis-py, or ConfigError saying in one line why it cannot be
+    used (settings made with `Settings.replace` skip load_settings' check)."""
+    try:
+        return parse_redis_url(url)
+    except RedisURLError as exc:
+        raise ConfigError(f"JOBS_REDIS_URL {exc}", variable="JOBS_REDIS_URL") from None
+
+
+# The ignored option lists already named in a warning: one line per process, not one
+# per client (a worker makes several, and again after each outage).
+_warned: set[tuple[str, ...]] = set()
+
+
+def client_kwargs(url: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+    """The keyword arguments of `redis.Redis` (or its asyncio twin) for `url`, timeouts
+    `timeout` unless the URL sets its own. Options of other Redis clients are dropped
+    with one warning per process; a URL pgjobs cannot use raises ConfigError."""
+    parsed = checked_url(url)
+    if parsed.ignored and parsed.ignored not in _warned:
+        _warned.add(parsed.ignored)
+        log.warning(
+            "JOBS_REDIS_URL: ignoring %s (options of other Redis clients, such as "
+            "ioredis and BullMQ, that mean nothing to redis-py)",
+            ", ".join(parsed.ignored),
+        )
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, **parsed.kwargs}
+
+
 def async_client(url: str) -> aioredis.Redis:
     """An asyncio client that fails within a second instead of retrying."""
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
 
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=TIMEOUT_S,
-        socket_connect_timeout=TIMEOUT_S,
-        retry=AsyncRetry(NoBackoff(), 0),
-    )
+    return aioredis.Redis(**client_kwargs(url), retry=AsyncRetry(NoBackoff(), 0))
 
 
-def sync_client(url: str) -> redis.Redis:
+def sync_client(url: str, timeout: float = TIMEOUT_S) -> redis.Redis:
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=TIMEOUT_S,
-        socket_connect_timeout=TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return redis.Redis(**client_kwargs(url, timeout), retry=Retry(NoBackoff(), 0))
 
 
 def describe(exc: BaseException) -> str:

@@ -274,3 +274,31 @@ async def test_schedules_crud(client: httpx.AsyncClient, db: Conn) -> None:
     assert_error(await client.delete("/api/schedules/daily-backup"), 404)
     actions = [r["action"] for r in db.execute("SELECT action FROM job_audit ORDER BY id")]
     assert actions == ["schedule.create", "schedule.update", "schedule.delete"]
+
+
+SINGLE_AND_BULK_ERRORS: list[tuple[dict[str, Any], str]] = [
+    ({"queue": "default"}, "missing field 'type'"),
+    ({"type": "a", "priority": 1}, "unknown field 'priority'"),
+    ({"type": "a", "options": {"retries": 1}}, "unknown option 'retries'"),
+    (
+        {"type": "a", "options": {"priority": "urgent"}},
+        "unknown priority 'urgent': use critical, high, normal, low or an integer",
+    ),
+    ({"type": "a", "options": []}, "options must be a JSON object"),
+    ({"type": "a", "options": {"dependsOn": ["nope"]}}, "dependsOn has an invalid job id 'nope'"),
+    ({"type": "a", "payload": [1, 2]}, "payload must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), SINGLE_AND_BULK_ERRORS)
+async def test_single_create_errors_have_no_batch_index(
+    client: httpx.AsyncClient, db: Conn, body: dict[str, Any], message: str
+) -> None:
+    """`job N:` says which item of a bulk request is wrong; one job needs no index."""
+    one = await client.post("/api/jobs", json=body)
+    assert_error(one, 422, "invalid_request")
+    assert one.json()["error"]["message"] == message
+    bulk = await client.post("/api/jobs/bulk", json={"jobs": [{"type": "ok"}, body]})
+    assert_error(bulk, 422, "invalid_request")
+    assert bulk.json()["error"]["message"] == f"job 1: {message}"
+    assert db.execute("SELECT count(*) AS n FROM jobs").fetchone() == {"n": 0}

@@ -106,6 +106,29 @@ async def test_exhausted_attempts_fail_for_good(app: App) -> None:
     assert [f.kind for f in done.failures] == ["error", "error"]
 
 
+async def test_jobs_retry_attempts_counts_every_try_first_run_included(db_url: str) -> None:
+    """JOBS_RETRY_ATTEMPTS=3 means three runs in all (the spec's max_attempts), not
+    three retries after the first run."""
+    app = App(make_settings(db_url, JOBS_RETRY_ATTEMPTS="3", JOBS_RETRY_DELAY="0"))
+    runs: list[int] = []
+
+    @app.handler("always-fails")
+    async def always(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> None:
+        runs.append(ctx.attempt)
+        raise RuntimeError("nope")
+
+    try:
+        job = await app.create("always-fails", {})
+        assert job.max_attempts == 3
+        assert await app.drain() == 3
+        done = await app.get(job.id)
+    finally:
+        await app.close()
+    assert runs == [1, 2, 3]
+    assert (done.status, done.attempts) == ("failed", 3)
+    assert [f.attempt_number for f in done.failures] == [1, 2, 3]
+
+
 async def test_discard_fails_without_retry_and_retry_in_keeps_attempts(app: App) -> None:
     @app.handler("discard")
     async def discard(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> None:

@@ -45,3 +45,21 @@ def test_cli_stops_with_one_line_on_a_bad_key(tmp_path: Path) -> None:
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: JOBS_BACKUP_ENCRYPTION_KEY must be a 32-byte key")
     assert "too-short" not in line
+
+
+def test_a_redis_cluster_url_is_refused_in_one_line(tmp_path: Path) -> None:
+    cluster = "redis://redis-cluster-1:6379,redis-cluster-2:6379,redis-cluster-3:6379"
+    for command in (["worker"], ["stats"]):
+        result = run_pgjobs(
+            command,
+            tmp_path,
+            {"DATABASE_URL": "postgresql://postgres@127.0.0.1/postgres", "JOBS_REDIS_URL": cluster},
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stdout == ""
+        assert result.stderr == (
+            "error: JOBS_REDIS_URL lists several servers, a Redis Cluster: pgjobs supports "
+            "one Redis server only. Redis is optional (pgjobs uses it for wake-ups, rate-limit "
+            "tokens and job events, and does all of that in PostgreSQL without it): give the "
+            "URL of one server, or leave JOBS_REDIS_URL unset\n"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import signal
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -80,3 +81,41 @@ def test_worker_and_server_start_and_serve_without_warnings(db_url: str) -> None
     assert server_code in (0, -signal.SIGINT), server_output
     assert warning_lines(worker_output) == [], worker_output
     assert warning_lines(server_output) == [], server_output
+
+
+def test_a_worker_on_the_specs_redis_url_warns_once_about_the_options_it_drops(
+    db_url: str,
+) -> None:
+    """The specification's `?maxRetriesPerRequest=3&enableReadyCheck=true` (ioredis
+    options) works; the worker names the dropped options in one line, not once per
+    Redis client it builds."""
+    server = urlsplit(shared_redis_url())
+    url = (
+        f"redis://{server.hostname}:{server.port or 6379}/14"
+        "?maxRetriesPerRequest=3&enableReadyCheck=true"
+    )
+    env = {
+        "DATABASE_URL": db_url,
+        "JOBS_REDIS_URL": url,
+        "LOG_LEVEL": "info",
+        "PYTHONPATH": APPS,
+        "PYTHONWARNINGS": "default",
+    }
+    worker = Process(["worker", "--app", "worker_app:app", "--concurrency", "2"], env)
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            job_id = conn.execute("SELECT id FROM pgjobs_enqueue('noop', '{}')").fetchone()[0]
+
+            def completed() -> bool:
+                row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+                return row is not None and row[0] == "completed"
+
+            wait_until(completed, timeout=30, message="the job to complete")
+    finally:
+        code, output = stop(worker)
+    assert code == 0, output
+    [line] = warning_lines(output)
+    assert line.endswith(
+        "JOBS_REDIS_URL: ignoring maxRetriesPerRequest, enableReadyCheck (options of other "
+        "Redis clients, such as ioredis and BullMQ, that mean nothing to redis-py)"
+    ), output
