@@ -599,7 +599,7 @@ class Worker:
             if reason is None:
                 runnable.append(job)
                 continue
-            log.warning("failing job %s: %s", job.id, reason)
+            log.warning("failing job %s: %s", job.id, reason, extra={"job": job_fields(job)})
             outcome = Outcome(job.id, job.attempts, "failed", message=reason)
             outcome.queue, outcome.type = job.queue, job.type
             self._completer.add(outcome)
@@ -672,7 +672,9 @@ class Worker:
         self._ended(execution, handle, outcome)
 
     def _internal_error(self, job: ClaimedJob, exc: Exception) -> Outcome:
-        log.error("internal error running job %s", job.id, exc_info=exc)
+        log.error(
+            "internal error running job %s", job.id, exc_info=exc, extra={"job": job_fields(job)}
+        )
         return Outcome(job.id, job.attempts, "retry", message=repr(exc), delay_ms=1000)
 
     def _ended(self, execution: Execution, handle: RunHandle, outcome: Outcome) -> None:
@@ -990,22 +992,46 @@ def _log_task_error(task: asyncio.Future[Any]) -> None:
         log.warning("progress write failed: %s", task.exception())
 
 
+def job_fields(job: ClaimedJob, outcome: Outcome | None = None) -> dict[str, Any]:
+    """The `job` extra of a log record about `job`: JSON log lines carry these as
+    fields of their own, so a log search can select by job id, type or queue."""
+    fields: dict[str, Any] = {
+        "job_id": str(job.id),
+        "type": job.type,
+        "queue": job.queue,
+        "attempt": job.attempts,
+        "max_attempts": job.max_attempts,
+    }
+    if outcome is not None:
+        fields["outcome"] = outcome.kind
+        if outcome.duration_ms is not None:
+            fields["duration_ms"] = outcome.duration_ms
+        if outcome.kind == "retry":
+            fields["retry_in_ms"] = outcome.delay_ms
+    return fields
+
+
 def _log_outcome(job: ClaimedJob, outcome: Outcome) -> None:
     if outcome.kind == "completed" and not log.isEnabledFor(logging.INFO):
         return  # the common case: nothing to format
     fields = (
         f"id={job.id} type={job.type} queue={job.queue} attempt={job.attempts}/{job.max_attempts}"
     )
+    extra = {"job": job_fields(job, outcome)}
     if outcome.kind == "completed":
-        log.info("job completed %s duration_ms=%s", fields, outcome.duration_ms)
+        log.info("job completed %s duration_ms=%s", fields, outcome.duration_ms, extra=extra)
     elif outcome.kind == "retry":
         log.warning(
-            "job failed, retrying %s in_ms=%d error=%r", fields, outcome.delay_ms, outcome.message
+            "job failed, retrying %s in_ms=%d error=%r",
+            fields,
+            outcome.delay_ms,
+            outcome.message,
+            extra=extra,
         )
     elif outcome.kind == "failed":
-        log.warning("job failed %s error=%r", fields, outcome.message)
+        log.warning("job failed %s error=%r", fields, outcome.message, extra=extra)
     else:
-        log.info("job %s %s", outcome.kind, fields)
+        log.info("job %s %s", outcome.kind, fields, extra=extra)
 
 
 async def drain(app: WorkerHost, queues: Sequence[str], concurrency: int | None = None) -> int:
