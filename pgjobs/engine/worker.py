@@ -52,6 +52,7 @@ from pgjobs.jsonlimits import UndecodableJson
 from pgjobs.limits import RateLimiter
 from pgjobs.producer.options import validate_queue
 from pgjobs.queries import query
+from pgjobs.redact import mask_urls
 from pgjobs.signals.events import JobEvent, Publisher
 from pgjobs.signals.wakeup import Listener, RedisWakeups
 
@@ -206,6 +207,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._start_done = asyncio.Event()
         self._started = False
+        self._registered = False  # the worker row exists (see _register)
         self._background: list[asyncio.Task[None]] = []
         self._fetch_task: asyncio.Task[None] | None = None
         self._pool = self._make_pool(min_size=2, max_size=6)
@@ -775,15 +777,40 @@ class Worker:
 
     async def _register(self) -> None:
         delay = ReconnectDelay()
+        schema_missing = False
         while True:
             try:
                 await self._heartbeat()
+                self._registered = True
+                if schema_missing:
+                    log.info("the pgjobs schema is installed now: starting")
                 return
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
+                # A database nobody has run `pgjobs init` on yet (a deployment that starts
+                # workers before its migration step): said once, then waited for quietly,
+                # so the one line that matters is not buried under a retry per second.
+                if self._stopping:
+                    return
+                pause = delay.next()
+                if not schema_missing:
+                    schema_missing = True
+                    log.error(
+                        "the database at %s has no pgjobs schema (%s): run `pgjobs init`; "
+                        "waiting for it",
+                        mask_urls(self.settings.require_database_url()),
+                        _first_line(exc),
+                    )
+                else:
+                    log.debug("still no pgjobs schema (%s); retrying", _first_line(exc))
             except (psycopg.Error, OSError) as exc:
                 if self._stopping:
                     return
+                pause = delay.next()
                 log.warning("cannot register worker (%s); retrying", exc)
-                await asyncio.sleep(delay.next())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), pause)
+            if self._stopping:
+                return
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_ms / 1000
@@ -855,6 +882,8 @@ class Worker:
         return set(self._running) | {job.id for job in self._ready}
 
     async def _deregister(self) -> None:
+        if not self._registered:
+            return  # stopped while waiting to register: there is no row to remove
         try:
             async with self._pool.connection() as conn:
                 await conn.execute(query("deregister_worker"), {"id": self.id})
@@ -990,6 +1019,10 @@ def _undecodable(job: ClaimedJob) -> str | None:
 def _log_task_error(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("progress write failed: %s", task.exception())
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def job_fields(job: ClaimedJob, outcome: Outcome | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.helpers import wait_until
@@ -293,6 +294,45 @@ def test_server_writes_its_startup_and_access_lines_to_the_log_file(
         f"logging to {log}",
         f"pgjobs server on http://127.0.0.1:{port}, dashboard at /dashboard",
     ]
+
+
+def test_worker_waits_for_the_schema_and_says_so_once(
+    empty_db_url: str, tmp_path: Path, started: list[Running]
+) -> None:
+    # Trust authentication ignores the password; it must not reach the log.
+    url = empty_db_url.replace("postgres@", "postgres:s3cret@", 1)
+    assert "s3cret" in url
+    worker = start_worker(started, tmp_path, url, LOG_LEVEL="debug")
+    wait_until(
+        lambda: worker.output().count("still no pgjobs schema") >= 2,
+        timeout=30,
+        message="the worker retrying quietly",
+    )
+    assert worker.proc.poll() is None
+    init = run_pgjobs(["init"], tmp_path, {"DATABASE_URL": empty_db_url})
+    assert init.returncode == 0, init.stderr
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        [[job_id]] = conn.execute(
+            "INSERT INTO jobs (type, payload) VALUES ('noop', '{}') RETURNING id"
+        ).fetchall()
+        wait_until(
+            lambda: (
+                conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+                == ("completed",)
+            ),
+            timeout=30,
+            message="the job created after `pgjobs init` completed",
+        )
+    assert worker.stop() == 0
+    output = worker.output()
+    said = [line for line in output.splitlines() if "has no pgjobs schema" in line]
+    masked = url.replace("s3cret", "***")
+    assert len(said) == 1, output[-2000:]
+    assert " ERROR pgjobs.worker the database at " + masked + " has no pgjobs schema (" in said[0]
+    assert said[0].endswith("): run `pgjobs init`; waiting for it")
+    assert "s3cret" not in output
+    assert "cannot register worker" not in output and "WARNING" not in output
+    assert "the pgjobs schema is installed now: starting" in output
 
 
 def test_supervised_worker_processes_reach_stderr_through_the_supervisor(
