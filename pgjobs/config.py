@@ -29,6 +29,7 @@ from pgjobs.redact import MASK, mask_urls
 from pgjobs.redisurl import RedisURLError, parse_redis_url
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 def _positive_int(raw: str) -> int:
@@ -100,6 +101,22 @@ def _log_level(raw: str) -> str:
     if lowered not in LOG_LEVELS:
         raise ValueError("one of " + ", ".join(LOG_LEVELS))
     return lowered
+
+
+def log_format(raw: str) -> str:
+    lowered = raw.strip().lower()
+    if lowered not in LOG_FORMATS:
+        raise ValueError(" or ".join(LOG_FORMATS))
+    return lowered
+
+
+def log_file(raw: str) -> str:
+    """A file path, `~` expanded and made absolute (a worker may change directory, and
+    the supervisor's children must name the same file)."""
+    value = raw.strip()
+    if value.endswith(("/", os.sep)) or value in ("~", ".", ".."):
+        raise ValueError("a file path like ~/.nself/logs/plugins/jobs/worker.log")
+    return os.path.abspath(os.path.expanduser(value))
 
 
 def _text(raw: str) -> str:
@@ -287,6 +304,10 @@ class Settings:
     )
     clean_failed_after_ms: int = setting("JOBS_CLEAN_FAILED_AFTER", _non_negative_int, 604_800_000)
     log_level: str = setting("LOG_LEVEL", _log_level, "info")
+    log_file: str | None = setting("JOBS_LOG_FILE", log_file)
+    log_format: str = setting("JOBS_LOG_FORMAT", log_format, "text")
+    log_max_bytes: int = setting("JOBS_LOG_MAX_BYTES", _non_negative_int, 10_485_760)
+    log_backups: int = setting("JOBS_LOG_BACKUPS", _positive_int, 5)
     lock_duration_ms: int = setting("JOBS_LOCK_DURATION", _positive_int, 30000)
     stalled_interval_ms: int = setting("JOBS_STALLED_INTERVAL", _positive_int, 30000)
     max_stalled_count: int = setting("JOBS_MAX_STALLED_COUNT", _positive_int, 2)

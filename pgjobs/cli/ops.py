@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from psycopg_pool import PoolTimeout
 
 from pgjobs.app import App
 from pgjobs.cli.common import fail, handle_errors, print_json, settings_from
+from pgjobs.cli.logs import log_options, start_logging
 from pgjobs.cli.output import echo
 from pgjobs.cli.tables import ago, percent, table
 from pgjobs.config import Settings
@@ -77,10 +79,19 @@ def register(group: click.Group) -> None:
 @click.command()
 @click.option("--host", default=None, help="Address to bind (default JOBS_DASHBOARD_HOST).")
 @click.option("--port", default=None, help="Port (default JOBS_DASHBOARD_PORT, 3105).")
+@log_options
 @click.pass_context
 @handle_errors
-def server(ctx: click.Context, host: str | None, port: str | None) -> None:
-    """Serve the REST API, /metrics and the dashboard (uvicorn)."""
+def server(
+    ctx: click.Context,
+    host: str | None,
+    port: str | None,
+    log_file: str | None,
+    log_format: str | None,
+) -> None:
+    """Serve the REST API, /metrics and the dashboard (uvicorn).
+
+    Requests are logged (one line each) when LOG_LEVEL is debug."""
     # Function-level: starlette and uvicorn load only for the command that serves.
     import uvicorn
 
@@ -100,20 +111,32 @@ def server(ctx: click.Context, host: str | None, port: str | None) -> None:
     problem = startup_problem(settings, bind_host)
     if problem:
         fail(problem)
+    target = start_logging(settings, log_file, log_format)
     connect_sync(settings.require_database_url(), "api").close()
+    log = logging.getLogger("pgjobs.server")
+
+    def announce(line: str) -> None:
+        echo(line, err=True)
+        if target.path is not None:
+            log.info("%s", line)
+
     shown = f"[{bind_host}]" if ":" in bind_host else bind_host
     dashboard = f", dashboard at {settings.dashboard_path}" if settings.dashboard_enabled else ""
-    echo(f"pgjobs server on http://{shown}:{bind_port}{dashboard}", err=True)
+    announce(f"pgjobs server on http://{shown}:{bind_port}{dashboard}")
     if not settings.allowed_hosts and not is_loopback(bind_host):
-        echo(
+        announce(
             f"answering only requests for {', '.join(allowed_hosts(settings))}: "
-            "set JOBS_ALLOWED_HOSTS to the names clients use",
-            err=True,
+            "set JOBS_ALLOWED_HOSTS to the names clients use"
         )
     uvicorn.run(
         create_app(settings),
         host=bind_host,
         port=bind_port,
+        # To a file or as JSON, uvicorn's records go through pgjobs's handler (uvicorn
+        # then configures no handler of its own); otherwise it prints as it always has.
+        log_config=None
+        if target.path or target.format == "json"
+        else uvicorn.config.LOGGING_CONFIG,
         log_level=settings.log_level,
         lifespan="on",
         access_log=settings.log_level == "debug",

@@ -18,7 +18,7 @@ import click
 
 from pgjobs.app import App
 from pgjobs.cli.common import handle_errors, settings_from
-from pgjobs.cli.output import block
+from pgjobs.cli.logs import LogRelay, PipeHandler, install, log_options, log_target, start_logging
 from pgjobs.config import Settings
 from pgjobs.producer.options import validate_queue
 
@@ -47,20 +47,6 @@ def load_app(spec: str | None, settings: Settings) -> Any:
     # The process's settings (environment, .env, flags) win over import-time ones.
     app.settings = settings
     return app
-
-
-class EscapingFormatter(logging.Formatter):
-    """Log lines carry job error messages and other stored text: control characters
-    are escaped before they reach the terminal (see cli.output)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return block(super().format(record))
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 async def serve(
@@ -115,10 +101,23 @@ def exit_past_abandoned_threads(settle: float = 0.5) -> None:
 
 
 def supervise(argv: list[str], processes: int) -> int:
-    """Run `processes` single-process workers and restart any that crash."""
+    """Run `processes` single-process workers and restart any that crash.
+
+    The children's log records come here over a pipe each and are written by this
+    process alone (see cli.logs): one writer per log file, whatever the number of
+    processes, so size-based rotation stays correct and JSON lines never interleave."""
     log = logging.getLogger("pgjobs.supervisor")
     command = [sys.executable, "-m", "pgjobs", *argv, "--processes", "1"]
-    children = {i: subprocess.Popen(command) for i in range(processes)}
+    relay = LogRelay()
+
+    def start_child() -> subprocess.Popen[bytes]:
+        fd = relay.pipe()
+        try:
+            return subprocess.Popen([*command, "--log-pipe", str(fd)], pass_fds=(fd,))
+        finally:
+            os.close(fd)  # the child holds the write end now: EOF when it exits
+
+    children = {i: start_child() for i in range(processes)}
     stopping = False
 
     def forward(signum: int, _frame: Any) -> None:
@@ -143,8 +142,9 @@ def supervise(argv: list[str], processes: int) -> int:
                 continue
             log.warning("worker process %d exited with %s; restarting", child.pid, code)
             time.sleep(0.5)
-            children[index] = subprocess.Popen(command)
+            children[index] = start_child()
         if stopping and not children:
+            relay.close()
             return 0
         time.sleep(0.2)
 
@@ -185,6 +185,9 @@ def register(group: click.Group) -> None:
         is_flag=True,
         help="Do not take part in staging, rescue, pruning and cron.",
     )
+    @log_options
+    # Set by the supervisor of --processes N: where this child sends its log records.
+    @click.option("--log-pipe", type=int, default=None, hidden=True)
     @click.pass_context
     def worker(
         ctx: click.Context,
@@ -194,6 +197,9 @@ def register(group: click.Group) -> None:
         processes: int,
         grace: float | None,
         no_maintenance: bool,
+        log_file: str | None,
+        log_format: str | None,
+        log_pipe: int | None,
     ) -> None:
         """Process jobs from QUEUES (default: default) until SIGTERM/SIGINT.
 
@@ -201,7 +207,11 @@ def register(group: click.Group) -> None:
         period; unfinished ones go back to the queue. A second signal exits at once.
         """
         settings = settings_from(ctx)
-        configure_logging(settings.log_level)
+        if log_pipe is not None:
+            target = log_target(settings, log_file, log_format)
+            install(PipeHandler(log_pipe, target.format), target.level)
+        else:
+            start_logging(settings, log_file, log_format)
 
         @handle_errors
         def start() -> None:

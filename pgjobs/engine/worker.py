@@ -52,6 +52,7 @@ from pgjobs.jsonlimits import UndecodableJson
 from pgjobs.limits import RateLimiter
 from pgjobs.producer.options import validate_queue
 from pgjobs.queries import query
+from pgjobs.redact import mask_urls
 from pgjobs.signals.events import JobEvent, Publisher
 from pgjobs.signals.wakeup import Listener, RedisWakeups
 
@@ -206,6 +207,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._start_done = asyncio.Event()
         self._started = False
+        self._registered = False  # the worker row exists (see _register)
         self._background: list[asyncio.Task[None]] = []
         self._fetch_task: asyncio.Task[None] | None = None
         self._pool = self._make_pool(min_size=2, max_size=6)
@@ -599,7 +601,7 @@ class Worker:
             if reason is None:
                 runnable.append(job)
                 continue
-            log.warning("failing job %s: %s", job.id, reason)
+            log.warning("failing job %s: %s", job.id, reason, extra={"job": job_fields(job)})
             outcome = Outcome(job.id, job.attempts, "failed", message=reason)
             outcome.queue, outcome.type = job.queue, job.type
             self._completer.add(outcome)
@@ -672,7 +674,9 @@ class Worker:
         self._ended(execution, handle, outcome)
 
     def _internal_error(self, job: ClaimedJob, exc: Exception) -> Outcome:
-        log.error("internal error running job %s", job.id, exc_info=exc)
+        log.error(
+            "internal error running job %s", job.id, exc_info=exc, extra={"job": job_fields(job)}
+        )
         return Outcome(job.id, job.attempts, "retry", message=repr(exc), delay_ms=1000)
 
     def _ended(self, execution: Execution, handle: RunHandle, outcome: Outcome) -> None:
@@ -773,15 +777,40 @@ class Worker:
 
     async def _register(self) -> None:
         delay = ReconnectDelay()
+        schema_missing = False
         while True:
             try:
                 await self._heartbeat()
+                self._registered = True
+                if schema_missing:
+                    log.info("the pgjobs schema is installed now: starting")
                 return
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
+                # A database nobody has run `pgjobs init` on yet (a deployment that starts
+                # workers before its migration step): said once, then waited for quietly,
+                # so the one line that matters is not buried under a retry per second.
+                if self._stopping:
+                    return
+                pause = delay.next()
+                if not schema_missing:
+                    schema_missing = True
+                    log.error(
+                        "the database at %s has no pgjobs schema (%s): run `pgjobs init`; "
+                        "waiting for it",
+                        mask_urls(self.settings.require_database_url()),
+                        _first_line(exc),
+                    )
+                else:
+                    log.debug("still no pgjobs schema (%s); retrying", _first_line(exc))
             except (psycopg.Error, OSError) as exc:
                 if self._stopping:
                     return
+                pause = delay.next()
                 log.warning("cannot register worker (%s); retrying", exc)
-                await asyncio.sleep(delay.next())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), pause)
+            if self._stopping:
+                return
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_ms / 1000
@@ -853,6 +882,8 @@ class Worker:
         return set(self._running) | {job.id for job in self._ready}
 
     async def _deregister(self) -> None:
+        if not self._registered:
+            return  # stopped while waiting to register: there is no row to remove
         try:
             async with self._pool.connection() as conn:
                 await conn.execute(query("deregister_worker"), {"id": self.id})
@@ -990,22 +1021,50 @@ def _log_task_error(task: asyncio.Future[Any]) -> None:
         log.warning("progress write failed: %s", task.exception())
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def job_fields(job: ClaimedJob, outcome: Outcome | None = None) -> dict[str, Any]:
+    """The `job` extra of a log record about `job`: JSON log lines carry these as
+    fields of their own, so a log search can select by job id, type or queue."""
+    fields: dict[str, Any] = {
+        "job_id": str(job.id),
+        "type": job.type,
+        "queue": job.queue,
+        "attempt": job.attempts,
+        "max_attempts": job.max_attempts,
+    }
+    if outcome is not None:
+        fields["outcome"] = outcome.kind
+        if outcome.duration_ms is not None:
+            fields["duration_ms"] = outcome.duration_ms
+        if outcome.kind == "retry":
+            fields["retry_in_ms"] = outcome.delay_ms
+    return fields
+
+
 def _log_outcome(job: ClaimedJob, outcome: Outcome) -> None:
     if outcome.kind == "completed" and not log.isEnabledFor(logging.INFO):
         return  # the common case: nothing to format
     fields = (
         f"id={job.id} type={job.type} queue={job.queue} attempt={job.attempts}/{job.max_attempts}"
     )
+    extra = {"job": job_fields(job, outcome)}
     if outcome.kind == "completed":
-        log.info("job completed %s duration_ms=%s", fields, outcome.duration_ms)
+        log.info("job completed %s duration_ms=%s", fields, outcome.duration_ms, extra=extra)
     elif outcome.kind == "retry":
         log.warning(
-            "job failed, retrying %s in_ms=%d error=%r", fields, outcome.delay_ms, outcome.message
+            "job failed, retrying %s in_ms=%d error=%r",
+            fields,
+            outcome.delay_ms,
+            outcome.message,
+            extra=extra,
         )
     elif outcome.kind == "failed":
-        log.warning("job failed %s error=%r", fields, outcome.message)
+        log.warning("job failed %s error=%r", fields, outcome.message, extra=extra)
     else:
-        log.info("job %s %s", outcome.kind, fields)
+        log.info("job %s %s", outcome.kind, fields, extra=extra)
 
 
 async def drain(app: WorkerHost, queues: Sequence[str], concurrency: int | None = None) -> int:

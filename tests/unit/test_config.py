@@ -4,6 +4,7 @@ the documentation in .env.example kept true to the code."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "JOBS_HTTP_DENY": ("*.corp.example,fd00::/8", ("*.corp.example", "fd00::/8")),
     "JOBS_BACKUP_ENCRYPTION_KEY": ("00" * 32, bytes(32)),
     "LOG_LEVEL": ("debug", "debug"),
+    "JOBS_LOG_FORMAT": ("JSON", "json"),
+    "JOBS_LOG_FILE": ("~/logs/worker.log", os.path.expanduser("~/logs/worker.log")),
     "JOBS_DASHBOARD_PATH": ("/ops/jobs", "/ops/jobs"),
     "JOBS_DASHBOARD_HOST": ("0.0.0.0", "0.0.0.0"),
 }
@@ -208,6 +211,18 @@ def test_every_setting_is_read_from_its_variable() -> None:
             {"LOG_LEVEL": "loud"},
             "LOG_LEVEL must be one of debug, info, warning, error (got 'loud')",
         ),
+        ({"JOBS_LOG_FORMAT": "xml"}, "JOBS_LOG_FORMAT must be text or json (got 'xml')"),
+        (
+            {"JOBS_LOG_FILE": "/var/log/pgjobs/"},
+            "JOBS_LOG_FILE must be a file path like ~/.nself/logs/plugins/jobs/worker.log "
+            "(got '/var/log/pgjobs/')",
+        ),
+        (
+            {"JOBS_LOG_MAX_BYTES": "-1"},
+            "JOBS_LOG_MAX_BYTES must be a non-negative integer (got '-1')",
+        ),
+        # Without a backup, RotatingFileHandler never rotates: the file would grow forever.
+        ({"JOBS_LOG_BACKUPS": "0"}, "JOBS_LOG_BACKUPS must be a positive integer (got '0')"),
         (
             {"JOBS_DASHBOARD_PATH": "dashboard"},
             "JOBS_DASHBOARD_PATH must be an absolute path starting with / (got 'dashboard')",
@@ -254,6 +269,17 @@ def test_invalid_values_fail_with_one_exact_line(env: dict[str, str], message: s
     assert str(caught.value) == message
     assert "\n" not in str(caught.value)
     assert caught.value.variable == next(iter(env))
+
+
+def test_log_file_is_expanded_and_made_absolute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's children and a worker that changes directory name the same file."""
+    monkeypatch.setenv("HOME", "/home/ops")
+    monkeypatch.chdir("/tmp")
+    home = load_settings({"JOBS_LOG_FILE": " ~/.nself/logs/w.log "}, env_file=None)
+    assert home.log_file == "/home/ops/.nself/logs/w.log"
+    relative = load_settings({"JOBS_LOG_FILE": "logs/../w.log"}, env_file=None)
+    assert relative.log_file == "/tmp/w.log"
+    assert load_settings({"JOBS_LOG_MAX_BYTES": "0"}, env_file=None).log_max_bytes == 0
 
 
 def test_long_bad_values_are_shortened() -> None:
