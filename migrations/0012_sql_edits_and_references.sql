@@ -1,3 +1,5 @@
+-- Schedules edited with plain SQL, and pruning beside tables that reference jobs.
+--
 -- Schedules edited with plain SQL (`UPDATE job_schedules SET cron_expression = ...`, as
 -- the spec's dynamic schedules do): a trigger validates the expression and the timezone
 -- and moves next_run_at in the same statement, so every reader (CLI, REST API,
@@ -441,3 +443,36 @@ END $$;
 CREATE TRIGGER job_schedules_edited
     BEFORE INSERT OR UPDATE OF cron_expression, timezone, enabled ON job_schedules
     FOR EACH ROW EXECUTE FUNCTION pgjobs_schedule_edited();
+
+-- Tables of the user's own that reference jobs (an audit log, as in the spec's "Audit
+-- Logging") with a foreign key that forbids deleting the job (NO ACTION or RESTRICT):
+-- which of `ids` they still point at, and through which constraint. Pruning and
+-- cleaning leave those jobs in place instead of failing the whole batch. One set-based
+-- query per such constraint; the names come from the catalog, never from a caller.
+CREATE OR REPLACE FUNCTION pgjobs_referencing_jobs(ids uuid[])
+RETURNS TABLE (job_id uuid, constraint_name text, table_name text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT c.conname, c.conrelid, a.attname
+        FROM pg_constraint c
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        JOIN pg_attribute k ON k.attrelid = c.confrelid AND k.attnum = c.confkey[1]
+        WHERE c.contype = 'f'
+          AND c.confrelid = 'jobs'::regclass
+          AND c.confdeltype IN ('a', 'r')
+          AND cardinality(c.conkey) = 1
+          AND k.attname = 'id'
+        ORDER BY c.conname
+    LOOP
+        -- A semi-join: a hash of the batch against the table, or its index if the
+        -- column has one.
+        RETURN QUERY EXECUTE format(
+            'SELECT i.id, $2, $3 FROM unnest($1) AS i(id) '
+            'WHERE EXISTS (SELECT 1 FROM %2$s x WHERE x.%1$I = i.id)',
+            r.attname, r.conrelid::regclass)
+            USING ids, r.conname::text, r.conrelid::regclass::text;
+    END LOOP;
+END $$;
