@@ -1,13 +1,23 @@
-"""Deleting finished jobs past their retention: `pgjobs clean`, `POST /clean` and the
-file-cleanup type's `target: "jobs"` all run `clean_finished` (the first two through
-`Ops.clean`). It sits below the job types so the file-cleanup type can call it with
-`ctx.app`'s connection, settings and clock."""
+"""Deleting finished jobs past their retention: `pgjobs clean` and the file-cleanup
+type's `target: "jobs"` both run `clean_finished` (the first through `Ops.clean`). It
+sits below the job types so the file-cleanup type can call it with `ctx.app`'s
+connection, settings and clock.
+
+Every path that deletes finished jobs in bulk (these, the workers' prune round, the
+dashboard's clean) deletes through `delete_jobs`: a job that a table of the user's own
+still references with a foreign key that forbids the delete (an audit log, as in the
+spec's "Audit Logging") is left in place and reported, rather than failing the batch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
+import psycopg
+import psycopg.errors
 from psycopg.rows import dict_row
 
 from pgjobs import audit
@@ -21,6 +31,83 @@ CLEAN_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped(Jsonable):
+    """Jobs left in place because `table` references them through foreign key
+    `constraint`, which forbids deleting them."""
+
+    constraint: str
+    table: str
+    jobs: int
+
+    def reason(self) -> str:
+        return (
+            f"table {self.table} still references them through foreign key "
+            f"{self.constraint}; make it ON DELETE CASCADE or ON DELETE SET NULL to let "
+            "them go (docs/operations.md)"
+        )
+
+    def line(self) -> str:
+        return f"skipped {self.jobs} job(s): {self.reason()}"
+
+
+@dataclass
+class Deleted:
+    """What one `delete_jobs` call did."""
+
+    jobs: list[tuple[UUID, str]] = field(default_factory=list)  # (id, status) deleted
+    skipped: dict[tuple[str, str], int] = field(default_factory=dict)  # (constraint, table)
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for _, status in self.jobs if status == "completed")
+
+    def add_skipped(self, other: Deleted) -> None:
+        for key, count in other.skipped.items():
+            self.skipped[key] = self.skipped.get(key, 0) + count
+
+    def skipped_list(self) -> tuple[Skipped, ...]:
+        return tuple(Skipped(c, t, n) for (c, t), n in sorted(self.skipped.items()))
+
+
+async def delete_jobs(conn: psycopg.AsyncConnection[Any], ids: list[UUID]) -> Deleted:
+    """Delete jobs the caller has locked in its open transaction, except those another
+    table's foreign key still points at. Runs in a savepoint: a reference the set-based
+    check cannot see falls back to one job at a time, each in its own savepoint."""
+    out = Deleted()
+    if not ids:
+        return out
+    try:
+        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("delete_finished_jobs"), {"ids": ids})
+            rows = await cur.fetchall()
+    except psycopg.errors.ForeignKeyViolation:
+        return await _delete_one_by_one(conn, ids)
+    for row in rows:
+        if row["constraint_name"] is None:
+            out.jobs.append((row["id"], row["status"]))
+        else:
+            key = (row["constraint_name"], row["table_name"])
+            out.skipped[key] = out.skipped.get(key, 0) + 1
+    return out
+
+
+async def _delete_one_by_one(conn: psycopg.AsyncConnection[Any], ids: list[UUID]) -> Deleted:
+    out = Deleted()
+    for job_id in ids:
+        try:
+            async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query("delete_finished_job"), {"id": job_id})
+                row = await cur.fetchone()
+        except psycopg.errors.ForeignKeyViolation as exc:
+            key = (exc.diag.constraint_name or "?", exc.diag.table_name or "?")
+            out.skipped[key] = out.skipped.get(key, 0) + 1
+            continue
+        if row is not None:
+            out.jobs.append((row["id"], row["status"]))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class CleanReport(Jsonable):
     completed: int
     failed: int
@@ -28,6 +115,8 @@ class CleanReport(Jsonable):
     batches: int
     completed_older_than_ms: int | None
     failed_older_than_ms: int | None
+    # Jobs kept because a table of the user's own references them (see Skipped).
+    skipped: tuple[Skipped, ...] = ()
 
     @property
     def total(self) -> int:
@@ -60,13 +149,17 @@ async def clean_finished(
     ):
         if value is not None and value < 0:
             raise ValidationError(f"{name} must not be negative", field=name)
-    params = {
+    batch_size = max(1, batch_size)
+    params: dict[str, Any] = {
         "completed_s": _seconds(completed_older_than_ms),
         "failed_s": _seconds(failed_older_than_ms),
         "now": clock.sql_now(),
-        "batch": max(1, batch_size),
+        "batch": batch_size,
+        "after_at": None,
+        "after_id": None,
     }
     completed = failed = batches = 0
+    skipped = Deleted()
     async with connect() as conn, conn.cursor(row_factory=dict_row) as cur:
         if dry_run:
             await cur.execute(query("ops_clean_count"), params)
@@ -75,14 +168,17 @@ async def clean_finished(
             completed, failed = int(row["completed"]), int(row["failed"])
         else:
             while True:
-                await cur.execute(query("ops_clean_batch"), params)
-                row = await cur.fetchone()
-                assert row is not None
+                async with conn.transaction():
+                    await cur.execute(query("ops_clean_batch"), params)
+                    batch = await cur.fetchall()
+                    deleted = await delete_jobs(conn, [r["id"] for r in batch])
                 batches += 1
-                completed += int(row["completed"])
-                failed += int(row["failed"])
-                if row["completed"] + row["failed"] < params["batch"]:
+                completed += deleted.completed
+                failed += len(deleted.jobs) - deleted.completed
+                skipped.add_skipped(deleted)
+                if len(batch) < batch_size:
                     break
+                params["after_at"], params["after_id"] = cursor_after(batch)
     report = CleanReport(
         completed=completed,
         failed=failed,
@@ -90,10 +186,16 @@ async def clean_finished(
         batches=batches,
         completed_older_than_ms=completed_older_than_ms,
         failed_older_than_ms=failed_older_than_ms,
+        skipped=skipped.skipped_list(),
     )
     if not dry_run and report.total:
         await audit.record_after_commit(connect, clock, actor, "clean", None, report.to_dict())
     return report
+
+
+def cursor_after(batch: list[dict[str, Any]]) -> tuple[datetime, UUID]:
+    """Where the next batch of a pass starts: after the last job of this one."""
+    return batch[-1]["completed_at"], batch[-1]["id"]
 
 
 def _seconds(ms: int | None) -> float | None:

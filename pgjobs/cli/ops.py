@@ -29,6 +29,7 @@ from pgjobs.config import Settings
 from pgjobs.db import connect_async, connect_sync, describe_connect_error
 from pgjobs.ops import JobFilter, Ops, format_duration_ms, parse_duration_ms, window_hours
 from pgjobs.ops.health import long_transaction_warning
+from pgjobs.retention import CleanReport
 from pgjobs.validation import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
 
 T = TypeVar("T")
@@ -348,7 +349,9 @@ def clean(
     """Delete old finished jobs (with their results and failures) in batches.
 
     With no age given, JOBS_CLEAN_COMPLETED_AFTER and JOBS_CLEAN_FAILED_AFTER apply.
-    Jobs that a blocked job still depends on are kept.
+    Jobs that a blocked job still depends on are kept. Jobs that a table of your own
+    references with a foreign key forbidding the delete are kept too: one line per such
+    constraint says how many, and the exit status is 2.
     """
     completed_ms = (
         parse_duration_ms(completed_older_than, name="--completed-older-than")
@@ -371,8 +374,18 @@ def clean(
     )
     if as_json:
         print_json(report.to_dict())
-        return
-    verb = "would delete" if dry_run else "deleted"
+    else:
+        echo(clean_summary(report))
+    # Some jobs could not go: the one line per constraint says why, and the exit status
+    # tells a script the clean was partial.
+    for skipped in report.skipped:
+        echo(f"error: {skipped.line()}", err=True)
+    if report.skipped:
+        sys.exit(2)
+
+
+def clean_summary(report: CleanReport) -> str:
+    verb = "would delete" if report.dry_run else "deleted"
     parts = []
     if report.completed_older_than_ms is not None:
         age = format_duration_ms(report.completed_older_than_ms)
@@ -380,7 +393,7 @@ def clean(
     if report.failed_older_than_ms is not None:
         age = format_duration_ms(report.failed_older_than_ms)
         parts.append(f"{report.failed} failed/cancelled (older than {age})")
-    echo(f"{verb} {report.total} job(s): " + ", ".join(parts))
+    return f"{verb} {report.total} job(s): " + ", ".join(parts)
 
 
 # ------------------------------------------------------------------ queues and jobs

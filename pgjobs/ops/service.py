@@ -62,7 +62,7 @@ from pgjobs.producer.statements import (
     retry_statement,
 )
 from pgjobs.queries import query
-from pgjobs.retention import CLEAN_BATCH, clean_finished
+from pgjobs.retention import CLEAN_BATCH, clean_finished, delete_jobs
 from pgjobs.schedules import store as schedule_store
 from pgjobs.schedules.store import Schedule
 from pgjobs.stats import (
@@ -602,14 +602,21 @@ class Ops:
     async def clean_queue(self, queue: str, *, batch_size: int = CLEAN_BATCH, actor: str) -> int:
         """Delete every completed job of `queue` in batches; returns how many."""
         batch = max(1, batch_size)
-        params: dict[str, Any] = {"queue": validate_queue(queue), "batch": batch}
+        params: dict[str, Any] = {
+            "queue": validate_queue(queue),
+            "batch": batch,
+            "after_id": None,
+        }
         deleted: list[str] = []
         async with self._connection() as conn:
             while True:
-                rows = await self._all(conn, "dashboard_clean_queue_batch", params)
-                deleted.extend(str(r["id"]) for r in rows)
+                async with conn.transaction():
+                    rows = await self._all(conn, "dashboard_clean_queue_batch", params)
+                    done = await delete_jobs(conn, [r["id"] for r in rows])
+                deleted.extend(str(job_id) for job_id, _ in done.jobs)
                 if len(rows) < batch:
                     break
+                params["after_id"] = rows[-1]["id"]
         if deleted:
             detail = {
                 "queue": queue,

@@ -109,16 +109,16 @@ CROSS JOIN LATERAL (
 LEFT JOIN jobs j ON j.id = f.job_id;
 
 -- name: dashboard_clean_queue_batch
--- Deletes one bounded batch of a queue's completed jobs (results cascade) and returns
--- their ids for the audit trail. As in ops_clean_batch, a job that a blocked job still
--- waits on is kept.
-WITH doomed AS (
-    SELECT j.id FROM jobs j
-    WHERE j.queue = %(queue)s::text
-      AND j.status = 'completed'
-      AND NOT EXISTS (SELECT 1 FROM jobs child
-                      WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[j.id])
-    LIMIT %(batch)s
-    FOR UPDATE OF j SKIP LOCKED
-)
-DELETE FROM jobs j USING doomed d WHERE j.id = d.id RETURNING j.id;
+-- The next bounded batch of a queue's completed jobs after the clean's cursor, locked;
+-- the caller deletes them with delete_finished_jobs (results cascade) and keeps their
+-- ids for the audit trail. As in ops_clean_batch, a job that a blocked job still waits
+-- on is kept.
+SELECT j.id FROM jobs j
+WHERE j.queue = %(queue)s::text
+  AND j.status = 'completed'
+  AND (%(after_id)s::uuid IS NULL OR j.id > %(after_id)s::uuid)
+  AND NOT EXISTS (SELECT 1 FROM jobs child
+                  WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[j.id])
+ORDER BY j.id
+LIMIT %(batch)s
+FOR UPDATE OF j SKIP LOCKED;

@@ -107,24 +107,46 @@ FROM (SELECT count(*) FROM wake) w
 LEFT JOIN rescued r ON true;
 
 -- name: prune_finished_jobs
--- Deletes finished jobs past their retention in bounded batches (results and failures
--- go with them by cascade), so pruning never holds long locks on the hot table. A job
--- that a blocked job still waits on is kept: its outcome and result are still needed.
-WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
-doomed AS (
-    SELECT j.id
-    FROM jobs j, clock c
-    WHERE j.status IN ('completed', 'failed', 'cancelled')
-      AND j.completed_at < c.now - least(%(completed_ms)s, %(failed_ms)s) * interval '1 millisecond'
-      AND j.completed_at < c.now - CASE WHEN j.status = 'completed' THEN %(completed_ms)s
-                                        ELSE %(failed_ms)s END * interval '1 millisecond'
-      AND NOT EXISTS (SELECT 1 FROM jobs child
-                      WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[j.id])
-    LIMIT %(limit)s
-    FOR UPDATE OF j SKIP LOCKED
+-- The next batch of finished jobs past their retention, locked, in (completed_at, id)
+-- order after the round's cursor: a pass moves on past jobs it could not delete (see
+-- delete_finished_jobs) instead of meeting them again in every batch. Bounded batches
+-- never hold long locks on the hot table. A job that a blocked job still waits on is
+-- kept: its outcome and result are still needed.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now)
+SELECT j.id, j.completed_at
+FROM jobs j, clock c
+WHERE j.status IN ('completed', 'failed', 'cancelled')
+  AND j.completed_at < c.now - least(%(completed_ms)s, %(failed_ms)s) * interval '1 millisecond'
+  AND j.completed_at < c.now - CASE WHEN j.status = 'completed' THEN %(completed_ms)s
+                                    ELSE %(failed_ms)s END * interval '1 millisecond'
+  AND (%(after_at)s::timestamptz IS NULL
+       OR (j.completed_at >= %(after_at)s::timestamptz
+           AND (j.completed_at, j.id) > (%(after_at)s::timestamptz, %(after_id)s::uuid)))
+  AND NOT EXISTS (SELECT 1 FROM jobs child
+                  WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[j.id])
+ORDER BY j.completed_at, j.id
+LIMIT %(limit)s
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: delete_finished_jobs
+-- Deletes jobs the caller locked (results and failures go with them by cascade), except
+-- those another table's NO ACTION / RESTRICT foreign key still points at: one row per
+-- deleted job (its status), and one per job kept with the constraint that keeps it.
+WITH kept AS (SELECT * FROM pgjobs_referencing_jobs(%(ids)s::uuid[])),
+deleted AS (
+    DELETE FROM jobs j
+    WHERE j.id = ANY (%(ids)s::uuid[])
+      AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.job_id = j.id)
+    RETURNING j.id, j.status
 )
-DELETE FROM jobs j USING doomed d WHERE j.id = d.id
-RETURNING j.status;
+SELECT d.id, d.status, NULL::text AS constraint_name, NULL::text AS table_name FROM deleted d
+UNION ALL
+SELECT DISTINCT ON (k.job_id) k.job_id, NULL, k.constraint_name, k.table_name FROM kept k;
+
+-- name: delete_finished_job
+-- One job, when a batch hit a reference pgjobs_referencing_jobs cannot see (through a
+-- cascade to job_results, a key of several columns, a trigger).
+DELETE FROM jobs WHERE id = %(id)s RETURNING id, status;
 
 -- name: vacuum_leader_lock
 -- VACUUM cannot run inside a transaction, so the vacuum round's leader holds a

@@ -8,7 +8,7 @@ and last_run_at move on. The fires table's primary key, not the leader lock, is 
 guarantees a fire is never enqueued twice; the lock only avoids wasted work.
 
 A schedule whose stored next_run_at is not a slot of its current expression was edited
-behind the API's back (an `UPDATE job_schedules SET cron_expression = ...`): its
+with the table's trigger off (the trigger moves next_run_at with any SQL edit): its
 next_run_at is recomputed from now, like an edit through the API.
 """
 

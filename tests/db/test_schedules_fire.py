@@ -402,8 +402,11 @@ async def test_rename_and_rename_conflict(capp: App) -> None:
 async def test_an_edit_by_sql_is_picked_up_without_firing_the_stale_slot(
     capp: App, clock: FrozenClock, leader: Any, db: Any
 ) -> None:
-    """The spec's own example edits cron_expression with plain SQL."""
+    """A row edited with the job_schedules trigger off (or before it existed) keeps its
+    stale next_run_at: the task itself still refuses to fire it. (With the trigger on,
+    tests/db/test_schedule_sql_edits.py.)"""
     await capp.schedule("digest", "custom", "0 9 * * *")
+    db.execute("SET session_replication_role = replica")
     db.execute("UPDATE job_schedules SET cron_expression = '0 18 * * *' WHERE name = 'digest'")
     task = CronTask(capp.settings)
     await tick(task, leader, clock, datetime(2024, 1, 2, 9, 0, 1, tzinfo=UTC))
@@ -425,6 +428,9 @@ async def test_a_broken_hand_edited_schedule_does_not_block_others(
 ) -> None:
     await capp.schedule("good", "custom", "* * * * *")
     await capp.schedule("bad", "custom", "* * * * *")
+    # The trigger refuses such an edit; rows from before it, or written with triggers
+    # off, can still hold one.
+    db.execute("SET session_replication_role = replica")
     db.execute("UPDATE job_schedules SET cron_expression = 'nonsense' WHERE name = 'bad'")
     task = CronTask(capp.settings, batch_size=1)
 

@@ -738,6 +738,21 @@ def test_claim_index_is_partial_on_pending(db: psycopg.Connection[Any]) -> None:
     ]
 
 
+def test_a_queue_filter_over_all_states_reads_the_queue_status_index(
+    db: psycopg.Connection[Any],
+) -> None:
+    """The spec's idx_jobs_queue (queue) is covered by idx_jobs_status (queue, status)."""
+    assert rows(db, "SELECT indexname FROM pg_indexes WHERE indexname = 'idx_jobs_queue'") == []
+    with db.transaction(force_rollback=True):
+        db.execute(
+            "INSERT INTO jobs (type, queue, status) SELECT 'x', 'q' || (i % 50), "
+            "(ARRAY['pending', 'completed', 'failed'])[1 + i % 3] FROM generate_series(1, 5000) i"
+        )
+        db.execute("ANALYZE jobs")
+        plan = rows(db, "EXPLAIN (FORMAT JSON) SELECT count(*) FROM jobs WHERE queue = 'q7'")
+    assert "idx_jobs_status" in str(plan[0])
+
+
 def test_jobs_table_has_autovacuum_settings(db: psycopg.Connection[Any]) -> None:
     [row] = rows(db, "SELECT reloptions FROM pg_class WHERE oid = 'jobs'::regclass")
     options = dict(opt.split("=", 1) for opt in row["reloptions"])

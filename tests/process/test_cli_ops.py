@@ -174,6 +174,28 @@ def test_spec_schedule_lines(db_url: str) -> None:
     ok("pgjobs schedule delete daily-backup", db_url)
 
 
+def test_clean_beside_the_specs_audit_table_deletes_the_rest_and_exits_2(
+    db_url: str, db: Conn
+) -> None:
+    from datetime import timedelta
+
+    from tests.db.test_schema import SPEC_AUDIT
+
+    free = [insert_job(db, status="completed", finished_ago=timedelta(days=2)) for _ in range(4)]
+    db.execute(SPEC_AUDIT)
+    audited = [insert_job(db, status="completed", finished_ago=timedelta(days=2)) for _ in range(3)]
+    result = sh("pgjobs clean --completed-older-than 1d", db_url)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.splitlines() == ["deleted 4 job(s): 4 completed (older than 1d00h)"]
+    assert result.stderr.splitlines() == [
+        "error: skipped 3 job(s): table job_audit_log still references them through foreign "
+        "key job_audit_log_job_id_fkey; make it ON DELETE CASCADE or ON DELETE SET NULL to "
+        "let them go (docs/operations.md)"
+    ]
+    assert all(status_of(db, i) is None for i in free)
+    assert all(status_of(db, i) == "completed" for i in audited)
+
+
 def test_clean_pause_resume_cancel_queues_workers_jobs(db_url: str, db: Conn) -> None:
     from datetime import timedelta
 

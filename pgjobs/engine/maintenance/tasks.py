@@ -15,6 +15,7 @@ import contextlib
 import logging
 from datetime import datetime
 from typing import Any, Protocol
+from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
@@ -25,6 +26,7 @@ from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.producer.dependencies import DependencySweeper
 from pgjobs.queries import query
+from pgjobs.retention import cursor_after, delete_jobs
 from pgjobs.schedules.task import CronTask
 
 log = logging.getLogger("pgjobs.maintenance")
@@ -110,7 +112,12 @@ class Rescuer:
 
 
 class Pruner:
-    """Deletes finished jobs older than JOBS_CLEAN_COMPLETED_AFTER / _FAILED_AFTER."""
+    """Deletes finished jobs older than JOBS_CLEAN_COMPLETED_AFTER / _FAILED_AFTER.
+
+    A pass walks the old jobs in (completed_at, id) order, one batch per round, and
+    starts again from the oldest once it reaches the end. Jobs that a table of the
+    user's own still references (a foreign key without ON DELETE CASCADE / SET NULL)
+    stay, and the pass moves on past them; each such constraint is reported once."""
 
     name = "prune"
     lock_key = 7423510103
@@ -119,23 +126,37 @@ class Pruner:
         self.interval = interval
         self.completed_ms = completed_ms
         self.failed_ms = failed_ms
+        self._after: tuple[datetime | None, UUID | None] = (None, None)
+        self._reported: set[tuple[str, str]] = set()
 
     async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
-        async with conn.cursor() as cur:
+        async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 query("prune_finished_jobs"),
                 {
                     "now": clock.sql_now(),
                     "completed_ms": self.completed_ms,
                     "failed_ms": self.failed_ms,
+                    "after_at": self._after[0],
+                    "after_id": self._after[1],
                     "limit": PRUNE_BATCH,
                 },
             )
-            deleted = cur.rowcount
-        if deleted:
-            log.info("pruned %d finished jobs", deleted)
+            batch = await cur.fetchall()
+        deleted = await delete_jobs(conn, [row["id"] for row in batch])
+        if deleted.jobs:
+            log.info("pruned %d finished jobs", len(deleted.jobs))
+        for skipped in deleted.skipped_list():
+            key = (skipped.constraint, skipped.table)
+            if key not in self._reported:
+                self._reported.add(key)
+                log.warning("pruning keeps finished jobs: %s", skipped.reason())
         # A full batch means more are waiting: come back at once, in a new transaction.
-        return 0.0 if deleted >= PRUNE_BATCH else self.interval
+        if len(batch) >= PRUNE_BATCH:
+            self._after = cursor_after(batch)
+            return 0.0
+        self._after = (None, None)
+        return self.interval
 
 
 class Vacuumer:
