@@ -50,9 +50,21 @@ def load_app(spec: str | None, settings: Settings) -> Any:
 
 
 async def serve(
-    app: Any, queues: list[str], concurrency: int, grace: float, maintenance: bool
+    app: Any,
+    queues: list[str],
+    concurrency: int,
+    grace: float,
+    maintenance: bool,
+    *,
+    supervised: bool = False,
 ) -> None:
-    """Run one worker until SIGTERM/SIGINT; a second signal exits at once."""
+    """Run one worker until SIGTERM/SIGINT; a second signal exits at once.
+
+    Under a supervisor (`--processes N`) the second signal is the supervisor's to act
+    on: a Ctrl-C reaches every process of the terminal's group, and systemd signals
+    every process of the service, so a child sees each stop twice, once directly and
+    once forwarded. It stops on the first and ignores the rest; the supervisor kills it
+    on a second stop of its own."""
     worker = app.worker(queues, concurrency, grace=grace, maintenance=maintenance)
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -62,6 +74,8 @@ async def serve(
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen > 1:
+            if supervised:
+                return
             logging.getLogger("pgjobs.worker").warning("second signal: exiting now")
             os._exit(1)
         logging.getLogger("pgjobs.worker").info("stopping: finishing running jobs")
@@ -227,6 +241,7 @@ def register(group: click.Group) -> None:
                     concurrency or settings.default_concurrency,
                     grace_s,
                     not no_maintenance,
+                    supervised=log_pipe is not None,
                 )
             )
             exit_past_abandoned_threads()

@@ -34,7 +34,8 @@ def spawn(db_url: str) -> Iterator[Spawn]:
     """Start `pgjobs worker --app worker_app:app ...` processes; kill leftovers after."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, **env: str) -> subprocess.Popen[bytes]:
+    def start(*args: str, own_group: bool = False, **env: str) -> subprocess.Popen[bytes]:
+        """`own_group`: in a process group of its own, as a terminal's foreground job."""
         environ = {
             **os.environ,
             "DATABASE_URL": db_url,
@@ -44,7 +45,13 @@ def spawn(db_url: str) -> Iterator[Spawn]:
             **env,
         }
         command = [sys.executable, "-m", "pgjobs", "worker", "--app", "worker_app:app", *args]
-        proc = subprocess.Popen(command, env=environ, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE if own_group else None,
+            start_new_session=own_group,
+        )
         started.append(proc)
         return proc
 
@@ -53,6 +60,8 @@ def spawn(db_url: str) -> Iterator[Spawn]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def query(db: Any, sql: str, *params: Any) -> list[dict[str, Any]]:
@@ -250,6 +259,25 @@ def test_supervisor_restarts_crashed_processes(db: Any, spawn: Spawn) -> None:
     wait_until(lambda: all_completed(db, ids), timeout=30, message="jobs done")
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(30) == 0
+
+
+def test_ctrl_c_on_a_supervised_pool_lets_running_jobs_finish(db: Any, spawn: Spawn) -> None:
+    """Ctrl-C signals every process of the terminal's group: each child gets SIGINT
+    from the terminal and again from the supervisor, and must still take its grace."""
+    supervisor = spawn("--processes", "2", "--concurrency", "2", "--grace", "30", own_group=True)
+    wait_until(
+        lambda: query(db, "SELECT count(*) AS n FROM job_workers")[0]["n"] == 2,
+        timeout=30,
+        message="two workers",
+    )
+    ids = enqueue(db, "sleep", 4, '{"ms": 2000}')
+    wait_until(lambda: statuses(db, ids).get("active") == 4, timeout=20, message="all four running")
+    os.killpg(supervisor.pid, signal.SIGINT)
+    assert supervisor.wait(30) == 0
+    assert statuses(db, ids) == {"completed": 4}
+    assert supervisor.stderr is not None
+    with supervisor.stderr:
+        assert b"second signal" not in supervisor.stderr.read()
 
 
 def test_signal_during_start_up_stops_cleanly(db: Any, spawn: Spawn) -> None:
