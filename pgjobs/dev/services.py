@@ -105,9 +105,11 @@ class Sources:
         *,
         private: bool = False,
     ) -> Sources:
-        """The documented order; `private` skips straight to private servers."""
+        """The documented order; `private` skips straight to private servers. A .env
+        that `pgjobs demo` wrote is not read: it records what the demo found (maybe a
+        private server that has stopped since), so the search starts afresh."""
         merged: dict[str, str] = {}
-        if Path(env_file).is_file():
+        if Path(env_file).is_file() and not written_by_demo(Path(env_file)):
             merged.update({k: v for k, v in dotenv_values(env_file).items() if v})
         merged.update(os.environ if environ is None else environ)
         if private:
@@ -115,6 +117,18 @@ class Sources:
                 merged.pop(name, None)
             return cls(environ=merged, local_postgres=None, local_redis=None)
         return cls(environ=merged)
+
+
+# The first line of a .env written by `pgjobs demo` (see pgjobs.dev.demo).
+DEMO_ENV_MARK = "# Written by `pgjobs demo`"
+
+
+def written_by_demo(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.readline().startswith(DEMO_ENV_MARK)
+    except OSError:
+        return False
 
 
 @dataclass

@@ -41,6 +41,9 @@ class Outcome:
     stack: str | None = None
     failure_kind: str = "error"
     delay_ms: int = 0
+    # The handler's last progress report (percent, message), recorded with the outcome
+    # so that a report still throttled when the run ended is not lost.
+    progress: tuple[int, str | None] | None = None
     queue: str = ""  # queue and type: only for the job event of the outcome
     type: str = ""
 
@@ -219,8 +222,9 @@ class Completer:
 
 def encode_outcomes(batch: list[Outcome]) -> str:
     """The `outcomes` parameter of the finish statements: a JSON array with one
-    [id, attempt, kind, result, duration_ms, message, stack, failure_kind, delay_ms]
-    array per outcome. `result_json` is JSON already and goes in as it is."""
+    [id, attempt, kind, result, duration_ms, message, stack, failure_kind, delay_ms,
+    progress] array per outcome, progress being [percent, message] or null.
+    `result_json` is JSON already and goes in as it is."""
     return "[" + ",".join(map(_encode_outcome, batch)) + "]"
 
 
@@ -228,8 +232,14 @@ def _encode_outcome(o: Outcome) -> str:
     return (
         f'["{o.job_id}",{o.attempt},"{o.kind}",{o.result_json or "null"},'
         f"{_json_int(o.duration_ms)},{_json_text(o.message)},{_json_text(o.stack)},"
-        f"{_json_text(o.failure_kind)},{int(o.delay_ms)}]"
+        f"{_json_text(o.failure_kind)},{int(o.delay_ms)},{_json_progress(o.progress)}]"
     )
+
+
+def _json_progress(progress: tuple[int, str | None] | None) -> str:
+    if progress is None:
+        return "null"
+    return f"[{int(progress[0])},{_json_text(progress[1])}]"
 
 
 def _json_int(value: int | None) -> str:

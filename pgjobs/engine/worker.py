@@ -683,6 +683,7 @@ class Worker:
         """Hand a run's outcome to the completer."""
         job = execution.job
         outcome.queue, outcome.type = job.queue, job.type
+        outcome.progress = handle.latest_progress
         # A completion made inside the handler's transaction is recorded by its commit.
         # Any other ending is recorded here, even after complete_in: a handler that
         # raised did not commit (or committed and then failed, which the fence drops).
@@ -917,6 +918,7 @@ class Worker:
         conn: psycopg.AsyncConnection[Any],
         result_json: str,
         duration_ms: int,
+        progress: tuple[int, str | None] | None,
     ) -> bool:
         """Returns whether the completed event is still to be published (to Redis,
         once the handler's transaction committed)."""
@@ -930,6 +932,8 @@ class Worker:
                     "attempt": job.attempts,
                     "result": result_json,
                     "duration_ms": duration_ms,
+                    "progress_reported": progress is not None,
+                    "progress_message": progress[1] if progress is not None else None,
                     "notify_events": route == "sql",
                 },
             )
@@ -960,6 +964,10 @@ class RunHandle:
         self._flusher: asyncio.TimerHandle | None = None
         self._finished = False
         self.publish_completion = False
+        # The handler's latest report, written or not: a write still throttled (or
+        # scheduled from a handler thread) when the run ends would otherwise be lost,
+        # so the run's outcome carries it.
+        self.latest_progress: tuple[int, str | None] | None = None
 
     def finish(self) -> None:
         self._finished = True
@@ -967,6 +975,12 @@ class RunHandle:
             self._flusher.cancel()
 
     async def write_progress(self, percent: int, message: str | None) -> None:
+        if self._finished:
+            return
+        self.latest_progress = (percent, message)
+        await self._write(percent, message)
+
+    async def _write(self, percent: int, message: str | None) -> None:
         if self._finished:
             return
         now = time.monotonic()
@@ -985,16 +999,17 @@ class RunHandle:
         self._flusher = None
         if self._pending is not None and not self._finished:
             percent, message = self._pending
-            task = asyncio.ensure_future(self.write_progress(percent, message))
+            task = asyncio.ensure_future(self._write(percent, message))
             task.add_done_callback(_log_task_error)
 
     def write_progress_threadsafe(self, percent: int, message: str | None) -> None:
         def schedule() -> None:
-            asyncio.ensure_future(self.write_progress(percent, message)).add_done_callback(
-                _log_task_error
-            )
+            asyncio.ensure_future(self._write(percent, message)).add_done_callback(_log_task_error)
 
         if not self._finished:
+            # Set from the handler's thread, in the order of its calls (the scheduled
+            # writes may run later than the run's end).
+            self.latest_progress = (percent, message)
             self._loop.call_soon_threadsafe(schedule)
 
     async def complete_in(self, conn: psycopg.AsyncConnection[Any], result: Any) -> None:
@@ -1002,7 +1017,7 @@ class RunHandle:
             raise StaleRun(f"the run of job {self._job.id} is over")
         duration = round((time.monotonic() - self._started) * 1000)
         self.publish_completion = await self._worker.complete_in(
-            self._job, conn, json.dumps(result), duration
+            self._job, conn, json.dumps(result), duration, self.latest_progress
         )
 
     async def parent_results(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The handlers behind `pgjobs demo`, as a small example of a pgjobs application.
 
-Run a worker for them with::
+`pgjobs demo` runs its workers on a queue of their own, `demo`, and sends every sample
+job there; run another worker for them with::
 
-    pgjobs worker default high-priority low-priority --app pgjobs.examples.demo_app:app
+    pgjobs worker demo --app pgjobs.examples.demo_app:app
 
 The built-in types (send-email, http-request, file-cleanup, ...) are registered too.
 """

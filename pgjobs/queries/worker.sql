@@ -109,7 +109,7 @@ WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 input AS (
     SELECT (o->>0)::uuid AS id, (o->>1)::int AS attempt, o->>2 AS outcome, o->3 AS result,
            (o->>4)::int AS duration_ms, o->>5 AS message, o->>6 AS stack, o->>7 AS kind,
-           (o->>8)::bigint AS delay_ms, 'active'::text AS held
+           (o->>8)::bigint AS delay_ms, o->9 AS progress, 'active'::text AS held
     FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e(o)
 ),
 finished AS (
@@ -129,7 +129,13 @@ finished AS (
         -- an operator's retry grants the budget the job was created with, not the
         -- raised max_attempts
         attempt_budget = coalesce(j.attempt_budget, j.max_attempts),
-        progress = CASE WHEN i.outcome = 'completed' THEN 100 ELSE j.progress END,
+        -- The handler's last report lands with the outcome, even one still throttled
+        -- when the run ended; a completed job is at 100 whatever it last said.
+        progress = CASE WHEN i.outcome = 'completed' THEN 100
+                        WHEN jsonb_typeof(i.progress) = 'array' THEN (i.progress->>0)::int
+                        ELSE j.progress END,
+        progress_message = CASE WHEN jsonb_typeof(i.progress) = 'array' THEN i.progress->>1
+                                ELSE j.progress_message END,
         last_error = CASE WHEN i.outcome IN ('retry', 'failed') THEN i.message
                           ELSE j.last_error END,
         suspect = j.suspect AND i.outcome = 'release',
@@ -189,7 +195,9 @@ WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 finished AS (
     UPDATE jobs j
     SET status = 'completed', completed_at = c.now, progress = 100, worker_id = NULL,
-        suspect = false
+        suspect = false,
+        progress_message = CASE WHEN %(progress_reported)s THEN %(progress_message)s
+                                ELSE j.progress_message END
     FROM clock c
     WHERE j.id = %(id)s AND j.status = 'active' AND j.attempts = %(attempt)s
     RETURNING j.id, j.queue, j.type

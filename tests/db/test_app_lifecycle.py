@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import time
+import warnings
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from pgjobs.db import migrations
 from pgjobs.errors import NotFound, ValidationError
 from tests.conftest import make_settings
 from tests.helpers import wait_until_async
+from tests.redis_server import shared_redis_url
 from tests.webserver import run_cli
 
 pytestmark = pytest.mark.anyio
@@ -170,3 +172,29 @@ async def test_an_in_process_worker_installs_no_signal_handlers(app: App) -> Non
 
 async def _is_set(event: asyncio.Event) -> bool:
     return event.is_set()
+
+
+async def test_an_app_and_its_worker_using_redis_start_and_run_without_warnings(
+    db_url: str,
+) -> None:
+    """Every Redis client (wake-ups, events, rate limits) is built and used; a library
+    warning at each start (redis-py warns when an asyncio client gets the synchronous
+    Retry class) would be noise in every application's log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        app = App(make_settings(db_url, JOBS_REDIS_URL=shared_redis_url()))
+        ran = asyncio.Event()
+
+        @app.handler("ping")
+        async def ping(ctx: Any, payload: Any) -> None:
+            await ctx.progress(50, "half")
+            ran.set()
+
+        async with app, app.worker(["default"]):
+            job = await app.create("ping", rate_limit_key="k")
+            await wait_until_async(lambda: _is_set(ran), timeout=20, message="the job to run")
+            await app.wait(job.id, timeout=20)
+        sync_app = App(make_settings(db_url, JOBS_REDIS_URL=shared_redis_url()))
+        sync_app.create_sync("ping")
+        sync_app.close_sync()
+    assert [str(w.message) for w in caught] == []

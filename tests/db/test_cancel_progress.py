@@ -159,3 +159,60 @@ async def test_a_cooperative_sync_handler_stops_when_cancelled(app: App) -> None
         await wait_until_async(stopped, timeout=5)
     done = await app.get(job.id)
     assert (done.status, done.results, done.failures) == ("cancelled", (), ())
+
+
+@pytest.mark.parametrize("kind", ["async", "sync", "complete_in"])
+async def test_the_last_progress_report_lands_with_the_completion(
+    app: App, db_url: str, kind: str
+) -> None:
+    """Reports quicker than the throttle, then return at once: the completed job says
+    what the handler last said, not an earlier step."""
+    steps = ((30, "a"), (60, "b"), (90, "storing"))
+    if kind == "async":
+
+        @app.handler("quick")
+        async def quick_async(ctx: pgjobs.JobContext, payload: Any) -> None:
+            for percent, message in steps:
+                await ctx.progress(percent, message)
+
+    elif kind == "sync":
+
+        @app.handler("quick")
+        def quick_sync(ctx: pgjobs.JobContext, payload: Any) -> None:
+            for percent, message in steps:
+                ctx.progress_sync(percent, message)
+
+    else:
+
+        @app.handler("quick")
+        async def quick_in_transaction(ctx: pgjobs.JobContext, payload: Any) -> None:
+            for percent, message in steps:
+                await ctx.progress(percent, message)
+            async with (
+                await psycopg.AsyncConnection.connect(db_url) as conn,
+                conn.transaction(),
+            ):
+                await ctx.complete_in(conn, {"stored": True})
+
+    jobs = [await app.create("quick", {}) for _ in range(5)]
+    assert await app.drain() == len(jobs)
+    for job in jobs:
+        done = await app.get(job.id)
+        assert (done.status, done.progress, done.progress_message) == (
+            "completed",
+            100,
+            "storing",
+        )
+
+
+async def test_a_failed_run_keeps_its_last_progress_report(app: App) -> None:
+    @app.handler("fails-late")
+    async def fails_late(ctx: pgjobs.JobContext, payload: Any) -> None:
+        await ctx.progress(10, "downloading")
+        await ctx.progress(70, "uploading")
+        raise RuntimeError("the upload was refused")
+
+    job = await app.create("fails-late", {}, attempts=1)
+    assert await app.drain() == 1
+    done = await app.get(job.id)
+    assert (done.status, done.progress, done.progress_message) == ("failed", 70, "uploading")

@@ -484,10 +484,10 @@ def test_demo_runs_sample_jobs_to_completion_and_stops_everything_on_ctrl_c(
     try:
         read_until(out, "Press Ctrl-C", process, timeout=60)
 
-        def all_done() -> list[tuple[str, str]] | None:
+        def all_done() -> list[tuple[str, str, str]] | None:
             with psycopg.connect(db_url, autocommit=True) as conn:
-                rows = conn.execute("SELECT type, status FROM jobs ORDER BY type").fetchall()
-            done = rows and all(status == "completed" for _, status in rows)
+                rows = conn.execute("SELECT type, status, queue FROM jobs ORDER BY type").fetchall()
+            done = rows and all(status in ("completed", "failed") for _, status, _ in rows)
             return rows if done else None
 
         rows = wait_until(all_done, timeout=60, interval=0.2, message="sample jobs completed")
@@ -500,28 +500,54 @@ def test_demo_runs_sample_jobs_to_completion_and_stops_everything_on_ctrl_c(
     text = out.read_text()
     assert code == 0, text
 
-    from pgjobs.examples.demo_app import app as demo_app
-
-    expected = {"resize-image": 4, "flaky": 1}
-    if "http-request" in demo_app.handlers:
-        expected["http-request"] = 1  # GET of the demo server's /health
-    assert Counter(t for t, _ in rows) == expected
+    # Every sample on the demo's own queue; every built-in type completes (send-email
+    # through the local SMTP sink, custom through the local action endpoint), and one
+    # job fails for good so the failures page has content.
+    assert {queue for _, _, queue in rows} == {"demo"}
+    assert Counter((t, status) for t, status, _ in rows) == {
+        ("resize-image", "completed"): 4,
+        ("flaky", "completed"): 1,
+        ("flaky", "failed"): 1,
+        ("http-request", "completed"): 1,
+        ("send-email", "completed"): 1,
+        ("custom", "completed"): 1,
+        ("database-backup", "completed"): 1,
+        ("file-cleanup", "completed"): 1,
+    }
+    assert re.search(
+        r"^mail: from=demo@example\.com to=you@example\.com subject='Hello from the pgjobs demo'$",
+        text,
+        re.MULTILINE,
+    ), text
+    assert "action: greet" in text
     assert f"dashboard: http://127.0.0.1:{port}/dashboard" in text
+    # One line per step, so a slow start is never silent.
+    assert re.findall(r"^== (.*)$", text, re.MULTILINE) == [
+        "finding or starting PostgreSQL and Redis",
+        "installing the schema (pgjobs init)",
+        "starting a local SMTP sink and action endpoint",
+        "starting the API and dashboard (pgjobs server)",
+        "starting 2 workers for queue 'demo' (pgjobs worker)",
+        "enqueueing sample jobs",
+        "ready",
+    ]
     with psycopg.connect(db_url, autocommit=True) as conn:
         flaky = conn.execute(
             "SELECT j.attempts, count(f.*) AS failures FROM jobs j "
             "LEFT JOIN job_failures f ON f.job_id = j.id WHERE j.type = 'flaky' "
-            "GROUP BY j.attempts"
-        ).fetchone()
+            "GROUP BY j.id, j.attempts ORDER BY 2"
+        ).fetchall()
         progress = conn.execute(
-            "SELECT min(progress) FROM jobs WHERE type = 'resize-image'"
+            "SELECT min(progress), max(progress_message) FROM jobs WHERE type = 'resize-image'"
         ).fetchone()
+        schedules = conn.execute("SELECT name, queue FROM job_schedules").fetchall()
         connections = conn.execute(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE datname = current_database() AND application_name LIKE 'pgjobs:%'"
         ).fetchone()
-    assert flaky == (2, 1)  # failed once, recorded, then succeeded on the retry
-    assert progress == (100,)
+    assert flaky == [(2, 1), (2, 2)]  # one retried then succeeded; one failed on both
+    assert progress == (100, "storing")
+    assert schedules == [("demo-thumbnail-every-minute", "demo")]
     assert connections == (0,)
 
     started = dict(re.findall(r"^started (\S+) \(pid (\d+)\)$", text, re.MULTILINE))
@@ -530,3 +556,174 @@ def test_demo_runs_sample_jobs_to_completion_and_stops_everything_on_ctrl_c(
     for pid in pids:
         assert not devservices.process_alive(pid), f"child {pid} still running:\n{text}"
     assert "stopped." in text
+
+
+# ---------------------------------------------------------------- the README's first job
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_block(first_line: str) -> str:
+    """The README code block that starts with `first_line` (e.g. "# myapp.py")."""
+    for block in re.findall(r"^```\w*\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL):
+        if block.startswith(first_line):
+            return str(block)
+    raise AssertionError(f"no code block starting with {first_line!r} in README.md")
+
+
+def readme_command(start: str) -> str:
+    """The README's shell command that starts with `start` (continuation lines joined)."""
+    text = README.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.startswith(start):
+            return line
+    raise AssertionError(f"no command starting with {start!r} in README.md")
+
+
+def newcomer_env() -> dict[str, str]:
+    """A shell with the project's environment on PATH and none of pgjobs' settings:
+    what the demo printed or wrote must be enough."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "LANG": "C.UTF-8"}
+    if "HOME" in os.environ:
+        env["HOME"] = os.environ["HOME"]
+    return env
+
+
+def shell(
+    script: str, cwd: Path, env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_a_newcomer_follows_the_readme_against_the_demo(empty_db_url: str, data_dir: Path) -> None:
+    """bin/demo in one shell; in others only what it printed (the export line) or wrote
+    (.env): the CLI reaches it, the README's own worker runs its jobs next to the demo's
+    workers without losing one to them, and the README's send-email example reaches the
+    demo's SMTP sink."""
+    port = devservices.free_port()
+    demo_dir = data_dir / "checkout"
+    user_dir = data_dir / "elsewhere"
+    demo_dir.mkdir()
+    user_dir.mkdir()
+    env = {
+        **os.environ,
+        "DATABASE_URL": empty_db_url,
+        "JOBS_POLL_INTERVAL": "200",
+        "LOG_LEVEL": "warning",
+    }
+    out = data_dir / "demo.txt"
+    with open(out, "w") as sink:
+        demo = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "pgjobs", "demo", "--data-dir", str(data_dir / "data")),
+                *("--port", str(port), "--workers", "1"),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=demo_dir,
+        )
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        text = read_until(out, "Press Ctrl-C", demo, timeout=60)
+        export = re.search(r"^export DATABASE_URL=.*$", text, re.MULTILINE)
+        assert export is not None, text
+        assert "JOBS_SMTP_URL=smtp://127.0.0.1:" in export.group(0)
+        assert "JOBS_SMTP_FROM=" in export.group(0)
+        dotenv = (demo_dir / ".env").read_text()
+        assert dotenv.startswith(devservices.DEMO_ENV_MARK)
+        assert f"DATABASE_URL='{empty_db_url}'" in dotenv
+
+        # The folder the demo wrote .env in: pgjobs reads it.
+        bare = newcomer_env()
+        stats = shell("pgjobs stats", demo_dir, bare)
+        assert stats.returncode == 0, stats.stderr
+        assert "demo" in stats.stdout
+
+        # Anywhere else: the export line, then the README's steps as written.
+        setup = export.group(0) + "\n"
+        assert shell(setup + "pgjobs stats", user_dir, bare).returncode == 0
+        for name in ("myapp.py", "enqueue.py", "hello_mail.py"):
+            (user_dir / name).write_text(readme_block(f"# {name}"))
+        worker_command = readme_command("pgjobs worker --app myapp:jobs myapp")
+        with open(data_dir / "worker.txt", "w") as worker_log:
+            worker = subprocess.Popen(
+                ["bash", "-c", setup + "exec " + worker_command],
+                cwd=user_dir,
+                env=bare,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+            )
+        made = shell(setup + readme_command("python enqueue.py"), user_dir, bare)
+        assert made.returncode == 0, made.stderr
+        curl = readme_command("curl ").replace("http://127.0.0.1:3105", f"http://127.0.0.1:{port}")
+        posted = shell(setup + curl, user_dir, bare)
+        assert posted.returncode == 0 and '"queue":"myapp"' in posted.stdout.replace(" ", "")
+        psql = shutil.which("psql") is not None
+        if psql:
+            sql = shell(setup + readme_command('psql "$DATABASE_URL"'), user_dir, bare)
+            assert sql.returncode == 0 and "pending" in sql.stdout, sql.stderr
+        # The rest of twenty, as quick naps.
+        more = 20 - (3 if psql else 2)
+        script = (
+            "from myapp import jobs\n"
+            f"jobs.create_many_sync([{{'type': 'nap', 'queue': 'myapp',"
+            f" 'payload': {{'seconds': 0.05}}}}] * {more})\n"
+        )
+        assert shell(setup + f'python -c "{script}"', user_dir, bare).returncode == 0
+        mailed = shell(setup + readme_command("python hello_mail.py"), user_dir, bare)
+        assert mailed.returncode == 0, mailed.stderr
+
+        def naps_done() -> dict[str, int] | None:
+            with psycopg.connect(empty_db_url, autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT status, count(*) FROM jobs WHERE queue = 'myapp' GROUP BY status"
+                ).fetchall()
+            counts = dict(rows)
+            return counts if counts == {"completed": 21} else None
+
+        wait_until(naps_done, timeout=20, interval=0.2, message="the README's jobs completed")
+        read_until(out, r"mail: from=demo@example\.com to=a@example\.com subject='Hi'", demo, 10)
+        with psycopg.connect(empty_db_url, autocommit=True) as conn:
+            naps = conn.execute(
+                "SELECT count(*) FROM jobs WHERE queue = 'myapp' AND type = 'nap'"
+            ).fetchone()
+            failures = conn.execute(
+                "SELECT count(*) FROM job_failures f JOIN jobs j ON j.id = f.job_id"
+                " WHERE j.queue = 'myapp'"
+            ).fetchone()
+            demo_queues = conn.execute(
+                "SELECT DISTINCT queue FROM jobs WHERE type <> 'nap' AND type <> 'send-email'"
+            ).fetchall()
+        assert naps == (20,) and failures == (0,)
+        assert demo_queues == [("demo",)]
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGINT)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.wait(30)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
+    assert worker is not None
+    worker_output = (data_dir / "worker.txt").read_text()
+    assert worker.returncode == 0, worker_output
+    assert "Traceback" not in worker_output and "Warning" not in worker_output, worker_output
+    assert demo.returncode == 0, out.read_text()
