@@ -4,7 +4,8 @@ monitor, and the invariants every scenario must keep.
 - `Ledger`: tables in the scenario's own database. `chaos_jobs` remembers every enqueued
   id with its original run_at; the handler (tests/process/chaos/apps/chaos_app.py) writes a
   `chaos_starts` row per run and a `chaos_effects` row committed together with the
-  completion through `ctx.complete_in(conn)`.
+  completion through `ctx.complete_in(conn)`, or a `chaos_fenced` row when the fence
+  rejected that completion. Rows name the run's host (CHAOS_HOST, see hosts.py).
 - `Fleet`: `python -m pgjobs worker --app chaos_app:app` processes (not threads), with
   their output in log files; kill, stop, continue and respawn them.
 - `Monitor`: samples, while faults are injected, how long active jobs have been held by
@@ -72,12 +73,21 @@ CREATE TABLE IF NOT EXISTS chaos_starts (
     job_id uuid NOT NULL,
     attempt int NOT NULL,
     pid int NOT NULL,
+    host text,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE TABLE IF NOT EXISTS chaos_effects (
     job_id uuid NOT NULL,
     attempt int NOT NULL,
     pid int NOT NULL,
+    host text,
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS chaos_fenced (
+    job_id uuid NOT NULL,
+    attempt int NOT NULL,
+    pid int NOT NULL,
+    host text,
     at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS chaos_starts_job_idx ON chaos_starts (job_id);

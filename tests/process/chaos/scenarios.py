@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -199,6 +199,14 @@ class ApiProducer(threading.Thread):
         self.app.close_sync()
 
 
+class Stoppable(Protocol):
+    """What `Run.finish` needs of a fleet (`Fleet`, or `hosts.HostFleet`)."""
+
+    def stop(self, timeout: float = 30) -> dict[int, int]: ...
+
+    def log_tail(self, lines: int = 15) -> str: ...
+
+
 @dataclass
 class Run:
     """Shared plumbing of a scenario run."""
@@ -222,7 +230,7 @@ class Run:
 
     def finish(
         self,
-        fleet: Fleet | None,
+        fleet: Stoppable | None,
         *,
         timeout: float,
         tick: Any = None,

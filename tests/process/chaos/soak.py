@@ -4,6 +4,8 @@
     bin/soak --quick              # the CI sizes, for a smoke run
     bin/soak --only 1,3           # some scenarios only (9: the phased run)
     bin/soak --out soak.md        # also write the table (Markdown) to a file
+    bin/soak --hosts 3            # many hosts: 1, 2, 3 hosts x 2 processes draining
+                                  # 100,000 no-op jobs each, then one host cut off
 
 Each scenario runs in a fresh database of a private PostgreSQL cluster (Debian's
 initdb/pg_ctl; `--database-url` uses an existing server instead, except for the restart
@@ -14,7 +16,9 @@ when an invariant broke.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import platform
@@ -30,8 +34,10 @@ from pathlib import Path
 import psycopg
 
 from pgjobs._version import __version__
-from tests.process.chaos import scenarios
+from tests.netns import Hosts, unavailable
+from tests.process.chaos import hosts, scenarios
 from tests.process.chaos.harness import Cluster, Redis, Report, create_database, drop_database
+from tests.process.chaos.hosts import CutFigures, RoundFigures
 from tests.process.chaos.phases import PhaseFigures, phased_run
 
 
@@ -51,6 +57,9 @@ class Sizes:
     poison_s: float
     phase_window_s: float
     phase_rate: float
+    hosts_jobs: int
+    hosts_cut_jobs: int
+    hosts_cut_s: float
 
 
 FULL = Sizes(
@@ -68,6 +77,9 @@ FULL = Sizes(
     poison_s=60,
     phase_window_s=30,
     phase_rate=150,
+    hosts_jobs=100_000,
+    hosts_cut_jobs=30_000,
+    hosts_cut_s=8,
 )
 QUICK = Sizes(
     kill9_jobs=4_000,
@@ -84,6 +96,9 @@ QUICK = Sizes(
     poison_s=6,
     phase_window_s=3,
     phase_rate=150,
+    hosts_jobs=3_000,
+    hosts_cut_jobs=3_000,
+    hosts_cut_s=4,
 )
 
 
@@ -96,6 +111,8 @@ class Soak:
         self.reports: list[Report] = []
         self.details: list[str] = []
         self.phase_figures: list[PhaseFigures] = []
+        self.rounds: list[RoundFigures] = []
+        self.cut_figures: CutFigures | None = None
         self.logs = Path(tempfile.mkdtemp(prefix="pgjobs-soak-"))
 
     def server(self) -> str:
@@ -322,6 +339,119 @@ class Soak:
         # The idle-connections phase opens 300 on top of the fleet's and the readers'.
         self.on_own_cluster(9, "phases", body, max_connections=600)
 
+    def many_hosts(self, count: int) -> None:
+        """Rounds of 1..`count` hosts (network namespaces) x 2 worker processes, each
+        draining a fresh backlog of no-op jobs; then scenario 10, one host cut off."""
+        admin = self.server()
+        redis = Redis.start() if Redis.available() else None
+        redis_url = redis.url if redis is not None else None
+        data_dir = self.cluster.server.data_dir if self.cluster is not None else None
+        try:
+            with Hosts(count, hosts.ports(admin, redis_url)) as net:
+                for k in range(1, count + 1):
+
+                    def body(db_url: str, log_dir: Path, k: int = k) -> None:
+                        figures = hosts.drain_round(
+                            db_url,
+                            redis_url,
+                            net,
+                            log_dir,
+                            hosts=k,
+                            jobs=self.sizes.hosts_jobs,
+                            data_dir=data_dir,
+                        )
+                        self.rounds.append(figures)
+                        print(f"   {figures}", flush=True)
+
+                    self.run(100 + k, f"{k} hosts x 2 processes drain", body)
+
+            def cut(db_url: str, log_dir: Path) -> None:
+                report, figures = hosts.cut_off_host(
+                    db_url,
+                    redis_url,
+                    log_dir,
+                    hosts=count,
+                    jobs=self.sizes.hosts_cut_jobs,
+                    cut_s=self.sizes.hosts_cut_s,
+                    timeout=1800,
+                )
+                if figures.problems():
+                    report.notes.append(f"many hosts: {figures.problems()}")
+                    report.missing_records += 1
+                self.cut_figures = figures
+                self.add(report)
+                self.details.append(f"10. {figures.text()}")
+
+            self.run(10, f"{count} hosts, one cut off", cut)
+        finally:
+            if redis is not None:
+                redis.close()
+
+    def hosts_table(self) -> list[str]:
+        base = self.rounds[0].jobs_per_s if self.rounds else 0.0
+        lines = markdown_table(
+            [
+                ("hosts x processes", "-"),
+                ("jobs", ":"),
+                ("jobs/s", ":"),
+                ("vs 1 host", ":"),
+                ("primary CPU (cores)", ":"),
+                ("workers CPU", ":"),
+                ("forwarders CPU", ":"),
+                ("machine busy", ":"),
+                ("connections", ":"),
+                ("WAL MB/s", ":"),
+                ("WAL bytes/job", ":"),
+                ("load avg", ":"),
+                ("lost / duplicated", ":"),
+            ],
+            [
+                [
+                    f"{r.hosts} x {r.processes}",
+                    f"{r.jobs:,}",
+                    f"{r.jobs_per_s:,.0f}",
+                    f"{r.jobs_per_s / base:.2f}" if base else "-",
+                    f"{r.pg_cores:.2f}",
+                    f"{r.worker_cores:.2f}",
+                    f"{r.forwarder_cores:.2f}",
+                    f"{r.machine_busy:.0%}",
+                    str(r.connections),
+                    f"{r.wal_mb_per_s:.1f}",
+                    f"{r.wal_bytes_per_job:,.0f}",
+                    f"{r.load_average:.1f}",
+                    f"{r.lost} / {r.duplicated}",
+                ]
+                for r in self.rounds
+            ],
+        )
+        if self.rounds:
+            last = self.rounds[-1]
+            lines += [
+                "",
+                f"At {last.hosts} hosts the machine's {os.cpu_count()} cores were "
+                f"{last.machine_busy:.0%} busy: the primary's processes took "
+                f"{last.pg_cores:.2f} cores, the workers {last.worker_cores:.2f}, the "
+                f"forwarders {last.forwarder_cores:.2f}.",
+            ]
+        return lines
+
+    def write_json(self, started: dt.datetime, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"hosts-{started:%Y%m%d-%H%M%S}.json"
+        record = {
+            "started": started.isoformat(),
+            "machine": machine(),
+            "pgjobs": __version__,
+            "commit": git_commit(),
+            "rounds": [dataclasses.asdict(r) for r in self.rounds],
+            "cut_off": dataclasses.asdict(self.cut_figures) if self.cut_figures else None,
+            "reports": [
+                {**dataclasses.asdict(r), "violations": r.violations()} for r in self.reports
+            ],
+        }
+        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        return path
+
     # ---------------------------------------------------------------- output
 
     def table(self, started: dt.datetime, elapsed: float) -> str:
@@ -363,6 +493,8 @@ class Soak:
         ]
         if self.phase_figures:
             lines += ["", *self.phase_table()]
+        if self.rounds:
+            lines += ["", *self.hosts_table()]
         lines.append("")
         lines.extend(f"- {d}" for d in self.details)
         broken = [f"{r.scenario}: {r.violations()}" for r in self.reports if r.violations()]
@@ -484,6 +616,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, help="scenario 7's hold in s (default 180)")
     parser.add_argument("--window", type=float, help="scenario 9's window in s (default 30)")
     parser.add_argument("--rate", type=float, help="scenario 9's jobs/s (default 150)")
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        help="many hosts instead of the scenarios: 1..N network namespaces x 2 worker "
+        "processes draining no-op jobs (--jobs each, default 100,000), then one host cut off",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("bench-results"),
+        help="where --hosts writes its JSON record (default bench-results/)",
+    )
     parser.add_argument("--database-url", help="an existing server's admin URL")
     parser.add_argument("--keep", action="store_true", help="keep the scenario databases")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
@@ -499,6 +643,13 @@ def main(argv: list[str] | None = None) -> int:
         "phase_window_s": args.window,
         "phase_rate": args.rate,
     }
+    if args.hosts is not None:
+        if not 1 <= args.hosts <= 63:
+            parser.error("--hosts takes a number of hosts from 1 to 63")
+        reason = unavailable()
+        if reason is not None:
+            parser.error(f"--hosts needs network namespaces: {reason}")
+        overrides["hosts_jobs"] = overrides.pop("kill9_jobs")
     sizes = Sizes(**{**vars(sizes), **{k: v for k, v in overrides.items() if v is not None}})
     if args.database_url is None and not Cluster.available():
         parser.error("no PostgreSQL binaries in /usr/lib/postgresql: give --database-url")
@@ -524,8 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     print(f"soak: sizes {sizes}; worker logs in {soak.logs}", flush=True)
     try:
-        for number in sorted(wanted):
-            steps[number]()
+        if args.hosts is not None:
+            soak.many_hosts(args.hosts)
+        else:
+            for number in sorted(wanted):
+                steps[number]()
     except (AssertionError, psycopg.Error) as exc:
         soak.details.append(f"ABORTED: {type(exc).__name__}: {exc}")
     finally:
@@ -535,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")
+    if args.hosts is not None:
+        print(f"record: {soak.write_json(started, args.results)}")
     broken = any(r.violations() for r in soak.reports) or any(
         d.startswith("ABORTED") for d in soak.details
     )

@@ -3,8 +3,12 @@
 `chaos` is the ledger handler: it records a start row (committed at once, so a run that
 dies later still leaves its trace), works for `ms` milliseconds, then records its effect
 and completes the job in ONE transaction through `ctx.complete_in(conn)` — or, with
-`"complete": "return"`, returns its result for the worker's batched completer. The
-ledger tables live in the scenario's database (see tests/process/chaos/harness.py).
+`"complete": "return"`, returns its result for the worker's batched completer. When the
+fence rejects the in-transaction completion (the run lost its job), it records a
+`chaos_fenced` row instead. Every row carries the host label CHAOS_HOST (the
+many-hosts scenario sets it per network namespace). The ledger tables live in the
+scenario's database (see tests/process/chaos/harness.py). `tick` is what a cron
+schedule runs and `noop` what a throughput run drains: they only name their host.
 
 The others misbehave on purpose: hang past their timeout (async, sync thread, CPU loop)
 or kill their own worker process every time (`poison`).
@@ -24,6 +28,7 @@ import pgjobs
 app = pgjobs.App(builtin_types=False)
 
 _pool: AsyncConnectionPool | None = None
+HOST = os.environ.get("CHAOS_HOST")
 
 
 async def ledger_pool(ctx: pgjobs.JobContext) -> AsyncConnectionPool:
@@ -52,21 +57,39 @@ async def chaos(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> dict[str, An
     pool = await ledger_pool(ctx)
     async with pool.connection() as conn:
         await conn.execute(
-            "INSERT INTO chaos_starts (job_id, attempt, pid) VALUES (%s, %s, %s)",
-            (ctx.id, ctx.attempt, os.getpid()),
+            "INSERT INTO chaos_starts (job_id, attempt, pid, host) VALUES (%s, %s, %s, %s)",
+            (ctx.id, ctx.attempt, os.getpid(), HOST),
         )
     await asyncio.sleep(payload.get("ms", 10) / 1000)
-    result = {"pid": os.getpid(), "attempt": ctx.attempt}
+    result = {"pid": os.getpid(), "attempt": ctx.attempt, "host": HOST}
     if payload.get("complete") == "return":
         return result
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO chaos_effects (job_id, attempt, pid) VALUES (%s, %s, %s)",
-            (ctx.id, ctx.attempt, os.getpid()),
-        )
-        # Raises StaleRun when this run lost the job: the effect rolls back with it.
-        await ctx.complete_in(conn, result)
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO chaos_effects (job_id, attempt, pid, host) VALUES (%s, %s, %s, %s)",
+                (ctx.id, ctx.attempt, os.getpid(), HOST),
+            )
+            # Raises StaleRun when this run lost the job: the effect rolls back with it.
+            await ctx.complete_in(conn, result)
+    except pgjobs.StaleRun:
+        async with pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO chaos_fenced (job_id, attempt, pid, host) VALUES (%s, %s, %s, %s)",
+                (ctx.id, ctx.attempt, os.getpid(), HOST),
+            )
+        raise
     return result
+
+
+@app.handler("noop")
+async def noop(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"host": HOST}
+
+
+@app.handler("tick")
+async def tick(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"host": HOST, "attempt": ctx.attempt}
 
 
 @app.handler("hang-async")
