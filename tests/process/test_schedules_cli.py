@@ -159,21 +159,26 @@ def test_json_output_and_update(db_url: str, db: Any, tmp_path: Path) -> None:
     ]
 
 
-def test_create_with_arguments_in_order(db_url: str, db: Any, tmp_path: Path) -> None:
-    """NAME TYPE CRON PAYLOAD as arguments, a database by its name on the DATABASE_URL
-    server and an S3 destination."""
-    name = db.execute("SELECT current_database() AS name").fetchone()["name"]
-    payload = json.dumps({"database": name, "destination": "s3://backups/weekly"})
-    created = shell(
-        f"pgjobs schedule create weekly-backup database-backup \"0 3 * * 0\" '{payload}'",
-        db_url,
-        tmp_path,
-    )
+# The command as a plugin user writes it: a database by its name on the DATABASE_URL
+# server, an S3 destination, the fields as arguments in order.
+WEEKLY_BACKUP = """pgjobs schedule create weekly-backup database-backup "0 3 * * 0" \
+'{"database": "production", "destination": "s3://backups/weekly"}'"""
+
+
+def test_create_with_arguments_in_order(db_url: str, tmp_path: Path) -> None:
+    created = shell(WEEKLY_BACKUP, db_url, tmp_path)
     assert created.returncode == 0, created.stderr
     stored = schedule_cli(db_url, tmp_path, "show", "weekly-backup", "--json")
     shown = json.loads(stored.stdout)
     assert (shown["type"], shown["cron_expression"]) == ("database-backup", "0 3 * * 0")
-    assert shown["payload"] == {"database": name, "destination": "s3://backups/weekly"}
+    payload = {"database": "production", "destination": "s3://backups/weekly"}
+    assert shown["payload"] == payload
+    # What each fire enqueues passes the type's checks (the fire itself is run against a
+    # real S3 server in test_backup_s3.py).
+    enqueued = shell(
+        f"pgjobs enqueue database-backup --payload '{json.dumps(payload)}'", db_url, tmp_path
+    )
+    assert enqueued.returncode == 0, enqueued.stderr
 
 
 def test_empty_list(db_url: str, tmp_path: Path) -> None:
