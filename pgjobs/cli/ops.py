@@ -48,7 +48,9 @@ def run_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
 
     async def main() -> T:
         url = settings.require_database_url()
-        probe = await connect_async(url, "cli")  # one clear line if PostgreSQL is down
+        probe = await connect_async(
+            url, "cli", pooled=settings.transaction_pooling
+        )  # one clear line if PostgreSQL is down
         await probe.close()
         app = App(settings)
         try:
@@ -100,7 +102,9 @@ def server(ctx: click.Context, host: str | None, port: str | None) -> None:
     problem = startup_problem(settings, bind_host)
     if problem:
         fail(problem)
-    connect_sync(settings.require_database_url(), "api").close()
+    connect_sync(
+        settings.require_database_url(), "api", pooled=settings.transaction_pooling
+    ).close()
     shown = f"[{bind_host}]" if ":" in bind_host else bind_host
     dashboard = f", dashboard at {settings.dashboard_path}" if settings.dashboard_enabled else ""
     echo(f"pgjobs server on http://{shown}:{bind_port}{dashboard}", err=True)
