@@ -6,6 +6,7 @@ every connection in the middle of a drain."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -24,11 +25,11 @@ from psycopg.rows import dict_row
 from pgjobs.app import App
 from pgjobs.config import Settings
 from pgjobs.db import connect_async
+from pgjobs.dev.pgbouncer import BINARY, PgBouncer, available
 from pgjobs.engine.maintenance.tasks import VACUUM_DEAD_ROWS, Vacuumer, run_round
-from tests.conftest import make_settings
+from tests.conftest import ADMIN_URL, make_settings
 from tests.helpers import wait_until, wait_until_async
-from tests.paths import APPS
-from tests.pgbouncer import BINARY, PgBouncer, available
+from tests.paths import APPS, ROOT
 from tests.redis_server import shared_redis_url
 from tests.web_client import api_client
 
@@ -48,7 +49,7 @@ SLOW_POLL = {"JOBS_POLL_INTERVAL": "10000"}
 
 @pytest.fixture(scope="module")
 def bouncer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
-    server = PgBouncer(tmp_path_factory.mktemp("pgbouncer"))
+    server = PgBouncer(tmp_path_factory.mktemp("pgbouncer"), ADMIN_URL)
     server.start()
     try:
         yield server
@@ -376,3 +377,26 @@ async def test_no_job_lost_or_run_twice_when_the_bouncer_drops_connections(
 
 async def _at_least(done: Any, n: int) -> bool:
     return bool(done() >= n)
+
+
+# ------------------------------------------------------------------ the benchmark
+
+
+def test_bouncer_benchmark_runs(tmp_path: Path) -> None:
+    """bin/bench --bouncer still runs (tiny counts; no timing is asserted)."""
+    small = ["--count", "300", "--rounds", "1", "--out", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.bouncer", *small],
+        cwd=ROOT,
+        env={**os.environ, "PGJOBS_BENCH_DATABASE_URL": ADMIN_URL},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "through PgBouncer" in result.stdout
+    [written] = list(tmp_path.glob("bouncer-*.json"))
+    record = json.loads(written.read_text())
+    assert set(record["medians"]) == {"direct", "unprepared", "bouncer"}
+    assert all(rate > 0 for rate in record["medians"].values())

@@ -1,7 +1,7 @@
-"""A private PgBouncer in transaction pooling mode for the tests: Debian's `pgbouncer`
-(bin/ensure-pgbouncer installs it) on a free port of 127.0.0.1 with its own temporary
-configuration, in front of the test server (ADMIN_URL). Every database of the server is
-reachable through it under its own name."""
+"""A private PgBouncer in transaction pooling mode, for the tests and `bin/bench --bouncer`:
+Debian's `pgbouncer` (bin/ensure-pgbouncer installs it) on a free port of 127.0.0.1 with
+its own configuration in a given directory, in front of one PostgreSQL server. Every
+database of the server is reachable through it under its own name."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-
-from tests.conftest import ADMIN_URL
 
 BINARY = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 POOL_SIZE = 4
@@ -36,11 +34,16 @@ def _free_port() -> int:
 
 
 class PgBouncer:
-    def __init__(self, directory: Path) -> None:
+    """`pool_mode = transaction` with `pool_size` server connections per database and
+    user, trust authentication (for a server that trusts local connections) and an
+    admin console (`admin`)."""
+
+    def __init__(self, directory: Path, server_url: str, *, pool_size: int = POOL_SIZE) -> None:
         self.directory = directory
         self.port = _free_port()
+        self.pool_size = pool_size
         self.proc: subprocess.Popen[bytes] | None = None
-        server = urlsplit(ADMIN_URL)
+        server = urlsplit(server_url)
         self.user = server.username or ADMIN_USER
         self._server_host = server.hostname or "127.0.0.1"
         self._server_port = server.port or 5432
@@ -71,7 +74,7 @@ class PgBouncer:
             f"auth_file = {users}\n"
             f"admin_users = {ADMIN_USER}\n"
             "pool_mode = transaction\n"
-            f"default_pool_size = {POOL_SIZE}\n"
+            f"default_pool_size = {self.pool_size}\n"
             "max_client_conn = 500\n"
             "server_login_retry = 1\n"
             "ignore_startup_parameters = extra_float_digits\n"
