@@ -15,7 +15,8 @@ Publishing. Every event is published only once the change it reports has committ
   out over NOTIFY instead.
 
 Consuming. One `EventHub` per App subscribes to Redis (when configured) and LISTENs on
-`pgjobs_events` (unless JOBS_LISTEN=false), reads the batches it is told of, and fans
+`pgjobs_events` (unless JOBS_LISTEN=false, or Settings.listen_url has no server for it),
+reads the batches it is told of, and fans
 events out to streams and waiters.
 Events are hints: a stream misses what was published while its connection was down,
 so `wait()` also re-reads the awaited jobs every poll interval and never depends on
