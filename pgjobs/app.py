@@ -499,7 +499,12 @@ class App:
         if self._pool is not None and self._pool_loop is not loop:
             self._pool = None  # the old loop is gone; its pool cannot be reused
         if self._pool is None:
-            pool = make_pool(self.settings.require_database_url(), "api", max_size=8)
+            pool = make_pool(
+                self.settings.require_database_url(),
+                "api",
+                max_size=8,
+                pooled=self.settings.transaction_pooling,
+            )
             try:
                 await pool.open(wait=True, timeout=15)
             except BaseException:
@@ -513,7 +518,11 @@ class App:
 
     def sync_pool(self) -> ConnectionPool:
         if self._sync_pool is None:
-            self._sync_pool = make_sync_pool(self.settings.require_database_url(), "api")
+            self._sync_pool = make_sync_pool(
+                self.settings.require_database_url(),
+                "api",
+                pooled=self.settings.transaction_pooling,
+            )
         return self._sync_pool
 
     @asynccontextmanager

@@ -80,6 +80,16 @@ def _postgres_url(raw: str) -> str:
     return value
 
 
+POOL_MODES = ("direct", "transaction")
+
+
+def _pool_mode(raw: str) -> str:
+    lowered = raw.strip().lower()
+    if lowered not in POOL_MODES:
+        raise ValueError("direct or transaction")
+    return lowered
+
+
 def _redis_url(raw: str) -> str:
     try:
         parse_redis_url(raw)
@@ -290,6 +300,8 @@ def setting(
 class Settings:
     database_url: str | None = setting("DATABASE_URL", _postgres_url)
     redis_url: str | None = setting("JOBS_REDIS_URL", _redis_url)
+    pool_mode: str = setting("JOBS_POOL_MODE", _pool_mode, "direct")
+    listen_database_url: str | None = setting("JOBS_LISTEN_DATABASE_URL", _postgres_url)
     dashboard_enabled: bool = setting("JOBS_DASHBOARD_ENABLED", _bool, True)
     dashboard_port: int = setting("JOBS_DASHBOARD_PORT", _port, 3105)
     dashboard_host: str = setting("JOBS_DASHBOARD_HOST", _host, "127.0.0.1")
@@ -379,6 +391,21 @@ class Settings:
         if self.backup_roots:
             return self.backup_roots
         return (self.backup_dir,) if self.backup_dir else ()
+
+    @property
+    def transaction_pooling(self) -> bool:
+        """Whether DATABASE_URL leads through a pooler in transaction mode (PgBouncer's
+        `pool_mode = transaction`): no session state survives a transaction there."""
+        return self.pool_mode == "transaction"
+
+    @property
+    def listen_url(self) -> str | None:
+        """The server the LISTEN connections (wake-ups, job events) go to:
+        JOBS_LISTEN_DATABASE_URL, else DATABASE_URL unless that leads through a
+        transaction pooler, which loses a LISTEN with its transaction (None then)."""
+        if self.listen_database_url:
+            return self.listen_database_url
+        return None if self.transaction_pooling else self.database_url
 
     def require_database_url(self) -> str:
         if not self.database_url:

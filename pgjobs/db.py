@@ -67,8 +67,23 @@ set_json_loads(load_json, ADAPTERS)
 
 
 def connect_kwargs(
-    role: str, owner: str | None = None, *, generic_plans: bool = False
+    role: str, owner: str | None = None, *, generic_plans: bool = False, pooled: bool = False
 ) -> dict[str, Any]:
+    """The connect() arguments of a pgjobs connection.
+
+    `pooled`: the URL leads through a transaction-mode pooler (JOBS_POOL_MODE=transaction),
+    which hands each transaction to any of its server connections. Nothing may then live
+    in the session: PgBouncer refuses the `options` startup parameter, and a statement
+    prepared on one server connection is unknown on the next (before PgBouncer 1.21).
+    SESSION_OPTIONS are dropped with it: the timeouts are safety nets that the role's own
+    settings or PgBouncer's query_timeout and idle_transaction_timeout give instead
+    (docs/scaling.md), and GENERIC_PLANS need prepared statements anyway."""
+    if pooled:
+        return {
+            "application_name": application_name(role, owner),
+            "prepare_threshold": None,
+            "context": ADAPTERS,
+        }
     options = SESSION_OPTIONS + (GENERIC_PLANS if generic_plans else "")
     return {
         "application_name": application_name(role, owner),
@@ -79,7 +94,17 @@ def connect_kwargs(
 
 def describe_connect_error(url: str, exc: BaseException) -> str:
     """One line saying which server could not be reached and why."""
-    return f"cannot connect to PostgreSQL at {_where(url)} ({_reason(exc)}) — check DATABASE_URL"
+    reason = _reason(exc)
+    if _POOLER_REFUSAL in reason:
+        # PgBouncer refuses the `options` that direct connections carry.
+        return (
+            f"cannot connect to PostgreSQL at {_where(url)} ({reason}) — a PgBouncer in "
+            "transaction pooling mode? set JOBS_POOL_MODE=transaction"
+        )
+    return f"cannot connect to PostgreSQL at {_where(url)} ({reason}) — check DATABASE_URL"
+
+
+_POOLER_REFUSAL = "unsupported startup parameter"
 
 
 # What the server says when it refuses who or what a connection asked for: a retry
@@ -95,6 +120,7 @@ _CONFIGURATION_ERRORS = (
     "invalid connection option",
     "invalid dsn",
     "invalid uri",
+    _POOLER_REFUSAL,
 )
 
 
@@ -132,21 +158,23 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
-def connect_sync(url: str, role: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+def connect_sync(
+    url: str, role: str, *, autocommit: bool = True, pooled: bool = False
+) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(
             url,
             autocommit=autocommit,
             row_factory=dict_row,
             connect_timeout=10,
-            **connect_kwargs(role),
+            **connect_kwargs(role, pooled=pooled),
         )
     except psycopg.OperationalError as exc:
         raise ServiceUnavailable(describe_connect_error(url, exc)) from exc
 
 
 async def connect_async(
-    url: str, role: str, owner: str | None = None, *, autocommit: bool = True
+    url: str, role: str, owner: str | None = None, *, autocommit: bool = True, pooled: bool = False
 ) -> psycopg.AsyncConnection[Any]:
     try:
         return await psycopg.AsyncConnection.connect(
@@ -154,7 +182,7 @@ async def connect_async(
             autocommit=autocommit,
             row_factory=dict_row,
             connect_timeout=10,
-            **connect_kwargs(role, owner),
+            **connect_kwargs(role, owner, pooled=pooled),
         )
     except psycopg.OperationalError as exc:
         raise ServiceUnavailable(describe_connect_error(url, exc)) from exc
@@ -250,6 +278,7 @@ def make_pool(
     check: bool = True,
     wait: float = 30.0,
     generic_plans: bool = False,
+    pooled: bool = False,
 ) -> AsyncConnectionPool:
     """An unopened pool; open it inside the event loop that will use it.
 
@@ -261,7 +290,9 @@ def make_pool(
     `wait`: how long a checkout waits for a connection (see RecoveringPool).
 
     `generic_plans`: see GENERIC_PLANS; only for statements whose generic plan was
-    checked (psycopg prepares a statement after its fifth run on a connection)."""
+    checked (psycopg prepares a statement after its fifth run on a connection).
+
+    `pooled`: see connect_kwargs; it overrides `generic_plans`."""
     return RecoveringPool(
         url,
         min_size=min_size,
@@ -270,7 +301,7 @@ def make_pool(
         kwargs={
             "autocommit": True,
             "row_factory": dict_row,
-            **connect_kwargs(role, owner, generic_plans=generic_plans),
+            **connect_kwargs(role, owner, generic_plans=generic_plans, pooled=pooled),
         },
         check=_check_unless_recent if check else None,
         reconnect_timeout=0,
@@ -279,14 +310,24 @@ def make_pool(
 
 
 def make_sync_pool(
-    url: str, role: str, *, min_size: int = 1, max_size: int = 4, wait: float = 30.0
+    url: str,
+    role: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    wait: float = 30.0,
+    pooled: bool = False,
 ) -> ConnectionPool:
     """An open synchronous pool that recovers like make_pool's."""
     return RecoveringSyncPool(
         url,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True, "row_factory": dict_row, **connect_kwargs(role)},
+        kwargs={
+            "autocommit": True,
+            "row_factory": dict_row,
+            **connect_kwargs(role, pooled=pooled),
+        },
         check=_check_unless_recent_sync,
         reconnect_timeout=0,
         timeout=wait,
@@ -343,6 +384,8 @@ def install_schema(conn: psycopg.Connection[Any], *, up_to: int | None = None) -
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SET LOCAL client_min_messages = warning")
+        # The connection's own timeouts are missing behind a transaction pooler.
+        cur.execute(query("transaction_timeouts"))
         cur.execute(query("init_lock"))
         installed = _fetch(cur, query("schema_installed"))["installed"]
         before = int(_fetch(cur, query("schema_version"))["version"]) if installed else 0

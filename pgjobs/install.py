@@ -42,7 +42,7 @@ def redis_status(url: str | None) -> str:
 def initialise(settings: Settings) -> InitReport:
     """Create or upgrade everything; raises ServiceUnavailable when PostgreSQL is down."""
     url = settings.require_database_url()
-    with connect_sync(url, "init") as conn:
+    with connect_sync(url, "init", pooled=settings.transaction_pooling) as conn:
         result = install_schema(conn)
         missing = missing_relations(conn)
         record_settings(conn, settings)

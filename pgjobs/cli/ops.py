@@ -51,7 +51,9 @@ def run_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
 
     async def main() -> T:
         url = settings.require_database_url()
-        probe = await connect_async(url, "cli")  # one clear line if PostgreSQL is down
+        probe = await connect_async(
+            url, "cli", pooled=settings.transaction_pooling
+        )  # one clear line if PostgreSQL is down
         await probe.close()
         app = App(settings)
         try:
@@ -113,7 +115,9 @@ def server(
     if problem:
         fail(problem)
     target = start_logging(settings, log_file, log_format)
-    connect_sync(settings.require_database_url(), "api").close()
+    connect_sync(
+        settings.require_database_url(), "api", pooled=settings.transaction_pooling
+    ).close()
     log = logging.getLogger("pgjobs.server")
 
     def announce(line: str) -> None:

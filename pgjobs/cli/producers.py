@@ -47,7 +47,10 @@ def _show(types: list[str] | None, as_json: bool) -> None:
 @handle_errors
 def list_command(ctx: click.Context, as_json: bool) -> None:
     """Print the allowed types, one a line, or the default rule."""
-    with connect_sync(settings_from(ctx).require_database_url(), "cli") as conn:
+    settings = settings_from(ctx)
+    with connect_sync(
+        settings.require_database_url(), "cli", pooled=settings.transaction_pooling
+    ) as conn:
         _show(producer_types(conn), as_json)
 
 

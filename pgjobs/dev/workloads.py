@@ -51,8 +51,10 @@ def user_app(database_url: str) -> App:
     return app
 
 
+# The workloads' own connections prepare nothing, so they also run through a
+# transaction-mode PgBouncer (JOBS_POOL_MODE=transaction in the environment).
 def _truncate(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True, prepare_threshold=None) as conn:
         conn.execute(query("bench_truncate"))
         conn.execute(query("bench_vacuum"))
 
@@ -74,7 +76,7 @@ async def drain(
     try:
         await app.create_many([app.build(NOOP, {}) for _ in range(count)])
         async with await psycopg.AsyncConnection.connect(
-            database_url, autocommit=True, row_factory=dict_row
+            database_url, autocommit=True, row_factory=dict_row, prepare_threshold=None
         ) as conn:
             began = time.perf_counter()
             async with app.worker(queues=["default"], concurrency=concurrency):

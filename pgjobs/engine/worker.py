@@ -184,7 +184,12 @@ class Worker:
         # keeping up, or unreachable). Several times what the worker may hold: a bound
         # near it made every claim wait for the write before it (a third less throughput).
         self._max_backlog = max(10 * self.concurrency, 4 * (self.concurrency + MAX_AHEAD))
-        self._listen = (settings.listen if listen is None else listen) and not drain
+        # Behind a transaction pooler only over JOBS_LISTEN_DATABASE_URL (Settings.listen_url).
+        self._listen = (
+            (settings.listen if listen is None else listen)
+            and not drain
+            and settings.listen_url is not None
+        )
         self._with_maintenance = maintenance and not drain
         self._tasks = tasks
         self.processed = 0
@@ -242,6 +247,7 @@ class Worker:
             check=False,
             wait=POOL_WAIT,
             generic_plans=generic_plans,
+            pooled=self.settings.transaction_pooling,
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -265,8 +271,9 @@ class Worker:
         await self._limiter.start(self._pool)
         self._completer.start()
         if self._listen:
+            assert self.settings.listen_url is not None
             self._listener = Listener(
-                self.settings.require_database_url(),
+                self.settings.listen_url,
                 self.name,
                 on_jobs=self._on_jobs,
                 on_cancel=self._on_cancel_hint,
@@ -282,7 +289,11 @@ class Worker:
         if self._with_maintenance:
             tasks = self._tasks if self._tasks is not None else default_tasks(self.settings)
             self._maintenance = Maintenance(
-                self._pool, self.clock, tasks, max_sleep=self.poll_interval
+                self._pool,
+                self.clock,
+                tasks,
+                max_sleep=self.poll_interval,
+                pooled=self.settings.transaction_pooling,
             )
             self._maintenance.start()
         self._background.append(

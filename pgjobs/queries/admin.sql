@@ -1,5 +1,12 @@
 -- Schema installation and upgrades (pgjobs init).
 
+-- name: transaction_timeouts
+-- db.SESSION_OPTIONS' timeouts for one transaction, for the transactions that hold locks
+-- others wait on (init, maintenance rounds) when connections carry no session settings
+-- (JOBS_POOL_MODE=transaction).
+SELECT set_config('statement_timeout', '60000', true),
+       set_config('idle_in_transaction_session_timeout', '60000', true);
+
 -- name: init_lock
 -- Transaction-scoped, so a crashed init can never leave the lock held.
 SELECT pg_advisory_xact_lock(7423510001);

@@ -15,7 +15,8 @@ Publishing. Every event is published only once the change it reports has committ
   out over NOTIFY instead.
 
 Consuming. One `EventHub` per App subscribes to Redis (when configured) and LISTENs on
-`pgjobs_events` (unless JOBS_LISTEN=false), reads the batches it is told of, and fans
+`pgjobs_events` (unless JOBS_LISTEN=false, or Settings.listen_url has no server for it),
+reads the batches it is told of, and fans
 events out to streams and waiters.
 Events are hints: a stream misses what was published while its connection was down,
 so `wait()` also re-reads the awaited jobs every poll interval and never depends on
@@ -423,7 +424,9 @@ class EventHub:
         self._redis: cache.Subscriber | None = None
         self._listener: PgEventListener | None = None
         self._redis_url = settings.redis_url
-        self._listen = settings.listen
+        # The LISTEN connection also holds the consumer lock (events_consumer_lock): a
+        # transaction pooler would leave both behind, so only a direct one has them.
+        self._listen_url = settings.listen_url if settings.listen else None
         self._started = False
         self._live_since = 0.0
         self._start_lock = asyncio.Lock()
@@ -460,10 +463,8 @@ class EventHub:
                 )
                 self._redis.start()
                 waits.append(self._redis.connected.wait())
-            if self._listen:
-                self._listener = PgEventListener(
-                    self._app.settings.require_database_url(), self._on_batch
-                )
+            if self._listen_url is not None:
+                self._listener = PgEventListener(self._listen_url, self._on_batch)
                 self._reader = asyncio.create_task(self._read_batches(), name="pgjobs-events-read")
                 self._listener.start()
                 waits.append(self._listener.connected.wait())

@@ -166,3 +166,37 @@ def test_generic_plans_of_claim_and_finish_read_jobs_by_index_only(
         # Each did its work: 10 rows claimed, then the 10 claimed before recorded.
         updates = [n for n in reads if n["Node Type"] == "ModifyTable"]
         assert [n["Actual Rows"] for n in updates] == [10], updates
+
+
+@pytest.mark.slow
+def test_custom_plans_of_claim_and_finish_read_jobs_by_index_only(filled: Any) -> None:
+    """Behind a transaction pooler (JOBS_POOL_MODE=transaction) nothing is prepared and no
+    planner setting is sent: every claim and finish is planned with its own values and
+    the default settings. Those plans must keep to the same indexes."""
+    db = filled
+    claim = {"now": None, "queues": ["default"], "limit": 10, "worker": uuid.uuid4()}
+    explain = b"EXPLAIN (ANALYZE, FORMAT JSON) "
+    db.execute("BEGIN")
+    try:
+        active = db.execute(query("claim_jobs"), claim).fetchall()
+        claim_plan = db.execute(explain + query("claim_jobs").encode(), claim).fetchone()
+        finish_plan = db.execute(
+            explain + query("finish_runs").encode(), {**claim, **completed(active)}
+        ).fetchone()
+    finally:
+        db.execute("ROLLBACK")
+    for row, indexes in [
+        (claim_plan, {"jobs_claim_idx", "jobs_pkey"}),
+        (finish_plan, {"jobs_pkey"}),
+    ]:
+        reads = [
+            n for n in plan_nodes(row["QUERY PLAN"][0]["Plan"]) if n.get("Relation Name") == "jobs"
+        ]
+        scans = [n for n in reads if n["Node Type"] != "ModifyTable"]
+        assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan"}, scans
+        assert {n["Index Name"] for n in scans} <= indexes, scans
+        assert "jobs_claim_idx" in {n["Index Name"] for n in scans} or indexes == {"jobs_pkey"}
+        assert all(n["Actual Rows"] <= 10 for n in scans), [
+            (n["Index Name"], n["Actual Rows"]) for n in scans
+        ]
+        assert [n["Actual Rows"] for n in reads if n["Node Type"] == "ModifyTable"] == [10]

@@ -30,6 +30,8 @@ def render(value: Any) -> str:
 SAMPLES: dict[str, tuple[str, Any]] = {
     "DATABASE_URL": ("postgresql://u@db:5432/x", "postgresql://u@db:5432/x"),
     "JOBS_REDIS_URL": ("redis://cache:6379/1", "redis://cache:6379/1"),
+    "JOBS_POOL_MODE": ("transaction", "transaction"),
+    "JOBS_LISTEN_DATABASE_URL": ("postgresql://u@db:5432/x", "postgresql://u@db:5432/x"),
     "JOBS_APP": ("myapp.jobs:app", "myapp.jobs:app"),
     "JOBS_API_TOKEN": ("t0ken", "t0ken"),
     "JOBS_DASHBOARD_USER": ("ops", "ops"),
@@ -79,6 +81,8 @@ def test_defaults_are_the_documented_contract() -> None:
     s = load_settings({}, env_file=None)
     assert s.database_url is None
     assert s.redis_url is None
+    assert s.pool_mode == "direct"
+    assert s.listen_database_url is None
     assert s.dashboard_enabled is True
     assert s.dashboard_port == 3105
     assert s.dashboard_path == "/dashboard"

@@ -168,17 +168,27 @@ class Vacuumer:
     by which time a busy queue has left hundreds of thousands of them.
 
     VACUUM cannot run inside a transaction: this round takes a session-level leader
-    lock itself (`own_lock`), outside the transaction run_round would open."""
+    lock itself (`own_lock`), outside the transaction run_round would open.
+
+    `pooled` (JOBS_POOL_MODE=transaction): a session lock would stay behind on whichever
+    server connection the pooler picked, and a transaction-scoped one is gone before a
+    VACUUM can start. Every worker then checks, and VACUUM's own SKIP_LOCKED is the
+    leader election: of workers that decide at once, one vacuums and the rest skip.
+    A worker that read the statistics just before another's vacuum ended may vacuum
+    again right after it; that costs a pass over the indexes, never correctness."""
 
     name = "vacuum"
     lock_key = 7423510106
     own_lock = True
 
-    def __init__(self, interval: float = VACUUM_CHECK_INTERVAL) -> None:
+    def __init__(self, interval: float = VACUUM_CHECK_INTERVAL, *, pooled: bool = False) -> None:
         self.interval = interval
+        self.pooled = pooled
 
     async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
         async with conn.cursor(row_factory=dict_row) as cur:
+            if self.pooled:
+                return await self._vacuum_if_due(cur)
             await cur.execute(query("vacuum_leader_lock"), {"key": self.lock_key})
             row = await cur.fetchone()
             if not row or not row["acquired"]:
@@ -209,19 +219,24 @@ def default_tasks(s: Settings) -> list[MaintenanceTask]:
         Pruner(60.0, s.clean_completed_after_ms, s.clean_failed_after_ms),
         DependencySweeper(s.stalled_interval_ms / 1000),
         CronTask(s),
-        Vacuumer(),
+        Vacuumer(pooled=s.transaction_pooling),
     ]
     return tasks
 
 
 async def run_round(
-    conn: psycopg.AsyncConnection[Any], task: MaintenanceTask, clock: Clock
+    conn: psycopg.AsyncConnection[Any], task: MaintenanceTask, clock: Clock, *, pooled: bool = False
 ) -> float | None:
-    """One round of `task` if this connection wins its lock; None if another leads."""
+    """One round of `task` if this connection wins its lock; None if another leads.
+
+    `pooled`: the connection carries no session timeouts (db.connect_kwargs), so the
+    round's transaction sets its own: it holds the leader lock and row locks."""
     if getattr(task, "own_lock", False):
         return await task.run(conn, clock)
     async with conn.transaction():
         async with conn.cursor(row_factory=dict_row) as cur:
+            if pooled:
+                await cur.execute(query("transaction_timeouts"))
             await cur.execute(query("try_leader_lock"), {"key": task.lock_key})
             row = await cur.fetchone()
         if not row or not row["acquired"]:
@@ -239,8 +254,10 @@ class Maintenance:
         tasks: list[MaintenanceTask],
         *,
         max_sleep: float,
+        pooled: bool = False,
     ) -> None:
         self._pool = pool
+        self._pooled = pooled
         self._clock = clock
         self.tasks = tasks
         self._max_sleep = max_sleep
@@ -273,7 +290,7 @@ class Maintenance:
             poke.clear()
             try:
                 async with self._pool.connection() as conn:
-                    wanted = await run_round(conn, task, self._clock)
+                    wanted = await run_round(conn, task, self._clock, pooled=self._pooled)
                 delay.reset()
             except (psycopg.Error, OSError) as exc:
                 log.warning("maintenance %s failed (%s); retrying", task.name, exc)
