@@ -47,7 +47,10 @@ async def test_vacuums_once_dead_rows_pass_the_threshold(app: App, db: Any, db_u
         wait = await run_round(conn, Vacuumer(), app.clock)
         # The session-level leader lock is given back at the end of the round.
         locks = await (
-            await conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            await conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
         ).fetchone()
     assert wait == Vacuumer().interval
     assert locks == (0,)
