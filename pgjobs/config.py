@@ -289,6 +289,8 @@ def setting(
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = setting("DATABASE_URL", _postgres_url)
+    read_database_url: str | None = setting("JOBS_READ_DATABASE_URL", _postgres_url)
+    read_max_lag_ms: int = setting("JOBS_READ_MAX_LAG", _positive_int, 10000)
     redis_url: str | None = setting("JOBS_REDIS_URL", _redis_url)
     dashboard_enabled: bool = setting("JOBS_DASHBOARD_ENABLED", _bool, True)
     dashboard_port: int = setting("JOBS_DASHBOARD_PORT", _port, 3105)
