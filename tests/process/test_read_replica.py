@@ -215,6 +215,9 @@ async def test_read_surfaces_read_the_standby_and_say_how_far_behind(
             assert detail.status_code == 200 and detail.json()["id"] == job_id
             assert "x-read-from" not in detail.headers
 
+            schedules = await http.get("/api/schedules")  # lists what a client just made
+            assert schedules.status_code == 200 and "x-read-from" not in schedules.headers
+
             stats = await http.get("/api/stats")
             assert QUEUE not in [q["name"] for q in stats.json()["queues"]]
             metrics = await http.get("/metrics")
