@@ -12,9 +12,9 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -38,6 +38,7 @@ from pgjobs.producer.flows import (
     plan_flow,
 )
 from pgjobs.producer.options import NewJob, new_job, new_job_from_request, validate_type
+from pgjobs.replica import Connect, ReadRouter, reader_of
 from pgjobs.schedules import store as sched
 from pgjobs.schedules.store import Schedule
 from pgjobs.signals.events import EventHub, EventStream
@@ -47,6 +48,8 @@ from pgjobs.stats import StatsReport, read_stats
 from pgjobs.types import register_builtin_types
 
 __all__ = ["App", "Handler", "HandlerSpec"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("pgjobs.app")
 
@@ -75,6 +78,7 @@ class App:
         self._pool: AsyncConnectionPool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._sync_pool: ConnectionPool | None = None
+        self._reads = ReadRouter(settings)
         self._hub: EventHub | None = None
         self._hub_loop: asyncio.AbstractEventLoop | None = None
         self._wakeups: WakeupPublisher | None = None
@@ -470,7 +474,9 @@ class App:
         """The counts `pgjobs stats` shows: per queue (waiting, active, delayed, failed,
         ...), the last `hours`' throughput, live workers, database health. With `queue`,
         that queue only (NotFound if it has no jobs and no settings)."""
+        # On the primary: the Python API promises to see the caller's own writes.
         return await read_stats(
+            reader_of(self.connection),
             self.connection,
             self.settings,
             self.clock,
@@ -531,6 +537,20 @@ class App:
         async with pool.connection() as conn:
             yield conn
 
+    async def read(
+        self,
+        read: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+        *,
+        primary: Connect | None = None,
+    ) -> T:
+        """Run the read-only `read(conn)` on the read replica (JOBS_READ_DATABASE_URL)
+        while it is reachable and within JOBS_READ_MAX_LAG of the primary, else on a
+        primary connection (`primary`, default the app's pool). Where it ran is
+        reported to `pgjobs.replica.observe_reads`. Without a replica this is a read of
+        the primary. `read` may run twice (on the replica, then on the primary), so it
+        must not write."""
+        return await self._reads.run(read, primary or self.connection)
+
     async def close(self) -> None:
         # Every resource is closed even when closing another one fails (an exit stack
         # runs all its callbacks): a pool left open keeps psycopg_pool's workers, which
@@ -540,6 +560,7 @@ class App:
         pool, self._pool = self._pool, None
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(self.close_sync)
+            stack.push_async_callback(self._reads.close)
             if pool is not None:
                 stack.push_async_callback(pool.close)
             if wakeups is not None:

@@ -299,6 +299,8 @@ def setting(
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = setting("DATABASE_URL", _postgres_url)
+    read_database_url: str | None = setting("JOBS_READ_DATABASE_URL", _postgres_url)
+    read_max_lag_ms: int = setting("JOBS_READ_MAX_LAG", _positive_int, 10000)
     redis_url: str | None = setting("JOBS_REDIS_URL", _redis_url)
     pool_mode: str = setting("JOBS_POOL_MODE", _pool_mode, "direct")
     listen_database_url: str | None = setting("JOBS_LISTEN_DATABASE_URL", _postgres_url)

@@ -8,8 +8,6 @@ service above it; `Ops` reads workers and database health with the same function
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,11 +22,11 @@ from pgjobs.errors import NotFound, ValidationError
 from pgjobs.models import Jsonable, jsonable
 from pgjobs.producer.options import validate_queue
 from pgjobs.queries import query
+from pgjobs.replica import Connect, Reader
 from pgjobs.validation import MAX_WINDOW_HOURS
 
 Row = dict[str, Any]
 AsyncConn = psycopg.AsyncConnection[Any]
-Connect = Callable[[], AbstractAsyncContextManager[AsyncConn]]
 
 DEFAULT_CAPACITY = 1000
 
@@ -219,7 +217,8 @@ def window_hours(value: Any) -> float:
 
 
 async def read_stats(
-    connect: Connect,
+    read: Reader,
+    primary: Connect,
     settings: Settings,
     clock: Clock,
     *,
@@ -228,24 +227,35 @@ async def read_stats(
     performance: bool = False,
 ) -> StatsReport:
     """Counts per queue and status, the window's throughput and failure rate, health
-    scores, live workers and database health; run-time percentiles on request."""
+    scores, live workers and database health; run-time percentiles on request.
+
+    `read` runs the job and worker statements (the operator surfaces pass one that may
+    use a replica); database health always comes from `primary`, because dead tuples,
+    vacuum times and open transactions are the primary's own, not replicated."""
     if queue is not None:
         validate_queue(queue)
     hours = window_hours(hours)
     params = {"queue": queue, "now": clock.sql_now(), "window_s": hours * 3600}
-    async with connect() as conn:
+
+    async def model(conn: AsyncConn) -> tuple[Any, ...]:
         counts = await _all(conn, "ops_queue_counts", params)
         if queue is not None and not counts:
-            raise NotFound(f"no queue named {queue!r}")
+            return counts, {}, {}, (), None
         windows = {r["queue"]: r for r in await _all(conn, "ops_queue_window", params)}
         oldest_rows = await _all(conn, "ops_oldest_pending", params)
         oldest = {r["queue"]: r["age_s"] for r in oldest_rows}
         workers = await read_workers(conn, settings, clock)
-        database = await read_database_health(conn)
         durations = None
         if performance:
             rows = await _all(conn, "ops_duration_percentiles", params)
             durations = tuple(DurationStats(**r) for r in rows)
+        return counts, windows, oldest, workers, durations
+
+    counts, windows, oldest, workers, durations = await read(model)
+    if queue is not None and not counts:
+        raise NotFound(f"no queue named {queue!r}")
+    async with primary() as conn:
+        database = await read_database_health(conn)
     queues = tuple(
         queue_stats(row, windows.get(row["queue"]), oldest.get(row["queue"]), hours)
         for row in counts

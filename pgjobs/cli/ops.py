@@ -29,6 +29,7 @@ from pgjobs.config import Settings
 from pgjobs.db import connect_async, connect_sync, describe_connect_error
 from pgjobs.ops import JobFilter, Ops, format_duration_ms, parse_duration_ms, window_hours
 from pgjobs.ops.health import long_transaction_warning
+from pgjobs.replica import observe_reads
 from pgjobs.retention import CleanReport
 from pgjobs.validation import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
 
@@ -47,7 +48,9 @@ def actor() -> str:
 def run_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
     """Run `action(ops)` with a fresh App, closing its connections afterwards. Every
     command that changes something goes through here, so its change is made, and
-    recorded in the audit trail with `actor()`, by pgjobs.ops."""
+    recorded in the audit trail with `actor()`, by pgjobs.ops. When its reads were
+    meant for a read replica, where they ran is said on stderr (stdout stays the
+    result, JSON included)."""
 
     async def main() -> T:
         url = settings.require_database_url()
@@ -57,7 +60,11 @@ def run_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
         await probe.close()
         app = App(settings)
         try:
-            return await action(Ops(app))
+            with observe_reads() as reads:
+                result = await action(Ops(app))
+            if reads.note is not None:
+                echo(f"note: {reads.note}", err=True)
+            return result
         finally:
             await app.close()
 
@@ -187,7 +194,10 @@ def stats(
 
     async def loop(ops: Any) -> None:
         while True:
-            text = await once(ops)
+            with observe_reads() as reads:
+                text = await once(ops)
+            if reads.note is not None:
+                text += f"\n{reads.note}"
             stamp = time.strftime("%H:%M:%S")
             # Home the cursor and clear the screen, then draw: one refresh, no scrolling.
             sys.stdout.write("\x1b[H\x1b[2J" + text + f"\n\nrefreshed {stamp} — Ctrl-C to stop\n")

@@ -22,6 +22,7 @@ from pgjobs.cli.common import fail, handle_errors, parse_json_option, print_json
 from pgjobs.cli.ops import actor, run_ops
 from pgjobs.cli.output import echo
 from pgjobs.cli.tables import table
+from pgjobs.replica import primary_reads
 from pgjobs.schedules.store import Schedule, schedule_fields
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ def register(group: click.Group) -> None:
     @handle_errors
     def list_(ctx: click.Context, as_json: bool) -> None:
         """List every schedule with its next and last run."""
-        schedules = run(ctx, lambda ops: ops.schedules())
+        with primary_reads():  # shows a schedule the previous command made
+            schedules = run(ctx, lambda ops: ops.schedules())
         if as_json:
             print_json([s.to_dict() for s in schedules])
             return

@@ -14,10 +14,10 @@ transaction, so an action that fails writes none.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -76,6 +76,7 @@ from pgjobs.validation import DEFAULT_LIMIT, MAX_BULK
 
 Row = dict[str, Any]
 AsyncConn = psycopg.AsyncConnection[Any]
+T = TypeVar("T")
 
 # Upper bounds of job_duration_seconds, the spec's prom-client buckets. The SQL statement
 # ops_metrics_durations counts against the same bounds, in the same order.
@@ -109,6 +110,7 @@ class Ops:
         """Counts per queue and status, the window's throughput and failure rate, health
         scores, live workers and database health; run-time percentiles on request."""
         return await read_stats(
+            self._read,
             self._connection,
             self.settings,
             self.clock,
@@ -143,8 +145,7 @@ class Ops:
             "limit": size + 1,
             "preview": PAYLOAD_PREVIEW_CHARS,
         }
-        async with self._connection() as conn:
-            rows = await self._all(conn, "ops_list_jobs", params)
+        rows = await self._read(lambda conn: self._all(conn, "ops_list_jobs", params))
         jobs = tuple(JobSummary(**r) for r in rows[:size])
         more = len(rows) > size
         next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more else None
@@ -154,8 +155,7 @@ class Ops:
         return await self.app.get(job_id)
 
     async def workers(self) -> tuple[WorkerInfo, ...]:
-        async with self._connection() as conn:
-            return await self._workers(conn)
+        return await self._read(self._workers)
 
     async def database_health(self) -> DatabaseHealth:
         async with self._connection() as conn:
@@ -183,9 +183,13 @@ class Ops:
             "width_s": window_s / buckets,
             "buckets": buckets,
         }
-        async with self._connection() as conn:
-            start_row = await self._one(conn, "ops_window_start", params)
-            rows = {r["bucket"]: r for r in await self._all(conn, "ops_throughput_series", params)}
+
+        async def series(conn: AsyncConn) -> tuple[Row | None, list[Row]]:
+            start = await self._one(conn, "ops_window_start", params)
+            return start, await self._all(conn, "ops_throughput_series", params)
+
+        start_row, series_rows = await self._read(series)
+        rows = {r["bucket"]: r for r in series_rows}
         assert start_row is not None
         start: datetime = start_row["start"]
         width = timedelta(seconds=window_s / buckets)
@@ -209,26 +213,31 @@ class Ops:
             "window_s": window_hours(hours) * 3600,
             "limit": clamp_limit(limit),
         }
-        async with self._connection() as conn:
-            rows = await self._all(conn, "ops_failure_groups", params)
+        rows = await self._read(lambda conn: self._all(conn, "ops_failure_groups", params))
         return tuple(
             FailureGroup(**{**r, "sample_ids": tuple(r["sample_ids"] or ())}) for r in rows
         )
 
     async def audit_log(self, limit: int = 100) -> tuple[AuditEntry, ...]:
-        async with self._connection() as conn:
-            rows = await self._all(conn, "ops_recent_audit", {"limit": clamp_limit(limit)})
+        params = {"limit": clamp_limit(limit)}
+        rows = await self._read(lambda conn: self._all(conn, "ops_recent_audit", params))
         return tuple(AuditEntry(**r) for r in rows)
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
         params = {"queue": None, "now": self.clock.sql_now(), "window_s": 3600.0}
-        async with self._connection() as conn:
-            processed = await self._all(conn, "ops_metrics_processed", {})
-            durations = await self._all(conn, "ops_metrics_durations", {})
-            counts = await self._all(conn, "ops_queue_counts", params)
-            oldest = await self._all(conn, "ops_oldest_pending", params)
-            workers = await self._workers(conn)
-            database = await self._database(conn)
+
+        async def model(conn: AsyncConn) -> tuple[Any, ...]:
+            return (
+                await self._all(conn, "ops_metrics_processed", {}),
+                await self._all(conn, "ops_metrics_durations", {}),
+                await self._all(conn, "ops_queue_counts", params),
+                await self._all(conn, "ops_oldest_pending", params),
+                await self._workers(conn),
+            )
+
+        processed, durations, counts, oldest, workers = await self._read(model)
+        # Dead tuples and open transactions are the primary's own (not replicated).
+        database = await self.database_health()
         return MetricsSnapshot(
             processed=tuple((r["queue"], r["type"], r["status"], int(r["n"])) for r in processed),
             durations=tuple(_histogram(r) for r in durations),
@@ -457,8 +466,7 @@ class Ops:
     # the surfaces one entry point and record edits in the audit trail.
 
     async def schedules(self) -> list[Schedule]:
-        async with self._connection() as conn:
-            return await schedule_store.list_schedules(conn)
+        return await self._read(schedule_store.list_schedules)
 
     async def schedule(self, name: str, *, upcoming: int = 5) -> Schedule:
         async with self._connection() as conn:
@@ -515,7 +523,8 @@ class Ops:
         """Jobs per queue and status without reading every finished job: live statuses
         exactly, finished ones exactly up to `exact_limit` and estimated from a sample
         of about `sample_rows` rows above it."""
-        async with self._connection() as conn:
+
+        async def model(conn: AsyncConn) -> tuple[list[Row], list[Row], dict[Any, int], bool]:
             rows = await self._all(conn, "dashboard_queue_status_counts", {"cap": exact_limit})
             known = await self._all(conn, "dashboard_known_queues", {})
             estimates: dict[tuple[str, str], int] = {}
@@ -528,6 +537,9 @@ class Ops:
                 estimates = {
                     (r["queue"], r["status"]): round(int(r["n"]) * 100 / percent) for r in sample
                 }
+            return rows, known, estimates, exact_sample
+
+        rows, known, estimates, exact_sample = await self._read(model)
         paused = {r["name"]: bool(r["paused"]) for r in known}
         counts: dict[str, dict[str, int]] = {name: {} for name in paused}
         estimated: dict[str, set[str]] = {}
@@ -549,18 +561,21 @@ class Ops:
     ) -> FinishedSeries:
         """Completed and failed jobs per queue and minute, from `since` (at most
         `window_minutes` back, the current minute included) up to now."""
-        async with self._connection() as conn:
+
+        async def model(conn: AsyncConn) -> FinishedSeries:
             row = await self._one(conn, "dashboard_now", {"now": self.clock.sql_now()})
             assert row is not None
             now: datetime = row["now"]
             start = minute_floor(now) - timedelta(minutes=window_minutes - 1)
-            since = start if since is None or since < start else since
-            params = {"since": since, "until": now}
+            first = start if since is None or since < start else since
+            params = {"since": first, "until": now}
             async with conn.transaction():
                 await fetch_none(conn, Statement(query("dashboard_serial_scan"), {}))
                 rows = await self._all(conn, "dashboard_finished_minutes", params)
-        minutes = tuple(FinishedMinute(**r) for r in rows)
-        return FinishedSeries(now=now, since=since, minutes=minutes)
+            minutes = tuple(FinishedMinute(**r) for r in rows)
+            return FinishedSeries(now=now, since=first, minutes=minutes)
+
+        return await self._read(model)
 
     async def job_links(
         self, job: Job, *, limit: int = 50
@@ -579,8 +594,7 @@ class Ops:
     ) -> dict[UUID, tuple[JobLink, ...]]:
         """The jobs each of `workers` is running now."""
         params = {"workers": list(workers), "limit": limit}
-        async with self._connection() as conn:
-            rows = await self._all(conn, "dashboard_worker_jobs", params)
+        rows = await self._read(lambda conn: self._all(conn, "dashboard_worker_jobs", params))
         running: dict[UUID, list[JobLink]] = {}
         for r in rows:
             running.setdefault(r["worker_id"], []).append(_job_link(r))
@@ -588,8 +602,10 @@ class Ops:
 
     async def schedule_last_runs(self, ids: Sequence[UUID]) -> dict[UUID, ScheduleRun]:
         """The latest fire of each schedule in `ids` that has fired, with its job."""
-        async with self._connection() as conn:
-            rows = await self._all(conn, "dashboard_schedule_last_runs", {"ids": list(ids)})
+        params = {"ids": list(ids)}
+        rows = await self._read(
+            lambda conn: self._all(conn, "dashboard_schedule_last_runs", params)
+        )
         return {
             r["schedule_id"]: ScheduleRun(
                 schedule_id=r["schedule_id"],
@@ -635,6 +651,13 @@ class Ops:
         pool = await self.app.pool()
         async with pool.connection(timeout=self.acquire_timeout) as conn:
             yield conn
+
+    async def _read(self, read: Callable[[AsyncConn], Awaitable[T]]) -> T:
+        """A read of the read models: on the read replica when one is configured and
+        keeps up (pgjobs.replica), else on the primary. Reads that must see a change
+        just made (a job's detail, a schedule, the outcome of an action) use
+        `_connection` instead."""
+        return await self.app.read(read, primary=self._connection)
 
     def _now(self) -> datetime:
         return self.clock.now()

@@ -27,6 +27,7 @@ from pgjobs.web.auth import AuthMiddleware, credentials_problem
 from pgjobs.web.errors import exception_handlers
 from pgjobs.web.hosts import HostGuard
 from pgjobs.web.openapi import openapi_document
+from pgjobs.web.readsource import ReadSourceHeaders
 
 # What the server process logs through (a logger's filters do not apply to its children).
 SERVER_LOGGERS = (
@@ -77,6 +78,7 @@ def create_app(settings: Settings, *, app: App | None = None) -> Starlette:
         middleware=[
             Middleware(HostGuard, settings=settings),
             Middleware(AuthMiddleware, settings=settings),
+            Middleware(ReadSourceHeaders),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

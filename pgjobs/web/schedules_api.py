@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pgjobs.errors import NotFound
+from pgjobs.replica import primary_reads
 from pgjobs.validation import SCHEDULE_NAME
 from pgjobs.web.requests import object_body, read_json
 from pgjobs.web.state import ops_of
@@ -26,7 +27,9 @@ def _name(request: Request) -> str:
 
 
 async def list_schedules(request: Request) -> Response:
-    schedules = await ops_of(request).schedules()
+    # A client that has just created or changed a schedule lists what it did.
+    with primary_reads():
+        schedules = await ops_of(request).schedules()
     return JSONResponse({"schedules": [s.to_dict() for s in schedules]})
 
 

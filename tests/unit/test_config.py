@@ -29,6 +29,7 @@ def render(value: Any) -> str:
 # Variables whose default is "unset", with a valid value to read (and what it becomes).
 SAMPLES: dict[str, tuple[str, Any]] = {
     "DATABASE_URL": ("postgresql://u@db:5432/x", "postgresql://u@db:5432/x"),
+    "JOBS_READ_DATABASE_URL": ("postgresql://u@replica:5432/x", "postgresql://u@replica:5432/x"),
     "JOBS_REDIS_URL": ("redis://cache:6379/1", "redis://cache:6379/1"),
     "JOBS_POOL_MODE": ("transaction", "transaction"),
     "JOBS_LISTEN_DATABASE_URL": ("postgresql://u@db:5432/x", "postgresql://u@db:5432/x"),
@@ -193,6 +194,11 @@ def test_every_setting_is_read_from_its_variable() -> None:
             {"DATABASE_URL": "postgresql:dbname"},
             f"DATABASE_URL must be {URL_HINT} (got 'postgresql:dbname')",
         ),
+        (
+            {"JOBS_READ_DATABASE_URL": "replica:5432"},
+            f"JOBS_READ_DATABASE_URL must be {URL_HINT} (got 'replica:5432')",
+        ),
+        ({"JOBS_READ_MAX_LAG": "0"}, "JOBS_READ_MAX_LAG must be a positive integer (got '0')"),
         # The password of a rejected URL is masked: this line ends up in logs.
         (
             {"DATABASE_URL": "mysql://app:s3cr@t@db/x"},

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from pgjobs.errors import PgJobsError
+from pgjobs.replica import primary_reads
 from pgjobs.web.dashboard import actions, pages
 from pgjobs.web.dashboard.render import Dashboard
 from pgjobs.web.errors import STATUS_OF, HTTPError
@@ -71,6 +72,11 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
 def _endpoint(dash: Dashboard, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
+            if "done" in request.query_params:
+                # The page an action redirects to shows its outcome: read the primary,
+                # which holds it, rather than a replica that may not have replayed it.
+                with primary_reads():
+                    return await handler(request, dash)
             return await handler(request, dash)
         except HTTPError as exc:
             return _error(dash, request, exc.status, str(exc))

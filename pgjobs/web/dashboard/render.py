@@ -25,6 +25,7 @@ from pgjobs.config import Settings
 from pgjobs.models import priority_name
 from pgjobs.ops import Ops
 from pgjobs.ops.service import EXACT_COUNT_LIMIT
+from pgjobs.replica import current_reads
 from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.history import HistoryCache
@@ -142,6 +143,7 @@ class Dashboard:
             "refresh_ms": self.settings.dashboard_refresh_ms,
             "exact_limit": EXACT_COUNT_LIMIT,
             "now": now or datetime.now(UTC),
+            "read_note": _read_note(),
             **context,
         }
         html = self.templates.get_template(f"dashboard/{template}").render(values)
@@ -149,3 +151,9 @@ class Dashboard:
         if fresh:
             set_browser_secret(response, request, browser, self.base or "/")
         return response
+
+
+def _read_note() -> str | None:
+    """Where this page's reads ran, when a read replica is configured."""
+    reads = current_reads()
+    return None if reads is None else reads.note
