@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from html.parser import HTMLParser
 from typing import Any
 from uuid import UUID
@@ -247,6 +247,38 @@ async def test_overview_counts_match_the_database(dash: Dash, db: Conn) -> None:
     assert (default["waiting"], default["active"], default["failed"]) == (3, 2, 2)
     assert body["totals"]["completed"] == 5 and body["history_ready"] is True
     assert body["totals_estimated"] == []
+
+
+async def test_overview_charts_without_jobs_say_so(dash: Dash, db: Conn) -> None:
+    empty = await dash.admin.get("/dashboard")
+    assert empty.text.count("No data: no job finished in this window") == 4
+    assert ">no jobs</text>" in empty.text  # the known queues' sparklines
+    assert empty.text.count(">time (UTC)</text>") == 4
+
+
+async def test_overview_charts_have_axes_and_tooltips(dash: Dash, db: Conn) -> None:
+    # 12 completed and 3 failed in one minute ten minutes ago, 1 failed in another:
+    # the first has a failure rate, the second is too small for one.
+    db_now = db.execute("SELECT now() AS t").fetchone()["t"].astimezone(UTC)
+    busy = db_now.replace(second=30, microsecond=0) - timedelta(minutes=10)
+    quiet = busy - timedelta(minutes=10)
+    for status, n, at in (("completed", 12, busy), ("failed", 3, busy), ("failed", 1, quiet)):
+        for _ in range(n):
+            insert_job(db, status=status, finished_ago=db_now - at)
+    page = await dash.admin.get("/dashboard")
+    html = page.text
+    span = f"{busy:%H:%M}-{busy + timedelta(minutes=1):%H:%M} UTC"
+    quiet_span = f"{quiet:%H:%M}-{quiet + timedelta(minutes=1):%H:%M} UTC"
+    assert f"<title>{span}: 12 completed, 3 failed (20.0% failed)</title>" in html
+    assert f"<title>{span}: 20.0% failed (12 completed, 3 failed)</title>" in html
+    assert f"<title>{quiet_span}: 0 completed, 1 failed: too few jobs for a rate</title>" in html
+    for label in (">jobs/min</text>", ">jobs per 30 min</text>", ">% failed</text>"):
+        assert label in html, label
+    assert html.count(">time (UTC)</text>") == 4
+    assert "No data" not in html
+    # The queue's sparkline has a tooltip per hour (both minutes may share an hour).
+    queues = html.split("<h2>Queues</h2>")[1]
+    assert re.search(r"<title>\d\d:00-\d\d:00 UTC: 12 completed, [34] failed \(", queues)
 
 
 async def test_counts_above_the_exact_limit_are_estimated(app: Any, db: Conn) -> None:

@@ -123,6 +123,7 @@ async def overview(request: Request, dash: Dashboard) -> Response:
                 label="Last 24 hours, per hour",
                 width=96,
                 height=20,
+                small=True,
             )
         rows.append(
             QueueRow(
