@@ -21,6 +21,7 @@ from pgjobs.web.dashboard.forms import MISFIRE_POLICIES, ScheduleForm, timezone_
 from pgjobs.web.dashboard.history import History
 from pgjobs.web.dashboard.render import PAGE_HEADERS, STATIC_FILES, Dashboard
 from pgjobs.web.dashboard.security import Forbidden, read_only
+from pgjobs.web.dashboard.stacks import split_stack
 from pgjobs.web.headers import SECURITY_HEADERS
 from pgjobs.web.requests import query_param
 from pgjobs.web.state import ops_of
@@ -248,7 +249,7 @@ async def job(request: Request, dash: Dashboard) -> Response:
     failures = [
         {
             "failure": f,
-            "stack": fmt.truncate(f.error_stack, STACK_CHARS),
+            "stack": split_stack(fmt.truncate(f.error_stack, STACK_CHARS)),
             "stack_cut": len(f.error_stack or "") > STACK_CHARS,
         }
         for f in reversed(found.failures)
