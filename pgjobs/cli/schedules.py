@@ -1,4 +1,4 @@
-"""`pgjobs schedule list|show|create|update|enable|disable|delete`: recurring jobs.
+"""`pgjobs schedule list|show|create|update|enable|disable|run|delete`: recurring jobs.
 
 Each command runs one operation of pgjobs.ops (which records every change in the audit
 trail as `cli:<user>`) and prints an aligned table or key/value lines for people,
@@ -298,6 +298,19 @@ def register(group: click.Group) -> None:
         """Disable schedule NAME; it keeps its definition but does not fire."""
         found = run(ctx, lambda ops: ops.update_schedule(name, {"enabled": False}, actor=actor()))
         output(found, as_json, f"disabled schedule {found.name!r}")
+
+    @schedule.command("run")
+    @click.argument("name")
+    @json_option
+    @click.pass_context
+    @handle_errors
+    def run_now(ctx: click.Context, name: str, as_json: bool) -> None:
+        """Enqueue schedule NAME's job now, once; its next run stays as it was."""
+        job = run(ctx, lambda ops: ops.run_schedule_now(name, actor=actor()))
+        if as_json:
+            print_json(job.to_dict())
+        else:
+            echo(f"enqueued job {job.id} ({job.type} on {job.queue}) from schedule {name!r}")
 
     @schedule.command()
     @click.argument("name")

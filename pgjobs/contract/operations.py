@@ -356,4 +356,12 @@ OPERATIONS: tuple[Operation, ...] = (
         (_deleted(),),
         (404,),
     ),
+    Operation(
+        "POST",
+        "/api/schedules/{name}/run",
+        "runSchedule",
+        "Enqueue the schedule's job now, once (its next fire stays as it was)",
+        (_job(201, "The job enqueued"),),
+        (404,),
+    ),
 )

@@ -58,6 +58,7 @@ from pgjobs.producer.statements import (
     decode_retry,
     fetch_all_async,
     fetch_one_async,
+    insert_async,
     parse_job_id,
     retry_statement,
 )
@@ -506,6 +507,20 @@ class Ops:
         detail = {"fields": sorted(changes)}
         await self._audit_in(conn, actor, "schedule.update", updated.name, detail)
         return updated
+
+    async def run_schedule_now(self, name: str, *, actor: str) -> Job:
+        """Enqueue the job schedule `name` fires, now, once. Not a fire: the schedule's
+        next_run_at and last_run_at stay as they are, so its next slot still fires, and
+        a disabled schedule can be run too. The job's metadata names the schedule and
+        marks the run manual."""
+        async with self._connection() as conn, conn.transaction():
+            schedule = await schedule_store.get_schedule(conn, name)
+            metadata = {"schedule": schedule.name, "manual": True}
+            new = schedule_store.job_for_fire(self.settings, schedule, schedule.payload, metadata)
+            (job,) = await insert_async(conn, [new], self.clock)
+            detail = {"jobs": [str(job.id)], "queue": job.queue, "type": job.type}
+            await self._audit_in(conn, actor, "schedule.run", schedule.name, detail)
+        return job
 
     async def delete_schedule(self, name: str, *, actor: str) -> Schedule:
         async with self._connection() as conn, conn.transaction():

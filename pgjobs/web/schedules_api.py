@@ -1,5 +1,6 @@
 """REST routes for cron schedules: `GET|POST /api/schedules`,
-`GET|PATCH|DELETE /api/schedules/{name}` (shapes: pgjobs.contract.shapes)."""
+`GET|PATCH|DELETE /api/schedules/{name}`, `POST /api/schedules/{name}/run` (shapes:
+pgjobs.contract.shapes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pgjobs.errors import NotFound
 from pgjobs.replica import primary_reads
 from pgjobs.validation import SCHEDULE_NAME
 from pgjobs.web.requests import object_body, read_json
+from pgjobs.web.shown import shown_job
 from pgjobs.web.state import ops_of
 
 BODY_LIMIT = 4 * 1024 * 1024
@@ -56,6 +58,12 @@ async def delete_schedule(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def run_schedule(request: Request) -> Response:
+    """Enqueue the schedule's job now, without moving its next fire."""
+    job = await ops_of(request).run_schedule_now(_name(request), actor=API_ACTOR)
+    return JSONResponse(shown_job(job), status_code=201)
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/api/schedules", list_schedules, methods=["GET"]),
@@ -63,4 +71,5 @@ def routes() -> list[BaseRoute]:
         Route("/api/schedules/{name}", get_schedule, methods=["GET"]),
         Route("/api/schedules/{name}", update_schedule, methods=["PATCH"]),
         Route("/api/schedules/{name}", delete_schedule, methods=["DELETE"]),
+        Route("/api/schedules/{name}/run", run_schedule, methods=["POST"]),
     ]

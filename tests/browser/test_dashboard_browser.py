@@ -294,14 +294,16 @@ def assert_clean(state: dict[str, Any], where: str) -> None:
     assert state["dialogs"] == [], where
 
 
-def assert_no_console_problems(browser: Browser, expected_404: str = "") -> None:
+def assert_no_console_problems(
+    browser: Browser, expected_404: str = "", status: str = "404"
+) -> None:
     """No CSP violation (what a blocked injection would log) and no failed load, but
-    the 404 a test asked for."""
+    the 404 (or other `status`) a test asked for."""
     problems = [
         e
         for e in browser.console()
         if (e["level"] == "SEVERE" or "Security Policy" in e["message"])
-        and not (expected_404 and expected_404 in e["message"] and "404" in e["message"])
+        and not (expected_404 and expected_404 in e["message"] and status in e["message"])
     ]
     assert problems == [], problems
 
@@ -348,17 +350,29 @@ def test_every_page_and_the_main_actions_in_a_browser(db_url: str) -> None:
         for text in ("default", "idle", "Throughput", "Failure rate", "Live workers"):
             assert text in page["text"], text
         assert "5 completed · 2 failed" in page["text"]
+        # The charts have axes with units, and a tooltip (an SVG <title>) on every bar.
+        for text in ("jobs/min", "jobs per 30 min", "% failed", "time (UTC)"):
+            assert text in page["text"], text
+        titles = browser.driver.execute_script(
+            "return Array.from(document.querySelectorAll('svg.chart g.bar > title'))"
+            ".map((t) => t.textContent)"
+        )
+        assert any(t.endswith("completed, 0 failed") for t in titles), titles[:5]
         browser.screenshot("overview")
         for path, name, expected in [
             ("/dashboard/queues/default", "queue", ["active", "delayed", "SMTPError: 451"]),
             ("/dashboard/queues/default?status=failed", "queue-failed", ["SMTPError: 451"]),
             ("/dashboard/queues/idle", "queue-idle", ["blocked", "cancelled", "waiting"]),
-            (f"/dashboard/jobs/{failed[0]}", "job-failed", ["RuntimeError", "Traceback"]),
+            (f"/dashboard/jobs/{failed[0]}", "job-failed", ["RuntimeError", "pgjobs frames"]),
             (f"/dashboard/jobs/{done[0]}", "job-completed", ["completed", '"ok": true']),
             (f"/dashboard/jobs/{running}", "job-active", ["working", "active"]),
             (f"/dashboard/jobs/{blocked}", "job-blocked", ["Waits for", "blocked"]),
             ("/dashboard/failures", "failures", ["SMTPError: 451 try later", "fail"]),
-            ("/dashboard/schedules", "schedules", ["nightly-report", "every day at 02:30"]),
+            (
+                "/dashboard/schedules",
+                "schedules",
+                ["nightly-report", "every day at 02:30", "Run now"],
+            ),
             ("/dashboard/workers", "workers", ["alive", "default, xss"]),
         ]:
             state = browser.open(path)
@@ -368,8 +382,13 @@ def test_every_page_and_the_main_actions_in_a_browser(db_url: str) -> None:
             assert "hunter2" not in state["text"], path
             browser.screenshot(name)
 
-        # Retry a failed job from its page.
+        # Retry a failed job from its page; first unfold pgjobs' frames of its trace.
         browser.open(f"/dashboard/jobs/{failed[0]}")
+        fold = browser.driver.find_element("css selector", "details.frames")
+        assert "dashboard_app.py" in browser.driver.find_element("css selector", "div.stack").text
+        fold.find_element("css selector", "summary").click()
+        assert fold.get_attribute("open") is not None and "/pgjobs/" in fold.text
+        browser.screenshot("job-failed-frames-open")
         browser.click(f"/jobs/{failed[0]}/retry")
         state = browser.inspect()
         assert "Retried 1 job(s)." in state["text"]
@@ -460,6 +479,104 @@ def test_every_page_and_the_main_actions_in_a_browser(db_url: str) -> None:
         box.click()
         assert browser.driver.find_element("id", "auto-refresh").is_selected()
         assert_no_console_problems(browser)
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def fill_in(browser: Browser, **fields: str) -> None:
+    """Type into the form's fields (by name), replacing what they held."""
+    from selenium.webdriver.common.by import By
+
+    for name, value in fields.items():
+        box = browser.driver.find_element(By.NAME, name)
+        box.clear()
+        box.send_keys(value)
+
+
+def test_schedules_run_now_create_and_edit_in_a_browser(db_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    with stack(db_url) as (_, browser, api):
+        schedule = {"name": "nightly-report", "type": "ok", "cron": "30 2 * * *"}
+        assert api.post("/api/schedules", json=schedule).status_code == 201
+        next_run = rows(db_url, "SELECT next_run_at FROM job_schedules")[0]["next_run_at"]
+
+        # Run now: the worker runs the job; the schedule's next slot does not move.
+        browser.open("/dashboard/schedules")
+        browser.click("/schedules/nightly-report/run")
+        state = browser.inspect()
+        assert_clean(state, "after run now")
+        assert "Enqueued the schedule's job; its next run is unchanged." in state["text"]
+        wait_until(
+            lambda: counts(db_url).get("completed") == 1,
+            timeout=30,
+            message="the worker to run the schedule's job",
+        )
+        (job,) = rows(db_url, "SELECT type, metadata FROM jobs")
+        assert job["type"] == "ok" and job["metadata"]["schedule"] == "nightly-report"
+        assert rows(db_url, "SELECT next_run_at FROM job_schedules")[0]["next_run_at"] == next_run
+        browser.screenshot("schedule-run-now")
+
+        # Create: a bad cron comes back with the message and what was typed.
+        browser.driver.find_element(By.LINK_TEXT, "New schedule").click()
+        wait_until(lambda: browser.driver.find_elements(By.ID, "f-name"), message="the create form")
+        fill_in(
+            browser,
+            name="weekday-digest",
+            type="ok",
+            cron="0 25 * * 1-5",
+            timezone="Europe/Berlin",
+            payload='{"list": "ops", "note": "<script>alert(1)</script>"}',
+            description="Weekday digest",
+        )
+        browser.screenshot("schedule-new-form")
+        browser.click("/dashboard/schedules")
+        state = browser.inspect()
+        assert_clean(state, "the form with an error")
+        assert "25" in browser.driver.find_element(By.ID, "form-error").text
+        assert browser.driver.find_element(By.ID, "f-cron").get_attribute("value") == "0 25 * * 1-5"
+        assert browser.driver.find_element(By.ID, "f-payload").get_attribute("value") == (
+            '{"list": "ops", "note": "<script>alert(1)</script>"}'
+        )
+        assert rows(db_url, "SELECT count(*) AS n FROM job_schedules")[0]["n"] == 1
+        browser.screenshot("schedule-form-error")
+        fill_in(browser, cron="0 7 * * 1-5")
+        browser.click("/dashboard/schedules")
+        state = browser.inspect()
+        assert "Created the schedule." in state["text"] and "weekday-digest" in state["text"]
+        (created,) = rows(db_url, "SELECT * FROM job_schedules WHERE name = 'weekday-digest'")
+        assert (created["cron_expression"], created["timezone"]) == ("0 7 * * 1-5", "Europe/Berlin")
+        assert created["payload"] == {"list": "ops", "note": "<script>alert(1)</script>"}
+        assert created["enabled"] is True
+
+        # Edit: change the cron and the queue, switch it off.
+        browser.driver.find_element(
+            By.CSS_SELECTOR, 'a[href="/dashboard/schedules/weekday-digest/edit"]'
+        ).click()
+        wait_until(lambda: browser.driver.find_elements(By.ID, "f-cron"), message="the edit form")
+        assert browser.driver.find_element(By.ID, "f-cron").get_attribute("value") == "0 7 * * 1-5"
+        fill_in(browser, cron="30 6 * * 1-5", queue="idle")
+        browser.driver.find_element(By.ID, "f-enabled").click()
+        browser.screenshot("schedule-edit-form")
+        browser.click("/dashboard/schedules/weekday-digest/edit")
+        state = browser.inspect()
+        assert_clean(state, "after the edit")
+        assert "Saved the schedule." in state["text"]
+        (edited,) = rows(db_url, "SELECT * FROM job_schedules WHERE name = 'weekday-digest'")
+        assert (edited["cron_expression"], edited["queue"]) == ("30 6 * * 1-5", "idle")
+        assert edited["enabled"] is False and edited["next_run_at"] is None
+        browser.screenshot("schedules-after-edit")
+
+        trail = rows(db_url, "SELECT actor, action, target FROM job_audit ORDER BY id")
+        mine = [(r["action"], r["target"]) for r in trail if r["actor"] == f"dashboard:{USER}"]
+        assert mine == [
+            ("schedule.run", "nightly-report"),
+            ("schedule.create", "weekday-digest"),
+            ("schedule.update", "weekday-digest"),
+        ]
+        # The form sent back with its error is a 422 page, logged as a failed load.
+        assert_no_console_problems(browser, "/dashboard/schedules", status="422")
 
 
 # ---------------------------------------------------------------- hostile input

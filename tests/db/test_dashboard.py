@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from html.parser import HTMLParser
 from typing import Any
 from uuid import UUID
@@ -249,6 +249,38 @@ async def test_overview_counts_match_the_database(dash: Dash, db: Conn) -> None:
     assert body["totals_estimated"] == []
 
 
+async def test_overview_charts_without_jobs_say_so(dash: Dash, db: Conn) -> None:
+    empty = await dash.admin.get("/dashboard")
+    assert empty.text.count("No data: no job finished in this window") == 4
+    assert ">no jobs</text>" in empty.text  # the known queues' sparklines
+    assert empty.text.count(">time (UTC)</text>") == 4
+
+
+async def test_overview_charts_have_axes_and_tooltips(dash: Dash, db: Conn) -> None:
+    # 12 completed and 3 failed in one minute ten minutes ago, 1 failed in another:
+    # the first has a failure rate, the second is too small for one.
+    db_now = db.execute("SELECT now() AS t").fetchone()["t"].astimezone(UTC)
+    busy = db_now.replace(second=30, microsecond=0) - timedelta(minutes=10)
+    quiet = busy - timedelta(minutes=10)
+    for status, n, at in (("completed", 12, busy), ("failed", 3, busy), ("failed", 1, quiet)):
+        for _ in range(n):
+            insert_job(db, status=status, finished_ago=db_now - at)
+    page = await dash.admin.get("/dashboard")
+    html = page.text
+    span = f"{busy:%H:%M}-{busy + timedelta(minutes=1):%H:%M} UTC"
+    quiet_span = f"{quiet:%H:%M}-{quiet + timedelta(minutes=1):%H:%M} UTC"
+    assert f"<title>{span}: 12 completed, 3 failed (20.0% failed)</title>" in html
+    assert f"<title>{span}: 20.0% failed (12 completed, 3 failed)</title>" in html
+    assert f"<title>{quiet_span}: 0 completed, 1 failed: too few jobs for a rate</title>" in html
+    for label in (">jobs/min</text>", ">jobs per 30 min</text>", ">% failed</text>"):
+        assert label in html, label
+    assert html.count(">time (UTC)</text>") == 4
+    assert "No data" not in html
+    # The queue's sparkline has a tooltip per hour (both minutes may share an hour).
+    queues = html.split("<h2>Queues</h2>")[1]
+    assert re.search(r"<title>\d\d:00-\d\d:00 UTC: 12 completed, [34] failed \(", queues)
+
+
 async def test_counts_above_the_exact_limit_are_estimated(app: Any, db: Conn) -> None:
     for _ in range(30):
         insert_job(db, status="completed", queue="bulk")
@@ -394,11 +426,16 @@ async def test_schedules_page_and_actions(dash: Dash, db: Conn, app: Any) -> Non
     assert page.text.count("02:30:00Z") == 3  # the next three runs
     forms = page.posts()
     assert set(forms) == {
+        "/dashboard/schedules/nightly/run",
         "/dashboard/schedules/nightly/disable",
         "/dashboard/schedules/nightly/delete",
+        "/dashboard/schedules/odd/run",
         "/dashboard/schedules/odd/enable",
         "/dashboard/schedules/odd/delete",
     }
+    for name in ("nightly", "odd"):
+        assert f"/dashboard/schedules/{name}/edit" in page.links
+    assert "/dashboard/schedules/new" in page.links
     assert (await dash.post("/dashboard/schedules/nightly/disable")).status_code == 303
     assert (await dash.post("/dashboard/schedules/odd/enable")).status_code == 303
     enabled = dict(
@@ -418,6 +455,218 @@ async def test_schedules_page_and_actions(dash: Dash, db: Conn, app: Any) -> Non
         ("schedule.update", "odd", "dashboard:admin"),
         ("schedule.delete", "odd", "dashboard:admin"),
     ]
+
+
+def schedule_row(db: Conn, name: str) -> dict[str, Any]:
+    row: dict[str, Any] = db.execute(
+        "SELECT * FROM job_schedules WHERE name = %s", (name,)
+    ).fetchone()
+    return row
+
+
+async def test_run_a_schedule_now_keeps_its_next_slot(dash: Dash, db: Conn, app: Any) -> None:
+    ops = Ops(app)
+    await ops.create_schedule(
+        {"name": "nightly", "type": "report", "cron": "30 2 * * *", "payload": {"kind": "full"}},
+        actor="test",
+    )
+    before = schedule_row(db, "nightly")
+    response = await dash.post("/dashboard/schedules/nightly/run")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/dashboard/schedules?done=schedule-run"
+    notice = await dash.page(response.headers["location"])
+    assert "Enqueued the schedule's job; its next run is unchanged." in notice.text
+    (job,) = db.execute("SELECT * FROM jobs").fetchall()
+    assert (job["type"], job["queue"], job["status"]) == ("report", "default", "pending")
+    assert job["payload"] == {"kind": "full"}
+    assert job["metadata"] == {"schedule": "nightly", "manual": True}
+    after = schedule_row(db, "nightly")
+    assert after["next_run_at"] == before["next_run_at"]
+    assert after["last_run_at"] == before["last_run_at"] is None
+    assert db.execute("SELECT count(*) AS n FROM job_schedule_fires").fetchone()["n"] == 0
+    (entry,) = audit(db)[1:]
+    assert entry == {
+        "actor": "dashboard:admin",
+        "action": "schedule.run",
+        "target": "nightly",
+        "detail": {"jobs": [str(job["id"])], "queue": "default", "type": "report"},
+    }
+    # A disabled schedule can be run by hand too; an unknown one is a 404.
+    await ops.update_schedule("nightly", {"enabled": False}, actor="test")
+    assert (await dash.post("/dashboard/schedules/nightly/run")).status_code == 303
+    assert db.execute("SELECT count(*) AS n FROM jobs").fetchone()["n"] == 2
+    missing = await dash.post("/dashboard/schedules/ghost/run")
+    assert missing.status_code == 404 and "no schedule named" in missing.text
+    # Without a valid token nothing is enqueued and nothing audited.
+    rows_before = snapshot(db)
+    refused = await dash.post("/dashboard/schedules/nightly/run", csrf=tampered(token_for("admin")))
+    assert refused.status_code == 403 and snapshot(db) == rows_before
+
+
+async def test_create_a_schedule_from_the_form(dash: Dash, db: Conn) -> None:
+    form = await dash.page("/dashboard/schedules/new")
+    (fields,) = form.posted_to("/dashboard/schedules")
+    assert set(fields) == {"csrf"}
+    assert "Europe/Berlin" in (await dash.admin.get("/dashboard/schedules/new")).text  # datalist
+    good = {
+        "name": "berlin-report",
+        "type": "report",
+        "queue": "reports",
+        "cron": "0 9 * * 1-5",
+        "timezone": "Europe/Berlin",
+        "payload": '{"format": "pdf"}',
+        "description": "Weekday report",
+        "misfire": "run_once",
+        "enabled": "on",
+    }
+    response = await dash.post("/dashboard/schedules", good)
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == "/dashboard/schedules?done=schedule-create"
+    row = schedule_row(db, "berlin-report")
+    assert (row["type"], row["queue"], row["cron_expression"], row["timezone"]) == (
+        "report",
+        "reports",
+        "0 9 * * 1-5",
+        "Europe/Berlin",
+    )
+    assert row["payload"] == {"format": "pdf"} and row["description"] == "Weekday report"
+    assert row["misfire_policy"] == "run_once" and row["enabled"] is True
+    assert row["next_run_at"] is not None
+    assert audit(db) == [
+        {
+            "actor": "dashboard:admin",
+            "action": "schedule.create",
+            "target": "berlin-report",
+            "detail": {},
+        }
+    ]
+    # Unchecked "enabled" stores a disabled schedule with no next run.
+    quiet = {**good, "name": "quiet", "enabled": ""}
+    del quiet["enabled"]
+    assert (await dash.post("/dashboard/schedules", quiet)).status_code == 303
+    assert schedule_row(db, "quiet")["enabled"] is False
+    assert schedule_row(db, "quiet")["next_run_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "message", "field"),
+    [
+        ({"cron": "61 * * * *"}, 422, "61", "cron"),
+        ({"payload": '{"format": '}, 422, "payload is not valid JSON", "payload"),
+        ({"payload": "[1, 2]"}, 422, "payload must be a JSON object", "payload"),
+        ({"timezone": "Mars/Olympus"}, 422, "unknown timezone 'Mars/Olympus'", "timezone"),
+        ({"name": "has space"}, 422, "invalid schedule name", "name"),
+        ({"name": "taken"}, 409, "already exists", None),
+    ],
+)
+async def test_a_bad_schedule_form_comes_back_with_the_input_and_stores_nothing(
+    dash: Dash,
+    db: Conn,
+    app: Any,
+    change: dict[str, str],
+    status: int,
+    message: str,
+    field: str | None,
+) -> None:
+    await Ops(app).create_schedule({"name": "taken", "type": "t", "cron": "@daily"}, actor="test")
+    before = snapshot(db)
+    posted = {
+        "name": "fresh",
+        "type": "report",
+        "queue": "default",
+        "cron": "0 9 * * *",
+        "timezone": "UTC",
+        "payload": '{"format": "pdf"}',
+        "description": "<b>mine</b>",
+        "misfire": "skip",
+        **change,
+    }
+    response = await dash.post("/dashboard/schedules", posted)
+    assert response.status_code == status, response.text[:500]
+    page = Page()
+    page.feed(response.text)
+    assert message in page.text
+    # The form is shown again with what was typed (escaped), ready to correct.
+    assert page.posted_to("/dashboard/schedules")
+    assert posted["payload"] in page.text
+    assert f'value="{posted["cron"]}"' in response.text
+    assert "&lt;b&gt;mine&lt;/b&gt;" in response.text and "<b>mine</b>" not in response.text
+    if field:
+        assert f'<label for="f-{field}" class="invalid">' in response.text
+    assert snapshot(db) == before and len(audit(db)) == 1
+
+
+async def test_edit_a_schedule_from_the_form(dash: Dash, db: Conn, app: Any) -> None:
+    ops = Ops(app)
+    await ops.create_schedule(
+        {"name": "nightly", "type": "report", "cron": "30 2 * * *", "payload": {"v": 1}},
+        actor="test",
+    )
+    response = await dash.admin.get("/dashboard/schedules/nightly/edit")
+    assert response.status_code == 200
+    assert 'value="30 2 * * *"' in response.text and "every day at 02:30" in response.text
+    assert '"v": 1' in parse(response).text
+    form = {
+        "type": "report",
+        "queue": "default",
+        "cron": "30 2 * * *",
+        "timezone": "UTC",
+        "payload": '{"v": 1}',
+        "description": "",
+        "misfire": "skip",
+        "enabled": "on",
+    }
+    # The form as shown, saved again, changes nothing and writes no audit row.
+    same = await dash.post("/dashboard/schedules/nightly/edit", form)
+    assert same.headers["location"] == "/dashboard/schedules?done=schedule-same"
+    assert len(audit(db)) == 1
+    before = schedule_row(db, "nightly")
+    edited = {
+        **form,
+        "cron": "0 4 * * *",
+        "timezone": "America/New_York",
+        "payload": '{"v": 2}',
+        "queue": "reports",
+        "description": "At four",
+    }
+    del edited["enabled"]
+    response = await dash.post("/dashboard/schedules/nightly/edit", edited)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/dashboard/schedules?done=schedule-update"
+    after = schedule_row(db, "nightly")
+    assert (after["cron_expression"], after["timezone"], after["queue"]) == (
+        "0 4 * * *",
+        "America/New_York",
+        "reports",
+    )
+    assert after["payload"] == {"v": 2} and after["description"] == "At four"
+    assert after["enabled"] is False and after["next_run_at"] is None
+    assert after["id"] == before["id"]
+    assert audit(db)[1:] == [
+        {
+            "actor": "dashboard:admin",
+            "action": "schedule.update",
+            "target": "nightly",
+            "detail": {
+                "fields": ["cron", "description", "enabled", "payload", "queue", "timezone"]
+            },
+        }
+    ]
+    # A bad edit: shown again with the input, 422, nothing changed.
+    rows_before = snapshot(db)
+    bad = await dash.post("/dashboard/schedules/nightly/edit", {**edited, "cron": "0 25 * * *"})
+    assert bad.status_code == 422 and 'value="0 25 * * *"' in bad.text
+    assert snapshot(db) == rows_before
+    bad = await dash.post("/dashboard/schedules/nightly/edit", {**edited, "timezone": "Nowhere"})
+    assert bad.status_code == 422 and "unknown timezone" in bad.text
+    assert snapshot(db) == rows_before
+    # CSRF failure: refused, nothing changed.
+    refused = await dash.post(
+        "/dashboard/schedules/nightly/edit", {**form}, csrf=tampered(token_for("admin"))
+    )
+    assert refused.status_code == 403 and snapshot(db) == rows_before
+    assert (await dash.admin.get("/dashboard/schedules/ghost/edit")).status_code == 404
+    assert (await dash.post("/dashboard/schedules/ghost/edit", form)).status_code == 404
 
 
 async def test_workers_page(dash: Dash, db: Conn) -> None:
@@ -591,11 +840,19 @@ async def test_read_only_users_see_everything_and_change_nothing(
         "/dashboard/queues/default/clean-completed",
         "/dashboard/failures/retry",
         "/dashboard/schedules/x/delete",
+        "/dashboard/schedules/x/run",
+        "/dashboard/schedules/x/edit",
+        "/dashboard/schedules",
     ):
         response = await dash.post(action, client=dash.viewer, csrf=token)
         assert response.status_code == 403, action
         assert "read-only" in response.text
     assert snapshot(db) == before and audit(db) == []
+    for form_page in ("/dashboard/schedules/new", "/dashboard/schedules/x/edit"):
+        response = await dash.viewer.get(form_page)
+        assert response.status_code == 403 and "read-only" in response.text
+    listing = await dash.page("/dashboard/schedules", dash.viewer)
+    assert "/dashboard/schedules/new" not in listing.links
 
     # JOBS_DASHBOARD_READONLY=true makes the main login read-only as well.
     web = make_web(settings, dashboard_readonly=True)

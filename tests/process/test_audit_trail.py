@@ -130,6 +130,31 @@ async def test_one_action_one_row_whatever_the_surface(surfaces: Surfaces, db: C
     assert page.status_code == 200 and CLI in page.text and "rate_limit" in page.text
 
 
+async def test_running_a_schedule_now_is_one_service_call_on_every_surface(
+    surfaces: Surfaces, db: Conn
+) -> None:
+    s = surfaces
+    schedule = {"name": "nightly", "type": "report", "cron": "0 2 * * *", "payload": {"n": 1}}
+    await s.api("POST", "/api/schedules", 201, json=schedule)
+    next_run = db.execute("SELECT next_run_at FROM job_schedules").fetchone()["next_run_at"]
+    printed = await s.cli("schedule", "run", "nightly")
+    answered = (await s.api("POST", "/api/schedules/nightly/run", 201)).json()
+    await s.dashboard("/dashboard/schedules/nightly/run")
+    assert answered["type"] == "report" and answered["status"] == "pending"
+    assert answered["payload"] == {"n": 1}
+    jobs = db.execute("SELECT id, metadata FROM jobs ORDER BY created_at, id").fetchall()
+    assert len(jobs) == 3
+    assert {j["metadata"]["schedule"] for j in jobs} == {"nightly"}
+    assert printed.startswith("enqueued job ") and printed.endswith(
+        "(report on default) from schedule 'nightly'\n"
+    )
+    assert db.execute("SELECT next_run_at FROM job_schedules").fetchone()["next_run_at"] == next_run
+    runs = [r for r in audit_rows(db) if r["action"] == "schedule.run"]
+    assert [(r["actor"], r["target"]) for r in runs] == [(who, "nightly") for who in WHO]
+    assert sorted(r["detail"]["jobs"][0] for r in runs) == sorted(str(j["id"]) for j in jobs)
+    assert all(r["detail"]["queue"] == "default" and r["detail"]["type"] == "report" for r in runs)
+
+
 async def test_a_failed_action_changes_nothing_and_writes_no_row(
     surfaces: Surfaces, db: Conn
 ) -> None:
@@ -144,6 +169,7 @@ async def test_a_failed_action_changes_nothing_and_writes_no_row(
     # CLI: one line on stderr, exit 2.
     await s.cli("schedule", "update", "kept", "--cron", "61 * * * *", status=2)
     await s.cli("schedule", "disable", "ghost", status=2)
+    await s.cli("schedule", "run", "ghost", status=2)
     await s.cli("schedule", "create", "--name", "kept", "--type", "r", "--cron", "@daily", status=2)
     await s.cli("queue", "limit", "emails", "--max", "0", "--duration", "5", status=2)
     await s.cli("queue", "key-limit", "nothing", "--clear", status=2)
@@ -155,6 +181,7 @@ async def test_a_failed_action_changes_nothing_and_writes_no_row(
     # REST: a 4xx JSON error.
     await s.api("PATCH", "/api/schedules/kept", 422, json={"timezone": "Nowhere"})
     await s.api("DELETE", "/api/schedules/ghost", 404)
+    await s.api("POST", "/api/schedules/ghost/run", 404)
     await s.api("POST", "/api/schedules", 409, json={"name": "kept", "type": "r", "cron": "@daily"})
     await s.api("PUT", "/api/queues/emails/limit", 422, json={"max": 5})
     await s.api("PUT", "/api/queues/emails/limit", 422, json={"max": 5, "duration": 0})
@@ -165,6 +192,7 @@ async def test_a_failed_action_changes_nothing_and_writes_no_row(
 
     # Dashboard: a 4xx page.
     await s.dashboard("/dashboard/schedules/ghost/disable", 404)
+    await s.dashboard("/dashboard/schedules/ghost/run", 404)
     await s.dashboard("/dashboard/queues/ghost/pause", 404)
     await s.dashboard(f"/dashboard/jobs/{done}/cancel", 409)
     forged = {"csrf": "0" * 64}

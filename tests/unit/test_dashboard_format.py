@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pgjobs.web.dashboard import charts
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.charts import Bucket, failure_rate_chart, throughput_chart
 from pgjobs.web.dashboard.history import History
@@ -114,22 +115,147 @@ def test_numbers_times_and_durations() -> None:
     assert fmt.short_id(uuid) == "0193a1b2…abcd"
 
 
-def test_throughput_chart_geometry() -> None:
-    start = datetime(2030, 1, 1, tzinfo=UTC)
-    buckets = [Bucket(start + timedelta(minutes=i), i, i % 2) for i in range(4)]
-    chart = throughput_chart(buckets, width_minutes=1, label="x", width=100, height=50)
-    assert chart.peak == 4 and chart.completed == 6 and chart.failed == 2
-    assert [b.x for b in chart.bars] == [0, 25, 50, 75]
-    tallest = chart.bars[3]
-    assert tallest.ok_height + tallest.failed_height == 50 and tallest.failed_y == 0
-    assert chart.bars[0].ok_height == 0 and "0 completed, 0 failed" in chart.bars[0].title
-    empty = throughput_chart(
-        [Bucket(start, 0, 0)], width_minutes=1, label="x", width=100, height=50
+START = datetime(2030, 1, 1, 11, 45, tzinfo=UTC)
+
+
+def minutes(*counts: tuple[int, int], start: datetime = START, width: int = 1) -> list[Bucket]:
+    return [Bucket(start + timedelta(minutes=i * width), c, f) for i, (c, f) in enumerate(counts)]
+
+
+def svg(macro: str, chart: object) -> str:
+    """A chart as the overview renders it (autoescaped)."""
+    env = Dashboard.create(make_settings("postgresql://x@127.0.0.1/x")).templates
+    page = env.from_string('{% import "dashboard/_macros.html" as ui %}{{ ui.' + macro + "(c) }}")
+    return page.render(c=chart)
+
+
+@pytest.mark.parametrize(
+    ("peak", "values", "labels"),
+    [
+        (0, [0, 1], ["0", "1"]),
+        (1, [0, 1], ["0", "1"]),
+        (7, [0, 2, 4, 6, 8], ["0", "2", "4", "6", "8"]),
+        (1000, [0, 250, 500, 750, 1000], ["0", "250", "500", "750", "1,000"]),
+        (1_000_000, [0, 250_000, 500_000, 750_000, 1_000_000], ["0", "250k", "500k", "750k", "1M"]),
+        (3, [0, 1, 2, 3], ["0", "1", "2", "3"]),
+        (12_345, [0, 5000, 10_000, 15_000], ["0", "5,000", "10k", "15k"]),
+    ],
+)
+def test_count_axis_ticks(peak: int, values: list[int], labels: list[str]) -> None:
+    ticks = charts.count_ticks(peak)
+    assert list(ticks) == values
+    assert [charts.count_label(v) for v in ticks] == labels
+    chart = throughput_chart(minutes((peak, 0)), width_minutes=1, label="x")
+    assert [t.label for t in chart.frame.y_ticks] == labels
+    # The top tick is the top of the plot; zero sits on the time axis.
+    assert chart.frame.y_ticks[0].at == chart.frame.bottom
+    assert chart.frame.y_ticks[-1].at == chart.frame.top
+
+
+@pytest.mark.parametrize(
+    ("peak", "labels"),
+    [
+        (0.0, ["0%", "0.5%", "1%"]),
+        (0.03, ["0%", "1%", "2%", "3%", "4%", "5%"]),
+        (0.15, ["0%", "5%", "10%", "15%", "20%"]),
+        (0.9, ["0%", "25%", "50%", "75%", "100%"]),
+    ],
+)
+def test_rate_axis_ticks(peak: float, labels: list[str]) -> None:
+    assert [charts.rate_label(v) for v in charts.rate_ticks(peak)] == labels
+
+
+def test_time_axis_is_utc_at_round_times() -> None:
+    hour = throughput_chart(minutes(*[(1, 0)] * 60), width_minutes=1, label="x")
+    assert [t.label for t in hour.frame.x_ticks] == [
+        "11:50", "12:00", "12:10", "12:20", "12:30", "12:40"
+    ]  # fmt: skip
+    assert hour.frame.x_unit == "UTC" and hour.frame.y_unit == "jobs/min"
+    # Ticks sit on the left edge of the bucket starting at that time.
+    slot = (hour.frame.right - hour.frame.left) / 60
+    assert hour.frame.x_ticks[0].at == round(hour.frame.left + 5 * slot, 2)
+    day_start = datetime(2030, 1, 1, 13, 0, tzinfo=UTC)
+    day = throughput_chart(
+        minutes(*[(0, 0)] * 48, start=day_start, width=30), width_minutes=30, label="x"
     )
-    assert empty.empty and empty.bars[0].ok_height == 0
-    rate = failure_rate_chart(buckets, width_minutes=1, label="y", width=100, height=50)
-    # The first bucket has no jobs, so no point; then 1 of 2, 0 of 2, 1 of 4 failed.
-    assert rate.points == "37.5,25.0 62.5,50.0 87.5,37.5"
+    assert [t.label for t in day.frame.x_ticks] == [
+        "16:00", "20:00", "Jan 02", "04:00", "08:00", "12:00"
+    ]  # fmt: skip
+    assert day.frame.y_unit == "jobs per 30 min"
+
+
+def test_throughput_bars_and_tooltips() -> None:
+    chart = throughput_chart(minutes((0, 0), (1, 1), (2, 0), (3, 1)), width_minutes=1, label="x")
+    assert chart.peak == 4 and chart.completed == 6 and chart.failed == 2
+    f = chart.frame
+    tallest = chart.bars[3]
+    assert tallest.failed_y == f.top and tallest.ok_y + tallest.ok_height == f.bottom
+    assert chart.bars[0].ok_height == 0
+    assert [b.title for b in chart.bars] == [
+        "11:45-11:46 UTC: 0 completed, 0 failed",
+        "11:46-11:47 UTC: 1 completed, 1 failed (50.0% failed)",
+        "11:47-11:48 UTC: 2 completed, 0 failed",
+        "11:48-11:49 UTC: 3 completed, 1 failed (25.0% failed)",
+    ]
+    html = svg("bar_chart", chart)
+    for bar in chart.bars:
+        assert f"<title>{bar.title}</title>" in html
+    assert ">jobs/min</text>" in html and ">time (UTC)</text>" in html
+    assert ">11:50</text>" not in html  # no tick beyond the data
+    assert "No data" not in html and 'preserveAspectRatio="none"' not in html
+
+
+def test_empty_charts_say_so() -> None:
+    empty = minutes(*[(0, 0)] * 60)
+    bars = throughput_chart(empty, width_minutes=1, label="x")
+    rate = failure_rate_chart(empty, width_minutes=1, label="y")
+    assert bars.empty and rate.empty and not rate.points and not rate.lines
+    for html in (svg("bar_chart", bars), svg("rate_chart", rate)):
+        assert "No data: no job finished in this window" in html
+        assert ">0</text>" in html or ">0%</text>" in html  # the axes are still drawn
+    spark = throughput_chart(empty, width_minutes=60, label="z", width=96, height=20, small=True)
+    html = svg("bar_chart", spark)
+    assert ">no jobs</text>" in html and "time (UTC)" not in html
+    nothing = throughput_chart([], width_minutes=1, label="x")
+    assert nothing.empty and "No data" in svg("bar_chart", nothing)
+
+
+def test_failure_rate_leaves_gaps_where_too_few_jobs_finished() -> None:
+    buckets = minutes((0, 0), (1, 1), (9, 1), (8, 2), (0, 0), (4, 4), (10, 0))
+    rate = failure_rate_chart(buckets, width_minutes=1, label="y")
+    # 1 of 2 failed is not a 50 % failure rate: only buckets of 5+ jobs get a point.
+    assert [p.title for p in rate.points] == [
+        "11:47-11:48 UTC: 10.0% failed (9 completed, 1 failed)",
+        "11:48-11:49 UTC: 20.0% failed (8 completed, 2 failed)",
+        "11:50-11:51 UTC: 50.0% failed (4 completed, 4 failed)",
+        "11:51-11:52 UTC: 0% failed (10 completed, 0 failed)",
+    ]
+    # Lines join neighbours only: the empty bucket at 11:49 breaks the line.
+    assert len(rate.lines) == 2 and [len(line.split()) for line in rate.lines] == [2, 2]
+    assert [g.title for g in rate.gaps] == [
+        "11:45-11:46 UTC: no jobs",
+        "11:46-11:47 UTC: 1 completed, 1 failed: too few jobs for a rate",
+        "11:49-11:50 UTC: no jobs",
+    ]
+    assert [t.label for t in rate.frame.y_ticks][-1] == "50%"
+    assert rate.frame.y_unit == "% failed"
+    f = rate.frame
+    half = rate.points[2]
+    assert half.y == f.top  # 50 % is the top of a 0-50 % axis
+    html = svg("rate_chart", rate)
+    for p in rate.points:
+        assert f"<title>{p.title}</title>" in html
+    for g in rate.gaps:
+        assert f"<title>{g.title}</title>" in html
+    # Only a trickle of jobs: no rate anywhere, and the chart says why.
+    trickle = failure_rate_chart(minutes((1, 1), (0, 2)), width_minutes=1, label="y")
+    assert trickle.sparse and "Too few jobs for a rate: fewer than 5" in svg("rate_chart", trickle)
+
+
+def test_chart_text_is_escaped() -> None:
+    chart = throughput_chart(minutes((1, 0)), width_minutes=1, label="<script>x</script>")
+    html = svg("bar_chart", chart)
+    assert "<script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
 
 
 def test_history_buckets_align_to_the_clock() -> None:

@@ -9,7 +9,8 @@ from starlette.responses import RedirectResponse, Response
 
 from pgjobs.errors import Conflict, ValidationError
 from pgjobs.validation import MAX_BULK
-from pgjobs.web.dashboard.pages import job_id, queue_name
+from pgjobs.web.dashboard.forms import ScheduleForm
+from pgjobs.web.dashboard.pages import job_id, queue_name, schedule_form, schedule_name
 from pgjobs.web.dashboard.render import PAGE_HEADERS, Dashboard
 from pgjobs.web.dashboard.security import checked_form, user_of
 from pgjobs.web.state import ops_of
@@ -113,10 +114,6 @@ async def retry_group(request: Request, dash: Dashboard) -> Response:
 # ---------------------------------------------------------------- schedules
 
 
-def schedule_name(request: Request) -> str:
-    return str(request.path_params["name"])
-
-
 async def enable_schedule(request: Request, dash: Dashboard) -> Response:
     await checked_form(request, dash.signer, dash.allowed_hosts)
     changes = {"enabled": True}
@@ -135,3 +132,39 @@ async def delete_schedule(request: Request, dash: Dashboard) -> Response:
     await checked_form(request, dash.signer, dash.allowed_hosts)
     await ops_of(request).delete_schedule(schedule_name(request), actor=actor(request))
     return back(dash.url("schedules", done="schedule-delete"))
+
+
+async def run_schedule(request: Request, dash: Dashboard) -> Response:
+    await checked_form(request, dash.signer, dash.allowed_hosts)
+    name = schedule_name(request)
+    await ops_of(request).run_schedule_now(name, actor=actor(request))
+    return back(dash.url("schedules", done="schedule-run"))
+
+
+async def create_schedule(request: Request, dash: Dashboard) -> Response:
+    """Store the posted schedule, or show the form again with the error (nothing is
+    stored then: 422 for a bad field, 409 for a name already taken)."""
+    posted = ScheduleForm.posted(await checked_form(request, dash.signer, dash.allowed_hosts))
+    try:
+        await ops_of(request).create_schedule(posted.fields(), actor=actor(request))
+    except (ValidationError, Conflict) as exc:
+        status = 409 if isinstance(exc, Conflict) else 422
+        return schedule_form(request, dash, posted.failed(exc), editing=False, status=status)
+    return back(dash.url("schedules", done="schedule-create"))
+
+
+async def update_schedule(request: Request, dash: Dashboard) -> Response:
+    """Save the fields the posted form changes; the form comes back with the error
+    when they cannot be stored (422, nothing changed)."""
+    form = await checked_form(request, dash.signer, dash.allowed_hosts)
+    ops = ops_of(request)
+    current = await ops.schedule(schedule_name(request))
+    posted = ScheduleForm.posted(form, name=current.name)
+    try:
+        changes = posted.changes(current)
+        if not changes:
+            return back(dash.url("schedules", done="schedule-same"))
+        await ops.update_schedule(current.name, changes, actor=actor(request))
+    except ValidationError as exc:
+        return schedule_form(request, dash, posted.failed(exc), editing=True, status=422)
+    return back(dash.url("schedules", done="schedule-update"))

@@ -17,8 +17,11 @@ from pgjobs.producer.options import validate_queue
 from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.charts import failure_rate_chart, throughput_chart
+from pgjobs.web.dashboard.forms import MISFIRE_POLICIES, ScheduleForm, timezone_names
 from pgjobs.web.dashboard.history import History
 from pgjobs.web.dashboard.render import PAGE_HEADERS, STATIC_FILES, Dashboard
+from pgjobs.web.dashboard.security import Forbidden, read_only
+from pgjobs.web.dashboard.stacks import split_stack
 from pgjobs.web.headers import SECURITY_HEADERS
 from pgjobs.web.requests import query_param
 from pgjobs.web.state import ops_of
@@ -58,6 +61,10 @@ NOTICES = {
     "enable": "Enabled the schedule.",
     "disable": "Disabled the schedule.",
     "schedule-delete": "Deleted the schedule.",
+    "schedule-create": "Created the schedule.",
+    "schedule-update": "Saved the schedule.",
+    "schedule-same": "Nothing to save: the form matched the schedule.",
+    "schedule-run": "Enqueued the schedule's job; its next run is unchanged.",
 }
 
 
@@ -117,6 +124,7 @@ async def overview(request: Request, dash: Dashboard) -> Response:
                 label="Last 24 hours, per hour",
                 width=96,
                 height=20,
+                small=True,
             )
         rows.append(
             QueueRow(
@@ -241,7 +249,7 @@ async def job(request: Request, dash: Dashboard) -> Response:
     failures = [
         {
             "failure": f,
-            "stack": fmt.truncate(f.error_stack, STACK_CHARS),
+            "stack": split_stack(fmt.truncate(f.error_stack, STACK_CHARS)),
             "stack_cut": len(f.error_stack or "") > STACK_CHARS,
         }
         for f in reversed(found.failures)
@@ -302,6 +310,51 @@ async def schedules(request: Request, dash: Dashboard) -> Response:
         rows.append({"schedule": s, "upcoming": upcoming, "last": runs.get(s.id)})
     context = {"nav": "schedules", "rows": rows, "notice": notice(request)}
     return dash.render(request, "schedules.html", context, now=ops.clock.now())
+
+
+def schedule_name(request: Request) -> str:
+    return str(request.path_params["name"])
+
+
+def schedule_form(
+    request: Request,
+    dash: Dashboard,
+    form: ScheduleForm,
+    *,
+    editing: bool,
+    status: int = 200,
+    now: Any = None,
+) -> Response:
+    """The create or edit form, blank, as stored, or as posted with its error."""
+    context = {
+        "nav": "schedules",
+        "form": form,
+        "editing": editing,
+        "misfire_policies": MISFIRE_POLICIES,
+        "timezones": timezone_names(),
+        "target": dash.url("schedules", form.name, "edit") if editing else dash.url("schedules"),
+    }
+    return dash.render(request, "schedule_form.html", context, status=status, now=now)
+
+
+def writable(request: Request) -> None:
+    """Read-only users get no form (403), as they get no action buttons."""
+    if read_only(request):
+        raise Forbidden("read-only users cannot change anything")
+
+
+async def new_schedule(request: Request, dash: Dashboard) -> Response:
+    writable(request)
+    ops = ops_of(request)
+    return schedule_form(request, dash, ScheduleForm(), editing=False, now=ops.clock.now())
+
+
+async def edit_schedule(request: Request, dash: Dashboard) -> Response:
+    writable(request)
+    ops = ops_of(request)
+    found = await ops.schedule(schedule_name(request))
+    form = ScheduleForm.of(found)
+    return schedule_form(request, dash, form, editing=True, now=ops.clock.now())
 
 
 # ---------------------------------------------------------------- workers
