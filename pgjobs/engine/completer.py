@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs.backoff import ReconnectDelay, keep_running
 from pgjobs.clock import Clock
+from pgjobs.context import LogLine
 from pgjobs.queries import query
 from pgjobs.signals.events import JobEvent, Publisher, Route
 
@@ -43,6 +44,7 @@ class Outcome:
     delay_ms: int = 0
     queue: str = ""  # queue and type: only for the job event of the outcome
     type: str = ""
+    logs: list[LogLine] | None = None  # what the run logged through ctx.logger
 
 
 # Outcome kind -> (event, status it leaves the job in); snoozes and give-backs are no events.
@@ -140,7 +142,8 @@ class Completer:
 
     async def _write(self, batch: Batch) -> set[UUID]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query("finish_runs"), self.params(batch))
+            statement = "finish_runs_logged" if any(o.logs for o in batch) else "finish_runs"
+            await cur.execute(query(statement), self.params(batch))
             return {row["id"] for row in await cur.fetchall()}
 
     async def _written(self, batch: Batch, applied: set[UUID]) -> None:
@@ -220,7 +223,8 @@ class Completer:
 def encode_outcomes(batch: list[Outcome]) -> str:
     """The `outcomes` parameter of the finish statements: a JSON array with one
     [id, attempt, kind, result, duration_ms, message, stack, failure_kind, delay_ms]
-    array per outcome. `result_json` is JSON already and goes in as it is."""
+    array per outcome, and a tenth item, [[seq, unix time, level, text], ...], when the
+    run logged lines. `result_json` is JSON already and goes in as it is."""
     return "[" + ",".join(map(_encode_outcome, batch)) + "]"
 
 
@@ -228,8 +232,17 @@ def _encode_outcome(o: Outcome) -> str:
     return (
         f'["{o.job_id}",{o.attempt},"{o.kind}",{o.result_json or "null"},'
         f"{_json_int(o.duration_ms)},{_json_text(o.message)},{_json_text(o.stack)},"
-        f"{_json_text(o.failure_kind)},{int(o.delay_ms)}]"
+        f"{_json_text(o.failure_kind)},{int(o.delay_ms)}{_json_logs(o.logs)}]"
     )
+
+
+def _json_logs(lines: list[LogLine] | None) -> str:
+    if not lines:
+        return ""
+    encoded = (
+        f"[{seq},{at!r},{json.dumps(level)},{_json_text(text)}]" for seq, at, level, text in lines
+    )
+    return ",[" + ",".join(encoded) + "]"
 
 
 def _json_int(value: int | None) -> str:

@@ -641,7 +641,7 @@ class Worker:
             created_at=job.created_at,
             worker_id=self.id,
             app=self.app,
-            logger=self._job_logger(job.type),
+            _type_logger=self._job_logger(job.type),
             _control=handle,
         )
         execution = Execution(
@@ -683,6 +683,7 @@ class Worker:
         """Hand a run's outcome to the completer."""
         job = execution.job
         outcome.queue, outcome.type = job.queue, job.type
+        outcome.logs = execution.ctx.log_lines()
         # A completion made inside the handler's transaction is recorded by its commit.
         # Any other ending is recorded here, even after complete_in: a handler that
         # raised did not commit (or committed and then failed, which the fence drops).
