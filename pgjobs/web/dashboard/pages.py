@@ -4,7 +4,7 @@ one template, render. Nothing here changes anything (see actions.py)."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pgjobs.errors import JobNotFound, NotFound, ValidationError
-from pgjobs.ops import JobFilter, QueueCounts, WorkerInfo, attempt_logs
+from pgjobs.ops import JobFilter, JobLogLine, QueueCounts, WorkerInfo, attempt_logs
 from pgjobs.producer.options import validate_queue
+from pgjobs.redact import mask_text
 from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.charts import failure_rate_chart, throughput_chart
@@ -272,7 +273,7 @@ async def job(request: Request, dash: Dashboard) -> Response:
     ops = ops_of(request)
     found = await ops.get_job(job_id(request))
     parents, children = await ops.job_links(found)
-    logs = attempt_logs(await ops.job_logs(found.id))
+    logs = attempt_logs(tuple(_masked(line) for line in await ops.job_logs(found.id)))
     payload, payload_cut = fmt.pretty_json(found.payload, DETAIL_CHARS)
     result, result_cut = (
         fmt.pretty_json(found.result, DETAIL_CHARS) if found.results else ("", False)
@@ -305,6 +306,11 @@ async def job(request: Request, dash: Dashboard) -> Response:
         "notice": notice(request),
     }
     return dash.render(request, "job.html", context, now=now)
+
+
+def _masked(line: JobLogLine) -> JobLogLine:
+    """A log line with URL passwords and secret-looking values masked, as error texts."""
+    return replace(line, message=mask_text(line.message))
 
 
 # ---------------------------------------------------------------- search
