@@ -154,6 +154,14 @@ CREATE INDEX IF NOT EXISTS jobs_depends_on_idx ON jobs USING gin (depends_on)
 -- One holder per unique key (see unique_released_at).
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_hold_idx ON jobs (unique_key)
     WHERE unique_key IS NOT NULL AND unique_released_at IS NULL;
+-- Search (see pgjobs/ops/search.py): payload fields by containment (payload @> ...), the
+-- only operator the search uses on payloads, which jsonb_path_ops serves best; error text
+-- by words ('simple': no stemming or stop words, identifiers match as written), only for
+-- jobs that failed at least once, so creating a job never touches that index.
+CREATE INDEX IF NOT EXISTS jobs_payload_search_idx ON jobs USING gin (payload jsonb_path_ops);
+CREATE INDEX IF NOT EXISTS jobs_error_search_idx ON jobs
+    USING gin (to_tsvector('simple'::regconfig, last_error))
+    WHERE last_error IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS job_results (
     id uuid PRIMARY KEY DEFAULT pgjobs_uuid7(),
@@ -178,6 +186,19 @@ CREATE TABLE IF NOT EXISTS job_failures (
 );
 CREATE INDEX IF NOT EXISTS idx_job_failures_job ON job_failures (job_id);
 CREATE INDEX IF NOT EXISTS idx_job_failures_failed ON job_failures (failed_at DESC);
+
+-- What a handler logged through ctx.logger, per attempt: the first lines and the last ones
+-- (seq is the line's number in its attempt: a gap is the lines dropped in between),
+-- written with the run's outcome (finish_runs_logged).
+CREATE TABLE IF NOT EXISTS job_logs (
+    job_id uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt integer NOT NULL,
+    seq integer NOT NULL,
+    at timestamptz NOT NULL,
+    level text NOT NULL,
+    message text NOT NULL,
+    PRIMARY KEY (job_id, attempt, seq)
+);
 
 -- ---------------------------------------------------------------- schedules
 

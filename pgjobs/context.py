@@ -9,6 +9,7 @@ neither needs to import `App` for it. `ctx.app` is the App running the job; its 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ from pgjobs.config import Settings
 from pgjobs.models import Job
 
 Handler = Callable[["JobContext", Any], Any]
+
+# What is kept of the lines a run logs through ctx.logger (stored in job_logs with the
+# run's outcome): the first LOG_FIRST_LINES and the last LOG_LAST_LINES of each attempt,
+# each cut at LOG_LINE_CHARS. A run that logs a million lines holds no more than these.
+LOG_FIRST_LINES = 100
+LOG_LAST_LINES = 50
+LOG_LINE_CHARS = 2000
+LogLine = tuple[int, float, str, str]  # (line number in the attempt, unix time, level, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +130,10 @@ class JobContext:
     created_at: datetime
     worker_id: UUID
     app: JobHost
-    logger: logging.Logger
+    _type_logger: logging.Logger = field(repr=False)
     _control: RunControl = field(repr=False)
+    _run_log: RunLog | None = field(default=None, repr=False)
+    _run_logger: logging.Logger | None = field(default=None, repr=False)
     # A plain flag, not a threading.Event: it is only ever set once and read, and a
     # run that builds no lock costs measurably less.
     _cancelled: bool = field(default=False, repr=False)
@@ -131,6 +142,23 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         return self._cancelled
+
+    @property
+    def logger(self) -> logging.Logger:
+        """This run's logger: a child of the job type's logger `pgjobs.job.<type>`, so its
+        lines reach the process log as before, and they are also kept with the job
+        (job_logs). Made on first use: a run that never logs costs nothing."""
+        if self._run_logger is None:
+            self._run_log = RunLog()
+            logger = logging.Logger(self._type_logger.name)
+            logger.parent = self._type_logger
+            logger.addHandler(self._run_log)
+            self._run_logger = logger
+        return self._run_logger
+
+    def log_lines(self) -> list[LogLine] | None:
+        """The lines kept of this run so far (None when it logged nothing)."""
+        return self._run_log.lines() if self._run_log is not None else None
 
     def mark_cancelled(self) -> None:
         self._cancelled = True
@@ -156,6 +184,41 @@ class JobContext:
     async def parent_results(self) -> dict[str, Any]:
         """Results of the jobs this one depends on, by job id."""
         return await self._control.parent_results()
+
+
+class RunLog(logging.Handler):
+    """Keeps the first and the last lines one run logs, and counts them all; the
+    numbers of the lines kept show how many were dropped between them. Records arrive
+    at the logger's level (LOG_LEVEL for `pgjobs worker`), from the event loop or from a
+    sync handler's thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self._first: list[LogLine] = []
+        self._last: deque[LogLine] = deque(maxlen=LOG_LAST_LINES)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text = f"{text}\n{_FORMATTER.formatException(record.exc_info)}"
+        except Exception:  # a bad format string in the handler's call, as logging reports it
+            self.handleError(record)
+            return
+        line = (self.count, record.created, record.levelname, text[:LOG_LINE_CHARS])
+        if self.count <= LOG_FIRST_LINES:
+            self._first.append(line)
+        else:
+            self._last.append(line)
+
+    def lines(self) -> list[LogLine] | None:
+        kept = [*self._first, *list(self._last)]
+        return kept or None
+
+
+_FORMATTER = logging.Formatter()
 
 
 def _clamp(percent: float) -> int:

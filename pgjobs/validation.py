@@ -52,6 +52,7 @@ MAX_JSON_DEPTH = 100
 # ------------------------------------------------------------------ batches and pages
 
 MIN_LIMIT, MAX_LIMIT, DEFAULT_LIMIT = 1, 500, 50  # job listing page size
+MAX_SEARCH_CHARS = 500  # a job search query (pgjobs.ops.search)
 MAX_BULK = 10_000  # jobs in one bulk create
 MAX_FLOW_JOBS = 10_000  # jobs in one flow created through the API
 DEFAULT_WINDOW_HOURS = 24.0  # statistics window

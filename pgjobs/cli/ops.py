@@ -535,6 +535,12 @@ def workers(ctx: click.Context, as_json: bool) -> None:
     "--limit", default=str(DEFAULT_LIMIT), show_default=True, help=f"{MIN_LIMIT}-{MAX_LIMIT}."
 )
 @click.option("--cursor", default=None, help="Continue after a previous page.")
+@click.option(
+    "--search",
+    default=None,
+    help="Search every queue instead, e.g. 'user_id=42 status:failed' or "
+    "'error:\"connection refused\"' (the dashboard's search syntax; no other filter).",
+)
 @json_option
 @click.pass_context
 @handle_errors
@@ -545,13 +551,24 @@ def jobs_command(
     type_: str | None,
     limit: str,
     cursor: str | None,
+    search: str | None,
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
-    filters = JobFilter.build(queue=queue, status=status, type=type_)
-    page = run_ops(
-        settings_from(ctx), lambda ops: ops.list_jobs(filters, limit=limit, cursor=cursor)
-    )
+    if search is not None:
+        if queue or status or type_:
+            raise click.UsageError(
+                "--search takes no --queue, --status or --type: write "
+                "them into the search (queue:NAME status:S type:T)"
+            )
+        page = run_ops(
+            settings_from(ctx), lambda ops: ops.search_jobs(search, limit=limit, cursor=cursor)
+        )
+    else:
+        filters = JobFilter.build(queue=queue, status=status, type=type_)
+        page = run_ops(
+            settings_from(ctx), lambda ops: ops.list_jobs(filters, limit=limit, cursor=cursor)
+        )
     if as_json:
         print_json(page.to_dict())
         return

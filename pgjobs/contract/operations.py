@@ -21,6 +21,7 @@ from pgjobs.validation import (
     DEFAULT_LIMIT,
     DEFAULT_WINDOW_HOURS,
     MAX_LIMIT,
+    MAX_SEARCH_CHARS,
     MAX_TYPE_LENGTH,
     MAX_WINDOW_HOURS,
     MIN_LIMIT,
@@ -169,6 +170,13 @@ OPERATIONS: tuple[Operation, ...] = (
                 f"Page size, clamped to {MIN_LIMIT}-{MAX_LIMIT} (default {DEFAULT_LIMIT})",
             ),
             Param("cursor", str, "next_cursor of the previous page"),
+            Param(
+                "q",
+                Annotated[str, Field(max_length=MAX_SEARCH_CHARS)],
+                "Search every queue (id:, type:, queue:, status:, error:, field=value, "
+                "error words; see the dashboard's search syntax); not combined with the "
+                "filters above",
+            ),
         ),
     ),
     Operation(
@@ -193,7 +201,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET",
         "/api/jobs/{id}",
         "getJob",
-        "A job with status, progress, attempts, result and failure history",
+        "A job with status, progress, attempts, result, failure history and log lines",
         (_job(200, "The job"),),
         (404,),
     ),

@@ -196,6 +196,23 @@ class JobFailure(TypedDict, total=False):
     worker_id: UUID | None
 
 
+class JobLogLine(TypedDict):
+    attempt: int
+    seq: Annotated[int, Field(description="The line's number in its attempt")]
+    at: datetime
+    level: str
+    message: str
+
+
+class AttemptLog(TypedDict):
+    attempt: int
+    dropped: Annotated[
+        int,
+        Field(description="Lines logged between the first 100 and the last 50, not kept"),
+    ]
+    lines: list[JobLogLine]
+
+
 class Job(TypedDict, total=False):
     id: Required[UUID]
     type: Required[str]
@@ -231,6 +248,10 @@ class Job(TypedDict, total=False):
     result: Any
     results: Required[list[JobResult]]
     failures: Required[list[JobFailure]]
+    logs: Annotated[
+        list[AttemptLog],
+        Field(description="What the handler logged through ctx.logger, per attempt (GET only)"),
+    ]
 
 
 class JobSummary(TypedDict, total=False):

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgjobs.backoff import ReconnectDelay, keep_running
 from pgjobs.clock import Clock
+from pgjobs.context import LogLine
 from pgjobs.queries import query
 from pgjobs.signals.events import JobEvent, Publisher, Route
 
@@ -46,6 +47,7 @@ class Outcome:
     progress: tuple[int, str | None] | None = None
     queue: str = ""  # queue and type: only for the job event of the outcome
     type: str = ""
+    logs: list[LogLine] | None = None  # what the run logged through ctx.logger
 
 
 # Outcome kind -> (event, status it leaves the job in); snoozes and give-backs are no events.
@@ -143,7 +145,8 @@ class Completer:
 
     async def _write(self, batch: Batch) -> set[UUID]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query("finish_runs"), self.params(batch))
+            statement = "finish_runs_logged" if any(o.logs for o in batch) else "finish_runs"
+            await cur.execute(query(statement), self.params(batch))
             return {row["id"] for row in await cur.fetchall()}
 
     async def _written(self, batch: Batch, applied: set[UUID]) -> None:
@@ -223,7 +226,8 @@ class Completer:
 def encode_outcomes(batch: list[Outcome]) -> str:
     """The `outcomes` parameter of the finish statements: a JSON array with one
     [id, attempt, kind, result, duration_ms, message, stack, failure_kind, delay_ms,
-    progress] array per outcome, progress being [percent, message] or null.
+    progress] array per outcome, progress being [percent, message] or null, and an
+    eleventh item, [[seq, unix time, level, text], ...], when the run logged lines.
     `result_json` is JSON already and goes in as it is."""
     return "[" + ",".join(map(_encode_outcome, batch)) + "]"
 
@@ -232,7 +236,8 @@ def _encode_outcome(o: Outcome) -> str:
     return (
         f'["{o.job_id}",{o.attempt},"{o.kind}",{o.result_json or "null"},'
         f"{_json_int(o.duration_ms)},{_json_text(o.message)},{_json_text(o.stack)},"
-        f"{_json_text(o.failure_kind)},{int(o.delay_ms)},{_json_progress(o.progress)}]"
+        f"{_json_text(o.failure_kind)},{int(o.delay_ms)},{_json_progress(o.progress)}"
+        f"{_json_logs(o.logs)}]"
     )
 
 
@@ -240,6 +245,15 @@ def _json_progress(progress: tuple[int, str | None] | None) -> str:
     if progress is None:
         return "null"
     return f"[{int(progress[0])},{_json_text(progress[1])}]"
+
+
+def _json_logs(lines: list[LogLine] | None) -> str:
+    if not lines:
+        return ""
+    encoded = (
+        f"[{seq},{at!r},{json.dumps(level)},{_json_text(text)}]" for seq, at, level, text in lines
+    )
+    return ",[" + ",".join(encoded) + "]"
 
 
 def _json_int(value: int | None) -> str:

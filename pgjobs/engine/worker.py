@@ -652,7 +652,7 @@ class Worker:
             created_at=job.created_at,
             worker_id=self.id,
             app=self.app,
-            logger=self._job_logger(job.type),
+            _type_logger=self._job_logger(job.type),
             _control=handle,
         )
         execution = Execution(
@@ -695,6 +695,7 @@ class Worker:
         job = execution.job
         outcome.queue, outcome.type = job.queue, job.type
         outcome.progress = handle.latest_progress
+        outcome.logs = execution.ctx.log_lines()
         # A completion made inside the handler's transaction is recorded by its commit.
         # Any other ending is recorded here, even after complete_in: a handler that
         # raised did not commit (or committed and then failed, which the fence drops).

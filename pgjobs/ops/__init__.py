@@ -5,6 +5,7 @@ from __future__ import annotations
 from pgjobs.ops.durations import format_duration_ms, parse_duration_ms
 from pgjobs.ops.filters import JobFilter, clamp_limit
 from pgjobs.ops.models import (
+    AttemptLog,
     AuditEntry,
     CleanReport,
     DatabaseHealth,
@@ -13,6 +14,7 @@ from pgjobs.ops.models import (
     FinishedMinute,
     FinishedSeries,
     JobLink,
+    JobLogLine,
     JobPage,
     JobSummary,
     MetricsSnapshot,
@@ -25,13 +27,17 @@ from pgjobs.ops.models import (
     StatsReport,
     ThroughputPoint,
     WorkerInfo,
+    attempt_logs,
 )
-from pgjobs.ops.service import DURATION_BUCKETS_S, Ops
+from pgjobs.ops.search import JobSearch, parse_search
+from pgjobs.ops.service import DURATION_BUCKETS_S, BulkReport, Ops
 from pgjobs.stats import health_score, window_hours
 
 __all__ = [
     "DURATION_BUCKETS_S",
+    "AttemptLog",
     "AuditEntry",
+    "BulkReport",
     "CleanReport",
     "DatabaseHealth",
     "DurationStats",
@@ -40,7 +46,9 @@ __all__ = [
     "FinishedSeries",
     "JobFilter",
     "JobLink",
+    "JobLogLine",
     "JobPage",
+    "JobSearch",
     "JobSummary",
     "MetricsSnapshot",
     "Ops",
@@ -53,9 +61,11 @@ __all__ = [
     "StatsReport",
     "ThroughputPoint",
     "WorkerInfo",
+    "attempt_logs",
     "clamp_limit",
     "format_duration_ms",
     "health_score",
     "parse_duration_ms",
+    "parse_search",
     "window_hours",
 ]

@@ -26,6 +26,7 @@ from pgjobs.stats import (
 # The stats and clean-up reports (and health_score) are defined below the App facade (the
 # App reports stats, the file-cleanup type cleans); they are operator reports all the same.
 __all__ = [
+    "AttemptLog",
     "AuditEntry",
     "CleanReport",
     "DatabaseHealth",
@@ -35,6 +36,7 @@ __all__ = [
     "FinishedSeries",
     "HistogramSeries",
     "JobLink",
+    "JobLogLine",
     "JobPage",
     "JobSummary",
     "Jsonable",
@@ -49,6 +51,7 @@ __all__ = [
     "ThroughputPoint",
     "WindowStats",
     "WorkerInfo",
+    "attempt_logs",
     "health_score",
     "jsonable",
 ]
@@ -227,6 +230,48 @@ class JobLink(Jsonable):
     queue: str
     status: str
     completed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobLogLine(Jsonable):
+    """One line a handler logged through ctx.logger; `seq` is its number in the attempt."""
+
+    attempt: int
+    seq: int
+    at: datetime
+    level: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLog(Jsonable):
+    """The lines kept of one attempt, and how many were dropped between the first and the
+    last ones (see pgjobs.context.LOG_FIRST_LINES)."""
+
+    attempt: int
+    lines: tuple[JobLogLine, ...]
+    dropped: int
+
+    @property
+    def gap_after(self) -> int:
+        """The line after which the dropped ones were (0 when none were)."""
+        if not self.dropped:
+            return 0
+        for before, after in zip(self.lines, self.lines[1:], strict=False):
+            if after.seq != before.seq + 1:
+                return before.seq
+        return 0
+
+
+def attempt_logs(lines: tuple[JobLogLine, ...]) -> tuple[AttemptLog, ...]:
+    """Lines (ordered by attempt and seq) grouped per attempt."""
+    groups: dict[int, list[JobLogLine]] = {}
+    for line in lines:
+        groups.setdefault(line.attempt, []).append(line)
+    return tuple(
+        AttemptLog(attempt=a, lines=tuple(kept), dropped=kept[-1].seq - len(kept))
+        for a, kept in groups.items()
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -37,6 +38,7 @@ from pgjobs.ops.models import (
     FinishedSeries,
     HistogramSeries,
     JobLink,
+    JobLogLine,
     JobPage,
     JobSummary,
     MetricsSnapshot,
@@ -50,6 +52,7 @@ from pgjobs.ops.models import (
     ThroughputPoint,
     WorkerInfo,
 )
+from pgjobs.ops.search import JobSearch, parse_search
 from pgjobs.producer.options import new_job_from_request, validate_queue
 from pgjobs.producer.statements import (
     Statement,
@@ -88,6 +91,14 @@ PAYLOAD_PREVIEW_CHARS = 200
 EXACT_COUNT_LIMIT = 5000
 SAMPLE_ROWS = 20_000
 AUDIT_MAX_IDS = 1000
+# The jobs one bulk action may list (the dashboard's selected rows).
+MAX_BULK_IDS = 500
+BULK_ACTIONS = {
+    "retry": "ops_bulk_retry",
+    "cancel": "ops_bulk_cancel",
+    "delete": "ops_bulk_delete",
+    "promote": "ops_bulk_promote",
+}
 
 log = logging.getLogger("pgjobs.ops")
 
@@ -154,6 +165,37 @@ class Ops:
 
     async def get_job(self, job_id: UUID | str) -> Job:
         return await self.app.get(job_id)
+
+    async def search_jobs(
+        self, query_text: str | JobSearch, *, limit: Any = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> JobPage:
+        """Jobs of every queue matching a search query (pgjobs.ops.search), newest first;
+        pass `next_cursor` back to get the following page."""
+        search = query_text if isinstance(query_text, JobSearch) else parse_search(query_text)
+        if search.empty:
+            raise ValidationError("the search is empty: give at least one term", field="q")
+        size = clamp_limit(limit)
+        after_created, after_id = decode_cursor(cursor) if cursor else (None, None)
+        params = {
+            **search.params(),
+            "after_created": after_created,
+            "after_id": after_id,
+            "limit": size + 1,
+            "preview": PAYLOAD_PREVIEW_CHARS,
+        }
+        async with self._connection() as conn, conn.transaction():
+            await fetch_none(conn, Statement(query("ops_search_custom_plans"), {}))
+            rows = await self._all(conn, "ops_search_jobs", params)
+        jobs = tuple(JobSummary(**r) for r in rows[:size])
+        more = len(rows) > size
+        next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more else None
+        return JobPage(jobs=jobs, next_cursor=next_cursor, limit=size)
+
+    async def job_logs(self, job_id: UUID) -> tuple[JobLogLine, ...]:
+        """The lines the job's handler logged (pgjobs.engine.joblog), by attempt and line."""
+        async with self._connection() as conn:
+            rows = await self._all(conn, "ops_job_logs", {"id": job_id})
+        return tuple(JobLogLine(**r) for r in rows)
 
     async def workers(self) -> tuple[WorkerInfo, ...]:
         return await self._read(self._workers)
@@ -369,6 +411,31 @@ class Ops:
                 detail = {"jobs": [str(i) for i in promoted]}
                 await self._audit_in(conn, actor, "promote", queue, detail)
         return promoted
+
+    async def bulk(self, action: str, ids: Sequence[UUID | str], *, actor: str) -> BulkReport:
+        """Retry, cancel, delete or promote (run now) the listed jobs, each as the one-job
+        action would; the ones whose state does not allow it are skipped and reported.
+        One transaction and one audit row (the ids changed, the counts skipped)."""
+        statement = BULK_ACTIONS.get(action)
+        if statement is None:
+            names = ", ".join(BULK_ACTIONS)
+            raise ValidationError(
+                f"unknown bulk action {action[:40]!r}: use {names}", field="action"
+            )
+        if not 1 <= len(ids) <= MAX_BULK_IDS:
+            raise ValidationError(f"a bulk action takes 1 to {MAX_BULK_IDS} job ids", field="ids")
+        wanted = list(dict.fromkeys(parse_job_id(i) for i in ids))
+        params = {"ids": wanted, "now": self.clock.sql_now()}
+        async with self._connection() as conn, conn.transaction():
+            rows = await self._all(conn, statement, params)
+            report = _bulk_report(action, wanted, rows)
+            if report.applied:
+                detail = {
+                    "jobs": [str(i) for i in report.applied],
+                    "skipped": dict(report.skipped),
+                }
+                await self._audit_in(conn, actor, action, None, detail)
+        return report
 
     async def clean(
         self,
@@ -705,6 +772,51 @@ class Ops:
 async def fetch_none(conn: AsyncConn, statement: Statement) -> None:
     async with conn.cursor() as cur:
         await cur.execute(statement.sql, statement.params)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkReport:
+    """What a bulk action did: the jobs changed, and the ones skipped counted by why
+    (the status that did not allow it, "missing", or "waited_on" for a job that blocked
+    jobs depend on)."""
+
+    action: str
+    applied: tuple[UUID, ...]
+    skipped: tuple[tuple[str, int], ...]
+    results: tuple[tuple[UUID, str], ...]  # every listed id: "done" or why it was skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "applied": [str(i) for i in self.applied],
+            "skipped": dict(self.skipped),
+            "results": [{"id": str(i), "result": r} for i, r in self.results],
+        }
+
+
+def _bulk_report(action: str, wanted: list[UUID], rows: list[Row]) -> BulkReport:
+    by_id = {r["id"]: r for r in rows}
+    results: list[tuple[UUID, str]] = []
+    for job_id in wanted:
+        row = by_id.get(job_id)
+        if row is None:
+            results.append((job_id, "missing"))
+        elif row["applied"]:
+            results.append((job_id, "done"))
+        elif row.get("waited_on") and row["previous_status"] != "active":
+            results.append((job_id, "waited_on"))
+        else:
+            results.append((job_id, str(row["previous_status"])))
+    skipped: dict[str, int] = {}
+    for _, result in results:
+        if result != "done":
+            skipped[result] = skipped.get(result, 0) + 1
+    return BulkReport(
+        action=action,
+        applied=tuple(i for i, r in results if r == "done"),
+        skipped=tuple(sorted(skipped.items())),
+        results=tuple(results),
+    )
 
 
 def _histogram(row: Row) -> HistogramSeries:

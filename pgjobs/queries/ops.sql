@@ -344,3 +344,141 @@ SELECT j.queue::text AS queue,
 FROM job_results r JOIN jobs j ON j.id = r.job_id
 WHERE r.duration_ms IS NOT NULL
 GROUP BY j.queue, j.type;
+
+-- name: ops_search_custom_plans
+-- A search plans for its own values: which index serves it depends on which terms it
+-- has (a plan made for NULLs would read every job), so it never runs a generic plan.
+SET LOCAL plan_cache_mode = force_custom_plan;
+
+-- name: ops_search_jobs
+-- The job search (pgjobs/ops/search.py), newest first, keyset-paginated like
+-- ops_list_jobs. Terms left out are NULL and drop out of the custom plan, so a payload
+-- term reads jobs_payload_search_idx, an error term jobs_error_search_idx (its
+-- expression and predicate written exactly as the index has them), an id prefix a range
+-- of the primary key.
+SELECT id, type, queue, status, priority, progress, progress_message, attempts,
+       max_attempts, created_at, started_at, completed_at, run_at, last_error, worker_id,
+       left(payload::text, %(preview)s) AS payload_preview,
+       octet_length(payload::text) AS payload_bytes
+FROM jobs
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(statuses)s::text[] IS NULL OR status = ANY (%(statuses)s::text[]))
+  AND (%(type)s::text IS NULL OR type = %(type)s::text)
+  AND (%(id_low)s::uuid IS NULL OR id BETWEEN %(id_low)s::uuid AND %(id_high)s::uuid)
+  AND (%(payload)s::jsonb IS NULL
+       OR payload @> %(payload)s::jsonb
+       OR (%(payload_alt)s::jsonb IS NOT NULL AND payload @> %(payload_alt)s::jsonb))
+  AND (%(error)s::text IS NULL
+       OR (last_error IS NOT NULL
+           AND to_tsvector('simple'::regconfig, last_error)
+               @@ websearch_to_tsquery('simple'::regconfig, %(error)s::text)))
+  AND (%(after_created)s::timestamptz IS NULL
+       OR (created_at, id) < (%(after_created)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: ops_job_logs
+-- A job's log lines in order (the primary key of job_logs).
+SELECT attempt, seq, at, level, message
+FROM job_logs
+WHERE job_id = %(id)s
+ORDER BY attempt, seq;
+
+-- Bulk actions on listed jobs (the dashboard's row checkboxes). Each locks the listed
+-- jobs in id order (as every bulk lock of jobs does), changes the ones whose status
+-- allows it the way the one-job statement (jobs.sql) does, and returns every listed job
+-- that exists with the status it had and whether it changed.
+
+-- name: ops_bulk_retry
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+target AS (
+    SELECT id, status FROM jobs WHERE id = ANY (%(ids)s::uuid[]) ORDER BY id FOR UPDATE
+),
+updated AS (
+    SELECT r.*
+    FROM clock c,
+         pgjobs_retry_reset(ARRAY(SELECT t.id FROM target t
+                                  WHERE t.status IN ('failed', 'cancelled')), c.now) r
+),
+wake AS (
+    SELECT pgjobs_notify_queues(array_agg(u.queue::text) FILTER (WHERE u.status = 'pending'))
+    FROM updated u
+),
+settled AS (
+    SELECT pgjobs_settle_blocked(NULL, array_agg(u.id) FILTER (WHERE u.status = 'blocked'),
+                                 (SELECT now FROM clock))
+    FROM updated u
+)
+SELECT t.id, t.status::text AS previous_status, u.id IS NOT NULL AS applied
+FROM target t
+LEFT JOIN updated u ON u.id = t.id
+CROSS JOIN LATERAL (SELECT count(*) FROM wake) w
+CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
+
+-- name: ops_bulk_cancel
+-- As cancel_job: waiting jobs are cancelled at once, running ones flagged and their
+-- workers told.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+target AS (
+    SELECT id, status FROM jobs WHERE id = ANY (%(ids)s::uuid[]) ORDER BY id FOR UPDATE
+),
+updated AS (
+    UPDATE jobs j
+    SET status = CASE WHEN t.status = 'active' THEN 'active' ELSE 'cancelled' END,
+        cancel_requested_at = c.now,
+        completed_at = CASE WHEN t.status = 'active' THEN NULL ELSE c.now END
+    FROM target t, clock c
+    WHERE j.id = t.id AND t.status IN ('pending', 'delayed', 'blocked', 'active')
+    RETURNING j.id, j.status, j.worker_id
+),
+signal AS (SELECT pg_notify('pgjobs_cancel', coalesce(u.worker_id::text, ''))
+           FROM updated u WHERE u.status = 'active'),
+settled AS (
+    SELECT pgjobs_settle_blocked(array_agg(u.id) FILTER (WHERE u.status = 'cancelled'), NULL,
+                                 (SELECT now FROM clock))
+    FROM updated u
+)
+SELECT t.id, t.status::text AS previous_status, u.id IS NOT NULL AS applied
+FROM target t
+LEFT JOIN updated u ON u.id = t.id
+CROSS JOIN LATERAL (SELECT count(*) FROM signal) s
+CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
+
+-- name: ops_bulk_delete
+-- As ops_delete_job: a running job, and a job that blocked jobs wait on, are kept.
+WITH target AS (
+    SELECT id, status FROM jobs WHERE id = ANY (%(ids)s::uuid[]) ORDER BY id FOR UPDATE
+),
+waited AS (
+    SELECT t.id, EXISTS (SELECT 1 FROM jobs child
+                         WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[t.id])
+               AS waited_on
+    FROM target t
+),
+deleted AS (
+    DELETE FROM jobs j USING target t, waited w
+    WHERE j.id = t.id AND w.id = t.id AND t.status <> 'active' AND NOT w.waited_on
+    RETURNING j.id
+)
+SELECT t.id, t.status::text AS previous_status, w.waited_on, d.id IS NOT NULL AS applied
+FROM target t
+JOIN waited w ON w.id = t.id
+LEFT JOIN deleted d ON d.id = t.id;
+
+-- name: ops_bulk_promote
+-- As ops_promote_delayed, for listed jobs.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+target AS (
+    SELECT id, status FROM jobs WHERE id = ANY (%(ids)s::uuid[]) ORDER BY id FOR UPDATE
+),
+updated AS (
+    UPDATE jobs j SET status = 'pending', run_at = c.now
+    FROM target t, clock c
+    WHERE j.id = t.id AND t.status = 'delayed'
+    RETURNING j.id, j.queue
+),
+wake AS (SELECT pgjobs_notify_queues(array_agg(u.queue::text)) FROM updated u)
+SELECT t.id, t.status::text AS previous_status, u.id IS NOT NULL AS applied
+FROM target t
+LEFT JOIN updated u ON u.id = t.id
+CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;

@@ -89,7 +89,7 @@ SELECT EXISTS (
     WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)
 ) AS waiting;
 
--- name: finish_runs
+-- name: finish_runs_steps
 -- Records the outcomes of many runs. Every row is fenced on the run token: a run that
 -- was rescued, cancelled or already recorded matches nothing, so its late outcome is
 -- dropped and nothing is ever recorded twice. `finished` holds the rows that applied.
@@ -109,7 +109,7 @@ WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 input AS (
     SELECT (o->>0)::uuid AS id, (o->>1)::int AS attempt, o->>2 AS outcome, o->3 AS result,
            (o->>4)::int AS duration_ms, o->>5 AS message, o->>6 AS stack, o->>7 AS kind,
-           (o->>8)::bigint AS delay_ms, o->9 AS progress, 'active'::text AS held
+           (o->>8)::bigint AS delay_ms, o->9 AS progress, 'active'::text AS held, o->10 AS logs
     FROM jsonb_array_elements(%(outcomes)s::jsonb) AS e(o)
 ),
 finished AS (
@@ -183,6 +183,27 @@ wake AS (
                array_agg(f.id) FILTER (WHERE f.status IN ('completed', 'failed', 'cancelled')),
                NULL, (SELECT now FROM clock))
     FROM finished f
+)
+
+-- name: finish_runs
+{{finish_runs_steps}}
+SELECT f.id, f.status, f.outcome
+FROM finished f
+CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
+
+-- name: finish_runs_logged
+-- finish_runs for a batch in which some run logged lines through ctx.logger: they are
+-- stored with the outcome that applied (a stale run's lines go with its outcome), in the
+-- same statement, so logging adds no round trip. Batches without lines use finish_runs.
+{{finish_runs_steps}},
+logged AS (
+    INSERT INTO job_logs (job_id, attempt, seq, at, level, message)
+    SELECT f.id, i.attempt, (l->>0)::int, to_timestamp((l->>1)::float8), l->>2, l->>3
+    FROM finished f
+    JOIN input i ON i.id = f.id
+    CROSS JOIN LATERAL jsonb_array_elements(i.logs) AS e(l)
+    WHERE jsonb_typeof(i.logs) = 'array'
+    ON CONFLICT DO NOTHING
 )
 SELECT f.id, f.status, f.outcome
 FROM finished f

@@ -20,7 +20,7 @@ from pgjobs.contract.jsonschema import reject_unknown_fields
 from pgjobs.contract.shapes import BulkCreate
 from pgjobs.errors import ValidationError
 from pgjobs.install import redis_status
-from pgjobs.ops import JobFilter
+from pgjobs.ops import JobFilter, attempt_logs
 from pgjobs.validation import DEFAULT_WINDOW_HOURS
 from pgjobs.web import flows_api, live_api, schedules_api
 from pgjobs.web import metrics as metrics_text
@@ -33,7 +33,7 @@ from pgjobs.web.requests import (
     query_param,
     read_json,
 )
-from pgjobs.web.shown import shown_job, shown_page
+from pgjobs.web.shown import shown_job, shown_logs, shown_page
 from pgjobs.web.state import openapi_of, ops_of
 
 # A single job's body may carry a payload up to JOBS_MAX_PAYLOAD_BYTES plus its options;
@@ -132,6 +132,9 @@ async def create_jobs(request: Request) -> Response:
 
 
 async def list_jobs(request: Request) -> Response:
+    search = query_param(request, "q")
+    if search is not None:
+        return await _search_jobs(request, search)
     filters = JobFilter.build(
         queue=query_param(request, "queue"),
         status=query_param(request, "status"),
@@ -146,9 +149,30 @@ async def list_jobs(request: Request) -> Response:
     return JSONResponse(shown_page(page))
 
 
+# The listing's filters; a search (q) says all of them in its own words.
+LIST_FILTERS = ("queue", "status", "type", "created_after", "created_before", "id")
+
+
+async def _search_jobs(request: Request, search: str) -> Response:
+    mixed = [name for name in LIST_FILTERS if query_param(request, name) is not None]
+    if mixed:
+        raise ValidationError(
+            f"q cannot be combined with {', '.join(mixed)}: write them into q "
+            "(queue:NAME status:S type:T id:PREFIX)",
+            field="q",
+        )
+    page = await ops_of(request).search_jobs(
+        search, limit=query_param(request, "limit"), cursor=query_param(request, "cursor")
+    )
+    return JSONResponse(shown_page(page))
+
+
 async def get_job(request: Request) -> Response:
-    job = await ops_of(request).get_job(job_id_param(request))
-    return JSONResponse(shown_job(job))
+    ops = ops_of(request)
+    job = await ops.get_job(job_id_param(request))
+    body = shown_job(job)
+    body["logs"] = shown_logs(attempt_logs(await ops.job_logs(job.id)))
+    return JSONResponse(body)
 
 
 async def retry_job(request: Request) -> Response:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from pgjobs.models import Job
-from pgjobs.ops import JobPage
-from pgjobs.redact import mask_json_text, mask_secrets
+from pgjobs.ops import AttemptLog, JobPage
+from pgjobs.redact import mask_json_text, mask_secrets, mask_text
 
 
 def shown_job(job: Job) -> dict[str, Any]:
@@ -21,4 +21,16 @@ def shown_page(page: JobPage) -> dict[str, Any]:
     out: dict[str, Any] = mask_secrets(page.to_dict())
     for summary in out["jobs"]:
         summary["payload_preview"] = mask_json_text(summary["payload_preview"] or "")
+    return out
+
+
+def shown_logs(logs: tuple[AttemptLog, ...]) -> list[dict[str, Any]]:
+    """A job's log lines per attempt, with URL passwords and secret-looking values
+    masked as in error texts."""
+    out = []
+    for attempt in logs:
+        entry = attempt.to_dict()
+        for line in entry["lines"]:
+            line["message"] = mask_text(line["message"])
+        out.append(entry)
     return out

@@ -663,3 +663,73 @@ def test_hostile_strings_never_run_in_the_browser(db_url: str) -> None:
         state = browser.open("/dashboard/audit")
         assert_clean(state, "audit")
         assert_no_console_problems(browser, "/dashboard/queues/%3Cscript%3E")
+
+
+def insert_failed(db_url: str, queue: str, error: str) -> str:
+    """A failed job of a queue no worker serves (a retry leaves it waiting)."""
+    (row,) = rows(
+        db_url,
+        "INSERT INTO jobs (type, queue, status, payload, attempts, max_attempts, last_error,"
+        " started_at, completed_at) VALUES ('bulk-task-with-a-rather-long-type-name', %s,"
+        " 'failed', %s, 3, 3, %s, now(), now()) RETURNING id",
+        queue,
+        Jsonb({"user_id": 42}),
+        error,
+    )
+    return str(row["id"])
+
+
+def test_bulk_retry_and_search_in_a_browser(db_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    jobs = [insert_failed(db_url, "bulk", f"RuntimeError: bulk boom {n}") for n in range(3)]
+    with stack(db_url) as (_, browser, _api):
+        state = browser.open("/dashboard/queues/bulk?status=failed")
+        assert_clean(state, "queue with checkboxes")
+        # "Check all" is shown by the script and checks every row; unchecking it clears.
+        check_all = browser.driver.find_element(By.CSS_SELECTOR, "[data-check-all]")
+        assert check_all.is_displayed()
+        check_all.click()
+        boxes = browser.driver.find_elements(By.CSS_SELECTOR, "input[type=checkbox][name=id]")
+        assert len(boxes) == 3 and all(b.is_selected() for b in boxes)
+        check_all.click()
+        assert not any(b.is_selected() for b in boxes)
+        # A row is one line: the long type does not wrap.
+        cell = browser.driver.find_element(By.CSS_SELECTOR, "td.type")
+        assert cell.value_of_css_property("white-space") == "nowrap"
+
+        # Check two rows and retry them.
+        for job_id in jobs[:2]:
+            browser.driver.find_element(
+                By.CSS_SELECTOR, f"input[type=checkbox][value='{job_id}']"
+            ).click()
+        assert browser.driver.find_element(By.CSS_SELECTOR, "[data-checked-count]").text == "2"
+        browser.screenshot("bulk-checked")
+        browser.driver.execute_script("window.__before_click = true")
+        browser.driver.find_element(By.CSS_SELECTOR, "button[value=retry]").click()
+        wait_until(browser._next_page_loaded, message="the page after the bulk retry")
+        state = browser.inspect()
+        assert "Retried 2 job(s)." in state["text"], state["text"][:500]
+        assert [status(db_url, j) for j in jobs] == ["pending", "pending", "failed"]
+        browser.screenshot("bulk-retried")
+        trail = rows(
+            db_url, "SELECT action, detail FROM job_audit WHERE actor = %s", f"dashboard:{USER}"
+        )
+        assert [(r["action"], sorted(r["detail"]["jobs"])) for r in trail] == [
+            ("retry", sorted(jobs[:2]))
+        ]
+
+        # The search box in the header finds the one still failed by its error.
+        box = browser.driver.find_element(By.CSS_SELECTOR, "form.search input[name=q]")
+        box.send_keys('error:"bulk boom 2" status:failed\n')
+        wait_until(
+            lambda: "/dashboard/search" in browser.driver.current_url,
+            message="the search page",
+        )
+        wait_until(browser._next_page_loaded, message="the search page to load")
+        state = browser.inspect()
+        assert_clean(state, "search")
+        found = browser.driver.find_elements(By.CSS_SELECTOR, "input[type=checkbox][name=id]")
+        assert [f.get_attribute("value") for f in found] == [jobs[2]]
+        browser.screenshot("search")
+        assert_no_console_problems(browser)

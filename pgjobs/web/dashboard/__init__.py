@@ -48,6 +48,8 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         post("/queues/{name}/retry-failed", actions.retry_failed),
         post("/queues/{name}/promote-delayed", actions.promote_delayed),
         post("/queues/{name}/clean-completed", actions.clean_completed),
+        get("/search", pages.search),
+        post("/bulk", actions.bulk_jobs),
         get("/jobs/{id}", pages.job),
         post("/jobs/{id}/retry", actions.retry_job),
         post("/jobs/{id}/cancel", actions.cancel_job),

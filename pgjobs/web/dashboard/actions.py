@@ -12,7 +12,7 @@ from pgjobs.validation import MAX_BULK
 from pgjobs.web.dashboard.forms import ScheduleForm
 from pgjobs.web.dashboard.pages import job_id, queue_name, schedule_form, schedule_name
 from pgjobs.web.dashboard.render import PAGE_HEADERS, Dashboard
-from pgjobs.web.dashboard.security import checked_form, user_of
+from pgjobs.web.dashboard.security import checked_fields, checked_form, user_of
 from pgjobs.web.state import ops_of
 
 
@@ -95,6 +95,30 @@ async def delete_job(request: Request, dash: Dashboard) -> Response:
     job = await ops.get_job(jid)
     await ops.delete_job(jid, actor=actor(request))
     return back(dash.url("queues", job.queue, done="delete"))
+
+
+async def bulk_jobs(request: Request, dash: Dashboard) -> Response:
+    """Retry, cancel, delete or promote the jobs whose rows were checked; back to the
+    list they were checked on (a queue's tab or a search), with what was done."""
+    fields = await checked_fields(request, dash.signer, dash.allowed_hosts)
+    action = (fields.get("action") or [""])[0]
+    ids = fields.get("id", [])
+    if not ids:
+        raise ValidationError("select at least one job", field="ids")
+    report = await ops_of(request).bulk(action, ids, actor=actor(request))
+    done = {
+        "done": f"bulk-{action}",
+        "n": len(report.applied),
+        "skip": ",".join(f"{reason}:{n}" for reason, n in report.skipped) or None,
+    }
+    search = (fields.get("q") or [""])[0]
+    queue = (fields.get("queue") or [""])[0]
+    if search:
+        return back(dash.url("search", q=search, **done))
+    if queue:
+        status = (fields.get("status") or [""])[0] or None
+        return back(dash.url("queues", queue, status=status, **done))
+    return back(dash.url(**done))
 
 
 # ---------------------------------------------------------------- failures

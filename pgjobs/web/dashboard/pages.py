@@ -4,7 +4,7 @@ one template, render. Nothing here changes anything (see actions.py)."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pgjobs.errors import JobNotFound, NotFound, ValidationError
-from pgjobs.ops import JobFilter, QueueCounts, WorkerInfo
+from pgjobs.ops import JobFilter, JobLogLine, QueueCounts, WorkerInfo, attempt_logs
 from pgjobs.producer.options import validate_queue
+from pgjobs.redact import mask_text
 from pgjobs.resources import data_path
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.charts import failure_rate_chart, throughput_chart
@@ -68,12 +69,50 @@ NOTICES = {
 }
 
 
+# Bulk actions: the notice is built from counts and known reasons only.
+BULK_DONE = {
+    "bulk-retry": "Retried",
+    "bulk-cancel": "Cancelled",
+    "bulk-delete": "Deleted",
+    "bulk-promote": "Promoted",
+}
+SKIP_REASONS = {
+    "pending": "waiting",
+    "active": "running",
+    "delayed": "delayed",
+    "blocked": "blocked",
+    "completed": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "missing": "no longer exists",
+    "waited_on": "other jobs wait on it",
+}
+
+
+def _count(text: str) -> int:
+    return int(text) if text.isdigit() and len(text) < 10 else 0
+
+
 def notice(request: Request) -> str | None:
-    template = NOTICES.get(request.query_params.get("done", ""))
+    done = request.query_params.get("done", "")
+    n = _count(request.query_params.get("n", "0"))
+    if done in BULK_DONE:
+        return _bulk_notice(BULK_DONE[done], n, request.query_params.get("skip", ""))
+    template = NOTICES.get(done)
     if template is None:
         return None
-    n = request.query_params.get("n", "0")
-    return template.format(n=int(n) if n.isdigit() and len(n) < 10 else 0)
+    return template.format(n=n)
+
+
+def _bulk_notice(verb: str, n: int, skip: str) -> str:
+    """The notice of a bulk action, e.g. "Retried 3 job(s); skipped 2 (running)."."""
+    skipped = []
+    for item in skip.split(",")[: len(SKIP_REASONS)]:
+        reason, _, count = item.partition(":")
+        if reason in SKIP_REASONS and _count(count):
+            skipped.append(f"{_count(count)} ({SKIP_REASONS[reason]})")
+    text = f"{verb} {n} job(s)"
+    return f"{text}; skipped {', '.join(skipped)}." if skipped else f"{text}."
 
 
 # ---------------------------------------------------------------- overview
@@ -242,6 +281,7 @@ async def job(request: Request, dash: Dashboard) -> Response:
     ops = ops_of(request)
     found = await ops.get_job(job_id(request))
     parents, children = await ops.job_links(found)
+    logs = attempt_logs(tuple(_masked(line) for line in await ops.job_logs(found.id)))
     payload, payload_cut = fmt.pretty_json(found.payload, DETAIL_CHARS)
     result, result_cut = (
         fmt.pretty_json(found.result, DETAIL_CHARS) if found.results else ("", False)
@@ -270,9 +310,45 @@ async def job(request: Request, dash: Dashboard) -> Response:
         "failures": failures,
         "parents": parents,
         "children": children,
+        "logs": logs,
         "notice": notice(request),
     }
     return dash.render(request, "job.html", context, now=now)
+
+
+def _masked(line: JobLogLine) -> JobLogLine:
+    """A log line with URL passwords and secret-looking values masked, as error texts."""
+    return replace(line, message=mask_text(line.message))
+
+
+# ---------------------------------------------------------------- search
+
+
+async def search(request: Request, dash: Dashboard) -> Response:
+    """Jobs of every queue matching the search box's query (pgjobs.ops.search)."""
+    ops = ops_of(request)
+    text = query_param(request, "q") or ""
+    cursor = query_param(request, "cursor")
+    jobs: tuple[Any, ...] = ()
+    next_cursor = None
+    error = None
+    if text.strip():
+        try:
+            page = await ops.search_jobs(text, limit=PAGE_SIZE, cursor=cursor)
+            jobs, next_cursor = page.jobs, page.next_cursor
+        except ValidationError as exc:
+            error = str(exc)
+    context = {
+        "nav": "search",
+        "q": text,
+        "jobs": jobs,
+        "next_cursor": next_cursor,
+        "paged": cursor is not None,
+        "search_error": error,
+        "preview_chars": PREVIEW_CHARS,
+        "notice": notice(request),
+    }
+    return dash.render(request, "search.html", context, now=ops.clock.now())
 
 
 # ---------------------------------------------------------------- failures

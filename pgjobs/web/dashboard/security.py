@@ -101,8 +101,8 @@ def same_origin(request: Request, allowed: tuple[str, ...]) -> bool:
     return origin_problem(request.scope, allowed) is None
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    """The urlencoded body of a dashboard form, first value of each field."""
+async def read_fields(request: Request) -> dict[str, list[str]]:
+    """The urlencoded body of a dashboard form, every value of each field."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != FORM_TYPE:
         raise UnsupportedMediaType(f"dashboard actions take {FORM_TYPE} forms")
@@ -111,18 +111,27 @@ async def read_form(request: Request) -> dict[str, str]:
         fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except (UnicodeDecodeError, ValueError):
         raise Forbidden("malformed form") from None
-    return {name: values[0] for name, values in fields.items() if values}
+    return {name: values for name, values in fields.items() if values}
 
 
 async def checked_form(
     request: Request, signer: CsrfSigner, allowed: tuple[str, ...]
 ) -> dict[str, str]:
     """The form of a state-changing request, after the role, origin and CSRF checks."""
+    fields = await checked_fields(request, signer, allowed)
+    return {name: values[0] for name, values in fields.items()}
+
+
+async def checked_fields(
+    request: Request, signer: CsrfSigner, allowed: tuple[str, ...]
+) -> dict[str, list[str]]:
+    """`checked_form` with every value of each field (a list of checked boxes)."""
     if read_only(request):
         raise Forbidden("read-only users cannot change anything")
     if not same_origin(request, allowed):
         raise Forbidden("cross-origin request refused")
-    form = await read_form(request)
-    if not signer.valid(user_of(request), browser_secret(request), form.get("csrf")):
+    fields = await read_fields(request)
+    token = fields.get("csrf", [None])[0]
+    if not signer.valid(user_of(request), browser_secret(request), token):
         raise Forbidden("missing or invalid CSRF token: reload the page and try again")
-    return form
+    return fields

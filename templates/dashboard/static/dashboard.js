@@ -1,4 +1,5 @@
-// pgjobs dashboard: auto-refresh of the counts and confirmations of destructive actions.
+// pgjobs dashboard: auto-refresh of the counts, confirmations of destructive actions and
+// the job lists' checkboxes.
 // Served by pgjobs itself (the CSP allows no inline script). Everything works without
 // it: pages are plain HTML and every action is a plain form.
 (function () {
@@ -126,6 +127,47 @@
     });
   }
 
+  // The job lists' checkboxes: "check all" (shown only with this script), the count of
+  // checked rows, and a confirmation on the buttons that ask for one (bulk delete).
+  function bulkSelection() {
+    var form = document.getElementById("bulk-form");
+    if (!form) {
+      return;
+    }
+    var all = form.querySelector("[data-check-all]");
+    var counter = form.querySelector("[data-checked-count]");
+    var boxes = form.querySelectorAll("input[type=checkbox][name=id]");
+    function count() {
+      var n = 0;
+      Array.prototype.forEach.call(boxes, function (box) { if (box.checked) { n += 1; } });
+      if (counter) {
+        counter.textContent = String(n);
+      }
+      if (all) {
+        all.checked = n > 0 && n === boxes.length;
+        all.indeterminate = n > 0 && n < boxes.length;
+      }
+    }
+    if (all) {
+      all.hidden = false;
+      all.addEventListener("change", function () {
+        Array.prototype.forEach.call(boxes, function (box) { box.checked = all.checked; });
+        count();
+      });
+    }
+    Array.prototype.forEach.call(boxes, function (box) { box.addEventListener("change", count); });
+    var asking = form.querySelectorAll("button[data-confirm]");
+    Array.prototype.forEach.call(asking, function (button) {
+      button.addEventListener("click", function (event) {
+        if (!window.confirm(button.getAttribute("data-confirm"))) {
+          event.preventDefault();
+        }
+      });
+    });
+    count();
+  }
+
   setUp();
   confirmations();
+  bulkSelection();
 })();
