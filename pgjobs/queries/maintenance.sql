@@ -3,7 +3,12 @@
 -- and a crashed leader can never keep the lock.
 
 -- name: try_leader_lock
-SELECT pg_try_advisory_xact_lock(%(key)s) AS acquired;
+-- A leader whose host is cut off from the database mid-round does not close its
+-- connection: the server sees a session idle in its transaction, holding the lock, until
+-- a timeout ends it. The round's own short idle timeout hands leadership on within
+-- seconds instead of the session's minute (a round never waits between its statements).
+SELECT pg_try_advisory_xact_lock(%(key)s) AS acquired,
+       set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true) AS idle_timeout;
 
 -- name: stage_due_jobs
 -- delayed -> pending for every job whose run_at has come, in bounded batches. Also

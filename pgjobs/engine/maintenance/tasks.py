@@ -38,6 +38,9 @@ VACUUM_DEAD_ROWS = 20_000
 VACUUM_LIVE_FRACTION = 0.01
 VACUUM_CHECK_INTERVAL = 1.0
 VACUUM_NOT_OWNER_RECHECK = 600.0
+# How long a round's transaction may sit idle (see try_leader_lock): the longest a
+# leader cut off from the database keeps the others from taking over its task.
+LEADER_IDLE_TIMEOUT_MS = 5000
 
 
 class MaintenanceTask(Protocol):
@@ -237,7 +240,10 @@ async def run_round(
         async with conn.cursor(row_factory=dict_row) as cur:
             if pooled:
                 await cur.execute(query("transaction_timeouts"))
-            await cur.execute(query("try_leader_lock"), {"key": task.lock_key})
+            await cur.execute(
+                query("try_leader_lock"),
+                {"key": task.lock_key, "idle_ms": str(LEADER_IDLE_TIMEOUT_MS)},
+            )
             row = await cur.fetchone()
         if not row or not row["acquired"]:
             return None
