@@ -771,6 +771,10 @@ class Monitor(threading.Thread):
     def quiet(self, seconds: float) -> None:
         self._quiet_until = max(self._quiet_until, time.monotonic() + seconds)
 
+    def resume_after(self, seconds: float) -> None:
+        """End the quiet window `seconds` from now, however long it was to last."""
+        self._quiet_until = time.monotonic() + seconds
+
     def run(self) -> None:
         conn: psycopg.Connection[dict[str, Any]] | None = None
         while not self._halt.wait(self.interval):
