@@ -16,7 +16,7 @@ from pgjobs.ops.search import parse_search
 from pgjobs.queries import query
 from tests.conftest import create_database, database_url, drop_database
 
-ROWS = 300_000
+ROWS = 1_000_000  # the size the search must stay fast at (bin/bench --search)
 pytestmark = pytest.mark.xdist_group("search_plan")
 
 
