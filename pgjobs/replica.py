@@ -6,7 +6,7 @@ is behind the primary: the primary's WAL position is read, then the replica's re
 position is compared with it. A replica that has replayed up to that position is up to
 date, however long ago the last transaction committed (an idle primary commits
 nothing, so the replay timestamp alone would call an idle replica stale). One that is
-not is as far behind as the older of two bounds: the age of the last transaction it
+not is as far behind as the smaller of two bounds: the age of the last transaction it
 replayed, and the time since this process last saw it caught up.
 
 A replica behind by more than JOBS_READ_MAX_LAG, or one that cannot be reached, is

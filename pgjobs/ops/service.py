@@ -192,7 +192,7 @@ class Ops:
         return JobPage(jobs=jobs, next_cursor=next_cursor, limit=size)
 
     async def job_logs(self, job_id: UUID) -> tuple[JobLogLine, ...]:
-        """The lines the job's handler logged (pgjobs.engine.joblog), by attempt and line."""
+        """The lines the job's handler logged (pgjobs.context), by attempt and line."""
         async with self._connection() as conn:
             rows = await self._all(conn, "ops_job_logs", {"id": job_id})
         return tuple(JobLogLine(**r) for r in rows)
