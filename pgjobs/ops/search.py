@@ -25,6 +25,7 @@ a text-search string for websearch_to_tsquery (which accepts any text), an id ra
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,8 @@ from uuid import UUID
 
 from pgjobs.errors import ValidationError
 from pgjobs.ops.filters import parse_status
-from pgjobs.producer.options import validate_queue, validate_type
+from pgjobs.producer.options import unstorable_json, validate_queue, validate_type
+from pgjobs.redact import is_secret_key
 from pgjobs.validation import MAX_SEARCH_CHARS
 
 MAX_QUERY_CHARS = MAX_SEARCH_CHARS
@@ -84,6 +86,9 @@ def parse_search(text: str) -> JobSearch:
     """Parse a search query; ValidationError (field "q") names what is wrong."""
     if len(text) > MAX_QUERY_CHARS:
         raise ValidationError(f"a search is at most {MAX_QUERY_CHARS} characters", field="q")
+    if "\x00" in text:
+        raise ValidationError("a search cannot contain a NUL character", field="q")
+    _storable(text, "a search")  # lone surrogates: undecodable bytes on a command line
     terms = _TERM.findall(text)
     if len(terms) > MAX_TERMS:
         raise ValidationError(f"a search has at most {MAX_TERMS} terms", field="q")
@@ -175,22 +180,42 @@ def _path(key: str) -> list[str]:
         parts = parts[1:]
     if len(parts) > MAX_PATH_DEPTH:
         raise ValidationError(f"a payload path has at most {MAX_PATH_DEPTH} keys", field="q")
+    if is_secret_key(parts[-1]):
+        # Its value is masked wherever a job is shown: matching on it would let anyone
+        # who may search confirm a guess of the secret.
+        raise ValidationError(
+            f"{parts[-1][:40]!r} holds a secret, which search does not match", field="q"
+        )
     return parts
 
 
 def _payload_value(raw: str) -> tuple[Any, str | None]:
     """(the value to match, its text form when the value also matches as text)."""
     if raw.startswith('"'):
-        return _unquote(raw), None
+        return _storable(_unquote(raw)), None
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_not_json)
     except ValueError:
-        return raw, None
+        return _storable(raw), None
+    if isinstance(value, float) and not math.isfinite(value):
+        return raw, None  # 1e999: no JSON number PostgreSQL holds; match the text typed
     if isinstance(value, int | float):  # bool included
         return value, raw
     if value is None:
         return None, None
     return raw, None  # an object or array written out: matched as the text typed
+
+
+def _not_json(constant: str) -> Any:
+    """NaN and Infinity are Python's JSON extensions, not JSON: read them as text."""
+    raise ValueError(constant)
+
+
+def _storable(value: str, what: str = "a payload value") -> str:
+    problem = unstorable_json(json.dumps(value, ensure_ascii=False))
+    if problem:
+        raise ValidationError(f"{what} contains {problem}", field="q")
+    return value
 
 
 def _put(target: dict[str, Any], path: list[str], value: Any) -> None:

@@ -216,3 +216,40 @@ async def test_api_search(dash: Dash, db: Conn, settings: Any) -> None:
             assert bad.status_code == 422 and bad.json()["error"]["code"]
             long = await api.get("/api/jobs", params={"q": "x" * 501})
             assert long.status_code in (400, 422)
+
+
+@pytest.mark.parametrize(
+    ("q", "status", "message"),
+    [
+        ("a=1e999", 200, None),  # beyond any JSON number PostgreSQL holds: matched as text
+        ("a=NaN", 200, None),
+        ("a=-Infinity", 200, None),
+        ('a="\\u0000"', 422, "NUL character"),
+        ('a="\\ud800"', 422, "lone surrogate"),
+        ("password=hunter2", 422, "holds a secret"),
+        ("payload.stripe.api_key=sk_live_x", 422, "holds a secret"),
+    ],
+)
+async def test_api_search_edge_values_are_4xx_or_found(
+    dash: Dash, db: Conn, settings: Any, q: str, status: int, message: str | None
+) -> None:
+    """Values JSON allows in Python but jsonb does not, and fields whose values are
+    masked everywhere (a search on them would confirm a guessed secret)."""
+    import httpx
+
+    from tests.db.test_dashboard import make_web
+
+    text = insert_job(db, payload={"a": q.partition("=")[2]})
+    web = make_web(settings)
+    async with web.router.lifespan_context(web):
+        transport = httpx.ASGITransport(app=web)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as api:
+            response = await api.get("/api/jobs", params={"q": q})
+            page = await dash.viewer.get("/dashboard/search", params={"q": q})
+    assert response.status_code == status, response.text
+    if message is None:
+        assert [j["id"] for j in response.json()["jobs"]] == [str(text)]
+        assert page.status_code == 200
+    else:
+        assert message in response.json()["error"]["message"]
+        assert page.status_code < 500 and message in page.text  # the form says why
