@@ -8,6 +8,7 @@ neither needs to import `App` for it. `ctx.app` is the App running the job; its 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -165,11 +166,11 @@ class JobContext:
 
     async def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress (0-100). Writes are throttled and fenced to this run."""
-        await self._control.write_progress(_clamp(percent), message)
+        await self._control.write_progress(_clamp(percent), _progress_text(message))
 
     def progress_sync(self, percent: float, message: str | None = None) -> None:
         """`progress` for plain `def` handlers running in a thread."""
-        self._control.write_progress_threadsafe(_clamp(percent), message)
+        self._control.write_progress_threadsafe(_clamp(percent), _progress_text(message))
 
     async def complete_in(self, conn: psycopg.AsyncConnection[Any], result: Any = None) -> None:
         """Complete this job inside `conn`'s open transaction.
@@ -184,6 +185,17 @@ class JobContext:
     async def parent_results(self) -> dict[str, Any]:
         """Results of the jobs this one depends on, by job id."""
         return await self._control.parent_results()
+
+
+def _progress_text(message: Any) -> str | None:
+    """The message as text: handlers ported from BullMQ pass objects (`{"step": 2}`)
+    where pgjobs stores a line of text; JSON keeps them readable."""
+    if message is None or isinstance(message, str):
+        return message
+    try:
+        return json.dumps(message, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return str(message)
 
 
 class RunLog(logging.Handler):

@@ -244,7 +244,8 @@ def _encode_outcome(o: Outcome) -> str:
 def _json_progress(progress: tuple[int, str | None] | None) -> str:
     if progress is None:
         return "null"
-    return f"[{int(progress[0])},{_json_text(progress[1])}]"
+    percent, message = progress
+    return f"[{int(percent)},{_json_text(None if message is None else str(message))}]"
 
 
 def _json_logs(lines: list[LogLine] | None) -> str:

@@ -216,3 +216,27 @@ async def test_a_failed_run_keeps_its_last_progress_report(app: App) -> None:
     assert await app.drain() == 1
     done = await app.get(job.id)
     assert (done.status, done.progress, done.progress_message) == ("failed", 70, "uploading")
+
+
+async def test_progress_messages_that_are_not_text_are_stored_as_json(app: App) -> None:
+    """Handlers ported from BullMQ report objects as progress. Before, such a message
+    made every later batch of outcomes of that worker fail to encode: nothing more was
+    recorded. Every run here completes, and later jobs too."""
+
+    @app.handler("object-progress")
+    async def object_progress(ctx: pgjobs.JobContext, payload: Any) -> None:
+        await ctx.progress(40, 3)  # type: ignore[arg-type]
+        await ctx.progress(50, {"step": 2, "of": 4})  # type: ignore[arg-type]
+
+    @app.handler("plain")
+    async def plain(ctx: pgjobs.JobContext, payload: Any) -> None:
+        await ctx.progress(10, "ok")
+
+    odd = [await app.create("object-progress", {}) for _ in range(3)]
+    after = [await app.create("plain", {}) for _ in range(3)]
+    assert await app.drain() == len(odd) + len(after)
+    for job in odd:
+        done = await app.get(job.id)
+        assert (done.status, done.progress_message) == ("completed", '{"step": 2, "of": 4}')
+    for job in after:
+        assert (await app.get(job.id)).status == "completed"

@@ -557,6 +557,11 @@ async def test_create_a_schedule_from_the_form(dash: Dash, db: Conn) -> None:
         ({"timezone": "Mars/Olympus"}, 422, "unknown timezone 'Mars/Olympus'", "timezone"),
         ({"name": "has space"}, 422, "invalid schedule name", "name"),
         ({"name": "taken"}, 409, "already exists", None),
+        # Nested past Python's recursion limit: a 500 once.
+        ({"payload": "[" * 5000 + "]" * 5000}, 422, "nested too deeply", "payload"),
+        # A digit to str.isdigit() that int() refuses, described in words before it was
+        # validated: a 500 once.
+        ({"cron": "\u00b2 2 * * *", "payload": "["}, 422, "not valid JSON", "payload"),
     ],
 )
 async def test_a_bad_schedule_form_comes_back_with_the_input_and_stores_nothing(
@@ -594,6 +599,14 @@ async def test_a_bad_schedule_form_comes_back_with_the_input_and_stores_nothing(
     if field:
         assert f'<label for="f-{field}" class="invalid">' in response.text
     assert snapshot(db) == before and len(audit(db)) == 1
+
+
+@pytest.mark.parametrize("name", ["%00", "a%0A", "x" * 300])
+async def test_a_schedule_name_no_schedule_can_have_is_not_found(dash: Dash, name: str) -> None:
+    edit = await dash.admin.get(f"/dashboard/schedules/{name}/edit")
+    assert edit.status_code == 404
+    run = await dash.post(f"/dashboard/schedules/{name}/run", {})
+    assert run.status_code == 404
 
 
 async def test_edit_a_schedule_from_the_form(dash: Dash, db: Conn, app: Any) -> None:

@@ -210,10 +210,10 @@ def cron_in_words(expression: str) -> str | None:
         step = _step(minute)
         if step is not None:
             return "every minute" if step == 1 else f"every {step} minutes"
-        if minute.isdigit():
+        if minute.isdecimal():
             return f"every hour at minute {int(minute)}"
         return None
-    if not minute.isdigit():
+    if not minute.isdecimal():
         return None
     step = _step(hour)
     if step is not None and on == "":
@@ -232,7 +232,7 @@ def _simple(field: str) -> bool:
 
 
 def _step(field: str) -> int | None:
-    if field.startswith("*/") and field[2:].isdigit() and int(field[2:]) > 0:
+    if field.startswith("*/") and field[2:].isdecimal() and int(field[2:]) > 0:
         return int(field[2:])
     return None
 
@@ -240,7 +240,7 @@ def _step(field: str) -> int | None:
 def _numbers(field: str, top: int) -> list[int] | None:
     out: list[int] = []
     for part in field.split(","):
-        if not part.isdigit() or int(part) > top:
+        if not part.isdecimal() or int(part) > top:
             return None
         out.append(int(part))
     return out
@@ -261,7 +261,7 @@ def _days(field: str) -> list[int] | None:
 
 
 def _day(token: str) -> int | None:
-    if token.isdigit() and int(token) <= 7:
+    if token.isdecimal() and int(token) <= 7:
         return int(token) % 7
     return _DAY_NAMES.get(token[:3]) if len(token) >= 3 else None
 

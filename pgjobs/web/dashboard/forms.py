@@ -86,6 +86,8 @@ class ScheduleForm:
             payload = json.loads(text) if text else {}
         except ValueError as exc:
             raise ValidationError(f"payload is not valid JSON: {exc}", field="payload") from None
+        except RecursionError:
+            raise ValidationError("payload is nested too deeply", field="payload") from None
         if not isinstance(payload, dict):
             raise ValidationError("payload must be a JSON object", field="payload")
         return {

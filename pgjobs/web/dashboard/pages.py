@@ -16,6 +16,7 @@ from pgjobs.ops import JobFilter, JobLogLine, QueueCounts, WorkerInfo, attempt_l
 from pgjobs.producer.options import validate_queue
 from pgjobs.redact import mask_text
 from pgjobs.resources import data_path
+from pgjobs.validation import SCHEDULE_NAME
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.charts import failure_rate_chart, throughput_chart
 from pgjobs.web.dashboard.forms import MISFIRE_POLICIES, ScheduleForm, timezone_names
@@ -389,7 +390,11 @@ async def schedules(request: Request, dash: Dashboard) -> Response:
 
 
 def schedule_name(request: Request) -> str:
-    return str(request.path_params["name"])
+    """The `{name}` path parameter; a name no schedule could have names none (404)."""
+    name = str(request.path_params["name"])
+    if not SCHEDULE_NAME.match(name) or name.endswith("\n"):
+        raise NotFound(f"no schedule named {name[:80]!r}")
+    return name
 
 
 def schedule_form(
