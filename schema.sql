@@ -625,6 +625,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     at timestamptz;
 BEGIN
+    -- pgjobs' own writes (pgjobs/queries/schedules.sql) validated the row with croniter,
+    -- which also knows the W, # and L<n> forms this trigger does not, and set
+    -- next_run_at themselves: they mark their one-row statement, and the mark is used up.
+    IF current_setting('pgjobs.schedule_write', true) = 'pgjobs' THEN
+        PERFORM set_config('pgjobs.schedule_write', '', true);
+        RETURN NEW;
+    END IF;
     IF TG_OP = 'UPDATE'
        AND NEW.cron_expression IS NOT DISTINCT FROM OLD.cron_expression
        AND NEW.timezone IS NOT DISTINCT FROM OLD.timezone

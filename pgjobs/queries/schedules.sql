@@ -4,13 +4,16 @@
 SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now;
 
 -- name: schedule_insert
--- A taken name inserts nothing; the caller reports the conflict.
+-- A taken name inserts nothing; the caller reports the conflict. The row was validated
+-- here (croniter) and carries its next_run_at: the mark tells the table's trigger,
+-- which checks rows written by plain SQL, to let it through (schema.sql).
 INSERT INTO job_schedules (name, type, queue, cron_expression, payload, description, enabled,
                            next_run_at, created_at, updated_at, timezone, misfire_policy,
                            max_catch_up, priority, options)
-VALUES (%(name)s, %(type)s, %(queue)s, %(cron_expression)s, %(payload)s::jsonb,
-        %(description)s, %(enabled)s, %(next_run_at)s, %(now)s, %(now)s, %(timezone)s,
-        %(misfire_policy)s, %(max_catch_up)s, %(priority)s, %(options)s::jsonb)
+SELECT %(name)s, %(type)s, %(queue)s, %(cron_expression)s, %(payload)s::jsonb,
+       %(description)s, %(enabled)s, %(next_run_at)s, %(now)s, %(now)s, %(timezone)s,
+       %(misfire_policy)s, %(max_catch_up)s, %(priority)s, %(options)s::jsonb
+FROM (SELECT set_config('pgjobs.schedule_write', 'pgjobs', true)) AS mark
 ON CONFLICT (name) DO NOTHING
 RETURNING *;
 
@@ -47,8 +50,9 @@ SET name = %(name)s,
     priority = %(priority)s,
     options = %(options)s::jsonb,
     updated_at = %(now)s
+FROM (SELECT set_config('pgjobs.schedule_write', 'pgjobs', true)) AS mark
 WHERE id = %(id)s
-RETURNING *;
+RETURNING job_schedules.*;
 
 -- name: schedule_delete
 -- Its fire records go with it (ON DELETE CASCADE); jobs it created stay.

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import pgjobs
 from pgjobs.app import App
 from pgjobs.errors import ValidationError
+from pgjobs.ops import Ops
 from pgjobs.schedules.cron import Cron, _first_instant_with_offset, parse_cron
 from tests.helpers import wait_until_async
 
@@ -303,3 +304,28 @@ def test_sql_and_python_agree_around_dst_changes(db: Any, data: st.DataObject) -
         assert sql_next(db, expression, zone, at) == expected
         assert expected is not None
         at = expected
+
+
+@pytest.mark.anyio
+async def test_pgjobs_writes_forms_the_sql_trigger_does_not_evaluate(app: Any, db: Any) -> None:
+    """W, # and L<n> are croniter's (and pgjobs') forms that the trigger refuses in plain
+    SQL edits; pgjobs' own writes, validated by croniter, still store and change them."""
+    ops = Ops(app)
+    await ops.create_schedule(
+        {"name": "third-friday", "type": "t", "cron": "0 9 * * 5#3"}, actor="test"
+    )
+    await ops.update_schedule("third-friday", {"enabled": False}, actor="test")
+    await ops.update_schedule("third-friday", {"enabled": True}, actor="test")
+    await ops.update_schedule("third-friday", {"cron": "0 9 L * *"}, actor="test")
+    row = db.execute(
+        "SELECT cron_expression, enabled, next_run_at FROM job_schedules WHERE name = %s",
+        ("third-friday",),
+    ).fetchone()
+    assert (row["cron_expression"], row["enabled"]) == ("0 9 L * *", True)
+    assert row["next_run_at"] is not None
+    # Plain SQL is still checked: the trigger refuses the form it cannot evaluate.
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute(
+            "UPDATE job_schedules SET cron_expression = '0 9 * * 5#2' WHERE name = %s",
+            ("third-friday",),
+        )
