@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgjobs.app import App
 from pgjobs.engine.maintenance import tasks as maintenance
@@ -15,6 +16,7 @@ from pgjobs.engine.maintenance.tasks import Pruner, run_round
 from pgjobs.ops import Ops
 from pgjobs.retention import Skipped, clean_finished
 from tests.db.test_schema import SPEC_AUDIT  # the spec's "Audit Logging" SQL, unchanged
+from tests.roles import login_role, url_as
 
 pytestmark = pytest.mark.anyio
 
@@ -146,3 +148,29 @@ async def test_the_dashboards_queue_clean_skips_audited_jobs(app: App, db: Any) 
     old_jobs(db, 3, "audited")
     assert await Ops(app).clean_queue("default", batch_size=2, actor="test") == 5
     assert types_left(db) == {"audited": 3}
+
+
+async def test_a_worker_role_that_cannot_read_the_referencing_table_still_prunes(
+    app: App, db: Any, db_url: str
+) -> None:
+    """The workers' role may use pgjobs' tables without any right on an application's
+    audit table; the foreign key is checked with its owner's rights all the same."""
+    with login_role() as role:
+        db.execute(
+            sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(role))
+        )
+        db.execute(SPEC_AUDIT)  # created after the grant: the role cannot read it
+        old_jobs(db, 30, "audited")
+        db.execute("DELETE FROM job_audit_log WHERE job_id IN (SELECT id FROM jobs LIMIT 10)")
+        pruner = Pruner(60.0, completed_ms=1000, failed_ms=1000)
+        try:
+            async with await psycopg.AsyncConnection.connect(url_as(db_url, role)) as conn:
+                await run_round(conn, pruner, app.clock)
+        finally:
+            db.execute("DROP TABLE job_audit_log")  # so the role can be dropped
+            db.execute(
+                sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(
+                    sql.Identifier(role)
+                )
+            )
+    assert types_left(db) == {"audited": 20}
