@@ -393,6 +393,8 @@ def install_schema(conn: psycopg.Connection[Any], *, up_to: int | None = None) -
         fresh = before == 0 and up_to is None
         if fresh:
             _apply(cur, read_text("schema.sql"), "schema.sql")
+        else:
+            cur.execute(query("migration_timeouts"))
         for migration in migrations():
             if migration.version <= before or (up_to is not None and migration.version > up_to):
                 continue

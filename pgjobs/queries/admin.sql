@@ -7,6 +7,11 @@
 SELECT set_config('statement_timeout', '60000', true),
        set_config('idle_in_transaction_session_timeout', '60000', true);
 
+-- name: migration_timeouts
+-- An upgrade may build indexes over every job stored (migration 13 builds two): no
+-- statement limit for that transaction, however many jobs the table holds.
+SELECT set_config('statement_timeout', '0', true);
+
 -- name: init_lock
 -- Transaction-scoped, so a crashed init can never leave the lock held.
 SELECT pg_advisory_xact_lock(7423510001);

@@ -535,6 +535,32 @@ def test_upgrade_from_every_older_version_matches_a_fresh_install(
     assert schema_snapshot(empty_db_url) == fresh_snapshot
 
 
+def test_an_upgrade_is_not_cut_short_by_the_statement_timeout(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 13 builds indexes over every stored job; on a large table that takes
+    longer than the 60 s limit pgjobs' transactions carry. Here the limit is 100 ms and
+    the build takes longer: the upgrade still completes."""
+    real_query = pgjobs_db.query
+
+    def short_limits(name: str) -> str:
+        if name == "transaction_timeouts":
+            return "SELECT set_config('statement_timeout', '100', true)"
+        return real_query(name)
+
+    monkeypatch.setattr(pgjobs_db, "query", short_limits)
+    with connect(empty_db_url) as conn:
+        install_schema(conn, up_to=LATEST - 1)
+        conn.execute(
+            "INSERT INTO jobs (type, status, payload, completed_at, last_error) "
+            "SELECT 'old', 'failed', jsonb_build_object('user', i, 'to', 'u' || i), now(), "
+            "'ValueError: bad amount ' || i FROM generate_series(1, 300000) AS i"
+        )
+    with connect(empty_db_url) as conn:
+        report = install_schema(conn)
+    assert report.version_after == LATEST
+
+
 def test_all_migrations_on_an_empty_database_match_a_fresh_install(
     empty_db_url: str, fresh_snapshot: dict[str, Any]
 ) -> None:
