@@ -3,10 +3,11 @@ type's `target: "jobs"` both run `clean_finished` (the first through `Ops.clean`
 sits below the job types so the file-cleanup type can call it with `ctx.app`'s
 connection, settings and clock.
 
-Every path that deletes finished jobs in bulk (these, the workers' prune round, the
-dashboard's clean) deletes through `delete_jobs`: a job that a table of the user's own
-still references with a foreign key that forbids the delete (an audit log, as in the
-spec's "Audit Logging") is left in place and reported, rather than failing the batch.
+Every path that deletes jobs in bulk (these, the workers' prune round, the dashboard's
+clean and its delete of checked rows) deletes through `delete_jobs`: a job that a table
+of the user's own still references with a foreign key that forbids the delete (an audit
+log, as in the spec's "Audit Logging") is left in place and reported, rather than
+failing the batch.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Deleted:
 
     jobs: list[tuple[UUID, str]] = field(default_factory=list)  # (id, status) deleted
     skipped: dict[tuple[str, str], int] = field(default_factory=dict)  # (constraint, table)
+    kept: dict[UUID, str] = field(default_factory=dict)  # id -> the constraint keeping it
 
     @property
     def completed(self) -> int:
@@ -91,6 +93,7 @@ async def delete_jobs(conn: psycopg.AsyncConnection[Any], ids: list[UUID]) -> De
         else:
             key = (row["constraint_name"], row["table_name"])
             out.skipped[key] = out.skipped.get(key, 0) + 1
+            out.kept[row["id"]] = row["constraint_name"]
     return out
 
 
@@ -104,6 +107,7 @@ async def _delete_one_by_one(conn: psycopg.AsyncConnection[Any], ids: list[UUID]
         except psycopg.errors.ForeignKeyViolation as exc:
             key = (exc.diag.constraint_name or "?", exc.diag.table_name or "?")
             out.skipped[key] = out.skipped.get(key, 0) + 1
+            out.kept[job_id] = key[0]
             continue
         if row is not None:
             out.jobs.append((row["id"], row["status"]))

@@ -250,7 +250,14 @@ class Job(TypedDict, total=False):
     failures: Required[list[JobFailure]]
     logs: Annotated[
         list[AttemptLog],
-        Field(description="What the handler logged through ctx.logger, per attempt (GET only)"),
+        Field(
+            description="What the handler logged through ctx.logger, per attempt: its last "
+            "20 attempts that logged any (GET only)"
+        ),
+    ]
+    logs_attempts_omitted: Annotated[
+        int,
+        Field(description="Earlier attempts whose log lines are left out of logs (GET only)"),
     ]
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "HistogramSeries",
     "JobLink",
     "JobLogLine",
+    "JobLogs",
     "JobPage",
     "JobSummary",
     "Jsonable",
@@ -241,6 +242,15 @@ class JobLogLine(Jsonable):
     at: datetime
     level: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobLogs:
+    """The lines of a job's latest attempts that logged any, and how many earlier
+    attempts' lines were left out (see pgjobs.ops.service.LOG_ATTEMPTS_SHOWN)."""
+
+    lines: tuple[JobLogLine, ...]
+    attempts_omitted: int
 
 
 @dataclass(frozen=True, slots=True)

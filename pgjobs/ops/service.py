@@ -39,6 +39,7 @@ from pgjobs.ops.models import (
     HistogramSeries,
     JobLink,
     JobLogLine,
+    JobLogs,
     JobPage,
     JobSummary,
     MetricsSnapshot,
@@ -66,7 +67,7 @@ from pgjobs.producer.statements import (
     retry_statement,
 )
 from pgjobs.queries import query
-from pgjobs.retention import CLEAN_BATCH, clean_finished, delete_jobs
+from pgjobs.retention import CLEAN_BATCH, Deleted, clean_finished, delete_jobs
 from pgjobs.schedules import store as schedule_store
 from pgjobs.schedules.store import Schedule
 from pgjobs.stats import (
@@ -91,6 +92,9 @@ PAYLOAD_PREVIEW_CHARS = 200
 EXACT_COUNT_LIMIT = 5000
 SAMPLE_ROWS = 20_000
 AUDIT_MAX_IDS = 1000
+# A job's detail shows the log lines of this many attempts, its last ones: each attempt
+# keeps up to 150 lines of 2,000 characters, and max_attempts has no small bound.
+LOG_ATTEMPTS_SHOWN = 20
 # The jobs one bulk action may list (the dashboard's selected rows).
 MAX_BULK_IDS = 500
 BULK_ACTIONS = {
@@ -191,11 +195,18 @@ class Ops:
         next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more else None
         return JobPage(jobs=jobs, next_cursor=next_cursor, limit=size)
 
-    async def job_logs(self, job_id: UUID) -> tuple[JobLogLine, ...]:
-        """The lines the job's handler logged (pgjobs.context), by attempt and line."""
+    async def job_logs(self, job_id: UUID) -> JobLogs:
+        """The lines the job's handler logged (pgjobs.context), by attempt and line: those
+        of its last LOG_ATTEMPTS_SHOWN attempts that logged any, with the number of
+        earlier ones left out."""
+        params = {"id": job_id, "attempts": LOG_ATTEMPTS_SHOWN}
         async with self._connection() as conn:
-            rows = await self._all(conn, "ops_job_logs", {"id": job_id})
-        return tuple(JobLogLine(**r) for r in rows)
+            rows = await self._all(conn, "ops_job_logs", params)
+        omitted = int(rows[0]["attempts_omitted"]) if rows else 0
+        lines = tuple(
+            JobLogLine(**{k: v for k, v in r.items() if k != "attempts_omitted"}) for r in rows
+        )
+        return JobLogs(lines=lines, attempts_omitted=omitted)
 
     async def workers(self) -> tuple[WorkerInfo, ...]:
         return await self._read(self._workers)
@@ -428,12 +439,17 @@ class Ops:
         params = {"ids": wanted, "now": self.clock.sql_now()}
         async with self._connection() as conn, conn.transaction():
             rows = await self._all(conn, statement, params)
-            report = _bulk_report(action, wanted, rows)
+            kept: dict[UUID, str] = {}
+            if action == "delete":
+                rows, kept = await _delete_listed(conn, rows)
+            report = _bulk_report(action, wanted, rows, kept)
             if report.applied:
-                detail = {
+                detail: dict[str, Any] = {
                     "jobs": [str(i) for i in report.applied],
                     "skipped": dict(report.skipped),
                 }
+                if report.referenced_by:
+                    detail["referenced_by"] = dict(report.referenced_by)
                 await self._audit_in(conn, actor, action, None, detail)
         return report
 
@@ -697,34 +713,30 @@ class Ops:
             for r in rows
         }
 
-    async def clean_queue(self, queue: str, *, batch_size: int = CLEAN_BATCH, actor: str) -> int:
-        """Delete every completed job of `queue` in batches; returns how many."""
-        batch = max(1, batch_size)
+    async def clean_queue(self, queue: str, *, batch_size: int | None = None, actor: str) -> int:
+        """Delete every completed job of `queue` in batches of `batch_size` (default
+        CLEAN_BATCH); returns how many. Each batch commits on its own with its own
+        audit row, so a later batch that fails leaves no deletion unrecorded."""
+        batch = max(1, batch_size or CLEAN_BATCH)
         params: dict[str, Any] = {
             "queue": validate_queue(queue),
             "batch": batch,
             "after_id": None,
         }
-        deleted: list[str] = []
+        total = 0
         async with self._connection() as conn:
             while True:
                 async with conn.transaction():
                     rows = await self._all(conn, "dashboard_clean_queue_batch", params)
                     done = await delete_jobs(conn, [r["id"] for r in rows])
-                deleted.extend(str(job_id) for job_id, _ in done.jobs)
+                    if done.jobs:
+                        detail = _clean_detail(queue, done)
+                        await self._audit_in(conn, actor, "clean", queue, detail)
+                total += len(done.jobs)
                 if len(rows) < batch:
                     break
                 params["after_id"] = rows[-1]["id"]
-        if deleted:
-            detail = {
-                "queue": queue,
-                "status": "completed",
-                "count": len(deleted),
-                "jobs": deleted[:AUDIT_MAX_IDS],
-                "jobs_truncated": len(deleted) > AUDIT_MAX_IDS,
-            }
-            await self._audit_after_commit(actor, "clean", queue, detail)
-        return len(deleted)
+        return total
 
     # ------------------------------------------------------------ internals
 
@@ -750,11 +762,6 @@ class Ops:
     async def _database(self, conn: AsyncConn) -> DatabaseHealth:
         return await read_database_health(conn)
 
-    async def _audit_after_commit(
-        self, actor: str, action: str, target: str | None, detail: Any
-    ) -> None:
-        await audit.record_after_commit(self._connection, self.clock, actor, action, target, detail)
-
     async def _audit_in(
         self, conn: AsyncConn, actor: str, action: str, target: str | None, detail: Any
     ) -> None:
@@ -777,24 +784,39 @@ async def fetch_none(conn: AsyncConn, statement: Statement) -> None:
 @dataclass(frozen=True, slots=True)
 class BulkReport:
     """What a bulk action did: the jobs changed, and the ones skipped counted by why
-    (the status that did not allow it, "missing", or "waited_on" for a job that blocked
-    jobs depend on)."""
+    (the status that did not allow it, "missing", "waited_on" for a job that blocked
+    jobs depend on, or "referenced" for a job a table of the user's own still points at
+    with a foreign key that forbids deleting it; `referenced_by` counts those per
+    constraint)."""
 
     action: str
     applied: tuple[UUID, ...]
     skipped: tuple[tuple[str, int], ...]
     results: tuple[tuple[UUID, str], ...]  # every listed id: "done" or why it was skipped
+    referenced_by: tuple[tuple[str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "action": self.action,
             "applied": [str(i) for i in self.applied],
             "skipped": dict(self.skipped),
+            "referenced_by": dict(self.referenced_by),
             "results": [{"id": str(i), "result": r} for i, r in self.results],
         }
 
 
-def _bulk_report(action: str, wanted: list[UUID], rows: list[Row]) -> BulkReport:
+async def _delete_listed(conn: AsyncConn, rows: list[Row]) -> tuple[list[Row], dict[UUID, str]]:
+    """Delete the locked jobs ops_bulk_delete found deletable, through retention's
+    delete_jobs: a job still referenced by another table is kept (with the constraint
+    that keeps it) instead of its ForeignKeyViolation undoing the whole action."""
+    done = await delete_jobs(conn, [r["id"] for r in rows if r["deletable"]])
+    deleted = {job_id for job_id, _ in done.jobs}
+    return [{**r, "applied": r["id"] in deleted} for r in rows], done.kept
+
+
+def _bulk_report(
+    action: str, wanted: list[UUID], rows: list[Row], kept: Mapping[UUID, str]
+) -> BulkReport:
     by_id = {r["id"]: r for r in rows}
     results: list[tuple[UUID, str]] = []
     for job_id in wanted:
@@ -803,6 +825,8 @@ def _bulk_report(action: str, wanted: list[UUID], rows: list[Row]) -> BulkReport
             results.append((job_id, "missing"))
         elif row["applied"]:
             results.append((job_id, "done"))
+        elif job_id in kept:
+            results.append((job_id, "referenced"))
         elif row.get("waited_on") and row["previous_status"] != "active":
             results.append((job_id, "waited_on"))
         else:
@@ -811,12 +835,32 @@ def _bulk_report(action: str, wanted: list[UUID], rows: list[Row]) -> BulkReport
     for _, result in results:
         if result != "done":
             skipped[result] = skipped.get(result, 0) + 1
+    referenced_by: dict[str, int] = {}
+    for constraint in kept.values():
+        referenced_by[constraint] = referenced_by.get(constraint, 0) + 1
     return BulkReport(
         action=action,
         applied=tuple(i for i, r in results if r == "done"),
         skipped=tuple(sorted(skipped.items())),
         results=tuple(results),
+        referenced_by=tuple(sorted(referenced_by.items())),
     )
+
+
+def _clean_detail(queue: str, done: Deleted) -> dict[str, Any]:
+    """The audit row of one batch of the dashboard's clean: the jobs it deleted, and the
+    ones a table of the user's own kept (see pgjobs.retention)."""
+    deleted = [str(job_id) for job_id, _ in done.jobs]
+    detail: dict[str, Any] = {
+        "queue": queue,
+        "status": "completed",
+        "count": len(deleted),
+        "jobs": deleted[:AUDIT_MAX_IDS],
+        "jobs_truncated": len(deleted) > AUDIT_MAX_IDS,
+    }
+    if done.skipped:
+        detail["skipped"] = [s.to_dict() for s in done.skipped_list()]
+    return detail
 
 
 def _histogram(row: Row) -> HistogramSeries:

@@ -378,11 +378,21 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: ops_job_logs
--- A job's log lines in order (the primary key of job_logs).
-SELECT attempt, seq, at, level, message
-FROM job_logs
-WHERE job_id = %(id)s
-ORDER BY attempt, seq;
+-- The log lines of a job's last %(attempts)s attempts that logged any, in order (the
+-- primary key of job_logs); each row also counts the earlier attempts left out, so a
+-- job retried many times answers with a bounded number of lines.
+WITH logged AS (
+    SELECT DISTINCT attempt FROM job_logs WHERE job_id = %(id)s
+),
+shown AS (
+    SELECT attempt FROM logged ORDER BY attempt DESC LIMIT %(attempts)s
+)
+SELECT l.attempt, l.seq, l.at, l.level, l.message,
+       (SELECT count(*) FROM logged) - (SELECT count(*) FROM shown) AS attempts_omitted
+FROM job_logs l
+JOIN shown s ON s.attempt = l.attempt
+WHERE l.job_id = %(id)s
+ORDER BY l.attempt, l.seq;
 
 -- Bulk actions on listed jobs (the dashboard's row checkboxes). Each locks the listed
 -- jobs in id order (as every bulk lock of jobs does), changes the ones whose status
@@ -445,25 +455,23 @@ CROSS JOIN LATERAL (SELECT count(*) FROM signal) s
 CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
 
 -- name: ops_bulk_delete
--- As ops_delete_job: a running job, and a job that blocked jobs wait on, are kept.
+-- As ops_delete_job: a running job, and a job that blocked jobs wait on, are kept. This
+-- only locks and sorts the listed jobs; the caller deletes the deletable ones with
+-- delete_finished_jobs (retention.delete_jobs), which keeps those a table of the user's
+-- own still references rather than failing the whole action.
 WITH target AS (
     SELECT id, status FROM jobs WHERE id = ANY (%(ids)s::uuid[]) ORDER BY id FOR UPDATE
 ),
 waited AS (
-    SELECT t.id, EXISTS (SELECT 1 FROM jobs child
-                         WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[t.id])
+    SELECT t.id, t.status,
+           EXISTS (SELECT 1 FROM jobs child
+                   WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[t.id])
                AS waited_on
     FROM target t
-),
-deleted AS (
-    DELETE FROM jobs j USING target t, waited w
-    WHERE j.id = t.id AND w.id = t.id AND t.status <> 'active' AND NOT w.waited_on
-    RETURNING j.id
 )
-SELECT t.id, t.status::text AS previous_status, w.waited_on, d.id IS NOT NULL AS applied
-FROM target t
-JOIN waited w ON w.id = t.id
-LEFT JOIN deleted d ON d.id = t.id;
+SELECT w.id, w.status::text AS previous_status, w.waited_on,
+       w.status <> 'active' AND NOT w.waited_on AS deletable
+FROM waited w;
 
 -- name: ops_bulk_promote
 -- As ops_promote_delayed, for listed jobs.

@@ -171,7 +171,9 @@ async def get_job(request: Request) -> Response:
     ops = ops_of(request)
     job = await ops.get_job(job_id_param(request))
     body = shown_job(job)
-    body["logs"] = shown_logs(attempt_logs(await ops.job_logs(job.id)))
+    logs = await ops.job_logs(job.id)
+    body["logs"] = shown_logs(attempt_logs(logs.lines))
+    body["logs_attempts_omitted"] = logs.attempts_omitted
     return JSONResponse(body)
 
 

@@ -95,6 +95,35 @@ async def test_bulk_cancel_promote_delete(dash: Dash, db: Conn) -> None:
     assert actions == [("promote", 1), ("cancel", 2), ("delete", 1)]
 
 
+async def test_bulk_delete_keeps_a_job_another_table_references(dash: Dash, db: Conn) -> None:
+    done = [insert_job(db, status="completed") for _ in range(3)]
+    # A table of the user's own, its foreign key left at NO ACTION.
+    db.execute("CREATE TABLE invoices (id int PRIMARY KEY, job_id uuid REFERENCES jobs (id))")
+    db.execute("INSERT INTO invoices VALUES (1, %s)", (done[1],))
+    response = await bulk(dash, ids_form("delete", done, queue="default", status="completed"))
+    assert response.status_code == 303
+    page = await dash.page(response.headers["location"])
+    assert "Deleted 2 job(s); skipped 1 (still referenced)." in page.text
+    assert [status_of(db, j) for j in done] == [None, "completed", None]
+    [row] = audit(db)
+    assert (row["actor"], row["action"]) == ("dashboard:admin", "delete")
+    assert sorted(row["detail"]["jobs"]) == sorted(str(j) for j in (done[0], done[2]))
+    assert row["detail"]["skipped"] == {"referenced": 1}
+    assert row["detail"]["referenced_by"] == {"invoices_job_id_fkey": 1}
+
+
+async def test_bulk_delete_of_only_referenced_jobs_writes_no_row(dash: Dash, db: Conn) -> None:
+    job = insert_job(db, status="failed")
+    db.execute("CREATE TABLE invoices (id int PRIMARY KEY, job_id uuid REFERENCES jobs (id))")
+    db.execute("INSERT INTO invoices VALUES (1, %s)", (job,))
+    response = await bulk(dash, ids_form("delete", [job]))
+    assert response.status_code == 303
+    page = await dash.page(response.headers["location"])
+    assert "Deleted 0 job(s); skipped 1 (still referenced)." in page.text
+    assert status_of(db, job) == "failed"
+    assert audit(db) == []
+
+
 async def test_bulk_refusals_change_nothing(dash: Dash, db: Conn) -> None:
     failed = insert_job(db, status="failed")
     # No CSRF token, a wrong one, a read-only login, another origin: 403.

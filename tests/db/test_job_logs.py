@@ -14,6 +14,7 @@ import pytest
 import pgjobs
 from pgjobs.app import App
 from pgjobs.context import LOG_FIRST_LINES, LOG_LAST_LINES, LOG_LINE_CHARS
+from pgjobs.ops.service import LOG_ATTEMPTS_SHOWN
 from pgjobs.web import create_app
 
 pytestmark = pytest.mark.anyio
@@ -157,3 +158,68 @@ async def test_lines_are_escaped_and_masked(settings: Any, db: Any) -> None:
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "hunter2" not in page
+
+
+async def test_only_the_last_attempts_lines_are_shown(settings: Any, db: Any) -> None:
+    app = App(settings.replace(retry_delay_ms=0))
+    attempts = LOG_ATTEMPTS_SHOWN + 5
+
+    @app.handler("stubborn")
+    async def stubborn(ctx: pgjobs.JobContext, payload: Any) -> str:
+        ctx.logger.info("attempt %d, line 1", ctx.attempt)
+        ctx.logger.info("attempt %d, line 2", ctx.attempt)
+        if ctx.attempt < attempts:
+            raise ValueError("not yet")
+        return "ok"
+
+    try:
+        job = await app.create(
+            "stubborn", {}, attempts=attempts, backoff={"type": "fixed", "delay": 0}
+        )
+        assert await app.drain() == attempts
+    finally:
+        await app.close()
+    assert len(lines_of(db, job.id)) == 2 * attempts  # all kept; only the answers are bounded
+    web = create_app(settings)
+    async with web.router.lifespan_context(web):
+        transport = httpx.ASGITransport(app=web)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            body = (await client.get(f"/api/jobs/{job.id}")).json()
+            page = (await client.get(f"/dashboard/jobs/{job.id}")).text
+    assert [a["attempt"] for a in body["logs"]] == list(range(6, attempts + 1))
+    assert all(len(a["lines"]) == 2 for a in body["logs"])
+    assert body["logs"][-1]["lines"][0]["message"] == f"attempt {attempts}, line 1"
+    assert body["logs_attempts_omitted"] == 5
+    assert "Lines of 5 earlier attempt(s) not shown" in page
+    assert "attempt 6, line 2" in page and f"attempt {attempts}, line 2" in page
+    assert "attempt 5, line 2" not in page
+
+
+async def test_a_job_of_few_attempts_omits_none(settings: Any, db: Any) -> None:
+    app = App(settings)
+
+    @app.handler("once")
+    async def once(ctx: pgjobs.JobContext, payload: Any) -> None:
+        ctx.logger.info("hello")
+
+    @app.handler("quiet-one")
+    async def quiet_one(ctx: pgjobs.JobContext, payload: Any) -> None:
+        return None
+
+    try:
+        job = await app.create("once", {})
+        silent = await app.create("quiet-one", {})
+        assert await app.drain() == 2
+    finally:
+        await app.close()
+    web = create_app(settings)
+    async with web.router.lifespan_context(web):
+        transport = httpx.ASGITransport(app=web)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            body = (await client.get(f"/api/jobs/{job.id}")).json()
+            page = (await client.get(f"/dashboard/jobs/{job.id}")).text
+            empty = (await client.get(f"/api/jobs/{silent.id}")).json()
+    assert [a["attempt"] for a in body["logs"]] == [1]
+    assert body["logs_attempts_omitted"] == 0
+    assert "earlier attempt(s) not shown" not in page
+    assert (empty["logs"], empty["logs_attempts_omitted"]) == ([], 0)

@@ -12,7 +12,7 @@ import pytest
 
 from pgjobs.app import App
 from pgjobs.errors import Conflict, JobNotFound, NotFound, ValidationError
-from pgjobs.ops import JobFilter, Ops, health_score, parse_duration_ms
+from pgjobs.ops import JobFilter, Ops, health_score, parse_duration_ms, service
 from tests.opsdata import insert_job, snapshot, status_of
 
 pytestmark = pytest.mark.anyio
@@ -228,6 +228,48 @@ async def test_clean_dry_run_then_batches(ops: Ops, db: Conn) -> None:
         "SELECT count(*) AS n FROM job_results WHERE job_id = ANY(%s)", (old_done,)
     )
     assert leftovers.fetchone() == {"n": 0}
+
+
+def clean_rows(db: Conn) -> list[dict[str, Any]]:
+    return db.execute(
+        "SELECT actor, target, detail FROM job_audit WHERE action = 'clean' ORDER BY id"
+    ).fetchall()
+
+
+async def test_clean_queue_writes_a_row_per_batch(
+    ops: Ops, db: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "CLEAN_BATCH", 3)
+    done = [insert_job(db, status="completed") for _ in range(7)]
+    other = insert_job(db, status="completed", queue="emails")
+    assert await ops.clean_queue("default", actor="test") == 7
+    rows = clean_rows(db)
+    assert [r["detail"]["count"] for r in rows] == [3, 3, 1]
+    assert {(r["actor"], r["target"]) for r in rows} == {("test", "default")}
+    recorded = [job for r in rows for job in r["detail"]["jobs"]]
+    assert sorted(recorded) == sorted(str(i) for i in done)
+    assert all(status_of(db, i) is None for i in done) and status_of(db, other) == "completed"
+
+
+async def test_clean_queue_failing_midway_leaves_its_deletions_audited(ops: Ops, db: Conn) -> None:
+    # Batches go in id order: the last job is in the second batch, and cannot be deleted.
+    *first, stuck = sorted(insert_job(db, status="completed") for _ in range(3))
+    db.execute("UPDATE jobs SET type = 'stuck' WHERE id = %s", (stuck,))
+    db.execute(
+        "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE DELETE ON jobs FOR EACH ROW "
+        "WHEN (OLD.type = 'stuck') EXECUTE FUNCTION refuse_delete()"
+    )
+    with pytest.raises(psycopg.errors.RaiseException):
+        await ops.clean_queue("default", batch_size=2, actor="test")
+    # The first batch committed, and so did its row; the failed one changed nothing.
+    assert [status_of(db, i) for i in [*first, stuck]] == [None, None, "completed"]
+    [row] = clean_rows(db)
+    assert row["detail"]["count"] == 2
+    assert sorted(row["detail"]["jobs"]) == sorted(str(i) for i in first)
 
 
 async def test_cancel_retry_delete_single_jobs(ops: Ops, app: App, db: Conn) -> None:

@@ -87,6 +87,7 @@ SKIP_REASONS = {
     "cancelled": "cancelled",
     "missing": "no longer exists",
     "waited_on": "other jobs wait on it",
+    "referenced": "still referenced",
 }
 
 
@@ -282,7 +283,8 @@ async def job(request: Request, dash: Dashboard) -> Response:
     ops = ops_of(request)
     found = await ops.get_job(job_id(request))
     parents, children = await ops.job_links(found)
-    logs = attempt_logs(tuple(_masked(line) for line in await ops.job_logs(found.id)))
+    logged = await ops.job_logs(found.id)
+    logs = attempt_logs(tuple(_masked(line) for line in logged.lines))
     payload, payload_cut = fmt.pretty_json(found.payload, DETAIL_CHARS)
     result, result_cut = (
         fmt.pretty_json(found.result, DETAIL_CHARS) if found.results else ("", False)
@@ -312,6 +314,7 @@ async def job(request: Request, dash: Dashboard) -> Response:
         "parents": parents,
         "children": children,
         "logs": logs,
+        "logs_attempts_omitted": logged.attempts_omitted,
         "notice": notice(request),
     }
     return dash.render(request, "job.html", context, now=now)
