@@ -353,7 +353,16 @@ class Ops:
     async def delete_job(self, job_id: UUID | str, *, actor: str) -> None:
         jid = parse_job_id(job_id)
         async with self._connection() as conn, conn.transaction():
-            row = await self._one(conn, "ops_delete_job", {"id": jid})
+            try:
+                async with conn.transaction():
+                    row = await self._one(conn, "ops_delete_job", {"id": jid})
+            except psycopg.errors.ForeignKeyViolation as exc:
+                # A table of the application's own still points at it (no ON DELETE
+                # CASCADE / SET NULL): keep the job, say which reference keeps it.
+                raise Conflict(
+                    f"job {jid} is still referenced by {exc.diag.table_name} "
+                    f"(foreign key {exc.diag.constraint_name})"
+                ) from None
             if row is None:
                 raise JobNotFound(f"no job with id {jid}")
             if row["id"] is None:

@@ -326,3 +326,18 @@ async def test_throughput_series(ops: Ops, db: Conn) -> None:
     assert len(points) == 6
     assert sum(p.completed for p in points) == 1 and sum(p.failed for p in points) == 1
     assert points[-1].completed == 1 and points[1].failed == 1
+
+
+async def test_deleting_a_job_another_table_references_is_a_conflict(
+    ops: Ops, app: App, db: Conn
+) -> None:
+    job = await app.create("noop", {})
+    db.execute(
+        "UPDATE jobs SET status = 'completed', completed_at = now() WHERE id = %s", (job.id,)
+    )
+    db.execute("CREATE TABLE invoice_runs (job_id uuid REFERENCES jobs (id))")
+    db.execute("INSERT INTO invoice_runs VALUES (%s)", (job.id,))
+    with pytest.raises(Conflict, match="still referenced by invoice_runs"):
+        await ops.delete_job(job.id, actor="test")
+    assert (await app.get(job.id)).status == "completed"
+    assert db.execute("SELECT count(*) AS n FROM job_audit").fetchone()["n"] == 0
