@@ -97,6 +97,7 @@ class Completer:
         self._flushed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._keep_logs = True  # false once the database turned out to have no job_logs
         self.recorded = 0
         self.stale = 0
 
@@ -144,9 +145,23 @@ class Completer:
         self._buffer[:0] = batch
 
     async def _write(self, batch: Batch) -> set[UUID]:
+        logged = self._keep_logs and any(o.logs for o in batch)
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            statement = "finish_runs_logged" if any(o.logs for o in batch) else "finish_runs"
-            await cur.execute(query(statement), self.params(batch))
+            try:
+                await cur.execute(
+                    query("finish_runs_logged" if logged else "finish_runs"), self.params(batch)
+                )
+            except psycopg.errors.UndefinedTable:
+                if not logged:
+                    raise
+                # A schema older than this worker (pgjobs init not run since the
+                # upgrade) has no job_logs: record the outcomes without their lines.
+                log.warning(
+                    "the database has no job_logs table (run pgjobs init): handlers' log "
+                    "lines are not kept"
+                )
+                self._keep_logs = False
+                await cur.execute(query("finish_runs"), self.params(batch))
             return {row["id"] for row in await cur.fetchall()}
 
     async def _written(self, batch: Batch, applied: set[UUID]) -> None:

@@ -223,3 +223,23 @@ async def test_a_job_of_few_attempts_omits_none(settings: Any, db: Any) -> None:
     assert body["logs_attempts_omitted"] == 0
     assert "earlier attempt(s) not shown" not in page
     assert (empty["logs"], empty["logs_attempts_omitted"]) == ([], 0)
+
+
+async def test_a_database_without_job_logs_still_records_outcomes(settings: Any, db: Any) -> None:
+    """A worker newer than its schema (pgjobs init not yet run after an upgrade): the
+    lines cannot be kept, the outcomes are recorded all the same."""
+    db.execute("DROP TABLE job_logs")
+    app = App(settings)
+
+    @app.handler("chatty")
+    async def chatty(ctx: pgjobs.JobContext, payload: Any) -> str:
+        ctx.logger.info("hello")
+        return "ok"
+
+    try:
+        jobs = [await app.create("chatty", {}) for _ in range(3)]
+        assert await app.drain() == 3
+        for job in jobs:
+            assert (await app.get(job.id)).status == "completed"
+    finally:
+        await app.close()
