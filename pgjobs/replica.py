@@ -210,6 +210,7 @@ class ReadRouter:
     def __init__(self, settings: Settings) -> None:
         self.url = settings.read_database_url
         self.max_lag_s = settings.read_max_lag_ms / 1000
+        self._pooled = settings.transaction_pooling  # the replica behind the same pooler
         self._idle: list[AsyncConn] = []
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -279,6 +280,11 @@ class ReadRouter:
                     raise _Skip(ReadSource(UNAVAILABLE)) from exc
                 # Replay removed rows the read still needed (a recovery conflict).
                 raise _Skip(ReadSource(CANCELLED)) from exc
+            except psycopg.ProgrammingError as exc:
+                # A replica that is not what DATABASE_URL's database is (no such table,
+                # no right to read it): not a reason to fail the page.
+                self._unavailable(url, exc)
+                raise _Skip(ReadSource(UNAVAILABLE)) from exc
         if self._failures:
             log.warning("read replica available again")
         self._failures = 0
@@ -294,7 +300,9 @@ class ReadRouter:
             position = await asyncio.wait_for(
                 _one(conn, "replica_position", {"primary_lsn": primary_lsn}), PROBE_TIMEOUT_S
             )
-        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as exc:
+        except (psycopg.Error, TimeoutError) as exc:
+            # Any error here, a refused login or a permission included, means this
+            # replica cannot serve reads now: the primary does.
             self._unavailable(url, exc)
             if reused:
                 # A kept connection may have died with a restart of the replica, which
@@ -337,7 +345,7 @@ class ReadRouter:
                 autocommit=True,
                 row_factory=dict_row,
                 connect_timeout=CONNECT_TIMEOUT_S,
-                **connect_kwargs("read"),
+                **connect_kwargs("read", pooled=self._pooled),
             )
         except (psycopg.OperationalError, OSError) as exc:
             self._unavailable(url, exc)

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -316,3 +317,24 @@ async def test_a_stopped_standby_is_skipped_quickly_and_used_again(
         await eventually(back, "reads return to the restarted standby")
         _, ids = await listed(http)
         assert job_id in ids
+
+
+async def test_a_standby_this_role_cannot_read_is_skipped(pair: Pair, caught_up: None) -> None:
+    """A replica that answers but refuses the read (here a login without rights on the
+    tables) is a replica unavailable, not a failed page."""
+    role = f"pgjobs_noread_{os.getpid()}"
+    pair.primary_sql(f"CREATE ROLE {role} LOGIN")
+    try:
+        pair.primary_sql("SELECT pg_current_xact_id()")
+        wait_for(lambda: replayed(pair), "the role replayed to the standby")
+        parts = urlsplit(pair.standby_url)
+        standby_as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        settings = make_settings(pair.primary_url, JOBS_READ_DATABASE_URL=standby_as_role)
+        async with asgi_client(create_app(settings)) as http:
+            for path in ("/api/stats", "/api/jobs", "/metrics"):
+                answer = await http.get(path)
+                assert answer.status_code == 200, (path, answer.text)
+                assert answer.headers["x-read-from"] == "primary", path
+                assert answer.headers["x-read-note"].startswith("replica unavailable"), path
+    finally:
+        pair.primary_sql(f"DROP ROLE IF EXISTS {role}")
