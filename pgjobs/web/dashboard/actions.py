@@ -4,10 +4,14 @@ actor (so it lands in job_audit), and redirects back with a notice (303 See Othe
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from pgjobs.errors import Conflict, ValidationError
+from pgjobs.errors import Conflict, JobNotFound, ValidationError
+from pgjobs.ops import Ops
+from pgjobs.redact import mask_text
 from pgjobs.validation import MAX_BULK
 from pgjobs.web.dashboard.forms import ScheduleForm
 from pgjobs.web.dashboard.pages import job_id, queue_name, schedule_form, schedule_name
@@ -128,11 +132,29 @@ async def retry_group(request: Request, dash: Dashboard) -> Response:
     form = await checked_form(request, dash.signer, dash.allowed_hosts)
     if "type" not in form or "error_line" not in form:
         raise ValidationError("retrying a failure group needs its type and error line")
-    report = await ops_of(request).retry(
-        type=form["type"], error_line=form["error_line"], limit=MAX_BULK, actor=actor(request)
+    ops = ops_of(request)
+    error_line = await stored_error_line(ops, form)
+    report = await ops.retry(
+        type=form["type"], error_line=error_line, limit=MAX_BULK, actor=actor(request)
     )
     hours = form.get("hours") if form.get("hours") in ("1", "24", "168") else None
     return back(dash.url("failures", hours=hours, done="retry", n=report.count))
+
+
+async def stored_error_line(ops: Ops, form: dict[str, str]) -> str:
+    """The error line of the group to retry as the jobs hold it. The page shows and
+    posts it with its secrets masked, which matches no job; the group's sample job,
+    posted along, holds it whole. A sample that no longer shows that line (retried and
+    failed otherwise, deleted) leaves the posted line, so nothing else is retried."""
+    shown = form["error_line"]
+    try:
+        sample = await ops.get_job(UUID(form.get("sample", "")))
+    except (ValueError, JobNotFound):
+        return shown
+    stored = (sample.last_error or "").split("\n", 1)[0]
+    if sample.type == form["type"] and sample.status == "failed" and mask_text(stored) == shown:
+        return stored
+    return shown
 
 
 # ---------------------------------------------------------------- schedules

@@ -26,6 +26,7 @@ from pgjobs.web.dashboard.security import Forbidden, read_only
 from pgjobs.web.dashboard.stacks import split_stack
 from pgjobs.web.headers import SECURITY_HEADERS
 from pgjobs.web.requests import query_param
+from pgjobs.web.shown import masked_group, masked_job, masked_summary
 from pgjobs.web.state import ops_of
 
 # How long a page waits for the first fill of the throughput history (started with the
@@ -248,7 +249,7 @@ async def queue(request: Request, dash: Dashboard) -> Response:
         # An empty tab needs no listing, which could otherwise walk a large index.
         if tab_count or cursor:
             page = await ops.list_jobs(filters, limit=PAGE_SIZE, cursor=cursor)
-            jobs, next_cursor = page.jobs, page.next_cursor
+            jobs, next_cursor = tuple(map(masked_summary, page.jobs)), page.next_cursor
     except ValidationError as exc:
         error = str(exc)
     context = {
@@ -281,8 +282,11 @@ def job_id(request: Request) -> UUID:
 
 async def job(request: Request, dash: Dashboard) -> Response:
     ops = ops_of(request)
-    found = await ops.get_job(job_id(request))
-    parents, children = await ops.job_links(found)
+    stored = await ops.get_job(job_id(request))
+    parents, children = await ops.job_links(stored)
+    # Secrets in the error texts are masked before the stacks are folded and cut: a cut
+    # could leave a password without the '@' that marks it.
+    found = masked_job(stored)
     logged = await ops.job_logs(found.id)
     logs = attempt_logs(tuple(_masked(line) for line in logged.lines))
     payload, payload_cut = fmt.pretty_json(found.payload, DETAIL_CHARS)
@@ -339,7 +343,7 @@ async def search(request: Request, dash: Dashboard) -> Response:
     if text.strip():
         try:
             page = await ops.search_jobs(text, limit=PAGE_SIZE, cursor=cursor)
-            jobs, next_cursor = page.jobs, page.next_cursor
+            jobs, next_cursor = tuple(map(masked_summary, page.jobs)), page.next_cursor
         except ValidationError as exc:
             error = str(exc)
     context = {
@@ -366,7 +370,7 @@ async def failures(request: Request, dash: Dashboard) -> Response:
     groups = await ops.failure_groups(hours=FAILURE_WINDOWS[window], limit=100)
     context = {
         "nav": "failures",
-        "groups": groups,
+        "groups": [masked_group(g) for g in groups],
         "window": window,
         "windows": list(FAILURE_WINDOWS),
         "notice": notice(request),
