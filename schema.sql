@@ -238,15 +238,20 @@ CREATE TABLE IF NOT EXISTS job_schedule_fires (
 -- Schedules edited with plain SQL: a trigger validates cron_expression and timezone and
 -- keeps next_run_at true to them, computing what pgjobs/schedules/cron.py computes
 -- (croniter on the local wall clock, the same DST rules). Migration 12.
-CREATE TYPE pgjobs_cron AS (
-    seconds integer[],
-    minutes integer[],
-    hours integer[],
-    days integer[],       -- NULL = '*'; 32 stands for L (the last day of the month)
-    months integer[],
-    weekdays integer[],   -- NULL = '*'; 0 = Sunday
-    with_seconds boolean
-);
+DO $$
+BEGIN
+    IF to_regtype('pgjobs_cron') IS NULL THEN
+        CREATE TYPE pgjobs_cron AS (
+            seconds integer[],
+            minutes integer[],
+            hours integer[],
+            days integer[],       -- NULL = '*'; 32 stands for L (the last day of the month)
+            months integer[],
+            weekdays integer[],   -- NULL = '*'; 0 = Sunday
+            with_seconds boolean
+        );
+    END IF;
+END $$;
 
 CREATE OR REPLACE FUNCTION pgjobs_cron_error(expression text, detail text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -674,6 +679,7 @@ BEGIN
     RETURN NEW;
 END $$;
 
+DROP TRIGGER IF EXISTS job_schedules_edited ON job_schedules;
 CREATE TRIGGER job_schedules_edited
     BEFORE INSERT OR UPDATE OF cron_expression, timezone, enabled ON job_schedules
     FOR EACH ROW EXECUTE FUNCTION pgjobs_schedule_edited();
