@@ -282,3 +282,21 @@ async def test_api_search_edge_values_are_4xx_or_found(
     else:
         assert message in response.json()["error"]["message"]
         assert page.status_code < 500 and message in page.text  # the form says why
+
+
+async def test_payload_search_finds_running_jobs_too(dash: Dash, db: Conn, settings: Any) -> None:
+    """The payload index leaves running jobs out; the search reads them apart."""
+    import httpx
+
+    from tests.db.test_dashboard import make_web
+
+    waiting = insert_job(db, payload={"tenant": 7})
+    running = insert_job(db, status="active", payload={"tenant": 7})
+    done = insert_job(db, status="completed", payload={"tenant": 7})
+    insert_job(db, status="active", payload={"tenant": 8})
+    web = make_web(settings)
+    async with web.router.lifespan_context(web):
+        transport = httpx.ASGITransport(app=web)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as api:
+            body = (await api.get("/api/jobs", params={"q": "tenant=7"})).json()
+    assert {j["id"] for j in body["jobs"]} == {str(waiting), str(running), str(done)}
