@@ -118,6 +118,9 @@ class ApiProducer(threading.Thread):
         self.failed_calls = 0
         self._unrecorded: list[tuple[list[Any], list[str]]] = []
         self._uncertain: list[tuple[list[Any], list[str]]] = []
+        # A create in progress: its jobs carry the transaction's start time as created_at
+        # but are invisible until it commits (see unrecorded).
+        self._in_flight = 0
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -144,6 +147,7 @@ class ApiProducer(threading.Thread):
         jobs = [self.app.build("chaos", body, attempts=CHAOS_ATTEMPTS) for body, _ in built]
         batch = ([job.id for job in jobs], [mode for _, mode in built])
         started = time.monotonic()
+        self._in_flight = 1
         try:
             self.app.create_many_sync(jobs)
         except Exception:  # an outage: the caller's next call tries again
@@ -151,9 +155,12 @@ class ApiProducer(threading.Thread):
             self.failed_calls += 1
             self._uncertain.append(batch)
             return
-        self.calls.append((started, time.monotonic(), True))
-        self.created += count
-        self._unrecorded.append(batch)
+        else:
+            self.calls.append((started, time.monotonic(), True))
+            self.created += count
+            self._unrecorded.append(batch)
+        finally:
+            self._in_flight = 0
 
     def _record(self, batches: list[tuple[list[Any], list[str]]] | None = None) -> bool:
         batches = self._unrecorded if batches is None else batches
@@ -167,8 +174,10 @@ class ApiProducer(threading.Thread):
         return True
 
     def unrecorded(self) -> int:
-        """Batches not yet looked up in the jobs table and added to the ledger."""
-        return len(self._unrecorded) + len(self._uncertain)
+        """Batches not yet looked up in the jobs table and added to the ledger, the one
+        being created included: a wait for every job created before some moment must not
+        end while a transaction begun before it has yet to commit."""
+        return len(self._unrecorded) + len(self._uncertain) + self._in_flight
 
     def first_success_after(self, moment: float) -> float | None:
         ends = [end for start, end, ok in self.calls if ok and start >= moment]
