@@ -264,6 +264,16 @@ WHERE j.id = %(id)s;
 -- the worker read cancel_requested_at of the jobs it holds.
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 target AS (SELECT id, status FROM jobs WHERE id = %(id)s FOR UPDATE),
+{{cancel_steps}}
+SELECT t.status AS previous_status, u.*
+FROM target t
+LEFT JOIN updated u ON true
+CROSS JOIN LATERAL (SELECT count(*) FROM signal) s
+CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
+
+-- name: cancel_steps
+-- The steps of a cancel after the CTEs `clock` and `target` (the locked jobs), for
+-- cancel_job and ops_bulk_cancel: `updated` holds the jobs changed.
 updated AS (
     UPDATE jobs j
     SET status = CASE WHEN t.status = 'active' THEN 'active' ELSE 'cancelled' END,
@@ -281,12 +291,7 @@ settled AS (
     SELECT pgjobs_settle_blocked(array_agg(u.id) FILTER (WHERE u.status = 'cancelled'), NULL,
                                  (SELECT now FROM clock))
     FROM updated u
-)
-SELECT t.status AS previous_status, u.*
-FROM target t
-LEFT JOIN updated u ON true
-CROSS JOIN LATERAL (SELECT count(*) FROM signal) s
-CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
+);
 
 -- name: retry_job
 -- An operator retry grants a fresh budget of tries on top of the ones used (see
@@ -295,6 +300,16 @@ CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
 -- again if one still has failed).
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 target AS (SELECT id, status FROM jobs WHERE id = %(id)s FOR UPDATE),
+{{retry_steps}}
+SELECT t.status AS previous_status, u.*
+FROM target t
+LEFT JOIN updated u ON true
+CROSS JOIN LATERAL (SELECT count(*) FROM wake) w
+CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
+
+-- name: retry_steps
+-- The steps of an operator retry after the CTEs `clock` and `target` (the locked jobs),
+-- for retry_job and ops_bulk_retry: `updated` holds the jobs queued again.
 updated AS (
     SELECT r.*
     FROM clock c,
@@ -302,16 +317,11 @@ updated AS (
                                   WHERE t.status IN ('failed', 'cancelled')), c.now) r
 ),
 wake AS (
-    SELECT pgjobs_notify_queues(array_agg(u.queue) FILTER (WHERE u.status = 'pending'))
+    SELECT pgjobs_notify_queues(array_agg(u.queue::text) FILTER (WHERE u.status = 'pending'))
     FROM updated u
 ),
 settled AS (
     SELECT pgjobs_settle_blocked(NULL, array_agg(u.id) FILTER (WHERE u.status = 'blocked'),
                                  (SELECT now FROM clock))
     FROM updated u
-)
-SELECT t.status AS previous_status, u.*
-FROM target t
-LEFT JOIN updated u ON true
-CROSS JOIN LATERAL (SELECT count(*) FROM wake) w
-CROSS JOIN LATERAL (SELECT count(*) FROM settled) d;
+);

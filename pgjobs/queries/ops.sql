@@ -419,21 +419,7 @@ WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 target AS (
     SELECT id, status FROM jobs WHERE id = ANY (%(ids)s::uuid[]) ORDER BY id FOR UPDATE
 ),
-updated AS (
-    SELECT r.*
-    FROM clock c,
-         pgjobs_retry_reset(ARRAY(SELECT t.id FROM target t
-                                  WHERE t.status IN ('failed', 'cancelled')), c.now) r
-),
-wake AS (
-    SELECT pgjobs_notify_queues(array_agg(u.queue::text) FILTER (WHERE u.status = 'pending'))
-    FROM updated u
-),
-settled AS (
-    SELECT pgjobs_settle_blocked(NULL, array_agg(u.id) FILTER (WHERE u.status = 'blocked'),
-                                 (SELECT now FROM clock))
-    FROM updated u
-)
+{{retry_steps}}
 SELECT t.id, t.status::text AS previous_status, u.id IS NOT NULL AS applied
 FROM target t
 LEFT JOIN updated u ON u.id = t.id
@@ -447,22 +433,7 @@ WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 target AS (
     SELECT id, status FROM jobs WHERE id = ANY (%(ids)s::uuid[]) ORDER BY id FOR UPDATE
 ),
-updated AS (
-    UPDATE jobs j
-    SET status = CASE WHEN t.status = 'active' THEN 'active' ELSE 'cancelled' END,
-        cancel_requested_at = c.now,
-        completed_at = CASE WHEN t.status = 'active' THEN NULL ELSE c.now END
-    FROM target t, clock c
-    WHERE j.id = t.id AND t.status IN ('pending', 'delayed', 'blocked', 'active')
-    RETURNING j.id, j.status, j.worker_id
-),
-signal AS (SELECT pg_notify('pgjobs_cancel', coalesce(u.worker_id::text, ''))
-           FROM updated u WHERE u.status = 'active'),
-settled AS (
-    SELECT pgjobs_settle_blocked(array_agg(u.id) FILTER (WHERE u.status = 'cancelled'), NULL,
-                                 (SELECT now FROM clock))
-    FROM updated u
-)
+{{cancel_steps}}
 SELECT t.id, t.status::text AS previous_status, u.id IS NOT NULL AS applied
 FROM target t
 LEFT JOIN updated u ON u.id = t.id
