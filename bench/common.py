@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,3 +121,16 @@ class WorkerProcesses:
         for proc in self.procs:
             if proc.poll() is not None:
                 raise SystemExit(f"worker process {proc.pid} exited with {proc.returncode}")
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    """Milliseconds samples as min, median, p95, max and count."""
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {
+        "min_ms": round(ordered[0], 1),
+        "median_ms": round(statistics.median(ordered), 1),
+        "p95_ms": round(p95, 1),
+        "max_ms": round(ordered[-1], 1),
+        "n": len(ordered),
+    }

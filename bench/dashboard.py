@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 import uuid
@@ -33,7 +32,7 @@ from typing import Any
 
 import httpx
 import psycopg
-from common import ROOT, scratch, server_url, write
+from common import ROOT, scratch, server_url, summary, write
 
 from pgjobs.config import load_settings
 from pgjobs.web import create_app
@@ -109,18 +108,6 @@ def fill(url: str, jobs: int, hours: float) -> dict[str, Any]:
         "rows": row[0] if row else None,
         "size": size[0] if size else None,
         "fill_s": round(time.perf_counter() - started, 1),
-    }
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {
-        "min_ms": round(ordered[0], 1),
-        "median_ms": round(statistics.median(ordered), 1),
-        "p95_ms": round(p95, 1),
-        "max_ms": round(ordered[-1], 1),
-        "n": len(ordered),
     }
 
 

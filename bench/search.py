@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.common import ROOT, scratch, server_url, write
+from bench.common import ROOT, scratch, server_url, summary, write
 from pgjobs.config import load_settings
 from pgjobs.web import create_app
 
@@ -128,18 +127,6 @@ def searches(jobs: int, sample_id: str) -> dict[str, str]:
         "type_and_status": "type:report status:failed",
         "id_prefix": f"id:{sample_id[:13]}",
         "no_match": "user_id=-1",
-    }
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {
-        "min_ms": round(ordered[0], 1),
-        "median_ms": round(statistics.median(ordered), 1),
-        "p95_ms": round(p95, 1),
-        "max_ms": round(ordered[-1], 1),
-        "n": len(ordered),
     }
 
 
