@@ -13,8 +13,8 @@ from uuid import UUID
 
 from starlette.requests import ClientDisconnect, Request
 
-from pgjobs.errors import JobNotFound, ValidationError
-from pgjobs.validation import MAX_QUERY_PARAM_LENGTH
+from pgjobs.errors import JobNotFound, NotFound, ValidationError
+from pgjobs.validation import MAX_QUERY_PARAM_LENGTH, SCHEDULE_NAME
 from pgjobs.web.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 # How much of an oversized body is read and dropped so that the 413 reaches the client.
@@ -144,6 +144,14 @@ def job_id_param(request: Request) -> UUID:
     except ValueError:
         shown = raw[:80].replace("\x00", "\\0")
         raise JobNotFound(f"no job with id {shown!r} (job ids are UUIDs)") from None
+
+
+def schedule_name_param(request: Request) -> str:
+    """The `{name}` path parameter; a name no schedule could have names none (404)."""
+    name = str(request.path_params["name"])
+    if not SCHEDULE_NAME.match(name) or name.endswith("\n"):
+        raise NotFound(f"no schedule named {name[:80]!r}")
+    return name
 
 
 def object_body(body: Any, what: str = "request body") -> dict[str, Any]:

@@ -8,24 +8,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pgjobs.errors import NotFound
 from pgjobs.replica import primary_reads
-from pgjobs.validation import SCHEDULE_NAME
-from pgjobs.web.requests import object_body, read_json
+from pgjobs.web.requests import object_body, read_json, schedule_name_param
 from pgjobs.web.shown import shown_job
 from pgjobs.web.state import ops_of
 
 BODY_LIMIT = 4 * 1024 * 1024
 UPCOMING = 5
 API_ACTOR = "api"
-
-
-def _name(request: Request) -> str:
-    """The `{name}` path parameter; a name no schedule could have names none (404)."""
-    name = str(request.path_params["name"])
-    if not SCHEDULE_NAME.match(name) or name.endswith("\n"):
-        raise NotFound(f"no schedule named {name[:80]!r}")
-    return name
 
 
 async def list_schedules(request: Request) -> Response:
@@ -42,25 +32,25 @@ async def create_schedule(request: Request) -> Response:
 
 
 async def get_schedule(request: Request) -> Response:
-    schedule = await ops_of(request).schedule(_name(request), upcoming=UPCOMING)
+    schedule = await ops_of(request).schedule(schedule_name_param(request), upcoming=UPCOMING)
     return JSONResponse(schedule.to_dict())
 
 
 async def update_schedule(request: Request) -> Response:
-    name = _name(request)
+    name = schedule_name_param(request)
     body = object_body(await read_json(request, BODY_LIMIT))
     updated = await ops_of(request).update_schedule(name, body, actor=API_ACTOR)
     return JSONResponse(updated.to_dict())
 
 
 async def delete_schedule(request: Request) -> Response:
-    await ops_of(request).delete_schedule(_name(request), actor=API_ACTOR)
+    await ops_of(request).delete_schedule(schedule_name_param(request), actor=API_ACTOR)
     return Response(status_code=204)
 
 
 async def run_schedule(request: Request) -> Response:
     """Enqueue the schedule's job now, without moving its next fire."""
-    job = await ops_of(request).run_schedule_now(_name(request), actor=API_ACTOR)
+    job = await ops_of(request).run_schedule_now(schedule_name_param(request), actor=API_ACTOR)
     return JSONResponse(shown_job(job), status_code=201)
 
 

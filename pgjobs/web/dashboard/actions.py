@@ -14,9 +14,10 @@ from pgjobs.ops import Ops
 from pgjobs.redact import mask_text
 from pgjobs.validation import MAX_BULK
 from pgjobs.web.dashboard.forms import ScheduleForm
-from pgjobs.web.dashboard.pages import job_id, queue_name, schedule_form, schedule_name
+from pgjobs.web.dashboard.pages import job_id, queue_name, schedule_form
 from pgjobs.web.dashboard.render import PAGE_HEADERS, Dashboard
 from pgjobs.web.dashboard.security import checked_fields, checked_form, user_of
+from pgjobs.web.requests import schedule_name_param
 from pgjobs.web.state import ops_of
 
 
@@ -163,26 +164,30 @@ async def stored_error_line(ops: Ops, form: dict[str, str]) -> str:
 async def enable_schedule(request: Request, dash: Dashboard) -> Response:
     await checked_form(request, dash.signer, dash.allowed_hosts)
     changes = {"enabled": True}
-    await ops_of(request).update_schedule(schedule_name(request), changes, actor=actor(request))
+    await ops_of(request).update_schedule(
+        schedule_name_param(request), changes, actor=actor(request)
+    )
     return back(dash.url("schedules", done="enable"))
 
 
 async def disable_schedule(request: Request, dash: Dashboard) -> Response:
     await checked_form(request, dash.signer, dash.allowed_hosts)
     changes = {"enabled": False}
-    await ops_of(request).update_schedule(schedule_name(request), changes, actor=actor(request))
+    await ops_of(request).update_schedule(
+        schedule_name_param(request), changes, actor=actor(request)
+    )
     return back(dash.url("schedules", done="disable"))
 
 
 async def delete_schedule(request: Request, dash: Dashboard) -> Response:
     await checked_form(request, dash.signer, dash.allowed_hosts)
-    await ops_of(request).delete_schedule(schedule_name(request), actor=actor(request))
+    await ops_of(request).delete_schedule(schedule_name_param(request), actor=actor(request))
     return back(dash.url("schedules", done="schedule-delete"))
 
 
 async def run_schedule(request: Request, dash: Dashboard) -> Response:
     await checked_form(request, dash.signer, dash.allowed_hosts)
-    name = schedule_name(request)
+    name = schedule_name_param(request)
     await ops_of(request).run_schedule_now(name, actor=actor(request))
     return back(dash.url("schedules", done="schedule-run"))
 
@@ -204,7 +209,7 @@ async def update_schedule(request: Request, dash: Dashboard) -> Response:
     when they cannot be stored (422, nothing changed)."""
     form = await checked_form(request, dash.signer, dash.allowed_hosts)
     ops = ops_of(request)
-    current = await ops.schedule(schedule_name(request))
+    current = await ops.schedule(schedule_name_param(request))
     posted = ScheduleForm.posted(form, name=current.name)
     try:
         changes = posted.changes(current)

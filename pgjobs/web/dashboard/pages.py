@@ -16,7 +16,6 @@ from pgjobs.ops import JobFilter, JobLogLine, QueueCounts, WorkerInfo, attempt_l
 from pgjobs.producer.options import validate_queue
 from pgjobs.redact import mask_text
 from pgjobs.resources import data_path
-from pgjobs.validation import SCHEDULE_NAME
 from pgjobs.web.dashboard import format as fmt
 from pgjobs.web.dashboard.charts import failure_rate_chart, throughput_chart
 from pgjobs.web.dashboard.forms import MISFIRE_POLICIES, ScheduleForm, timezone_names
@@ -25,7 +24,7 @@ from pgjobs.web.dashboard.render import PAGE_HEADERS, STATIC_FILES, Dashboard
 from pgjobs.web.dashboard.security import Forbidden, read_only
 from pgjobs.web.dashboard.stacks import split_stack
 from pgjobs.web.headers import SECURITY_HEADERS
-from pgjobs.web.requests import query_param
+from pgjobs.web.requests import query_param, schedule_name_param
 from pgjobs.web.shown import masked_group, masked_job, masked_summary
 from pgjobs.web.state import ops_of
 
@@ -396,14 +395,6 @@ async def schedules(request: Request, dash: Dashboard) -> Response:
     return dash.render(request, "schedules.html", context, now=ops.clock.now())
 
 
-def schedule_name(request: Request) -> str:
-    """The `{name}` path parameter; a name no schedule could have names none (404)."""
-    name = str(request.path_params["name"])
-    if not SCHEDULE_NAME.match(name) or name.endswith("\n"):
-        raise NotFound(f"no schedule named {name[:80]!r}")
-    return name
-
-
 def schedule_form(
     request: Request,
     dash: Dashboard,
@@ -440,7 +431,7 @@ async def new_schedule(request: Request, dash: Dashboard) -> Response:
 async def edit_schedule(request: Request, dash: Dashboard) -> Response:
     writable(request)
     ops = ops_of(request)
-    found = await ops.schedule(schedule_name(request))
+    found = await ops.schedule(schedule_name_param(request))
     form = ScheduleForm.of(found)
     return schedule_form(request, dash, form, editing=True, now=ops.clock.now())
 
