@@ -59,9 +59,12 @@ def _truncate(database_url: str) -> None:
         conn.execute(query("bench_vacuum"))
 
 
-async def _unfinished(conn: psycopg.AsyncConnection[Any]) -> int:
-    row = await (await conn.execute(query("bench_unfinished_count"))).fetchone()
-    return int(row["n"]) if row else 0
+async def _unfinished(conn: psycopg.AsyncConnection[Any], prepare: bool) -> bool:
+    """Whether a job is still pending or running. Asked every DONE_POLL; prepared where
+    it can be, as planning it costs the server more than running it."""
+    cursor = await conn.execute(query("bench_any_unfinished"), prepare=prepare)
+    row = await cursor.fetchone()
+    return bool(row and row["unfinished"])
 
 
 async def drain(
@@ -78,9 +81,10 @@ async def drain(
         async with await psycopg.AsyncConnection.connect(
             database_url, autocommit=True, row_factory=dict_row, prepare_threshold=None
         ) as conn:
+            prepare = not app.settings.transaction_pooling
             began = time.perf_counter()
             async with app.worker(queues=["default"], concurrency=concurrency):
-                while await _unfinished(conn):  # noqa: ASYNC110 - the database decides
+                while await _unfinished(conn, prepare):  # noqa: ASYNC110 - the database decides
                     await asyncio.sleep(DONE_POLL)
                 elapsed = time.perf_counter() - began
             window = await (await conn.execute(query("bench_drain_window"))).fetchone()
