@@ -35,6 +35,7 @@ from pgjobs.queries import query
 
 NOOP = "bench-noop"
 LATENCY = "bench-latency"
+LATENCY_RATE = 50.0  # jobs per second in the latency workload: the worker idles between
 DONE_POLL = 0.005  # how often the drain looks whether every job is recorded done
 
 Result = dict[str, Any]
@@ -97,7 +98,7 @@ async def drain(
     return result
 
 
-async def latency(database_url: str, count: int, rate: float = 50.0) -> Result:
+async def latency(database_url: str, count: int, rate: float = LATENCY_RATE) -> Result:
     """Client clock before `create()` to the handler's first line, with an idle worker,
     `count` jobs created one at a time at `rate` per second."""
     _truncate(database_url)

@@ -40,6 +40,11 @@ FROM jobs WHERE started_at IS NOT NULL;
 -- same indexes and insert trigger).
 INSERT INTO jobs (id, type, queue, payload) VALUES (%(id)s, 'noop', 'default', jsonb_build_object('n', %(n)s::int));
 
+-- name: bench_start_one
+-- What a claim must at least write durably before a job starts (see dev/limits.py).
+UPDATE jobs SET status = 'active', attempts = attempts + 1, started_at = now()
+WHERE id = %(id)s;
+
 -- name: bench_fill_finished
 INSERT INTO jobs (type, status, payload, created_at, started_at, completed_at, run_at)
 SELECT 'bench-old', 'completed', '{}', now() - interval '1 hour', now() - interval '1 hour',
