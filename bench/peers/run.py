@@ -43,6 +43,8 @@ PGQUEUER_VENV = CACHE / "pgqueuer-venv"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/11"
 WORKLOADS = ("drain", "latency", "bulk", "single")
 PEERS = ("graphile-worker", "bullmq", "pgqueuer")
+# PostgreSQL's own limits (pgjobs/dev/limits.py): a column beside the queues, never a peer.
+ALONE = "PostgreSQL alone"
 RUN_TIMEOUT = 900.0
 
 Result = dict[str, Any]
@@ -70,6 +72,7 @@ class Contender:
     argv: list[str]  # the command before the workload's arguments
     env: dict[str, str] = field(default_factory=dict)
     target: str = ""  # its scratch database URL or Redis URL, set once prepared
+    workloads: tuple[str, ...] = WORKLOADS  # the ones it runs
 
     def command(self, workload: str, count: int, concurrency: int) -> list[str]:
         flag = "--redis-url" if self.store == "redis" else "--database-url"
@@ -87,6 +90,13 @@ class Contender:
 
 def pgjobs_contender() -> Contender:
     return Contender("pgjobs", "postgres", [sys.executable, "-m", "pgjobs.dev.workloads"])
+
+
+def alone_contender() -> Contender:
+    """PostgreSQL's own one-row insert loop (single) and two durable one-row commits
+    paced like the latency workload, on a database with pgjobs' schema (same table)."""
+    argv = [sys.executable, "-m", "pgjobs.dev.limits"]
+    return Contender(ALONE, "postgres", argv, workloads=("latency", "single"))
 
 
 def node_contender(name: str, script: str) -> Contender:
@@ -183,7 +193,7 @@ def prepare_stores(
     for contender in contenders:
         if contender.store == "redis":
             contender.target = redis_url
-        elif contender.name == "pgjobs":
+        elif contender.name in ("pgjobs", ALONE):
             contender.target = stack.enter_context(scratch_database(server))
         else:
             contender.target = stack.enter_context(empty_database(server, contender.name))
@@ -220,13 +230,14 @@ def run_one(contender: Contender, workload: str, count: int, concurrency: int) -
     return result
 
 
-def schedule(contenders: Sequence[Contender]) -> list[Contender]:
-    """pgjobs before each peer: pgjobs, peer 1, pgjobs, peer 2, ... (pgjobs alone when
-    there are no peers)."""
-    pgjobs, *peers = contenders
-    if not peers:
+def schedule(contenders: Sequence[Contender], workload: str) -> list[Contender]:
+    """pgjobs before each other contender that runs `workload`: pgjobs, peer 1, pgjobs,
+    peer 2, ... (pgjobs alone when no other runs it)."""
+    pgjobs, *others = contenders
+    others = [c for c in others if workload in c.workloads]
+    if not others:
         return [pgjobs]
-    return [c for peer in peers for c in (pgjobs, peer)]
+    return [c for other in others for c in (pgjobs, other)]
 
 
 def summary_of(result: Result) -> str:
@@ -248,7 +259,7 @@ def run_rounds(
             flush_redis(redis_url)
         for workload in WORKLOADS:
             count = getattr(counts, workload)
-            for contender in schedule(contenders):
+            for contender in schedule(contenders, workload):
                 result = run_one(contender, workload, count, concurrency)
                 samples.append(
                     {"round": r, "workload": workload, "contender": contender.name, **result}
@@ -311,7 +322,7 @@ def summarize(
 
 
 def ratio_cell(row: Row, cells: dict[str, dict[str, float]]) -> str:
-    peers = {name: v["median"] for name, v in cells.items() if name != "pgjobs"}
+    peers = {name: v["median"] for name, v in cells.items() if name not in ("pgjobs", ALONE)}
     if "pgjobs" not in cells or not peers:
         return "-"
     choose: Callable[..., str] = max if row.higher_is_better else min
@@ -322,7 +333,7 @@ def ratio_cell(row: Row, cells: dict[str, dict[str, float]]) -> str:
 def render(
     rows: Sequence[Row], summary: dict[str, dict[str, dict[str, float]]], names: Sequence[str]
 ) -> str:
-    header = ["workload", *names, "pgjobs / best peer"]
+    header = ["workload", *names, "pgjobs / best peer", f"pgjobs / {ALONE}"]
     body = []
     for row in rows:
         cells = summary[row.label]
@@ -331,6 +342,7 @@ def render(
                 row.label,
                 *(_cell(cells.get(name), row.higher_is_better) for name in names),
                 ratio_cell(row, cells),
+                alone_ratio_cell(cells),
             ]
         )
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
@@ -340,11 +352,20 @@ def render(
 
     lines = [joined(header), "-+-".join("-" * w for w in widths), *map(joined, body)]
     lines.append(
-        "cells: median (min-max) over rounds. Last column: pgjobs median / best peer median;"
+        "cells: median (min-max) over rounds. 'pgjobs / best peer': pgjobs median / best peer median;"
         " jobs/s: higher is better, so > 1 favours pgjobs; latency: lower is better,"
         " so < 1 favours pgjobs."
+        f" {ALONE}: the same table with no queue (pgjobs/dev/limits.py): single is its"
+        " one-row insert loop, latency two durable one-row commits paced alike; the"
+        " last column divides pgjobs' median by its median."
     )
     return "\n".join(lines)
+
+
+def alone_ratio_cell(cells: dict[str, dict[str, float]]) -> str:
+    if "pgjobs" not in cells or ALONE not in cells:
+        return "-"
+    return f"{cells['pgjobs']['median'] / cells[ALONE]['median']:.2f}x"
 
 
 def _cell(value: dict[str, float] | None, throughput: bool) -> str:
@@ -442,7 +463,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         install_node_peers()
     if "pgqueuer" in args.peer_names:
         install_pgqueuer()
-    contenders = [pgjobs_contender(), *(peer_contender(p) for p in args.peer_names)]
+    contenders = [
+        pgjobs_contender(),
+        *(peer_contender(p) for p in args.peer_names),
+        alone_contender(),
+    ]
     redis_url = args.redis_url if "bullmq" in args.peer_names else None
     server = server_url()
     names = [c.name for c in contenders]

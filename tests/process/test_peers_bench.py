@@ -56,13 +56,20 @@ def test_pgjobs_alone_gives_the_table_and_the_record(tmp_path: Path) -> None:
     [written] = list(tmp_path.glob("peers-*.json"))
     record = json.loads(written.read_text())
 
-    assert record["contenders"] == ["pgjobs"]
+    alone = "PostgreSQL alone"
+    assert record["contenders"] == ["pgjobs", alone]
     assert record["rounds"] == 2
     assert record["counts"] == {"drain": 200, "latency": 10, "bulk": 300, "single": 20}
     assert {"pgjobs", "pgjobs_commit", "postgresql"} <= record["versions"].keys()
     runs = [(s["round"], s["workload"], s["contender"]) for s in record["samples"]]
+    # PostgreSQL alone runs the two workloads it has a limit for, each after pgjobs.
     assert runs == [
-        (r, w, "pgjobs") for r in (1, 2) for w in ("drain", "latency", "bulk", "single")
+        run
+        for r in (1, 2)
+        for w in ("drain", "latency", "bulk", "single")
+        for run in (
+            [(r, w, "pgjobs"), (r, w, alone)] if w in ("latency", "single") else [(r, w, "pgjobs")]
+        )
     ]
     labels = [
         "drain 200 c10 jobs/s",
@@ -77,15 +84,24 @@ def test_pgjobs_alone_gives_the_table_and_the_record(tmp_path: Path) -> None:
         cell = record["summary"][label]["pgjobs"]
         assert cell["n"] == 2
         assert 0 < cell["min"] <= cell["median"] <= cell["max"]
+    assert set(record["summary"]["single 20 jobs/s"]) == {"pgjobs", alone}
+    assert alone not in record["summary"]["drain 200 c10 jobs/s"]
 
     table = record["table"].splitlines()
     assert [cell.strip() for cell in table[0].split(" | ")] == [
         "workload",
         "pgjobs",
+        alone,
         "pgjobs / best peer",
+        f"pgjobs / {alone}",
     ]
-    assert [line.split(" | ")[0].strip() for line in table[2:8]] == labels
-    assert all(line.rstrip().endswith("| -") for line in table[2:8])  # no peer to compare
+    body = {line.split(" | ")[0].strip(): line.split(" | ") for line in table[2:8]}
+    assert list(body) == labels
+    assert all(cells[3].strip() == "-" for cells in body.values())  # no peer to compare
+    single = record["summary"]["single 20 jobs/s"]
+    ratio = single["pgjobs"]["median"] / single[alone]["median"]
+    assert body["single 20 jobs/s"][4].strip() == f"{ratio:.2f}x"
+    assert body["drain 200 c10 jobs/s"][4].strip() == "-"
     assert record["table"] in done.stdout
     assert scratch_databases() <= before  # its scratch database is gone again
 
