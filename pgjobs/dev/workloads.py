@@ -60,11 +60,9 @@ def _truncate(database_url: str) -> None:
         conn.execute(query("bench_vacuum"))
 
 
-async def _unfinished(conn: psycopg.AsyncConnection[Any], prepare: bool) -> bool:
-    """Whether a job is still pending or running. Asked every DONE_POLL; prepared where
-    it can be, as planning it costs the server more than running it."""
-    cursor = await conn.execute(query("bench_any_unfinished"), prepare=prepare)
-    row = await cursor.fetchone()
+async def _unfinished(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a job is still pending or running."""
+    row = await (await conn.execute(query("bench_any_unfinished"))).fetchone()
     return bool(row and row["unfinished"])
 
 
@@ -79,13 +77,15 @@ async def drain(
     app = user_app(database_url)
     try:
         await app.create_many([app.build(NOOP, {}) for _ in range(count)])
+        # Asked every DONE_POLL, the question is prepared where it can be: planning it
+        # costs the server more than running it.
+        prepare = None if app.settings.transaction_pooling else 0
         async with await psycopg.AsyncConnection.connect(
-            database_url, autocommit=True, row_factory=dict_row, prepare_threshold=None
+            database_url, autocommit=True, row_factory=dict_row, prepare_threshold=prepare
         ) as conn:
-            prepare = not app.settings.transaction_pooling
             began = time.perf_counter()
             async with app.worker(queues=["default"], concurrency=concurrency):
-                while await _unfinished(conn, prepare):  # noqa: ASYNC110 - the database decides
+                while await _unfinished(conn):  # noqa: ASYNC110 - the database decides
                     await asyncio.sleep(DONE_POLL)
                 elapsed = time.perf_counter() - began
             window = await (await conn.execute(query("bench_drain_window"))).fetchone()
