@@ -76,10 +76,13 @@ def noop_manager(conn: asyncpg.Connection, concurrency: int) -> QueueManager:
 async def drain(url: str, count: int, concurrency: int) -> Result:
     async with connection(url) as producer, connection(url) as watcher:
         await Queries(AsyncpgDriver(producer)).enqueue([NOOP] * count, [EMPTY] * count, [0] * count)
+        # Planner statistics for the backlog, as autovacuum keeps them on a table in use
+        # (a new database's table has never been analyzed).
+        await producer.execute("ANALYZE pgqueuer")
         began = time.perf_counter()
         qm = noop_manager(await connect(url), concurrency)
         running = asyncio.create_task(qm.run(batch_size=concurrency))
-        while await unfinished(watcher):  # noqa: ASYNC110 - the database decides
+        while not await all_done(watcher):  # noqa: ASYNC110 - the database decides
             await asyncio.sleep(DONE_POLL)
         elapsed = time.perf_counter() - began
         qm.shutdown.set()
@@ -87,8 +90,10 @@ async def drain(url: str, count: int, concurrency: int) -> Result:
     return {"jobs_per_s": count / elapsed, "seconds": elapsed}
 
 
-async def unfinished(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM pgqueuer"))
+async def all_done(conn: asyncpg.Connection) -> bool:
+    """A finished job's row leaves the queue table. "Any row left?" stops at the first
+    live row, where count(*) read the whole table (dead rows too) every 5 ms."""
+    return bool(await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM pgqueuer)"))
 
 
 async def latency(url: str, count: int, concurrency: int) -> Result:
