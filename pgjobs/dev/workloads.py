@@ -60,6 +60,11 @@ def _truncate(database_url: str) -> None:
         conn.execute(query("bench_vacuum"))
 
 
+def _analyze(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute(query("bench_analyze"))
+
+
 async def _unfinished(conn: psycopg.AsyncConnection[Any]) -> bool:
     """Whether a job is still pending or running."""
     row = await (await conn.execute(query("bench_any_unfinished"))).fetchone()
@@ -77,6 +82,7 @@ async def drain(
     app = user_app(database_url)
     try:
         await app.create_many([app.build(NOOP, {}) for _ in range(count)])
+        _analyze(database_url)
         # Asked every DONE_POLL, the question is prepared where it can be: planning it
         # costs the server more than running it.
         prepare = None if app.settings.transaction_pooling else 0
