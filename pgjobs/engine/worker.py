@@ -885,6 +885,12 @@ class Worker:
             await cur.execute(query("suspects_waiting"), {"queues": self.queues})
             row = await cur.fetchone()
         waiting = bool(row and row["waiting"])
+        if not self._registered:
+            # The first reading, at registration, replaces the assumption the worker
+            # starts with: with no suspect waiting, its first claim is not preceded by
+            # a claim of one that finds none (a round trip before the first job).
+            self._suspects_waiting = waiting
+            return
         if waiting and not self._suspects_waiting:
             self._suspects_waiting = True
             self._wake.set()
