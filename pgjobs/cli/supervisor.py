@@ -84,39 +84,47 @@ def supervise(run: Callable[[], None], processes: int, target: LogTarget, argv: 
         finally:
             os.close(fd)  # the child holds the write end now: EOF when it exits
 
-    children = {i: start_child() for i in range(processes)}
+    children: dict[int, Child] = {}
     restarts: dict[int, float] = {}  # index -> when to start its replacement
-    stopping = False
+    stop_signal: int | None = None
 
     def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        if stopping:
+        nonlocal stop_signal
+        if stop_signal is not None:
             for child in children.values():
                 child.kill()
             os._exit(1)
-        stopping = True
+        stop_signal = signum
         for child in children.values():
             child.send_signal(signum)
 
+    def spawn(index: int) -> None:
+        children[index] = child = start_child()
+        if stop_signal is not None:  # arrived while it was being started
+            child.send_signal(stop_signal)
+
     for signum in STOP_SIGNALS:
         signal.signal(signum, forward)
+    for index in range(processes):
+        if stop_signal is None:
+            spawn(index)
     while True:
         relay.pump(TICK)
         for index, child in list(children.items()):
             code = child.poll()
             if code is None:
                 continue
-            children.pop(index)
-            if not stopping:
+            del children[index]
+            if stop_signal is None:
                 log.warning("worker process %d exited with %s; restarting", child.pid, code)
                 restarts[index] = time.monotonic() + RESTART_PAUSE
+        if stop_signal is not None:
+            restarts.clear()
         for index, when in list(restarts.items()):
-            if stopping:
-                restarts.clear()
-            elif time.monotonic() >= when:
+            if time.monotonic() >= when:
                 del restarts[index]
-                children[index] = start_child()
-        if stopping and not children:
+                spawn(index)
+        if stop_signal is not None and not children:
             relay.close()
             return 0
 
