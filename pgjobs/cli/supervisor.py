@@ -4,8 +4,8 @@ The workers are forked from the supervisor once it has imported pgjobs and loade
 app, so a worker starts claiming within milliseconds instead of importing everything
 again in a new interpreter (most of the start-up). A fork is safe only while this
 process holds nothing a child could inherit half-way: the supervisor never starts a
-thread (its log relay reads in its own thread, see cli.logs.LogRelay), an event loop,
-a pool or a connection; each child makes its own. Should the app's module have started
+thread (its log relay reads the pipes in its one thread, see cli.logs.LogRelay), an
+event loop, a pool or a connection; each child makes its own. Should the app's module have started
 a thread all the same, the workers are started as new interpreters instead.
 """
 
