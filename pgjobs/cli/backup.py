@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from pgjobs.backups.restore import restore
 from pgjobs.cli.common import handle_errors, settings_from
 from pgjobs.cli.output import echo
 
@@ -47,6 +46,9 @@ def backup_restore(
     FILE is a local path or an object in S3, s3://bucket/key (downloaded as a stream;
     needs boto3: pip install pgjobs[s3]; credentials from the AWS_* variables, endpoint
     from JOBS_BACKUP_S3_ENDPOINT or AWS_ENDPOINT_URL)."""
+    # Function-level: restoring pulls in cryptography, which `pgjobs worker` never needs.
+    from pgjobs.backups.restore import restore
+
     report = restore(
         file,
         database_url,

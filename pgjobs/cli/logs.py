@@ -24,8 +24,9 @@ import json
 import logging
 import logging.handlers
 import os
+import select
 import sys
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -220,31 +221,53 @@ class PipeHandler(logging.Handler):
 
 
 class LogRelay:
-    """In the supervisor: one pipe per worker process, read by a thread that hands each
-    record to this process's handlers (the log file)."""
+    """In the supervisor: one pipe per worker process, read in the supervisor's one
+    thread (`pump`), each record handed to this process's handlers (the log file).
+
+    No reader threads: the supervisor forks its workers, also when it restarts one, and
+    a fork taken while another thread holds a lock (a handler's, an allocator's) leaves
+    the child a lock that nobody will release."""
 
     def __init__(self) -> None:
-        self._readers: list[threading.Thread] = []
+        self._poll = select.poll()  # no file descriptor of its own: safe across fork
+        self._partial: dict[int, bytes] = {}  # read end -> the start of its next line
 
     def pipe(self) -> int:
         """A new pipe for a child; returns the write end (to pass, then close here)."""
         read_fd, write_fd = os.pipe()
-        reader = threading.Thread(
-            target=self._read, args=(read_fd,), name="pgjobs-log-relay", daemon=True
-        )
-        reader.start()
-        self._readers = [t for t in self._readers if t.is_alive()] + [reader]
+        self._poll.register(read_fd, select.POLLIN)
+        self._partial[read_fd] = b""
         return write_fd
 
+    def pump(self, timeout: float) -> None:
+        """Relay what the children wrote, waiting at most `timeout` s for something."""
+        for fd, _events in self._poll.poll(max(0.0, timeout) * 1000):
+            self._read(fd)
+
     def _read(self, fd: int) -> None:
-        with os.fdopen(fd, "rb") as stream:
-            for line in stream:
+        data = os.read(fd, 65536)
+        if data:
+            *lines, self._partial[fd] = (self._partial[fd] + data).split(b"\n")
+        else:  # EOF: the child exited; keep a record a kill cut short
+            self._poll.unregister(fd)
+            os.close(fd)
+            lines = [self._partial.pop(fd)]
+        for line in lines:
+            if line:
                 dispatch(decode(line))
 
+    def close_in_child(self) -> None:
+        """In a forked child: let go of the read ends (its siblings' pipes)."""
+        for fd in self._partial:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._partial = {}
+
     def close(self, timeout: float = 5.0) -> None:
-        """Wait until every child's last records are written (their pipes closed)."""
-        for reader in self._readers:
-            reader.join(timeout)
+        """Relay every child's last records (until their pipes are closed)."""
+        deadline = time.monotonic() + timeout
+        while self._partial and time.monotonic() < deadline:
+            self.pump(deadline - time.monotonic())
 
 
 def decode(line: bytes) -> logging.LogRecord:

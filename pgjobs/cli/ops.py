@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
@@ -27,11 +27,12 @@ from pgjobs.cli.output import echo
 from pgjobs.cli.tables import ago, percent, table
 from pgjobs.config import Settings
 from pgjobs.db import connect_async, connect_sync, describe_connect_error
-from pgjobs.ops import JobFilter, Ops, format_duration_ms, parse_duration_ms, window_hours
-from pgjobs.ops.health import long_transaction_warning
 from pgjobs.replica import observe_reads
 from pgjobs.retention import CleanReport
 from pgjobs.validation import DEFAULT_LIMIT, MAX_LIMIT, MIN_LIMIT
+
+if TYPE_CHECKING:
+    from pgjobs.ops import Ops
 
 T = TypeVar("T")
 
@@ -51,6 +52,9 @@ def run_ops(settings: Settings, action: Callable[[Ops], Awaitable[T]]) -> T:
     recorded in the audit trail with `actor()`, by pgjobs.ops. When its reads were
     meant for a read replica, where they ran is said on stderr (stdout stays the
     result, JSON included)."""
+    # pgjobs.ops is imported by the commands that use it, not by `pgjobs worker`,
+    # whose start-up is the time to its first claim.
+    from pgjobs.ops import Ops
 
     async def main() -> T:
         url = settings.require_database_url()
@@ -178,6 +182,8 @@ def stats(
     as_json: bool,
 ) -> None:
     """Counts per queue and status, throughput, failure rate and health score."""
+    from pgjobs.ops import window_hours
+
     window = window_hours(hours)
     if not 0.1 <= interval <= 3600:
         fail("--interval must be between 0.1 and 3600 seconds")
@@ -211,6 +217,9 @@ def stats(
 
 
 def format_stats(report: Any) -> str:
+    from pgjobs.ops import format_duration_ms
+    from pgjobs.ops.health import long_transaction_warning
+
     rows = []
     for q in report.queues:
         w = q.window
@@ -367,6 +376,8 @@ def clean(
     references with a foreign key forbidding the delete are kept too: one line per such
     constraint says how many, and the exit status is 2.
     """
+    from pgjobs.ops import parse_duration_ms
+
     completed_ms = (
         parse_duration_ms(completed_older_than, name="--completed-older-than")
         if completed_older_than is not None
@@ -399,6 +410,8 @@ def clean(
 
 
 def clean_summary(report: CleanReport) -> str:
+    from pgjobs.ops import format_duration_ms
+
     verb = "would delete" if report.dry_run else "deleted"
     parts = []
     if report.completed_older_than_ms is not None:
@@ -565,6 +578,8 @@ def jobs_command(
             settings_from(ctx), lambda ops: ops.search_jobs(search, limit=limit, cursor=cursor)
         )
     else:
+        from pgjobs.ops import JobFilter
+
         filters = JobFilter.build(queue=queue, status=status, type=type_)
         page = run_ops(
             settings_from(ctx), lambda ops: ops.list_jobs(filters, limit=limit, cursor=cursor)

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,7 +17,8 @@ import click
 
 from pgjobs.app import App
 from pgjobs.cli.common import handle_errors, settings_from
-from pgjobs.cli.logs import LogRelay, PipeHandler, install, log_options, log_target, start_logging
+from pgjobs.cli.logs import PipeHandler, install, log_options, log_target, start_logging
+from pgjobs.cli.supervisor import supervise
 from pgjobs.config import Settings
 from pgjobs.producer.options import validate_queue
 
@@ -114,55 +114,6 @@ def exit_past_abandoned_threads(settle: float = 0.5) -> None:
         os._exit(0)
 
 
-def supervise(argv: list[str], processes: int) -> int:
-    """Run `processes` single-process workers and restart any that crash.
-
-    The children's log records come here over a pipe each and are written by this
-    process alone (see cli.logs): one writer per log file, whatever the number of
-    processes, so size-based rotation stays correct and JSON lines never interleave."""
-    log = logging.getLogger("pgjobs.supervisor")
-    command = [sys.executable, "-m", "pgjobs", *argv, "--processes", "1"]
-    relay = LogRelay()
-
-    def start_child() -> subprocess.Popen[bytes]:
-        fd = relay.pipe()
-        try:
-            return subprocess.Popen([*command, "--log-pipe", str(fd)], pass_fds=(fd,))
-        finally:
-            os.close(fd)  # the child holds the write end now: EOF when it exits
-
-    children = {i: start_child() for i in range(processes)}
-    stopping = False
-
-    def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        if stopping:
-            for child in children.values():
-                child.kill()
-            os._exit(1)
-        stopping = True
-        for child in children.values():
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while True:
-        for index, child in list(children.items()):
-            code = child.poll()
-            if code is None:
-                continue
-            if stopping:
-                children.pop(index)
-                continue
-            log.warning("worker process %d exited with %s; restarting", child.pid, code)
-            time.sleep(0.5)
-            children[index] = start_child()
-        if stopping and not children:
-            relay.close()
-            return 0
-        time.sleep(0.2)
-
-
 def register(group: click.Group) -> None:
     @group.command()
     @click.argument("queues", nargs=-1)
@@ -225,25 +176,31 @@ def register(group: click.Group) -> None:
             target = log_target(settings, log_file, log_format)
             install(PipeHandler(log_pipe, target.format), target.level)
         else:
-            start_logging(settings, log_file, log_format)
+            target = start_logging(settings, log_file, log_format)
 
         @handle_errors
         def start() -> None:
             names = [validate_queue(q) for q in queues] or ["default"]
-            if processes > 1:
-                sys.exit(supervise(sys.argv[1:], processes))
+            # Loaded before the supervisor forks its workers, which then start at once.
             app = load_app(app_spec, settings)
             grace_s = settings.shutdown_grace_ms / 1000 if grace is None else grace
-            asyncio.run(
-                serve(
-                    app,
-                    names,
-                    concurrency or settings.default_concurrency,
-                    grace_s,
-                    not no_maintenance,
-                    supervised=log_pipe is not None,
+            supervised = processes > 1 or log_pipe is not None
+
+            def run() -> None:
+                asyncio.run(
+                    serve(
+                        app,
+                        names,
+                        concurrency or settings.default_concurrency,
+                        grace_s,
+                        not no_maintenance,
+                        supervised=supervised,
+                    )
                 )
-            )
-            exit_past_abandoned_threads()
+                exit_past_abandoned_threads()
+
+            if processes > 1:
+                sys.exit(supervise(handle_errors(run), processes, target, sys.argv[1:]))
+            run()
 
         start()

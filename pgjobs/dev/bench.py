@@ -181,25 +181,27 @@ def stop_workers(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-async def wait_for(check: Callable[[], bool], timeout: float) -> None:
+async def wait_for(check: Callable[[], bool], timeout: float, poll: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             raise TimeoutError("benchmark did not finish in time")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(poll)
 
 
-async def wait_for_count(url: str, name: str, done: Callable[[int], bool], timeout: float) -> None:
-    """Poll the count query `name` until `done(count)`, on one connection: a connection
-    per poll costs the server a process start twenty times a second, during the very
-    drains being measured."""
+async def wait_for_count(
+    url: str, name: str, done: Callable[[int], bool], timeout: float, poll: float = 0.05
+) -> None:
+    """Poll the count query `name` every `poll` s until `done(count)`, on one connection:
+    a connection per poll costs the server a process start at every poll, during the
+    very drains being measured."""
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
 
         def check() -> bool:
             row = conn.execute(query(name)).fetchone()
             return done(int(row["n"]) if row else 0)
 
-        await wait_for(check, timeout)
+        await wait_for(check, timeout, poll)
 
 
 def drain_rate(url: str) -> float:
@@ -227,7 +229,11 @@ async def bench_drain_processes(
     began = time.perf_counter()
     proc = start_workers(url, concurrency, processes)
     try:
-        await wait_for_count(url, "bench_unfinished_count", lambda n: n == 0, 600)
+        # Polled as often as the in-process drain and the peers' drains are (the clock
+        # rules in docs/performance.md): a 50 ms poll added up to 50 ms to a 1 s drain.
+        await wait_for_count(
+            url, "bench_unfinished_count", lambda n: n == 0, 600, poll=workloads.DONE_POLL
+        )
         elapsed = time.perf_counter() - began
     finally:
         stop_workers(proc)

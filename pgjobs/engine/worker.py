@@ -211,6 +211,7 @@ class Worker:
         self._stop_requested = asyncio.Event()  # _stopping, for loops that wait on it
         self._stopped = asyncio.Event()
         self._start_done = asyncio.Event()
+        self._claimed_once = asyncio.Event()  # the first claim has returned (or failed)
         self._started = False
         self._registered = False  # the worker row exists (see _register)
         self._background: list[asyncio.Task[None]] = []
@@ -295,7 +296,9 @@ class Worker:
                 max_sleep=self.poll_interval,
                 pooled=self.settings.transaction_pooling,
             )
-            self._maintenance.start()
+            self._background.append(
+                asyncio.create_task(self._start_maintenance(), name="pgjobs-maint-start")
+            )
         self._background.append(
             asyncio.create_task(
                 keep_running("heartbeat loop", self._heartbeat_loop, log), name="pgjobs-beat"
@@ -317,6 +320,16 @@ class Worker:
             ",".join(self.queues),
             self.concurrency,
         )
+
+    async def _start_maintenance(self) -> None:
+        """Start the maintenance loops once the first claim is back (or after a poll
+        interval at most): each of them takes a connection and runs a round at once,
+        which on a starting worker delayed its first claim by half (more connections
+        to open, rounds competing for the same event loop and cores)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._claimed_once.wait(), self.poll_interval)
+        if self._maintenance is not None and not self._stopping:
+            self._maintenance.start()
 
     async def run(self) -> None:
         await self._start_or_clean_up()
@@ -450,10 +463,12 @@ class Worker:
             try:
                 claimed = await self._claim(free)
             except (psycopg.Error, OSError) as exc:
+                self._claimed_once.set()
                 log.warning("claiming failed (%s); retrying", exc)
                 await asyncio.sleep(delay.next())
                 continue
             delay.reset()
+            self._claimed_once.set()
             if claimed:
                 # Started right after the next claim is sent (or this loop sleeps), so
                 # the runs and the database work on the next claim at the same time.
@@ -870,6 +885,12 @@ class Worker:
             await cur.execute(query("suspects_waiting"), {"queues": self.queues})
             row = await cur.fetchone()
         waiting = bool(row and row["waiting"])
+        if not self._registered:
+            # The first reading, at registration, replaces the assumption the worker
+            # starts with: with no suspect waiting, its first claim is not preceded by
+            # a claim of one that finds none (a round trip before the first job).
+            self._suspects_waiting = waiting
+            return
         if waiting and not self._suspects_waiting:
             self._suspects_waiting = True
             self._wake.set()

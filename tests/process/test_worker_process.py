@@ -287,3 +287,46 @@ def test_signal_during_start_up_stops_cleanly(db: Any, spawn: Spawn) -> None:
         worker.send_signal(signal.SIGINT)  # start-up is still wiring its loops
         assert worker.wait(15) == 0
         assert query(db, "SELECT count(*) AS n FROM job_workers")[0]["n"] == 0
+
+
+def worker_pids(db: Any) -> set[int]:
+    return {r["pid"] for r in query(db, "SELECT pid FROM job_workers")}
+
+
+def command_line(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [part.decode() for part in f.read().split(b"\0") if part]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_supervised_workers_are_forked_unless_the_app_started_a_thread(
+    db: Any, spawn: Spawn
+) -> None:
+    """The supervisor forks its workers once the app is loaded; an app whose module
+    started a thread gets new interpreters instead (a forked child would lack it)."""
+    for app, forked in (("worker_app:app", True), ("threaded_app:app", False)):
+        supervisor = spawn("--processes", "2", "--app", app)
+        wait_until(lambda: len(worker_pids(db)) == 2, timeout=30, message="two workers")
+        for pid in worker_pids(db):
+            assert ("--log-pipe" not in command_line(pid)) is forked, app
+        ids = enqueue(db, "noop", 10)
+        wait_until(lambda: all_completed(db, ids), timeout=30, message="jobs done")  # noqa: B023
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(30) == 0
+        assert not worker_pids(db)
+
+
+def test_a_supervised_pool_whose_app_cannot_be_loaded_stops_at_once(db_url: str) -> None:
+    """The app is loaded once, before any worker starts: a wrong --app stops the
+    command with one line rather than restarting workers that each fail to load it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pgjobs", "worker", "--app", "no_such_module:app", "-p", "2"],
+        env={**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": APPS},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [
+        "error: cannot import 'no_such_module' for --app: No module named 'no_such_module'"
+    ]

@@ -7,7 +7,17 @@ import logging
 import os
 import sys
 
-from pgjobs.cli.logs import TEXT_FORMAT, EscapingFormatter, JsonFormatter, PipeHandler, decode
+import pytest
+
+from pgjobs.cli import logs
+from pgjobs.cli.logs import (
+    TEXT_FORMAT,
+    EscapingFormatter,
+    JsonFormatter,
+    LogRelay,
+    PipeHandler,
+    decode,
+)
 
 
 def record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -79,3 +89,24 @@ def test_a_torn_line_from_a_dying_process_is_kept_as_a_warning() -> None:
     copy = decode(b'{"name": "pgjobs.worker", "msg": "half')
     assert copy.levelno == logging.WARNING and copy.name == "pgjobs.supervisor"
     assert "half" in copy.getMessage()
+
+
+def test_the_relay_hands_on_whole_lines_and_a_torn_one_at_eof(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The supervisor's relay reads in its one thread: records split across reads
+    arrive whole, and a child's last, torn line is kept when its pipe closes."""
+    relayed: list[logging.LogRecord] = []
+    monkeypatch.setattr(logs, "dispatch", relayed.append)
+    relay = LogRelay()
+    write_fd = relay.pipe()
+    line = json.dumps({"name": "pgjobs.worker", "levelno": 30, "msg": "one"}).encode()
+    os.write(write_fd, line[:10])
+    relay.pump(0.5)
+    assert relayed == []
+    os.write(write_fd, line[10:] + b"\n" + b'{"name": "pgjobs.worker", "msg": "ha')
+    relay.pump(0.5)
+    assert [r.getMessage() for r in relayed] == ["one"]
+    os.close(write_fd)
+    relay.close(timeout=2)
+    assert len(relayed) == 2 and "ha" in relayed[1].getMessage()
