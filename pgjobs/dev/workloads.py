@@ -60,7 +60,14 @@ def _truncate(database_url: str) -> None:
         conn.execute(query("bench_vacuum"))
 
 
-def _analyze(database_url: str) -> None:
+def done_poll_prepare_threshold(app: App) -> int | None:
+    """The done question is asked every DONE_POLL: prepared at once where it can be, as
+    planning it costs the server more than running it (not through a transaction-mode
+    pooler, which cannot keep a prepared statement)."""
+    return None if app.settings.transaction_pooling else 0
+
+
+def analyze(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True, prepare_threshold=None) as conn:
         conn.execute(query("bench_analyze"))
 
@@ -82,12 +89,12 @@ async def drain(
     app = user_app(database_url)
     try:
         await app.create_many([app.build(NOOP, {}) for _ in range(count)])
-        _analyze(database_url)
-        # Asked every DONE_POLL, the question is prepared where it can be: planning it
-        # costs the server more than running it.
-        prepare = None if app.settings.transaction_pooling else 0
+        analyze(database_url)
         async with await psycopg.AsyncConnection.connect(
-            database_url, autocommit=True, row_factory=dict_row, prepare_threshold=prepare
+            database_url,
+            autocommit=True,
+            row_factory=dict_row,
+            prepare_threshold=done_poll_prepare_threshold(app),
         ) as conn:
             began = time.perf_counter()
             async with app.worker(queues=["default"], concurrency=concurrency):
