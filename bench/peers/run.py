@@ -352,8 +352,8 @@ def render(
 
     lines = [joined(header), "-+-".join("-" * w for w in widths), *map(joined, body)]
     lines.append(
-        "cells: median (min-max) over rounds. 'pgjobs / best peer': pgjobs median / best peer median;"
-        " jobs/s: higher is better, so > 1 favours pgjobs; latency: lower is better,"
+        "cells: median (min-max) over rounds. 'pgjobs / best peer': pgjobs median / best"
+        " peer median; jobs/s: higher is better, so > 1 favours pgjobs; latency: lower is better,"
         " so < 1 favours pgjobs."
         f" {ALONE}: the same table with no queue (pgjobs/dev/limits.py): single is its"
         " one-row insert loop, latency two durable one-row commits paced alike; the"
