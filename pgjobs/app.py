@@ -37,7 +37,13 @@ from pgjobs.producer.flows import (
     create_flow_sync,
     plan_flow,
 )
-from pgjobs.producer.options import NewJob, new_job, new_job_from_request, validate_type
+from pgjobs.producer.options import (
+    NewJob,
+    new_job,
+    new_job_from_request,
+    new_plain_job,
+    validate_type,
+)
 from pgjobs.replica import Connect, ReadRouter, reader_of
 from pgjobs.schedules import store as sched
 from pgjobs.schedules.store import Schedule
@@ -115,6 +121,8 @@ class App:
 
     def build(self, type: str, payload: Any = None, **options: Any) -> NewJob:
         """Validate a job without storing it (delay and timeout in milliseconds)."""
+        if not options:
+            return new_plain_job(self.settings, type, payload)
         return new_job(self.settings, type, payload, **options)
 
     async def create(

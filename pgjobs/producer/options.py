@@ -43,6 +43,15 @@ UNIQUE_STATES = ("pending", "delayed", "active", "blocked")
 MAX_UNIQUE_FOR_MS = MAX_DELAY_MS
 # A NUL escape that is not itself escaped (`\\u0000` is a literal backslash + "u0000").
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# One encoder for every payload: json.dumps with options makes a new one on each call,
+# which cost as much as encoding a small payload.
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# Job type and queue names already found valid: a batch repeats a few names, and
+# checking one cost as much as encoding a small payload. Bounded, so that a stream of
+# distinct names cannot grow them.
+_VALID_TYPES: set[str] = set()
+_VALID_QUEUES: set[str] = set()
+_MAX_REMEMBERED = 1024
 
 # API option names (the spec's camelCase) and their Python keyword names.
 OPTION_ALIASES: dict[str, str] = {
@@ -197,6 +206,28 @@ def new_job(
     )
 
 
+def new_plain_job(settings: Settings, type: str, payload: Any = None) -> NewJob:
+    """`new_job` without options (`App.build(type, payload)`, the common call): the same
+    checks in the same order, with every option at its default."""
+    _check_builtin_payload(type, payload)
+    check_payload(settings, type, payload)
+    return NewJob(
+        uuid7(),
+        validate_type(type),
+        "default",
+        encode_payload(payload, settings.max_payload_bytes),
+        _NORMAL,
+        settings.retry_attempts,
+        0,
+        None,
+        None,
+        settings.job_timeout_ms,
+    )
+
+
+_NORMAL = PRIORITIES["normal"]
+
+
 def _check_builtin_payload(type: Any, payload: Any) -> None:
     problem = payload_problem(type, payload) if isinstance(type, str) else None
     if problem is not None:
@@ -246,6 +277,14 @@ def keyword_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate_type(value: Any) -> str:
+    if type(value) is str and value in _VALID_TYPES:
+        return value
+    checked = _check_type(value)
+    _remember(_VALID_TYPES, checked)
+    return checked
+
+
+def _check_type(value: Any) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_TYPE_LENGTH:
         raise ValidationError(
             f"job type must be a non-empty string of at most {MAX_TYPE_LENGTH} characters",
@@ -265,7 +304,21 @@ def validate_type(value: Any) -> str:
     return value
 
 
+def _remember(valid: set[str], value: str) -> None:
+    # Only exact str: a subclass may compare or hash in its own way.
+    if type(value) is str and len(valid) < _MAX_REMEMBERED:
+        valid.add(value)
+
+
 def validate_queue(value: Any) -> str:
+    if type(value) is str and value in _VALID_QUEUES:
+        return value
+    checked = _check_queue(value)
+    _remember(_VALID_QUEUES, checked)
+    return checked
+
+
+def _check_queue(value: Any) -> str:
     if not isinstance(value, str):
         raise ValidationError(
             f"queue name must be a string (got {type(value).__name__})", field="queue"
@@ -312,7 +365,7 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
     if not isinstance(payload, Mapping):
         raise ValidationError(f"{what} must be a JSON object", field=what)
     try:
-        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _JSON.encode(payload)
     except TypeError as exc:
         raise ValidationError(f"{what} is not JSON-serializable: {exc}", field=what) from None
     except ValueError as exc:
@@ -325,10 +378,12 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
         raise ValidationError(depth_error(what), field=what) from None
     if too_deep(text):
         raise ValidationError(depth_error(what), field=what)
-    unstorable = unstorable_json(text)
+    only_ascii = text.isascii()
+    unstorable = _nul_in_json(text) if only_ascii else unstorable_json(text)
     if unstorable is not None:
         raise ValidationError(f"{what} contains {unstorable}", field=what)
-    size = len(text.encode("utf-8"))
+    # ASCII text (the common case) holds no lone surrogate and is as long as its UTF-8.
+    size = len(text) if only_ascii else len(text.encode("utf-8"))
     if size > max_bytes:
         raise ValidationError(
             f"{what} is {size} bytes; the limit is {max_bytes} (JOBS_MAX_PAYLOAD_BYTES)",
@@ -343,6 +398,10 @@ def unstorable_json(text: str) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return "invalid Unicode (a lone surrogate)"
+    return _nul_in_json(text)
+
+
+def _nul_in_json(text: str) -> str | None:
     if "\\u0000" in text and _JSON_NUL.search(text):
         return "a NUL character (\\u0000), which PostgreSQL cannot store"
     return None
