@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import FrozenInstanceError, dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -629,6 +629,9 @@ async def test_a_job_built_without_options_has_every_default(
     assert isinstance(built, NewJob)
     assert replace(built, id=full.id) == full
     assert built.id.version == 7 and built.id < full.id
+    assert type(built) is NewJob and hash(built) == hash(replace(full, id=built.id))
+    with pytest.raises(FrozenInstanceError):
+        built.priority = 1  # type: ignore[misc]
 
 
 async def test_remembered_names_are_checked_once_and_kept_exact(strict_app: App) -> None:
