@@ -7,9 +7,10 @@ Every producer — the Python API, the REST API, the CLI — turns what it was g
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -46,6 +47,14 @@ _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 # One encoder for every payload: json.dumps with options makes a new one on each call,
 # which cost as much as encoding a small payload.
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# The C encoder that _JSON.encode makes on every call (where the json module has one),
+# kept instead: making it was a quarter of `App.build`. A use takes one from the list
+# and puts it back after a success, so concurrent uses never share one; one that failed
+# may hold stale circular-reference marks and is dropped.
+_MAKE_ENCODER: Callable[..., Callable[[Any, int], list[str]]] | None = getattr(
+    json.encoder, "c_make_encoder", None
+)
+_IDLE_ENCODERS: list[Callable[[Any, int], list[str]]] = []
 # Job type and queue names already found valid: a batch repeats a few names, and
 # checking one cost as much as encoding a small payload. Bounded, so that a stream of
 # distinct names cannot grow them.
@@ -404,7 +413,7 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
     if type(payload) is not dict and not isinstance(payload, Mapping):
         raise ValidationError(f"{what} must be a JSON object", field=what)
     try:
-        text = _JSON.encode(payload)
+        text = _compact_json(payload)
     except TypeError as exc:
         raise ValidationError(f"{what} is not JSON-serializable: {exc}", field=what) from None
     except ValueError as exc:
@@ -428,6 +437,21 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
             f"{what} is {size} bytes; the limit is {max_bytes} (JOBS_MAX_PAYLOAD_BYTES)",
             field=what,
         )
+    return text
+
+
+def _compact_json(value: Any) -> str:
+    """`_JSON.encode(value)` for a dict, list or other non-str value."""
+    if _MAKE_ENCODER is None:
+        return _JSON.encode(value)
+    try:
+        encode = _IDLE_ENCODERS.pop()
+    except IndexError:
+        encode = _MAKE_ENCODER(
+            {}, _JSON.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        )
+    text = "".join(encode(value, 0))
+    _IDLE_ENCODERS.append(encode)
     return text
 
 

@@ -647,3 +647,16 @@ async def test_remembered_names_are_checked_once_and_kept_exact(strict_app: App)
             validate_type(bad)
     with pytest.raises(ValidationError):
         strict_app.build("bad type")
+
+
+async def test_a_payload_that_failed_to_encode_encodes_once_fixed(strict_app: App) -> None:
+    # A failed encoding leaves the encoder's circular-reference marks behind: the next
+    # encoding of the same objects must not take them for a cycle.
+    inner: dict[str, Any] = {"bad": {1}}
+    outer = {"a": inner}
+    for _ in range(2):
+        with pytest.raises(ValidationError, match="Object of type set"):
+            strict_app.build("t", outer)
+    inner["bad"] = 1
+    assert strict_app.build("t", outer).payload_json == '{"a":{"bad":1}}'
+    assert new_job(strict_app.settings, "t", outer, priority=1).payload_json == '{"a":{"bad":1}}'
