@@ -37,7 +37,13 @@ from pgjobs.producer.flows import (
     create_flow_sync,
     plan_flow,
 )
-from pgjobs.producer.options import NewJob, new_job, new_job_from_request, validate_type
+from pgjobs.producer.options import (
+    NewJob,
+    new_job,
+    new_job_from_request,
+    new_plain_job,
+    validate_type,
+)
 from pgjobs.replica import Connect, ReadRouter, reader_of
 from pgjobs.schedules import store as sched
 from pgjobs.schedules.store import Schedule
@@ -115,6 +121,8 @@ class App:
 
     def build(self, type: str, payload: Any = None, **options: Any) -> NewJob:
         """Validate a job without storing it (delay and timeout in milliseconds)."""
+        if not options:
+            return new_plain_job(self.settings, type, payload)
         return new_job(self.settings, type, payload, **options)
 
     async def create(
@@ -157,7 +165,7 @@ class App:
         pool = await self.pool()
         async with pool.connection() as own, own.transaction():
             ids = await client.create_many_async(own, batch, self.clock)
-        await self.notify_committed({job.queue for job in batch})
+        await self.notify_committed(job.queue for job in batch)
         return ids
 
     async def flow(
@@ -235,7 +243,7 @@ class App:
             return client.create_many_sync(conn, batch, self.clock)
         with self.sync_pool().connection() as own, own.transaction():
             ids = client.create_many_sync(own, batch, self.clock)
-        self.notify_committed_sync({job.queue for job in batch})
+        self.notify_committed_sync(job.queue for job in batch)
         return ids
 
     def flow_sync(
@@ -365,8 +373,10 @@ class App:
         has committed. create()/create_many() without `conn` do this themselves; with
         your own connection, call it after your commit (NOTIFY, sent by PostgreSQL at
         commit, and the workers' poll cover it otherwise). A no-op without Redis."""
+        if self.settings.redis_url is None:
+            return
         names = set(queues)
-        if self.settings.redis_url is None or not names:
+        if not names:
             return
         # Best effort: the jobs are committed, so nothing here may raise to the caller
         # (a request answered with an error after its write is retried: a duplicate).
@@ -379,8 +389,10 @@ class App:
             log.warning("redis wake-up after commit skipped (%s)", short_error(exc))
 
     def notify_committed_sync(self, queues: Iterable[str]) -> None:
+        if self.settings.redis_url is None:
+            return
         names = set(queues)
-        if self.settings.redis_url is None or not names:
+        if not names:
             return
         try:
             if self._database is None:

@@ -7,12 +7,13 @@ Every producer — the Python API, the REST API, the CLI — turns what it was g
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from pgjobs.config import Settings
@@ -43,6 +44,23 @@ UNIQUE_STATES = ("pending", "delayed", "active", "blocked")
 MAX_UNIQUE_FOR_MS = MAX_DELAY_MS
 # A NUL escape that is not itself escaped (`\\u0000` is a literal backslash + "u0000").
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# One encoder for every payload: json.dumps with options makes a new one on each call,
+# which cost as much as encoding a small payload.
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# The C encoder that _JSON.encode makes on every call (where the json module has one),
+# kept instead: making it was a quarter of `App.build`. A use takes one from the list
+# and puts it back after a success, so concurrent uses never share one; one that failed
+# may hold stale circular-reference marks and is dropped.
+_MAKE_ENCODER: Callable[..., Callable[[Any, int], list[str]]] | None = getattr(
+    json.encoder, "c_make_encoder", None
+)
+_IDLE_ENCODERS: list[Callable[[Any, int], list[str]]] = []
+# Job type and queue names already found valid: a batch repeats a few names, and
+# checking one cost as much as encoding a small payload. Bounded, so that a stream of
+# distinct names cannot grow them.
+_VALID_TYPES: set[str] = set()
+_VALID_QUEUES: set[str] = set()
+_MAX_REMEMBERED = 1024
 
 # API option names (the spec's camelCase) and their Python keyword names.
 OPTION_ALIASES: dict[str, str] = {
@@ -197,6 +215,67 @@ def new_job(
     )
 
 
+def new_plain_job(settings: Settings, type: str, payload: Any = None) -> NewJob:
+    """`new_job` without options (`App.build(type, payload)`, the common call): the same
+    checks in the same order, with every option at its default."""
+    _check_builtin_payload(type, payload)
+    check_payload(settings, type, payload)
+    job = _Unsealed()
+    job.id = uuid7()
+    job.type = validate_type(type)
+    job.queue = "default"
+    job.payload_json = encode_payload(payload, settings.max_payload_bytes)
+    job.priority = _NORMAL
+    job.max_attempts = settings.retry_attempts
+    job.delay_ms = 0
+    job.run_at = None
+    job.backoff_json = None
+    job.timeout_ms = settings.job_timeout_ms
+    job.unique_key = None
+    job.depends_on = None
+    job.dependency_policy = "fail"
+    job.rate_limit_key = None
+    job.metadata_json = "{}"
+    job.unique_for_ms = None
+    job.unique_states = UNIQUE_STATES
+    job.on_conflict = "return"
+    return job.seal()
+
+
+_NORMAL = PRIORITIES["normal"]
+
+
+class _Unsealed:
+    """The slots of a NewJob, set by plain assignment and then sealed into a NewJob
+    (same slots, so the same layout: Python allows the change of class). A frozen
+    dataclass sets each of its 18 fields through object.__setattr__, which was a third
+    of the time `App.build` took."""
+
+    __slots__ = NewJob.__slots__
+    id: UUID
+    type: str
+    queue: str
+    payload_json: str
+    priority: int
+    max_attempts: int
+    delay_ms: int
+    run_at: datetime | None
+    backoff_json: str | None
+    timeout_ms: int
+    unique_key: str | None
+    depends_on: list[UUID] | None
+    dependency_policy: str
+    rate_limit_key: str | None
+    metadata_json: str
+    unique_for_ms: int | None
+    unique_states: tuple[str, ...]
+    on_conflict: str
+
+    def seal(self) -> NewJob:
+        self.__class__ = NewJob  # type: ignore[assignment]
+        return cast(NewJob, self)
+
+
 def _check_builtin_payload(type: Any, payload: Any) -> None:
     problem = payload_problem(type, payload) if isinstance(type, str) else None
     if problem is not None:
@@ -246,6 +325,14 @@ def keyword_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate_type(value: Any) -> str:
+    if type(value) is str and value in _VALID_TYPES:
+        return value
+    checked = _check_type(value)
+    _remember(_VALID_TYPES, checked)
+    return checked
+
+
+def _check_type(value: Any) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_TYPE_LENGTH:
         raise ValidationError(
             f"job type must be a non-empty string of at most {MAX_TYPE_LENGTH} characters",
@@ -265,7 +352,21 @@ def validate_type(value: Any) -> str:
     return value
 
 
+def _remember(valid: set[str], value: str) -> None:
+    # Only exact str: a subclass may compare or hash in its own way.
+    if type(value) is str and len(valid) < _MAX_REMEMBERED:
+        valid.add(value)
+
+
 def validate_queue(value: Any) -> str:
+    if type(value) is str and value in _VALID_QUEUES:
+        return value
+    checked = _check_queue(value)
+    _remember(_VALID_QUEUES, checked)
+    return checked
+
+
+def _check_queue(value: Any) -> str:
     if not isinstance(value, str):
         raise ValidationError(
             f"queue name must be a string (got {type(value).__name__})", field="queue"
@@ -309,10 +410,10 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
     """`payload` as compact JSON text, or a ValidationError naming `what` is wrong."""
     if payload is None:
         payload = {}
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise ValidationError(f"{what} must be a JSON object", field=what)
     try:
-        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _compact_json(payload)
     except TypeError as exc:
         raise ValidationError(f"{what} is not JSON-serializable: {exc}", field=what) from None
     except ValueError as exc:
@@ -325,15 +426,32 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
         raise ValidationError(depth_error(what), field=what) from None
     if too_deep(text):
         raise ValidationError(depth_error(what), field=what)
-    unstorable = unstorable_json(text)
+    only_ascii = text.isascii()
+    unstorable = _nul_in_json(text) if only_ascii else unstorable_json(text)
     if unstorable is not None:
         raise ValidationError(f"{what} contains {unstorable}", field=what)
-    size = len(text.encode("utf-8"))
+    # ASCII text (the common case) holds no lone surrogate and is as long as its UTF-8.
+    size = len(text) if only_ascii else len(text.encode("utf-8"))
     if size > max_bytes:
         raise ValidationError(
             f"{what} is {size} bytes; the limit is {max_bytes} (JOBS_MAX_PAYLOAD_BYTES)",
             field=what,
         )
+    return text
+
+
+def _compact_json(value: Any) -> str:
+    """`_JSON.encode(value)` for a dict, list or other non-str value."""
+    if _MAKE_ENCODER is None:
+        return _JSON.encode(value)
+    try:
+        encode = _IDLE_ENCODERS.pop()
+    except IndexError:
+        encode = _MAKE_ENCODER(
+            {}, _JSON.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        )
+    text = "".join(encode(value, 0))
+    _IDLE_ENCODERS.append(encode)
     return text
 
 
@@ -343,6 +461,10 @@ def unstorable_json(text: str) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return "invalid Unicode (a lone surrogate)"
+    return _nul_in_json(text)
+
+
+def _nul_in_json(text: str) -> str | None:
     if "\\u0000" in text and _JSON_NUL.search(text):
         return "a NUL character (\\u0000), which PostgreSQL cannot store"
     return None

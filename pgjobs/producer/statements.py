@@ -160,10 +160,13 @@ def split_for_copy(jobs: Sequence[NewJob], clock: Clock) -> tuple[list[NewJob], 
     test clock sends everything through INSERT."""
     if clock.frozen:
         return [], list(jobs)
-    plain = [j for j in jobs if j.plain]
+    plain: list[NewJob] = []
+    other: list[NewJob] = []
+    for job in jobs:
+        (plain if job.plain else other).append(job)
     if len(plain) < COPY_THRESHOLD:
         return [], list(jobs)
-    return plain, [j for j in jobs if not j.plain]
+    return plain, other
 
 
 def _outside_dependencies(jobs: Sequence[NewJob]) -> list[UUID]:
@@ -444,6 +447,8 @@ def create_many_sync(conn: SyncConn, jobs: Sequence[NewJob], clock: Clock) -> li
 def _ids_in_order(jobs: Sequence[NewJob], copied: list[NewJob], stored: list[Row]) -> list[UUID]:
     if not copied:
         return [row["id"] for row in stored]
+    if len(copied) == len(jobs):  # all copied (the common bulk): no lookups by id
+        return [job.id for job in jobs]
     stored_iter = iter(stored)
     copied_ids = {job.id for job in copied}
     return [job.id if job.id in copied_ids else next(stored_iter)["id"] for job in jobs]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -16,7 +16,13 @@ import pytest
 
 from pgjobs.app import App
 from pgjobs.errors import ValidationError
-from pgjobs.producer.options import new_job_from_request
+from pgjobs.producer.options import (
+    NewJob,
+    new_job,
+    new_job_from_request,
+    validate_queue,
+    validate_type,
+)
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -608,3 +614,49 @@ async def test_python_api_accepts_datetimes_and_timedeltas(
         await strict_app.create("t", run_at=datetime(2030, 1, 1))
     assert str(caught.value) == "runAt needs a timezone offset, e.g. 2030-01-01T09:00:00+00:00"
     assert job_count(db) == 2
+
+
+@pytest.mark.parametrize(
+    ("type_", "payload"),
+    [("t", None), ("t", {}), ("t", {"n": 1, "s": "é"}), ("send-email", {"to": "a@b.c"})],
+)
+async def test_a_job_built_without_options_has_every_default(
+    strict_app: App, type_: str, payload: Any
+) -> None:
+    # App.build without options skips the option parsing: the job must be the same.
+    built = strict_app.build(type_, payload)
+    full = new_job(strict_app.settings, type_, payload)
+    assert isinstance(built, NewJob)
+    assert replace(built, id=full.id) == full
+    assert built.id.version == 7 and built.id < full.id
+    assert type(built) is NewJob and hash(built) == hash(replace(full, id=built.id))
+    with pytest.raises(FrozenInstanceError):
+        built.priority = 1  # type: ignore[misc]
+
+
+async def test_remembered_names_are_checked_once_and_kept_exact(strict_app: App) -> None:
+    class Name(str):
+        pass
+
+    for _ in range(2):  # the second time from what was remembered
+        assert validate_type("report.daily") == "report.daily"
+        assert validate_queue("reports") == "reports"
+    assert type(validate_type(Name("report.daily"))) is Name
+    for bad in ("", "-x", "a b", "x" * 101):
+        with pytest.raises(ValidationError):
+            validate_type(bad)
+    with pytest.raises(ValidationError):
+        strict_app.build("bad type")
+
+
+async def test_a_payload_that_failed_to_encode_encodes_once_fixed(strict_app: App) -> None:
+    # A failed encoding leaves the encoder's circular-reference marks behind: the next
+    # encoding of the same objects must not take them for a cycle.
+    inner: dict[str, Any] = {"bad": {1}}
+    outer = {"a": inner}
+    for _ in range(2):
+        with pytest.raises(ValidationError, match="Object of type set"):
+            strict_app.build("t", outer)
+    inner["bad"] = 1
+    assert strict_app.build("t", outer).payload_json == '{"a":{"bad":1}}'
+    assert new_job(strict_app.settings, "t", outer, priority=1).payload_json == '{"a":{"bad":1}}'
