@@ -43,6 +43,10 @@ UNIQUE_STATES = ("pending", "delayed", "active", "blocked")
 MAX_UNIQUE_FOR_MS = MAX_DELAY_MS
 # A NUL escape that is not itself escaped (`\\u0000` is a literal backslash + "u0000").
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# What json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# does, with the encoder made once: json.dumps builds a new one per call when given
+# options, a third of the time of encoding a small payload.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 # API option names (the spec's camelCase) and their Python keyword names.
 OPTION_ALIASES: dict[str, str] = {
@@ -312,7 +316,7 @@ def encode_payload(payload: Any, max_bytes: int, what: str = "payload") -> str:
     if not isinstance(payload, Mapping):
         raise ValidationError(f"{what} must be a JSON object", field=what)
     try:
-        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _COMPACT_JSON.encode(payload)
     except TypeError as exc:
         raise ValidationError(f"{what} is not JSON-serializable: {exc}", field=what) from None
     except ValueError as exc:

@@ -130,7 +130,7 @@ def _stored_plain(job: NewJob, row: Row | None) -> Job:
         backoff=None if job.backoff_json is None else json.loads(job.backoff_json),
         dependency_policy=job.dependency_policy,
         rate_limit_key=job.rate_limit_key,
-        metadata=json.loads(job.metadata_json),
+        metadata={} if job.metadata_json == "{}" else json.loads(job.metadata_json),
     )
 
 
