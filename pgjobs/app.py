@@ -142,7 +142,7 @@ class App:
         """
         job = self.build(type, payload, **options)
         stored = (await self._insert([job], conn))[0]
-        if conn is None and stored.status == "pending":
+        if conn is None and stored.status == "pending" and self.settings.redis_url is not None:
             await self.notify_committed([stored.queue])
         return stored
 
@@ -612,8 +612,17 @@ class App:
     ) -> list[Job]:
         if conn is not None:
             return await client.insert_async(conn, jobs, self.clock)
-        async with self.connection() as own:
+        # getconn/putconn, not pool.connection(): the insert runs in autocommit, so the
+        # context manager's commit at exit has nothing to do, and putconn itself rolls
+        # back or discards a connection left in a transaction or broken. The two context
+        # managers and the commit round through the connection lock were a tenth of a
+        # single create's Python time.
+        pool = await self.pool()
+        own = await pool.getconn()
+        try:
             return await client.insert_async(own, jobs, self.clock)
+        finally:
+            await pool.putconn(own)
 
     async def _fetch(self, statement: client.Statement) -> dict[str, Any] | None:
         async with self.connection() as conn:

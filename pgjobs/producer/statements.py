@@ -16,7 +16,7 @@ from typing import Any, LiteralString, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from pgjobs.clock import Clock
 from pgjobs.errors import Conflict, JobNotFound, ValidationError
@@ -106,31 +106,32 @@ def _is_plain_one(jobs: Sequence[NewJob]) -> bool:
     return len(jobs) == 1 and jobs[0].unique_key is None and not jobs[0].depends_on
 
 
-def _stored_plain(job: NewJob, row: Row | None) -> Job:
+def _stored_plain(job: NewJob, row: tuple[Any, ...] | None) -> Job:
     """The job insert_plain_job stored: the values sent, with what the database decided
     (status, run_at, created_at) and its column defaults. Not reading the rest back
     saves a third of the statement's time."""
     assert row is not None  # a plain INSERT returns its row or raises
+    status, run_at, created_at, attempts, progress = row  # insert_plain_job's RETURNING
     return Job(
         id=job.id,
         type=job.type,
         queue=job.queue,
-        status=row["status"],
+        status=status,
         priority=job.priority,
         payload=json.loads(job.payload_json),
-        progress=row["progress"],
-        attempts=row["attempts"],
+        progress=progress,
+        attempts=attempts,
         max_attempts=job.max_attempts,
         delay_ms=job.delay_ms,
         timeout_ms=job.timeout_ms,
-        created_at=row["created_at"],
+        created_at=created_at,
         started_at=None,
         completed_at=None,
-        run_at=row["run_at"],
+        run_at=run_at,
         backoff=None if job.backoff_json is None else json.loads(job.backoff_json),
         dependency_policy=job.dependency_policy,
         rate_limit_key=job.rate_limit_key,
-        metadata=json.loads(job.metadata_json),
+        metadata={} if job.metadata_json == "{}" else json.loads(job.metadata_json),
     )
 
 
@@ -409,16 +410,21 @@ def run_sync(conn: SyncConn, plan: Generator[Statement, list[Row], T]) -> T:
 async def insert_async(conn: AsyncConn, jobs: Sequence[NewJob], clock: Clock) -> list[Job]:
     """Insert `jobs` inside the caller's transaction (or autocommit) and return them."""
     if _is_plain_one(jobs):
-        row = await fetch_one_async(conn, _insert_plain_statement(jobs[0], clock))
-        return [_stored_plain(jobs[0], row)]
+        statement = _insert_plain_statement(jobs[0], clock)
+        # A positional row: naming its columns for a dict row cost the client 6-9 us of
+        # the ~140 us this statement takes it.
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(statement.sql, statement.params)
+            return [_stored_plain(jobs[0], await cur.fetchone())]
     return decode_jobs(await run_async(conn, insert_plan(jobs, clock)))
 
 
 def insert_sync(conn: SyncConn, jobs: Sequence[NewJob], clock: Clock) -> list[Job]:
     if _is_plain_one(jobs):
-        return [
-            _stored_plain(jobs[0], fetch_one_sync(conn, _insert_plain_statement(jobs[0], clock)))
-        ]
+        statement = _insert_plain_statement(jobs[0], clock)
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(statement.sql, statement.params)
+            return [_stored_plain(jobs[0], cur.fetchone())]
     return decode_jobs(run_sync(conn, insert_plan(jobs, clock)))
 
 

@@ -164,7 +164,8 @@ WITH {{insert_one_input}}, {{insert_independent_steps}} {{insert_rows}};
 -- App.create of one job without a unique key or dependencies, the common case: a plain
 -- INSERT with no CTE and no unique-key holders to look for runs in a fraction of
 -- insert_one_job's time. Statuses and columns as in insert_independent_steps; it
--- returns only what the database decides (producer/statements.py builds the rest of the Job).
+-- returns only what the database decides (producer/statements.py builds the rest of the Job),
+-- read by position: keep the RETURNING list's order.
 INSERT INTO jobs (id, type, queue, status, priority, payload, max_attempts, delay_ms,
                   timeout_ms, run_at, backoff, dependency_policy, rate_limit_key, metadata,
                   created_at)
