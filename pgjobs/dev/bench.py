@@ -33,7 +33,7 @@ from pgjobs.app import App
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.db import connect_kwargs, install_schema
-from pgjobs.dev import workloads
+from pgjobs.dev import limits, workloads
 from pgjobs.engine.completer import Outcome, encode_outcomes
 from pgjobs.ids import uuid7
 from pgjobs.queries import query
@@ -137,13 +137,10 @@ async def bench_enqueue(url: str, sizes: Sizes, report: Report) -> None:
 
 async def bench_raw_inserts(url: str, count: int) -> float:
     """PostgreSQL's own one-row autocommit insert into the same table, in a tight loop
-    on one connection: each commit waits for its WAL flush, as a `create` does, so the
-    ratio shows what pgjobs adds whatever the disk's flush latency of the moment."""
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        began = time.perf_counter()
-        for i in range(count):
-            await conn.execute(query("bench_insert_one"), {"id": uuid7(), "n": i})
-        return count / (time.perf_counter() - began)
+    on one connection (dev/limits.py): each commit waits for its WAL flush, as a
+    `create` does, so the ratio shows what pgjobs adds whatever the disk's flush latency
+    of the moment."""
+    return float(limits.single(url, count)["jobs_per_s"])
 
 
 # ------------------------------------------------------------------ drain
