@@ -42,7 +42,10 @@ NODE_DIR = CACHE / "node"
 PGQUEUER_VENV = CACHE / "pgqueuer-venv"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/11"
 WORKLOADS = ("drain", "latency", "bulk", "single")
-PEERS = ("graphile-worker", "bullmq", "pgqueuer")
+PEERS = ("graphile-worker", "graphile-worker-q500", "bullmq", "pgqueuer")
+# graphile-worker's local queue: its docs' starting point (concurrency + 1), and the 500
+# of its performance page's fastest figures (bench/peers/graphile_worker.js).
+GRAPHILE_Q500 = {"BENCH_LOCAL_QUEUE_SIZE": "500"}
 # PostgreSQL's own limits (pgjobs/dev/limits.py): a column beside the queues, never a peer.
 ALONE = "PostgreSQL alone"
 RUN_TIMEOUT = 900.0
@@ -108,6 +111,10 @@ def node_contender(name: str, script: str) -> Contender:
 def peer_contender(name: str) -> Contender:
     if name == "graphile-worker":
         return node_contender(name, "graphile_worker.js")
+    if name == "graphile-worker-q500":
+        q500 = node_contender(name, "graphile_worker.js")
+        q500.env.update(GRAPHILE_Q500)
+        return q500
     if name == "bullmq":
         bullmq = node_contender(name, "bullmq.js")
         bullmq.store = "redis"
@@ -388,7 +395,7 @@ def versions(contenders: Sequence[Contender], server: str, redis_url: str | None
         "postgresql": row[0] if row else None,
     }
     names = {c.name for c in contenders}
-    if names & {"graphile-worker", "bullmq"}:
+    if names & {"graphile-worker", "graphile-worker-q500", "bullmq"}:
         found["node"] = _output([_require_tool("node"), "--version"])
         for package in ("graphile-worker", "bullmq", "ioredis"):
             meta = NODE_DIR / "node_modules" / package / "package.json"
@@ -459,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     counts = counts_from(args)
     rounds = args.rounds or (1 if args.quick else 3)
-    if {"graphile-worker", "bullmq"} & set(args.peer_names):
+    if {"graphile-worker", "graphile-worker-q500", "bullmq"} & set(args.peer_names):
         install_node_peers()
     if "pgqueuer" in args.peer_names:
         install_pgqueuer()
