@@ -176,7 +176,7 @@ async def clean_finished(
         else:
             while True:
                 async with conn.transaction():
-                    await cur.execute(query("ops_clean_batch"), params)
+                    await cur.execute(query("prune_finished_jobs"), params)
                     batch = await cur.fetchall()
                     deleted = await delete_jobs(conn, [r["id"] for r in batch])
                 batches += 1

@@ -111,7 +111,7 @@ LEFT JOIN jobs j ON j.id = f.job_id;
 -- name: dashboard_clean_queue_batch
 -- The next bounded batch of a queue's completed jobs after the clean's cursor, locked;
 -- the caller deletes them with delete_finished_jobs (results cascade) and keeps their
--- ids for the audit trail. As in ops_clean_batch, a job that a blocked job still waits
+-- ids for the audit trail. As in prune_finished_jobs, a job that a blocked job still waits
 -- on is kept.
 SELECT j.id FROM jobs j
 WHERE j.queue = %(queue)s::text

@@ -113,24 +113,31 @@ LEFT JOIN rescued r ON true;
 
 -- name: prune_finished_jobs
 -- The next batch of finished jobs past their retention, locked, in (completed_at, id)
--- order after the round's cursor: a pass moves on past jobs it could not delete (see
--- delete_finished_jobs) instead of meeting them again in every batch. Bounded batches
--- never hold long locks on the hot table. A job that a blocked job still waits on is
--- kept: its outcome and result are still needed.
+-- order after the cursor of the pass: a pass moves on past jobs it could not delete (see
+-- delete_finished_jobs) instead of meeting them again in every batch. For the
+-- maintenance leader's prune and for `pgjobs clean`; a NULL retention keeps that kind
+-- of job. The caller deletes the batch with retention.delete_jobs (results and failures
+-- cascade). Bounded batches never hold many row locks or one long transaction on the
+-- hot table. A job that a blocked job still waits on is kept: its outcome is what
+-- releases the child. The bound on the shorter retention lets the finished index stop
+-- where nothing is old enough, however many newer finished jobs there are.
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now)
 SELECT j.id, j.completed_at
 FROM jobs j, clock c
 WHERE j.status IN ('completed', 'failed', 'cancelled')
-  AND j.completed_at < c.now - least(%(completed_ms)s, %(failed_ms)s) * interval '1 millisecond'
-  AND j.completed_at < c.now - CASE WHEN j.status = 'completed' THEN %(completed_ms)s
-                                    ELSE %(failed_ms)s END * interval '1 millisecond'
+  AND j.completed_at < c.now - make_interval(
+        secs => least(%(completed_s)s::float8, %(failed_s)s::float8))
+  AND ((j.status = 'completed' AND %(completed_s)s::float8 IS NOT NULL
+        AND j.completed_at < c.now - make_interval(secs => %(completed_s)s::float8))
+    OR (j.status IN ('failed', 'cancelled') AND %(failed_s)s::float8 IS NOT NULL
+        AND j.completed_at < c.now - make_interval(secs => %(failed_s)s::float8)))
   AND (%(after_at)s::timestamptz IS NULL
        OR (j.completed_at >= %(after_at)s::timestamptz
            AND (j.completed_at, j.id) > (%(after_at)s::timestamptz, %(after_id)s::uuid)))
   AND NOT EXISTS (SELECT 1 FROM jobs child
                   WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[j.id])
 ORDER BY j.completed_at, j.id
-LIMIT %(limit)s
+LIMIT %(batch)s
 FOR UPDATE OF j SKIP LOCKED;
 
 -- name: delete_finished_jobs

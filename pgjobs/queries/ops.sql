@@ -189,7 +189,7 @@ wake AS (SELECT pgjobs_notify_queues(array_agg(u.queue::text)) FROM updated u)
 SELECT u.id, u.queue FROM updated u CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
 
 -- name: ops_clean_count
--- What ops_clean_batch would delete in total (dry run).
+-- What prune_finished_jobs would give `pgjobs clean` to delete in total (dry run).
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now)
 SELECT count(*) FILTER (WHERE j.status = 'completed') AS completed,
        count(*) FILTER (WHERE j.status <> 'completed') AS failed
@@ -200,28 +200,6 @@ WHERE ((j.status = 'completed' AND %(completed_s)s::float8 IS NOT NULL
         AND j.completed_at < c.now - make_interval(secs => %(failed_s)s::float8)))
   AND NOT EXISTS (SELECT 1 FROM jobs child
                   WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[j.id]);
-
--- name: ops_clean_batch
--- The next bounded batch of old finished jobs, locked, after the clean's cursor; the
--- caller deletes them with delete_finished_jobs (results and failures cascade), so a
--- large clean never holds many row locks or one long transaction, and passes jobs it
--- cannot delete once. A finished job that a blocked job still waits on is kept: its
--- outcome is what releases the child.
-WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now)
-SELECT j.id, j.completed_at FROM jobs j, clock c
-WHERE j.status IN ('completed', 'failed', 'cancelled')
-  AND ((j.status = 'completed' AND %(completed_s)s::float8 IS NOT NULL
-        AND j.completed_at < c.now - make_interval(secs => %(completed_s)s::float8))
-    OR (j.status IN ('failed', 'cancelled') AND %(failed_s)s::float8 IS NOT NULL
-        AND j.completed_at < c.now - make_interval(secs => %(failed_s)s::float8)))
-  AND (%(after_at)s::timestamptz IS NULL
-       OR (j.completed_at >= %(after_at)s::timestamptz
-           AND (j.completed_at, j.id) > (%(after_at)s::timestamptz, %(after_id)s::uuid)))
-  AND NOT EXISTS (SELECT 1 FROM jobs child
-                  WHERE child.status = 'blocked' AND child.depends_on @> ARRAY[j.id])
-ORDER BY j.completed_at, j.id
-LIMIT %(batch)s
-FOR UPDATE OF j SKIP LOCKED;
 
 -- name: ops_set_queue_paused
 -- Pausing names a queue that exists (a job_queues row or any job); the row is created on

@@ -138,11 +138,11 @@ class Pruner:
                 query("prune_finished_jobs"),
                 {
                     "now": clock.sql_now(),
-                    "completed_ms": self.completed_ms,
-                    "failed_ms": self.failed_ms,
+                    "completed_s": self.completed_ms / 1000,
+                    "failed_s": self.failed_ms / 1000,
                     "after_at": self._after[0],
                     "after_id": self._after[1],
-                    "limit": PRUNE_BATCH,
+                    "batch": PRUNE_BATCH,
                 },
             )
             batch = await cur.fetchall()
