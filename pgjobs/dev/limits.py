@@ -16,7 +16,6 @@ Run one as a command (prints one JSON object), as the peers harness does:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from pgjobs.dev.workloads import LATENCY_RATE, percentile
+from pgjobs.dev.workloads import LATENCY_RATE, command_arguments, percentile
 from pgjobs.ids import uuid7
 from pgjobs.queries import query
 
@@ -66,12 +65,7 @@ LIMITS: dict[str, Callable[[str, int], Result]] = {"single": single, "latency": 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pgjobs.dev.limits")
-    parser.add_argument("workload", choices=sorted(LIMITS))
-    parser.add_argument("--database-url", required=True, help="a database with the schema")
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--concurrency", type=int, default=10, help="ignored")
-    args = parser.parse_args(argv)
+    args = command_arguments("python -m pgjobs.dev.limits", LIMITS, argv)
     json.dump(LIMITS[args.workload](args.database_url, args.count), sys.stdout)
     print()
 

@@ -23,7 +23,7 @@ import operator
 import statistics
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
 from typing import Any
 
@@ -200,13 +200,21 @@ WORKLOADS: dict[str, Callable[..., Coroutine[Any, Any, Result]]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pgjobs.dev.workloads")
-    parser.add_argument("workload", choices=sorted(WORKLOADS))
+def command_arguments(
+    prog: str, workloads: Iterable[str], argv: list[str] | None
+) -> argparse.Namespace:
+    """The protocol every contender of the peers' benchmark speaks (bench/peers/run.py):
+    a workload name, --database-url, --count and --concurrency."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("workload", choices=sorted(workloads))
     parser.add_argument("--database-url", required=True, help="a database with the schema")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=10, help="drain only")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = command_arguments("python -m pgjobs.dev.workloads", WORKLOADS, argv)
     options: dict[str, Any] = {"count": args.count}
     if args.workload == "drain":
         options["concurrency"] = args.concurrency
