@@ -8,16 +8,20 @@ import os
 import platform
 import statistics
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from pgjobs.dev.bench import scratch_database, with_database
+
+if TYPE_CHECKING:
+    import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -29,6 +33,8 @@ __all__ = [
     "git_commit",
     "scratch",
     "server_url",
+    "timed_get",
+    "web_client",
     "with_database",
     "write",
 ]
@@ -134,3 +140,33 @@ def summary(samples: list[float]) -> dict[str, float]:
         "max_ms": round(ordered[-1], 1),
         "n": len(ordered),
     }
+
+
+@asynccontextmanager
+async def web_client(url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the REST API and dashboard served in this process for the database
+    `url`, with the app's lifespan (its pools) around it. Imported here, not at the top:
+    the other benchmarks do not load the web stack."""
+    import httpx
+
+    from pgjobs.config import load_settings
+    from pgjobs.web import create_app
+
+    settings = load_settings({"DATABASE_URL": url, "LOG_LEVEL": "warning"}, env_file=None)
+    web = create_app(settings)
+    async with web.router.lifespan_context(web):
+        transport = httpx.ASGITransport(app=web)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            yield client
+
+
+async def timed_get(
+    client: httpx.AsyncClient, path: str, params: dict[str, str] | None = None
+) -> tuple[float, httpx.Response]:
+    """Milliseconds of one GET that must answer 200, and the response."""
+    started = time.perf_counter()
+    response = await client.get(path, params=params)
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        raise RuntimeError(f"GET {path} {params}: {response.status_code} {response.text[:300]}")
+    return elapsed, response

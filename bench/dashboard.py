@@ -32,10 +32,7 @@ from typing import Any
 
 import httpx
 import psycopg
-from common import ROOT, scratch, server_url, summary, write
-
-from pgjobs.config import load_settings
-from pgjobs.web import create_app
+from common import ROOT, scratch, server_url, summary, timed_get, web_client, write
 
 QUEUES = ("default", "emails", "reports", "high-priority", "low-priority")
 BATCH = 200_000
@@ -111,15 +108,6 @@ def fill(url: str, jobs: int, hours: float) -> dict[str, Any]:
     }
 
 
-async def timed_get(client: httpx.AsyncClient, path: str) -> tuple[float, httpx.Response]:
-    started = time.perf_counter()
-    response = await client.get(path)
-    elapsed = (time.perf_counter() - started) * 1000
-    if response.status_code != 200:
-        raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
-    return elapsed, response
-
-
 async def history_ready(client: httpx.AsyncClient, timeout_s: float = 600) -> None:
     """Poll the auto-refresh endpoint until the first history fill is done."""
     deadline = time.monotonic() + timeout_s
@@ -131,33 +119,29 @@ async def history_ready(client: httpx.AsyncClient, timeout_s: float = 600) -> No
 
 
 async def measure(url: str, renders: int) -> dict[str, Any]:
-    settings = load_settings({"DATABASE_URL": url, "LOG_LEVEL": "warning"}, env_file=None)
-    web = create_app(settings)
     out: dict[str, Any] = {}
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+    async with web_client(url) as client:
+        ms, response = await timed_get(client, "/dashboard")
+        cold_charts = "data-history-pending" not in response.text
+        out["first_render"] = {"ms": round(ms, 1), "with_charts": cold_charts}
+        print(f"first overview render: {ms:.0f} ms (charts: {cold_charts})", file=sys.stderr)
+        started = time.perf_counter()
+        await history_ready(client)
+        out["history_fill_s"] = round(time.perf_counter() - started, 2)
+        samples: list[float] = []
+        for _ in range(renders):
             ms, response = await timed_get(client, "/dashboard")
-            cold_charts = "data-history-pending" not in response.text
-            out["first_render"] = {"ms": round(ms, 1), "with_charts": cold_charts}
-            print(f"first overview render: {ms:.0f} ms (charts: {cold_charts})", file=sys.stderr)
-            started = time.perf_counter()
-            await history_ready(client)
-            out["history_fill_s"] = round(time.perf_counter() - started, 2)
-            samples: list[float] = []
-            for _ in range(renders):
-                ms, response = await timed_get(client, "/dashboard")
-                assert "data-history-pending" not in response.text
-                samples.append(ms)
-            out["overview"] = summary(samples)
-            for name, path in (
-                ("counts_json", "/dashboard/counts.json"),
-                ("queue_page", "/dashboard/queues/default"),
-                ("queue_failed_tab", "/dashboard/queues/default?status=failed"),
-                ("failures_page", "/dashboard/failures"),
-            ):
-                runs = [(await timed_get(client, path))[0] for _ in range(5)]
-                out[name] = summary(runs)
+            assert "data-history-pending" not in response.text
+            samples.append(ms)
+        out["overview"] = summary(samples)
+        for name, path in (
+            ("counts_json", "/dashboard/counts.json"),
+            ("queue_page", "/dashboard/queues/default"),
+            ("queue_failed_tab", "/dashboard/queues/default?status=failed"),
+            ("failures_page", "/dashboard/failures"),
+        ):
+            runs = [(await timed_get(client, path))[0] for _ in range(5)]
+            out[name] = summary(runs)
     return out
 
 

@@ -29,12 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 
-from bench.common import ROOT, scratch, server_url, summary, write
-from pgjobs.config import load_settings
-from pgjobs.web import create_app
+from bench.common import ROOT, scratch, server_url, summary, timed_get, web_client, write
 
 BATCH = 200_000
 BUDGET_MS = 200.0
@@ -130,38 +127,23 @@ def searches(jobs: int, sample_id: str) -> dict[str, str]:
     }
 
 
-async def timed_get(
-    client: httpx.AsyncClient, path: str, params: dict[str, str]
-) -> tuple[float, httpx.Response]:
-    started = time.perf_counter()
-    response = await client.get(path, params=params)
-    elapsed = (time.perf_counter() - started) * 1000
-    if response.status_code != 200:
-        raise RuntimeError(f"GET {path} {params}: {response.status_code} {response.text[:300]}")
-    return elapsed, response
-
-
 async def measure(url: str, cases: dict[str, str], runs: int) -> dict[str, Any]:
-    settings = load_settings({"DATABASE_URL": url, "LOG_LEVEL": "warning"}, env_file=None)
-    web = create_app(settings)
     out: dict[str, Any] = {}
-    async with web.router.lifespan_context(web):
-        transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            for name, q in cases.items():
-                samples = []
-                for _ in range(runs):
-                    ms, _ = await timed_get(client, "/dashboard/search", {"q": q})
-                    samples.append(ms)
-                api_ms, response = await timed_get(client, "/api/jobs", {"q": q})
-                found = len(response.json()["jobs"])
-                out[name] = {"q": q, "found": found, "page": summary(samples)}
-                out[name]["api_ms"] = round(api_ms, 1)
-                print(
-                    f"  {name:<20} {q!r:<36} {found:>3} found  median "
-                    f"{out[name]['page']['median_ms']:>6} ms  max {out[name]['page']['max_ms']} ms",
-                    file=sys.stderr,
-                )
+    async with web_client(url) as client:
+        for name, q in cases.items():
+            samples = []
+            for _ in range(runs):
+                ms, _ = await timed_get(client, "/dashboard/search", {"q": q})
+                samples.append(ms)
+            api_ms, response = await timed_get(client, "/api/jobs", {"q": q})
+            found = len(response.json()["jobs"])
+            out[name] = {"q": q, "found": found, "page": summary(samples)}
+            out[name]["api_ms"] = round(api_ms, 1)
+            print(
+                f"  {name:<20} {q!r:<36} {found:>3} found  median "
+                f"{out[name]['page']['median_ms']:>6} ms  max {out[name]['page']['max_ms']} ms",
+                file=sys.stderr,
+            )
     return out
 
 
