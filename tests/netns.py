@@ -39,6 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgjobs.dev.services import process_alive
+
 PREFIX = "pjh"
 STATE_DIR = Path(tempfile.gettempdir()) / "pgjobs-netns"
 FORWARDER = Path(__file__).with_name("tcp_forward.py")
@@ -65,16 +67,6 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -94,7 +86,7 @@ def cleanup_leftovers() -> list[str]:
             state = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(int(state["owner"])):
+        if process_alive(int(state["owner"])):
             continue
         for pid in state.get("forwarders", []):
             if state["subnet"] in _cmdline(pid):
