@@ -142,7 +142,7 @@ class App:
         """
         job = self.build(type, payload, **options)
         stored = (await self._insert([job], conn))[0]
-        if conn is None and stored.status == "pending" and self.settings.redis_url is not None:
+        if conn is None and stored.status == "pending":
             await self.notify_committed([stored.queue])
         return stored
 
