@@ -27,6 +27,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import psycopg
 import redis
@@ -483,6 +484,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in found.items()), flush=True)
     with ExitStack() as stack:
         prepare_stores(stack, contenders, server, redis_url or "")
+        databases = [
+            urlsplit(c.target).path.lstrip("/") for c in contenders if c.store == "postgres"
+        ]
         samples = run_rounds(contenders, counts, rounds, args.concurrency, redis_url)
     if redis_url:
         flush_redis(redis_url)  # as the scratch databases are dropped
@@ -499,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         concurrency=args.concurrency,
         counts=counts.__dict__,
         contenders=names,
+        databases=databases,  # scratch databases, dropped by now
         versions=found,
         load_average=os.getloadavg(),
         samples=samples,
