@@ -1,9 +1,13 @@
 -- Reading from a streaming replica (pgjobs/replica.py): how far behind it is.
 
 -- name: replica_primary_lsn
--- Where the primary's WAL ends now. Read before the replica's position, so a replica
--- that has replayed up to here holds every change committed before the read began.
-SELECT pg_current_wal_lsn()::text AS lsn;
+-- Where the primary's flushed WAL ends now. Read before the replica's position, so a
+-- replica that has replayed up to here holds every change committed before the read
+-- began (a commit returns once its WAL is flushed). Not the write position: records no
+-- commit waits for (a read pruning a page) can sit written but unflushed for as long as
+-- the primary stays idle, and a replica receives only flushed WAL, so it would look
+-- behind with nothing missing.
+SELECT pg_current_wal_flush_lsn()::text AS lsn;
 
 -- name: replica_position
 -- How far the replica's replay is behind %(primary_lsn)s, in bytes, and how long ago
