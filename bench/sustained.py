@@ -61,9 +61,7 @@ async def sustained(ctx, payload):
     await asyncio.sleep(SECONDS)
 """
 
-PENDING = (
-    "SELECT count(*) AS n FROM jobs WHERE status = 'pending' AND NOT suspect AND queue = 'default'"
-)
+PENDING = "SELECT count(*) AS n FROM job_ready WHERE queue = 'default' AND NOT suspect"
 WORKERS_REGISTERED = "SELECT count(*) AS n FROM job_workers"
 # The jobs completed in [since, until): a range of the partial index on completed_at.
 COMPLETED_BETWEEN = (
@@ -83,7 +81,7 @@ PREFILL_RESULTS = (
 TABLE_HEALTH = """
 SELECT clock_timestamp() AS at,
        pg_total_relation_size('jobs') AS table_bytes,
-       pg_relation_size('jobs_claim_idx') AS claim_idx_bytes,
+       pg_relation_size('job_ready_claim_idx') AS claim_idx_bytes,
        s.n_live_tup, s.n_dead_tup, s.autovacuum_count, s.vacuum_count,
        s.last_autovacuum, s.last_vacuum,
        -- an old snapshot here keeps vacuum from removing anything
@@ -197,8 +195,8 @@ class Workers(WorkerProcesses):
 
 
 class Producer:
-    """Keeps about `depth` jobs pending: reads the depth from the claim index (a few
-    thousand entries) and tops it up in one `create_many` when a chunk is missing."""
+    """Keeps about `depth` jobs pending: reads the depth from job_ready (a few thousand
+    rows) and tops it up in one `create_many` when a chunk is missing."""
 
     def __init__(self, app: App, conn: psycopg.AsyncConnection[Any], load: Load) -> None:
         self.app = app
@@ -264,7 +262,7 @@ async def explain_claim(conn: psycopg.AsyncConnection[Any], limit: int) -> dict[
         "execution_ms": round(plan["Execution Time"], 3),
         "shared_hit": top.get("Shared Hit Blocks", 0),
         "shared_read": top.get("Shared Read Blocks", 0),
-        "claim_idx_scan": index_scan_buffers(top, "jobs_claim_idx"),
+        "claim_idx_scan": index_scan_buffers(top, "job_ready_claim_idx"),
     }
 
 

@@ -622,7 +622,8 @@ class RateLimiter:
                 if answer.taken_at is not None:
                     started_at = answer.taken_at
                 self.note_waits(request, answer)
-            ids = [row["id"] for row, ok in zip(candidates, granted, strict=True) if ok]
+            granted_rows = [row for row, ok in zip(candidates, granted, strict=True) if ok]
+            ids = [row["id"] for row in granted_rows]
             refused = len(ids) < len(candidates)
             if not ids:
                 return [], refused
@@ -630,7 +631,12 @@ class RateLimiter:
                 async with conn.cursor(row_factory=dict_row) as cur:
                     await cur.execute(
                         query("limits_claim_locked"),
-                        {"ids": ids, "now": started_at, "worker": self._worker},
+                        {
+                            "ids": ids,
+                            "ready": [row["ready_ctid"] for row in granted_rows],
+                            "now": started_at,
+                            "worker": self._worker,
+                        },
                     )
                     rows = await cur.fetchall()
             except BaseException:

@@ -4,22 +4,21 @@
 TRUNCATE jobs CASCADE;
 
 -- name: bench_vacuum
-VACUUM ANALYZE jobs;
+VACUUM ANALYZE jobs, job_ready;
 
 -- name: bench_analyze
 -- Planner statistics for the backlog, as autovacuum keeps them on a table in use; the
 -- peers' drains do the same for their tables (bench/peers/).
-ANALYZE jobs;
+ANALYZE jobs, job_ready;
 
 -- name: bench_completed_count
 SELECT count(*) AS n FROM jobs WHERE status = 'completed';
 
 -- name: bench_any_unfinished
 -- Whether any job is still pending or running, cheaply enough to ask every 5 ms during a
--- drain: each EXISTS stops at its partial index's first live entry, where counting the
--- pending jobs reads all of them (8 ms at 20,000, a core's worth of polling).
-SELECT EXISTS (SELECT FROM jobs WHERE status = 'pending' AND NOT suspect)
-    OR EXISTS (SELECT FROM jobs WHERE status = 'pending' AND suspect)
+-- drain: each EXISTS stops at the first live row of a small table or partial index, where
+-- counting the pending jobs reads all of them (8 ms at 20,000, a core's worth of polling).
+SELECT EXISTS (SELECT FROM job_ready)
     OR EXISTS (SELECT FROM jobs WHERE status = 'active') AS unfinished;
 
 -- name: bench_worker_count

@@ -18,16 +18,17 @@ SELECT 'store', s.store, NULL, NULL FROM job_rate_state s;
 -- pending jobs in claim order exactly as claim_jobs picks them, minus the queues
 -- (left out of %(queues)s) and the keys (%(excluded_keys)s) that had no tokens at the
 -- last answer, so their jobs wait without holding up the others.
-SELECT c.id, c.queue, c.rate_limit_key
+SELECT c.id, c.queue, c.rate_limit_key, c.ready_ctid::text AS ready_ctid
 FROM unnest(%(queues)s::text[]) AS q(name)
 CROSS JOIN LATERAL (
-    SELECT j.id, j.queue, j.rate_limit_key, j.priority, j.run_at
-    FROM jobs j
-    WHERE j.status = 'pending' AND NOT j.suspect AND j.queue = q.name
+    SELECT j.id, j.queue, j.rate_limit_key, r.priority, r.run_at, r.ctid AS ready_ctid
+    FROM job_ready r JOIN jobs j ON j.id = r.id
+    WHERE r.queue = q.name AND NOT r.suspect
+      AND (j.status = 'pending' AND NOT j.suspect AND j.queue = q.name) IS TRUE
       AND (j.rate_limit_key IS NULL OR j.rate_limit_key <> ALL (%(excluded_keys)s::text[]))
-    ORDER BY j.priority, j.run_at, j.id
+    ORDER BY r.suspect, r.priority, r.run_at, r.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF j SKIP LOCKED
 ) c
 WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)
 ORDER BY c.priority, c.run_at, c.id
@@ -45,15 +46,27 @@ FROM pgjobs_take_tokens(%(buckets)s::text[], %(maxes)s::int[], %(windows)s::int[
 -- Step 3: claim exactly the granted jobs (rows this transaction holds locked), as
 -- claim_jobs does. started_at is the instant the tokens were taken at when the store is
 -- Postgres, so the windows the limiter counted and those of started_at are the same.
-UPDATE jobs j
-SET status = 'active',
-    attempts = j.attempts + 1,
-    started_at = coalesce(%(now)s::timestamptz, pgjobs_now()),
-    worker_id = %(worker)s,
-    progress = 0,
-    progress_message = NULL
-WHERE j.id = ANY (%(ids)s::uuid[]) AND j.status = 'pending'
-RETURNING j.*;
+-- The claimed jobs leave job_ready by the row addresses step 1 read (%(ready)s, in the
+-- order of %(ids)s), as claim_picked has them leave.
+WITH claimed AS (
+    UPDATE jobs j
+    SET status = 'active',
+        attempts = j.attempts + 1,
+        started_at = coalesce(%(now)s::timestamptz, pgjobs_now()),
+        worker_id = %(worker)s,
+        progress = 0,
+        progress_message = NULL
+    WHERE j.id = ANY (%(ids)s::uuid[]) AND j.status = 'pending'
+    RETURNING j.*
+),
+unready AS (
+    DELETE FROM job_ready r
+    WHERE r.ctid = ANY (ARRAY(
+        SELECT g.ready_ctid
+        FROM unnest(%(ids)s::uuid[], %(ready)s::tid[]) AS g(id, ready_ctid)
+        JOIN claimed c ON c.id = g.id))
+)
+SELECT * FROM claimed;
 
 -- name: limits_leave_redis
 -- Redis failed: Postgres holds the tokens from now on. Starts Redis granted are unknown

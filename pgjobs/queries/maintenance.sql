@@ -168,17 +168,51 @@ SELECT pg_try_advisory_lock(%(key)s) AS acquired;
 -- name: vacuum_leader_unlock
 SELECT pg_advisory_unlock(%(key)s) AS released;
 
--- name: jobs_dead_tuples
--- What the vacuum round decides on: dead row versions in `jobs` (the statistics lag a
--- second at most), live ones, and whether this role may vacuum the table (its owner).
-SELECT s.n_dead_tup AS dead, s.n_live_tup AS live,
+-- name: vacuum_dead_tuples
+-- What the vacuum round decides on: dead row versions in job_ready and `jobs` (the
+-- statistics lag a second at most), live ones, and whether this role may vacuum each
+-- table (its owner).
+SELECT c.oid = 'job_ready'::regclass AS ready, s.n_dead_tup AS dead, s.n_live_tup AS live,
        pg_has_role(current_user, c.relowner, 'USAGE') AS may_vacuum
 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-WHERE s.relid = 'jobs'::regclass;
+WHERE s.relid IN ('job_ready'::regclass, 'jobs'::regclass)
+ORDER BY ready DESC;
+
+-- name: vacuum_ready
+-- The claim's table: its claim index must shed the entries of claimed jobs (index cleanup
+-- always, where the default may skip it when few pages hold dead rows). No truncation: it
+-- would take an exclusive lock that claims wait behind. SKIP_LOCKED: an autovacuum
+-- already at work does the same job.
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON, TRUNCATE false) job_ready;
 
 -- name: vacuum_jobs
--- Index cleanup always: left to its default, VACUUM skips the indexes when few heap
--- pages hold dead rows (a large table of finished jobs), and the claim index is the
--- one that must be cleaned. No truncation: it would take an exclusive lock on the hot
--- table. SKIP_LOCKED: an autovacuum already at work does the same job.
-VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON, TRUNCATE false, PROCESS_TOAST false) jobs;
+-- The heap and the history's indexes: index cleanup left to VACUUM's own judgement (it
+-- skips the indexes when few heap pages hold dead rows). No truncation, as above.
+VACUUM (SKIP_LOCKED, TRUNCATE false, PROCESS_TOAST false) jobs;
+
+-- name: sweep_job_ready
+-- job_ready against `jobs` (ReadySweeper): rows of jobs that are not pending with those
+-- values go, pending jobs without their row get one. Both read one snapshot, where a job
+-- and its row are written in the same transaction: a job claimed or created meanwhile
+-- is not mistaken for a missing or stale row. A row added for a job claimed just after
+-- the snapshot is stale, never claimed, and goes at the next sweep.
+WITH stale AS (
+    DELETE FROM job_ready r
+    WHERE NOT EXISTS (
+        SELECT 1 FROM jobs j
+        WHERE j.id = r.id AND j.status = 'pending' AND j.queue = r.queue
+          AND j.suspect = r.suspect AND j.priority = r.priority AND j.run_at = r.run_at)
+    RETURNING 1
+),
+missing AS (
+    INSERT INTO job_ready (queue, suspect, priority, run_at, id)
+    SELECT j.queue, j.suspect, j.priority, j.run_at, j.id
+    FROM jobs j
+    WHERE j.status = 'pending'
+      AND NOT EXISTS (
+        SELECT 1 FROM job_ready r
+        WHERE r.queue = j.queue AND r.suspect = j.suspect AND r.priority = j.priority
+          AND r.run_at = j.run_at AND r.id = j.id)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM stale) AS removed, (SELECT count(*) FROM missing) AS added;

@@ -4,36 +4,45 @@
 -- name: claim_jobs
 -- Picks up to %(limit)s pending jobs of the asked queues and marks them active.
 -- Each queue is read through its own LATERAL subquery so every read is an ordered scan
--- of the partial claim index (queue, priority, run_at, id) that stops after LIMIT rows;
--- a single `queue = ANY(...)` would have to sort every pending row of all the queues.
+-- of job_ready's index (queue, suspect, priority, run_at, id) that stops after LIMIT
+-- rows; a single `queue = ANY(...)` would have to sort every pending row of all the
+-- queues. job_ready only orders the candidates: the jobs row, found by its key, is the
+-- one locked, and its status, queue and suspect flag decide (a lock on a row updated
+-- meanwhile rechecks them on its newest version). That check is written as one `IS TRUE`
+-- so the planner cannot use it as an index condition: reading pending jobs through
+-- idx_jobs_status and joining job_ready to them would read every pending job.
 -- The picking is a CTE so the planner cannot update more rows than the LIMIT (the
 -- UPDATE joins the already-limited set). Paused queues are skipped here, so a pause
 -- takes effect on the next claim of every worker.
--- Suspects (jobs rescued from a dead worker) are left out: the index has none, and
--- claim_suspect hands them out one at a time to a worker running nothing else.
+-- Suspects (jobs rescued from a dead worker) are left out, and claim_suspect hands them
+-- out one at a time to a worker running nothing else.
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 candidates AS (
-    SELECT c.id, c.priority, c.run_at
+    SELECT c.id, c.priority, c.run_at, c.ready_ctid
     FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.run_at
-        FROM jobs j
-        WHERE j.status = 'pending' AND NOT j.suspect AND j.queue = q.name
-        ORDER BY j.priority, j.run_at, j.id
+        SELECT j.id, r.priority, r.run_at, r.ctid AS ready_ctid
+        FROM job_ready r JOIN jobs j ON j.id = r.id
+        WHERE r.queue = q.name AND NOT r.suspect
+          AND (j.status = 'pending' AND NOT j.suspect AND j.queue = q.name) IS TRUE
+        ORDER BY r.suspect, r.priority, r.run_at, r.id
         LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF j SKIP LOCKED
     ) c
     WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)
 ),
 picked AS (
-    SELECT id FROM candidates ORDER BY priority, run_at, id LIMIT %(limit)s
+    SELECT id, ready_ctid FROM candidates ORDER BY priority, run_at, id LIMIT %(limit)s
 ),
 {{claim_picked}};
 
 -- name: claim_picked
 -- The last step of claim_jobs and claim_suspect: the jobs in `picked` (locked by the
--- statement) become active runs of %(worker)s at the `clock`'s now. Claiming increments
--- attempts: (id, attempts) is the run's fence token.
+-- statement) become active runs of %(worker)s at the `clock`'s now, and their rows
+-- leave job_ready by the row addresses the pick read: a TID scan, whatever the table's
+-- statistics said when the plan was made (a row of job_ready is never updated, so its
+-- address holds until it is deleted). Claiming increments attempts: (id, attempts) is
+-- the run's fence token.
 claimed AS (
     UPDATE jobs j
     SET status = 'active',
@@ -47,6 +56,10 @@ claimed AS (
     RETURNING j.id, j.type, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
               j.timeout_ms, j.backoff, j.created_at, j.depends_on, j.cancel_requested_at,
               j.run_at
+),
+unready AS (
+    DELETE FROM job_ready r
+    WHERE r.ctid = ANY (ARRAY(SELECT p.ready_ctid FROM picked p JOIN claimed c ON c.id = p.id))
 )
 -- In claim order: the worker starts them in the order they come (an UPDATE returns
 -- its rows in whatever order it found them).
@@ -56,18 +69,19 @@ SELECT * FROM claimed ORDER BY priority, run_at, id
 -- One suspect of the asked queues, for a worker that holds no other job and will claim
 -- nothing else until this run is over and recorded (engine/worker.py). Its run is alone in its
 -- process, so if the worker dies now the rescuer charges this job a stall, and only
--- this one. Claimed as claim_jobs claims (claim_picked).
+-- this one. Found and locked as claim_jobs does, claimed as it claims (claim_picked).
 WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
 picked AS (
-    SELECT c.id
+    SELECT c.id, c.ready_ctid
     FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.run_at
-        FROM jobs j
-        WHERE j.status = 'pending' AND j.suspect AND j.queue = q.name
-        ORDER BY j.priority, j.run_at, j.id
+        SELECT j.id, r.priority, r.run_at, r.ctid AS ready_ctid
+        FROM job_ready r JOIN jobs j ON j.id = r.id
+        WHERE r.queue = q.name AND r.suspect
+          AND (j.status = 'pending' AND j.suspect AND j.queue = q.name) IS TRUE
+        ORDER BY r.suspect, r.priority, r.run_at, r.id
         LIMIT 1
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF j SKIP LOCKED
     ) c
     WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)
     ORDER BY c.priority, c.run_at, c.id
@@ -82,8 +96,9 @@ SELECT EXISTS (
     SELECT 1
     FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
-        SELECT 1 FROM jobs j
-        WHERE j.status = 'pending' AND j.suspect AND j.queue = q.name
+        SELECT 1 FROM job_ready r JOIN jobs j ON j.id = r.id
+        WHERE r.queue = q.name AND r.suspect
+          AND (j.status = 'pending' AND j.suspect AND j.queue = q.name) IS TRUE
         LIMIT 1
     ) s
     WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)

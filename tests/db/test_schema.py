@@ -405,12 +405,14 @@ def schema_snapshot(url: str) -> dict[str, Any]:
             ),
             "triggers": rows(
                 conn,
-                """SELECT tgname, pg_get_triggerdef(t.oid) AS def FROM pg_trigger t
+                """SELECT tgname, pg_get_triggerdef(t.oid) AS def, tgenabled FROM pg_trigger t
                    WHERE NOT tgisinternal ORDER BY tgname""",
             ),
             "reloptions": rows(
                 conn,
-                """SELECT c.relname, c.reloptions FROM pg_class c
+                # Sorted: the order of a table's options means nothing to PostgreSQL.
+                """SELECT c.relname, array(SELECT unnest(c.reloptions) ORDER BY 1) AS reloptions
+                   FROM pg_class c
                    JOIN pg_namespace n ON n.oid = c.relnamespace
                    WHERE n.nspname = 'public' AND c.reloptions IS NOT NULL
                    ORDER BY c.relname""",
@@ -742,25 +744,30 @@ def test_views_start_with_the_spec_columns(db: psycopg.Connection[Any]) -> None:
         assert [name for name, _ in columns(db, view)][: len(expected)] == expected, view
 
 
-def test_claim_index_is_partial_on_pending(db: psycopg.Connection[Any]) -> None:
-    """Pending jobs in claim order; suspects (run alone, see claim_suspect) have their own."""
-    found = rows(
-        db,
-        "SELECT indexname, indexdef FROM pg_indexes "
-        "WHERE indexname IN ('jobs_claim_idx', 'jobs_suspect_idx') ORDER BY indexname",
-    )
+def test_claims_read_job_ready_whose_triggers_fire_always(db: psycopg.Connection[Any]) -> None:
+    """Pending jobs in claim order, suspects apart, in a table of their own; jobs keeps
+    no claim index. The triggers fire under session_replication_role = replica too."""
+    found = rows(db, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'job_ready'")
     assert found == [
         {
-            "indexname": "jobs_claim_idx",
-            "indexdef": "CREATE INDEX jobs_claim_idx ON public.jobs USING btree "
-            "(queue, priority, run_at, id) "
-            "WHERE (((status)::text = 'pending'::text) AND (NOT suspect))",
-        },
-        {
-            "indexname": "jobs_suspect_idx",
-            "indexdef": "CREATE INDEX jobs_suspect_idx ON public.jobs USING btree "
-            "(queue, priority, run_at, id) WHERE (((status)::text = 'pending'::text) AND suspect)",
-        },
+            "indexname": "job_ready_claim_idx",
+            "indexdef": "CREATE INDEX job_ready_claim_idx ON public.job_ready USING btree "
+            "(queue, suspect, priority, run_at, id)",
+        }
+    ]
+    assert not rows(
+        db,
+        "SELECT indexname FROM pg_indexes "
+        "WHERE indexname IN ('jobs_claim_idx', 'jobs_suspect_idx')",
+    )
+    triggers = rows(
+        db,
+        "SELECT tgname, tgenabled FROM pg_trigger "
+        "WHERE tgrelid = 'jobs'::regclass AND tgname LIKE 'jobs_ready_%' ORDER BY tgname",
+    )
+    assert triggers == [
+        {"tgname": f"jobs_ready_{op}", "tgenabled": "A"}
+        for op in ("delete", "insert", "truncate", "update")
     ]
 
 
@@ -782,8 +789,8 @@ def test_a_queue_filter_over_all_states_reads_the_queue_status_index(
 def test_jobs_table_has_autovacuum_settings(db: psycopg.Connection[Any]) -> None:
     [row] = rows(db, "SELECT reloptions FROM pg_class WHERE oid = 'jobs'::regclass")
     options = dict(opt.split("=", 1) for opt in row["reloptions"])
-    assert options["autovacuum_vacuum_scale_factor"] == "0.01"
-    assert options["autovacuum_vacuum_threshold"] == "1000"
+    assert options["autovacuum_vacuum_scale_factor"] == "0.1"
+    assert options["autovacuum_vacuum_threshold"] == "20000"
     assert options["autovacuum_analyze_scale_factor"] == "0.02"
     assert options["autovacuum_vacuum_cost_delay"] == "0"
     assert options["fillfactor"] == "80"

@@ -1,5 +1,6 @@
-"""The maintenance leader vacuums `jobs` once enough dead rows pile up, so the claim
-index sheds the entries of claimed jobs long before autovacuum's next visit."""
+"""The maintenance leader vacuums job_ready once a thousand dead rows pile up, so its
+claim index sheds the entries of claimed jobs long before autovacuum's next visit, and
+`jobs` (the history) once a tenth of its rows are dead."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import pytest
 
 from pgjobs.app import App
 from pgjobs.engine.maintenance.tasks import (
+    READY_VACUUM_DEAD_ROWS,
     VACUUM_DEAD_ROWS,
     VACUUM_NOT_OWNER_RECHECK,
     Vacuumer,
     run_round,
 )
+from pgjobs.queries import query
 from tests.helpers import wait_until
 from tests.roles import login_role, url_as
 
 pytestmark = pytest.mark.anyio
 
-VACUUM_STATS = "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'jobs'"
+VACUUM_STATS = "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables WHERE relname = %s"
 
 
 def make_dead_rows(db: Any, count: int) -> None:
@@ -34,8 +37,8 @@ def make_dead_rows(db: Any, count: int) -> None:
     db.execute("SELECT pg_stat_force_next_flush()")
 
 
-def stats(db: Any) -> dict[str, Any]:
-    row = db.execute(VACUUM_STATS).fetchone()
+def stats(db: Any, table: str = "jobs") -> dict[str, Any]:
+    row = db.execute(VACUUM_STATS, (table,)).fetchone()
     assert row is not None
     return dict(row)
 
@@ -88,3 +91,54 @@ async def test_a_worker_that_does_not_own_jobs_leaves_vacuum_to_autovacuum(
             wait = await run_round(conn, Vacuumer(), app.clock)
     assert wait == VACUUM_NOT_OWNER_RECHECK
     assert stats(db)["vacuum_count"] == 0
+
+
+async def test_vacuums_job_ready_after_a_thousand_claims(app: App, db: Any, db_url: str) -> None:
+    """Each claimed job leaves one dead row in job_ready; `jobs` is left alone."""
+    count = READY_VACUUM_DEAD_ROWS + 100
+    db.execute(
+        "INSERT INTO jobs (type, payload) SELECT 'noop', '{}' FROM generate_series(1, %s)",
+        (count,),
+    )
+    claim = {"now": None, "queues": ["default"], "limit": count, "worker": None}
+    assert len(db.execute(query("claim_jobs"), claim).fetchall()) == count
+    db.execute("SELECT pg_stat_force_next_flush()")
+    wait_until(lambda: stats(db, "job_ready")["n_dead_tup"] >= READY_VACUUM_DEAD_ROWS, timeout=15)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await run_round(conn, Vacuumer(), app.clock)
+    wait_until(lambda: stats(db, "job_ready")["vacuum_count"] == 1, timeout=15)
+    assert stats(db)["vacuum_count"] == 0
+
+
+async def test_a_large_history_is_vacuumed_only_once_a_tenth_is_dead(
+    app: App, db: Any, db_url: str
+) -> None:
+    """A pass over the indexes of a large table costs in proportion to it: 30,000 dead
+    rows among 500,000 finished jobs are not yet worth one."""
+    db.execute(
+        "INSERT INTO jobs (type, status, payload) "
+        "SELECT 'old', 'completed', '{}' FROM generate_series(1, 500000)"
+    )
+    db.execute("ANALYZE jobs")
+    make_dead_rows_among(db, 15_000)
+    wait_until(lambda: stats(db)["n_dead_tup"] >= 30_000, timeout=15)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await run_round(conn, Vacuumer(), app.clock)
+    assert stats(db)["vacuum_count"] == 0
+    make_dead_rows_among(db, 15_000)
+    wait_until(lambda: stats(db)["n_dead_tup"] >= 60_000, timeout=15)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await run_round(conn, Vacuumer(), app.clock)
+    wait_until(lambda: stats(db)["vacuum_count"] == 1, timeout=15)
+
+
+def make_dead_rows_among(db: Any, count: int) -> None:
+    """`count` new jobs run through to completed (two dead versions each), leaving the
+    finished jobs already there alone."""
+    db.execute(
+        "INSERT INTO jobs (type, payload) SELECT 'noop', '{}' FROM generate_series(1, %s)",
+        (count,),
+    )
+    db.execute("UPDATE jobs SET status = 'active' WHERE status = 'pending'")
+    db.execute("UPDATE jobs SET status = 'completed' WHERE status = 'active'")
+    db.execute("SELECT pg_stat_force_next_flush()")

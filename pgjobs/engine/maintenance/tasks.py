@@ -33,11 +33,14 @@ log = logging.getLogger("pgjobs.maintenance")
 
 STAGE_BATCH = 5000
 PRUNE_BATCH = 2000
-# Vacuum `jobs` once this many dead row versions (and 1 % of the live rows) pile up.
+# Vacuum job_ready (the claim's table) once this many dead rows pile up, and `jobs` once
+# this many and a tenth of its live rows have.
+READY_VACUUM_DEAD_ROWS = 1_000
 VACUUM_DEAD_ROWS = 20_000
-VACUUM_LIVE_FRACTION = 0.01
-VACUUM_CHECK_INTERVAL = 1.0
+VACUUM_LIVE_FRACTION = 0.1
+VACUUM_CHECK_INTERVAL = 0.5
 VACUUM_NOT_OWNER_RECHECK = 600.0
+READY_SWEEP_INTERVAL = 60.0
 # How long a round's transaction may sit idle (see try_leader_lock): the longest a
 # leader cut off from the database keeps the others from taking over its task.
 LEADER_IDLE_TIMEOUT_MS = 5000
@@ -114,6 +117,29 @@ class Rescuer:
         return self.interval
 
 
+class ReadySweeper:
+    """Keeps job_ready true to `jobs` where its triggers could not: a row left behind by
+    a job made active outside a claim (a hand-written UPDATE) is removed, and a pending
+    job that has no row (its triggers disabled during a data-only restore) gets one, so
+    no job waits forever unseen. Claims never trust a stale row: they check the jobs row."""
+
+    name = "ready-sweep"
+    lock_key = 7423510107
+
+    def __init__(self, interval: float = READY_SWEEP_INTERVAL) -> None:
+        self.interval = interval
+
+    async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("sweep_job_ready"))
+            row = await cur.fetchone()
+        if row and row["added"]:
+            log.warning("found %d pending jobs missing from job_ready: added", row["added"])
+        if row and row["removed"]:
+            log.info("removed %d rows of job_ready whose jobs are not pending", row["removed"])
+        return self.interval
+
+
 class Pruner:
     """Deletes finished jobs older than JOBS_CLEAN_COMPLETED_AFTER / _FAILED_AFTER.
 
@@ -163,12 +189,16 @@ class Pruner:
 
 
 class Vacuumer:
-    """Vacuums `jobs` as soon as enough dead rows pile up, without waiting for autovacuum.
+    """Vacuums job_ready as soon as a thousand dead rows pile up, and `jobs` at about
+    autovacuum's pace, without waiting for autovacuum's next visit.
 
-    Every claim scans the claim index from its oldest entry, and the entries of claimed
-    jobs stay in the index until a vacuum removes them: between vacuums each claim reads
-    further. Autovacuum comes at most once per autovacuum_naptime (a minute by default),
-    by which time a busy queue has left hundreds of thousands of them.
+    Every claim reads job_ready's claim index from its oldest entry, and the entries of
+    claimed jobs stay in the index until a vacuum removes them: between vacuums each claim
+    reads further. Autovacuum comes at most once per autovacuum_naptime (a minute by
+    default), by which time a busy queue has left hundreds of thousands of them. The
+    table holds pending jobs only, so its vacuum costs milliseconds. `jobs` keeps the
+    history, and a pass over its indexes grows with it: it is vacuumed for its heap and
+    those indexes once a tenth of its rows are dead.
 
     VACUUM cannot run inside a transaction: this round takes a session-level leader
     lock itself (`own_lock`), outside the transaction run_round would open.
@@ -178,7 +208,7 @@ class Vacuumer:
     VACUUM can start. Every worker then checks, and VACUUM's own SKIP_LOCKED is the
     leader election: of workers that decide at once, one vacuums and the rest skip.
     A worker that read the statistics just before another's vacuum ended may vacuum
-    again right after it; that costs a pass over the indexes, never correctness."""
+    again right after it; that costs one more pass, never correctness."""
 
     name = "vacuum"
     lock_key = 7423510106
@@ -202,17 +232,26 @@ class Vacuumer:
                 await cur.execute(query("vacuum_leader_unlock"), {"key": self.lock_key})
 
     async def _vacuum_if_due(self, cur: psycopg.AsyncCursor[dict[str, Any]]) -> float:
-        await cur.execute(query("jobs_dead_tuples"))
-        row = await cur.fetchone()
-        if row is None or row["dead"] < max(VACUUM_DEAD_ROWS, VACUUM_LIVE_FRACTION * row["live"]):
+        await cur.execute(query("vacuum_dead_tuples"))
+        due = [row for row in await cur.fetchall() if vacuum_due(row)]
+        if not due:
             return self.interval
-        if not row["may_vacuum"]:
-            # Only the table's owner may vacuum it: autovacuum alone does, as before.
+        if not all(row["may_vacuum"] for row in due):
+            # Only a table's owner may vacuum it: autovacuum alone does, as before.
             log.debug("not the owner of jobs: leaving its vacuuming to autovacuum")
             return VACUUM_NOT_OWNER_RECHECK
-        await cur.execute(query("vacuum_jobs"), prepare=False)
-        log.debug("vacuumed jobs (%d dead rows)", row["dead"])
+        for row in due:
+            statement = "vacuum_ready" if row["ready"] else "vacuum_jobs"
+            await cur.execute(query(statement), prepare=False)
+            log.debug("vacuumed %s (%d dead rows)", statement, row["dead"])
         return self.interval
+
+
+def vacuum_due(row: dict[str, Any]) -> bool:
+    """Whether the table of a vacuum_dead_tuples row has enough dead rows to vacuum."""
+    if row["ready"]:
+        return bool(row["dead"] >= READY_VACUUM_DEAD_ROWS)
+    return bool(row["dead"] >= max(VACUUM_DEAD_ROWS, VACUUM_LIVE_FRACTION * row["live"]))
 
 
 def default_tasks(s: Settings) -> list[MaintenanceTask]:
@@ -223,6 +262,7 @@ def default_tasks(s: Settings) -> list[MaintenanceTask]:
         DependencySweeper(s.stalled_interval_ms / 1000),
         CronTask(s),
         Vacuumer(pooled=s.transaction_pooling),
+        ReadySweeper(),
     ]
     return tasks
 

@@ -1096,10 +1096,10 @@ class Sample:
     probe_ms: float  # the claim's index scan, read-only
 
 
-# The claim's read path (jobs_claim_idx in claim order) without locking anything: every
-# dead index entry that an open snapshot may still see costs it a heap visit.
+# The claim's read path (job_ready_claim_idx in claim order) without locking anything:
+# every dead index entry that an open snapshot may still see costs it a heap visit.
 PROBE_SQL = (
-    "SELECT id FROM jobs WHERE status = 'pending' AND queue = 'default' "
+    "SELECT id FROM job_ready WHERE queue = 'default' AND NOT suspect "
     "ORDER BY priority, run_at, id LIMIT 1"
 )
 
@@ -1127,7 +1127,7 @@ class _Sampler(threading.Thread):
                     "SELECT (SELECT count(*) FROM job_results) AS completed, "
                     "coalesce((SELECT n_dead_tup FROM pg_stat_user_tables "
                     "          WHERE relid = 'jobs'::regclass), 0) AS dead, "
-                    "pg_relation_size('jobs_claim_idx') / 1024 AS index_kb"
+                    "pg_relation_size('job_ready_claim_idx') / 1024 AS index_kb"
                 ).fetchone()
                 if row:
                     self.samples.append(
