@@ -24,9 +24,10 @@ CROSS JOIN LATERAL (
     SELECT j.id, j.queue, j.rate_limit_key, r.priority, r.run_at, r.ctid AS ready_ctid
     FROM job_ready r JOIN jobs j ON j.id = r.id
     WHERE r.queue = q.name AND NOT r.suspect
-      AND (j.status = 'pending' AND NOT j.suspect AND j.queue = q.name) IS TRUE
+      AND CASE WHEN j.status = 'pending' AND NOT j.suspect AND j.queue = q.name
+                   THEN true ELSE false END
       AND (j.rate_limit_key IS NULL OR j.rate_limit_key <> ALL (%(excluded_keys)s::text[]))
-    ORDER BY r.suspect, r.priority, r.run_at, r.id
+    ORDER BY r.queue, r.suspect, r.priority, r.run_at, r.id
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
 ) c

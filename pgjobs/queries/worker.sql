@@ -8,9 +8,12 @@
 -- rows; a single `queue = ANY(...)` would have to sort every pending row of all the
 -- queues. job_ready only orders the candidates: the jobs row, found by its key, is the
 -- one locked, and its status, queue and suspect flag decide (a lock on a row updated
--- meanwhile rechecks them on its newest version). That check is written as one `IS TRUE`
--- so the planner cannot use it as an index condition: reading pending jobs through
--- idx_jobs_status and joining job_ready to them would read every pending job.
+-- meanwhile rechecks them on its newest version). That check is one CASE, which the
+-- planner can neither use as an index condition (reading the pending jobs through
+-- idx_jobs_status and joining job_ready to them would read every pending job) nor
+-- estimate from the statistics of `jobs`, where pending rows are a sliver of the history:
+-- from those it would expect to read all of job_ready for a few claimable rows, and
+-- plan to read and sort it all. Unknown, it counts on half passing.
 -- The picking is a CTE so the planner cannot update more rows than the LIMIT (the
 -- UPDATE joins the already-limited set). Paused queues are skipped here, so a pause
 -- takes effect on the next claim of every worker.
@@ -24,8 +27,9 @@ candidates AS (
         SELECT j.id, r.priority, r.run_at, r.ctid AS ready_ctid
         FROM job_ready r JOIN jobs j ON j.id = r.id
         WHERE r.queue = q.name AND NOT r.suspect
-          AND (j.status = 'pending' AND NOT j.suspect AND j.queue = q.name) IS TRUE
-        ORDER BY r.suspect, r.priority, r.run_at, r.id
+          AND CASE WHEN j.status = 'pending' AND NOT j.suspect AND j.queue = q.name
+                   THEN true ELSE false END
+        ORDER BY r.queue, r.suspect, r.priority, r.run_at, r.id
         LIMIT %(limit)s
         FOR UPDATE OF j SKIP LOCKED
     ) c
@@ -78,8 +82,9 @@ picked AS (
         SELECT j.id, r.priority, r.run_at, r.ctid AS ready_ctid
         FROM job_ready r JOIN jobs j ON j.id = r.id
         WHERE r.queue = q.name AND r.suspect
-          AND (j.status = 'pending' AND j.suspect AND j.queue = q.name) IS TRUE
-        ORDER BY r.suspect, r.priority, r.run_at, r.id
+          AND CASE WHEN j.status = 'pending' AND j.suspect AND j.queue = q.name
+                   THEN true ELSE false END
+        ORDER BY r.queue, r.suspect, r.priority, r.run_at, r.id
         LIMIT 1
         FOR UPDATE OF j SKIP LOCKED
     ) c
@@ -98,7 +103,8 @@ SELECT EXISTS (
     CROSS JOIN LATERAL (
         SELECT 1 FROM job_ready r JOIN jobs j ON j.id = r.id
         WHERE r.queue = q.name AND r.suspect
-          AND (j.status = 'pending' AND j.suspect AND j.queue = q.name) IS TRUE
+          AND CASE WHEN j.status = 'pending' AND j.suspect AND j.queue = q.name
+                   THEN true ELSE false END
         LIMIT 1
     ) s
     WHERE NOT EXISTS (SELECT 1 FROM job_queues p WHERE p.name = q.name AND p.paused)

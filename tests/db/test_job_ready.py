@@ -56,15 +56,17 @@ def test_every_way_in_and_out_of_pending_keeps_the_mirror(db: Any) -> None:
     claimed = db.execute(query("claim_jobs"), CLAIM).fetchall()
     assert len(claimed) == 5
     assert assert_mirrors(db) == 4
-    db.execute("UPDATE jobs SET priority = 1 WHERE id = %s", (ids[5],))  # reordered
+    taken = {r["id"] for r in claimed}
+    first, second = [i for i in ids if i not in taken][:2]  # still pending
+    db.execute("UPDATE jobs SET priority = 1 WHERE id = %s", (first,))  # reordered
     db.execute("UPDATE jobs SET progress = 50 WHERE status = 'pending'")  # order unchanged
-    db.execute("UPDATE jobs SET status = 'cancelled' WHERE id = %s", (ids[5],))
+    db.execute("UPDATE jobs SET status = 'cancelled' WHERE id = %s", (first,))
     db.execute("UPDATE jobs SET status = 'pending' WHERE status = 'delayed'")  # staged
     db.execute(
         "UPDATE jobs SET status = 'pending', suspect = true WHERE id = %s", (claimed[0]["id"],)
     )
     assert assert_mirrors(db) == 6
-    db.execute("DELETE FROM jobs WHERE id = %s", (ids[4],))
+    db.execute("DELETE FROM jobs WHERE id = %s", (second,))
     assert assert_mirrors(db) == 5
     db.execute("TRUNCATE jobs CASCADE")
     assert assert_mirrors(db) == 0

@@ -238,7 +238,7 @@ class Vacuumer:
             return self.interval
         if not all(row["may_vacuum"] for row in due):
             # Only a table's owner may vacuum it: autovacuum alone does, as before.
-            log.debug("not the owner of jobs: leaving its vacuuming to autovacuum")
+            log.debug("not the owner of the job tables: leaving their vacuuming to autovacuum")
             return VACUUM_NOT_OWNER_RECHECK
         for row in due:
             statement = "vacuum_ready" if row["ready"] else "vacuum_jobs"
