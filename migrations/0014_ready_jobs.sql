@@ -9,9 +9,9 @@
 -- job_ready holds only pending jobs: vacuuming it costs milliseconds however large the
 -- history, and jobs itself needs vacuum about as often as autovacuum's defaults say.
 --
--- Triggers on jobs keep it: any way a job enters or leaves `pending` (a create, a retry, a
--- staged delay, an operator's UPDATE) goes through them, but a claim, which removes its
--- own rows. They run as the table's owner, so a role allowed to write jobs needs no grant
+-- Triggers on jobs keep it: every way a job enters or leaves `pending` (a create, a retry,
+-- a staged delay, an operator's UPDATE) goes through them, except a claim, which removes
+-- its own rows. They run as the table's owner, so a role allowed to write jobs needs no grant
 -- here. A claim still decides on the jobs row: job_ready only orders the candidates.
 CREATE TABLE IF NOT EXISTS job_ready (
     queue varchar(100) NOT NULL,

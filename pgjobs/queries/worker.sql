@@ -43,10 +43,10 @@ picked AS (
 -- name: claim_picked
 -- The last step of claim_jobs and claim_suspect: the jobs in `picked` (locked by the
 -- statement) become active runs of %(worker)s at the `clock`'s now, and their rows
--- leave job_ready by the row addresses the pick read: a TID scan, whatever the table's
--- statistics said when the plan was made (a row of job_ready is never updated, so its
--- address holds until it is deleted). Claiming increments attempts: (id, attempts) is
--- the run's fence token.
+-- leave job_ready, found by the row addresses the pick read (a row of job_ready is never
+-- updated, so its address holds until it is deleted): never a search by value, whose
+-- plan, made once for a small table, could read all of a large one. Claiming increments
+-- attempts: (id, attempts) is the run's fence token.
 claimed AS (
     UPDATE jobs j
     SET status = 'active',
