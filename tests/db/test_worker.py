@@ -428,8 +428,10 @@ async def test_retry_delays_follow_exponential_backoff(app: App) -> None:
 
         await wait_until_async(done, timeout=10)
     gaps = [start - fail for fail, start in zip(failures, starts[1:], strict=True)]
-    assert 0.45 <= gaps[0] <= 0.65, gaps  # 500 ms ±10 %, plus staging and claim
-    assert 0.9 <= gaps[1] <= 1.2, gaps  # 1000 ms ±10 %
+    # 500 ms then 1000 ms, each ±10 % of jitter, plus staging and the claim: up to
+    # 0.13 s were seen with the rest of the suite running on both cores.
+    assert 0.45 <= gaps[0] <= 0.75, gaps
+    assert 0.9 <= gaps[1] <= 1.3, gaps
 
 
 def test_backoff_shapes() -> None:
