@@ -44,30 +44,16 @@ FROM pgjobs_take_tokens(%(buckets)s::text[], %(maxes)s::int[], %(windows)s::int[
                         %(follow_store)s, %(strict)s);
 
 -- name: limits_claim_locked
--- Step 3: claim exactly the granted jobs (rows this transaction holds locked), as
--- claim_jobs does. started_at is the instant the tokens were taken at when the store is
--- Postgres, so the windows the limiter counted and those of started_at are the same.
--- The claimed jobs leave job_ready by the row addresses step 1 read (%(ready)s, in the
--- order of %(ids)s), as claim_picked has them leave.
-WITH claimed AS (
-    UPDATE jobs j
-    SET status = 'active',
-        attempts = j.attempts + 1,
-        started_at = coalesce(%(now)s::timestamptz, pgjobs_now()),
-        worker_id = %(worker)s,
-        progress = 0,
-        progress_message = NULL
-    WHERE j.id = ANY (%(ids)s::uuid[]) AND j.status = 'pending'
-    RETURNING j.*
+-- Step 3: claim exactly the granted jobs (rows this transaction holds locked since step
+-- 1, so still pending), as claim_jobs claims them (claim_picked), their job_ready rows
+-- found by the addresses step 1 read (%(ready)s, in the order of %(ids)s). started_at
+-- is the instant the tokens were taken at when the store is Postgres, so the windows
+-- the limiter counted and those of started_at are the same.
+WITH clock AS (SELECT coalesce(%(now)s::timestamptz, pgjobs_now()) AS now),
+picked AS (
+    SELECT g.id, g.ready_ctid FROM unnest(%(ids)s::uuid[], %(ready)s::tid[]) AS g(id, ready_ctid)
 ),
-unready AS (
-    DELETE FROM job_ready r
-    WHERE r.ctid = ANY (ARRAY(
-        SELECT g.ready_ctid
-        FROM unnest(%(ids)s::uuid[], %(ready)s::tid[]) AS g(id, ready_ctid)
-        JOIN claimed c ON c.id = g.id))
-)
-SELECT * FROM claimed;
+{{claim_picked}};
 
 -- name: limits_leave_redis
 -- Redis failed: Postgres holds the tokens from now on. Starts Redis granted are unknown
