@@ -139,6 +139,11 @@ CREATE INDEX IF NOT EXISTS jobs_finished_idx ON jobs (completed_at)
 CREATE INDEX IF NOT EXISTS idx_jobs_status ON jobs (queue, status);
 CREATE INDEX IF NOT EXISTS idx_jobs_type ON jobs (type);
 CREATE INDEX IF NOT EXISTS idx_jobs_created ON jobs (created_at DESC);
+-- The dependency sweep walks the blocked jobs in id order. Without this index a plan may
+-- walk the primary key and filter, reading every finished job to find none blocked (the
+-- planner's choice whenever statistics are missing or old, as on a table that grew since
+-- its last ANALYZE). It holds blocked jobs only: nothing on a queue without flows.
+CREATE INDEX IF NOT EXISTS jobs_blocked_idx ON jobs (id) WHERE status = 'blocked';
 -- Settling finds the blocked children of finished jobs.
 CREATE INDEX IF NOT EXISTS jobs_blocked_deps_idx ON jobs USING gin (depends_on)
     WHERE status = 'blocked';
