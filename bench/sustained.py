@@ -6,9 +6,11 @@ settings, maintenance on) whose handler sleeps `--handler-ms`, and keeps about
 (`App.create_many` of `App.build` jobs). Every `--interval` seconds it samples the jobs
 completed since the last sample, the size of the `jobs` table (with its indexes and
 TOAST) and of its claim index, live and dead tuples and vacuum counts from
-pg_stat_user_tables, and the pending depth; at the end of every minute it also runs
-EXPLAIN (ANALYZE, BUFFERS) of the claim statement (rolled back). Completed jobs stay in
-the table, as they do by default for 24 hours.
+pg_stat_user_tables, the pending depth, the WAL written (pg_stat_wal: bytes and full-page
+images, server-wide) and the blocks of `jobs` read from outside shared_buffers
+(pg_statio_user_tables); at the end of every minute it also runs EXPLAIN (ANALYZE,
+BUFFERS) of the claim statement (rolled back). Completed jobs stay in the table, as they
+do by default for 24 hours.
 
 Prints a line per sample, then a table per minute and the ratio of the last minute's
 throughput to the first's, and writes a JSON record to bench-results/. Usage:
@@ -86,8 +88,13 @@ SELECT clock_timestamp() AS at,
        s.last_autovacuum, s.last_vacuum,
        -- an old snapshot here keeps vacuum from removing anything
        (SELECT max(age(a.backend_xmin)) FROM pg_stat_activity a
-        WHERE a.datname = current_database()) AS xmin_age
-FROM pg_stat_user_tables s WHERE s.relid = 'jobs'::regclass
+        WHERE a.datname = current_database()) AS xmin_age,
+       -- server-wide: the scratch database is the only busy one while this runs
+       w.wal_bytes, w.wal_fpi,
+       -- blocks of jobs (heap and indexes) read from outside shared_buffers
+       io.heap_blks_read + coalesce(io.idx_blks_read, 0) AS blks_read
+FROM pg_stat_user_tables s, pg_stat_wal w, pg_statio_user_tables io
+WHERE s.relid = 'jobs'::regclass AND io.relid = s.relid
 """
 
 
@@ -120,6 +127,9 @@ class Sample:
     pending: int
     xmin_age: int | None
     loadavg_1m: float
+    wal_bytes: int  # WAL written since the previous sample, server-wide
+    wal_fpi: int  # full-page images among it
+    blks_read: int  # blocks of jobs read from outside shared_buffers
 
 
 def parse_args(argv: list[str] | None) -> tuple[Load, Path]:
@@ -298,7 +308,8 @@ async def sample(
 ) -> tuple[list[Sample], list[dict[str, Any]]]:
     samples: list[Sample] = []
     plans: list[dict[str, Any]] = []
-    began = (await health(conn))["at"]
+    previous_health = await health(conn)
+    began = previous_health["at"]
     previous = began
     next_plan = 0.0
     while True:
@@ -330,10 +341,13 @@ async def sample(
                 pending=await producer.pending(),
                 xmin_age=now["xmin_age"],
                 loadavg_1m=round(os.getloadavg()[0], 2),
+                wal_bytes=int(now["wal_bytes"] - previous_health["wal_bytes"]),
+                wal_fpi=int(now["wal_fpi"] - previous_health["wal_fpi"]),
+                blks_read=int(now["blks_read"] - previous_health["blks_read"]),
             )
         )
         print_sample(samples[-1])
-        previous = now["at"]
+        previous, previous_health = now["at"], now
 
 
 def print_sample(s: Sample) -> None:
@@ -381,6 +395,7 @@ def windows(samples: list[Sample], width: float) -> list[dict[str, Any]]:
             return out
         span = inside[-1].t - start
         last = inside[-1]
+        jobs = max(1, sum(s.completed for s in inside))
         out.append(
             {
                 "until_s": round(last.t),
@@ -394,6 +409,10 @@ def windows(samples: list[Sample], width: float) -> list[dict[str, Any]]:
                 "bytes_per_live_row": last.table_bytes // max(1, last.n_live_tup),
                 "autovacuum_count": last.autovacuum_count,
                 "vacuum_count": last.vacuum_count,
+                # What each job cost the server in writes and reads, over the window.
+                "wal_bytes_per_job": round(sum(s.wal_bytes for s in inside) / jobs),
+                "fpi_per_job": round(sum(s.wal_fpi for s in inside) / jobs, 3),
+                "blks_read_per_job": round(sum(s.blks_read for s in inside) / jobs, 3),
             }
         )
         start = last.t
@@ -402,13 +421,14 @@ def windows(samples: list[Sample], width: float) -> list[dict[str, Any]]:
 def print_windows(rows: list[dict[str, Any]], width: float) -> None:
     print(
         f"\nper {width:g} s: until   jobs/s   table MB  B/live row  claim idx MB   dead tuples"
-        "  vacuums (auto + other)"
+        "  vacuums (auto + other)  WAL B/job  FPI/job  reads/job"
     )
     for w in rows:
         print(
             f"           {w['until_s']:>5} {w['jobs_per_s']:>8,.0f} {w['table_mb']:>10,.1f} "
             f"{w['bytes_per_live_row']:>11,} {w['claim_idx_mb']:>13,.2f} {w['n_dead_tup']:>13,} "
-            f"{w['autovacuum_count']:>6} + {w['vacuum_count']}"
+            f"{w['autovacuum_count']:>6} + {w['vacuum_count']:<6} {w['wal_bytes_per_job']:>10,} "
+            f"{w['fpi_per_job']:>8.3f} {w['blks_read_per_job']:>10.3f}"
         )
 
 

@@ -36,5 +36,11 @@ def test_sustained_benchmark_quick_run(tmp_path: Path) -> None:
         assert 0 <= s["pending"] <= 400
         assert 0 < s["claim_idx_bytes"] < s["table_bytes"] < 1 << 30
         assert s["n_live_tup"] >= 0 and s["n_dead_tup"] >= 0
+        # Every job writes WAL; reads from outside shared_buffers may be none at all.
+        assert s["wal_bytes"] > 0 and s["wal_fpi"] >= 0 and s["blks_read"] >= 0
+    for w in record["windows"]:
+        # A job's three writes (created, claimed, finished) take a few KB of WAL.
+        assert 1_000 < w["wal_bytes_per_job"] < 100_000, w
+        assert w["blks_read_per_job"] >= 0
     assert record["claim_plans"] and all(p["execution_ms"] > 0 for p in record["claim_plans"])
     assert "last / first window throughput" in result.stdout
