@@ -197,23 +197,45 @@ VACUUM (SKIP_LOCKED, TRUNCATE false, PROCESS_TOAST false) jobs;
 -- and its row are written in the same transaction: a job claimed or created meanwhile
 -- is not mistaken for a missing or stale row. A row added for a job claimed just after
 -- the snapshot is stale, never claimed, and goes at the next sweep.
-WITH stale AS (
+-- The pending jobs are read once, queue by queue, from the (queue, status) index: the
+-- queues by a skip over that index (one probe per queue), then each queue's pending
+-- range. However many finished jobs the table keeps and whatever its statistics say, a
+-- sweep reads the pending jobs and the index's first page per queue, not the history.
+WITH RECURSIVE queues AS (
+    (SELECT j.queue FROM jobs j ORDER BY j.queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM jobs j WHERE j.queue > q.queue ORDER BY j.queue LIMIT 1)
+    FROM queues q
+    WHERE q.queue IS NOT NULL
+),
+pending AS MATERIALIZED (
+    SELECT j.queue, j.suspect, j.priority, j.run_at, j.id
+    FROM queues q
+    CROSS JOIN LATERAL (
+        SELECT j.queue, j.suspect, j.priority, j.run_at, j.id
+        FROM jobs j
+        WHERE j.queue = q.queue AND j.status = 'pending'
+        -- Kept a subquery run per queue: joined, the planner may read every queue's
+        -- entries of the index for the status alone.
+        OFFSET 0
+    ) j
+),
+stale AS (
     DELETE FROM job_ready r
     WHERE NOT EXISTS (
-        SELECT 1 FROM jobs j
-        WHERE j.id = r.id AND j.status = 'pending' AND j.queue = r.queue
-          AND j.suspect = r.suspect AND j.priority = r.priority AND j.run_at = r.run_at)
+        SELECT 1 FROM pending p
+        WHERE p.id = r.id AND p.queue = r.queue AND p.suspect = r.suspect
+          AND p.priority = r.priority AND p.run_at = r.run_at)
     RETURNING 1
 ),
 missing AS (
     INSERT INTO job_ready (queue, suspect, priority, run_at, id)
-    SELECT j.queue, j.suspect, j.priority, j.run_at, j.id
-    FROM jobs j
-    WHERE j.status = 'pending'
-      AND NOT EXISTS (
+    SELECT p.queue, p.suspect, p.priority, p.run_at, p.id
+    FROM pending p
+    WHERE NOT EXISTS (
         SELECT 1 FROM job_ready r
-        WHERE r.queue = j.queue AND r.suspect = j.suspect AND r.priority = j.priority
-          AND r.run_at = j.run_at AND r.id = j.id)
+        WHERE r.queue = p.queue AND r.suspect = p.suspect AND r.priority = p.priority
+          AND r.run_at = p.run_at AND r.id = p.id)
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM stale) AS removed, (SELECT count(*) FROM missing) AS added;

@@ -155,3 +155,28 @@ async def test_the_sweep_adds_missing_rows_and_removes_stale_ones(
     assert_mirrors(db)
     claimed = db.execute(query("claim_jobs"), CLAIM).fetchall()
     assert [r["id"] for r in claimed] == [missing]
+
+
+async def test_the_sweep_covers_every_queue_after_writes_without_triggers(
+    app: App, db: Any, db_url: str
+) -> None:
+    """The sweep finds queues through the (queue, status) index: pending jobs of a queue
+    that has no row left in job_ready at all, and queues sorted before and after the
+    busy ones, are found as well."""
+    add_jobs(db, 5, queue="default", status="completed", completed_at="2000-01-01")
+    for queue in ("a-first", "default", "m-middle", "z-last"):
+        add_jobs(db, 3, queue=queue)
+    triggers = ("jobs_ready_insert", "jobs_ready_update", "jobs_ready_delete")
+    alter = sql.SQL("ALTER TABLE jobs {} TRIGGER {}")
+    for name in triggers:
+        db.execute(alter.format(sql.SQL("DISABLE"), sql.Identifier(name)))
+    try:
+        db.execute("DELETE FROM job_ready WHERE queue IN ('a-first', 'z-last')")
+        db.execute("UPDATE jobs SET priority = 1 WHERE queue = 'm-middle'")
+        add_jobs(db, 2, queue="only-unseen")
+    finally:
+        for name in triggers:
+            db.execute(alter.format(sql.SQL("ENABLE ALWAYS"), sql.Identifier(name)))
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await run_round(conn, ReadySweeper(), app.clock)
+    assert assert_mirrors(db) == 14
