@@ -27,7 +27,10 @@ def register(group: click.Group) -> None:
         type=click.IntRange(0),
         default=0,
         metavar="N",
-        help="Also drain with N finished jobs in the table (e.g. 1000000).",
+        help=(
+            "Also drain with N finished jobs in the table (e.g. 1000000), three times, "
+            "alternating with drains of an empty table."
+        ),
     )
     @click.option(
         "--memory-jobs",
