@@ -15,6 +15,7 @@ from pgjobs.engine.maintenance.tasks import (
     VACUUM_DEAD_ROWS,
     VACUUM_NOT_OWNER_RECHECK,
     Vacuumer,
+    default_tasks,
     run_round,
 )
 from pgjobs.queries import query
@@ -142,3 +143,37 @@ def make_dead_rows_among(db: Any, count: int) -> None:
     db.execute("UPDATE jobs SET status = 'active' WHERE status = 'pending'")
     db.execute("UPDATE jobs SET status = 'completed' WHERE status = 'active'")
     db.execute("SELECT pg_stat_force_next_flush()")
+
+
+async def test_job_ready_is_vacuumed_while_a_pass_over_jobs_holds_its_own_leader(
+    app: App, db: Any, db_url: str
+) -> None:
+    """The workers run one vacuum task per table, each with its own leader lock: a long
+    pass over the history must not keep the claims' table waiting."""
+    ready_task, jobs_task = [t for t in default_tasks(app.settings) if isinstance(t, Vacuumer)]
+    assert (ready_task.tables, jobs_task.tables) == ({"job_ready"}, {"jobs"})
+    assert ready_task.name != jobs_task.name and ready_task.lock_key != jobs_task.lock_key
+    # Both tables are due: the history has enough dead rows, and so has job_ready after
+    # a thousand claims.
+    make_dead_rows(db, VACUUM_DEAD_ROWS // 2 + 1000)
+    count = READY_VACUUM_DEAD_ROWS + 100
+    db.execute(
+        "INSERT INTO jobs (type, payload) SELECT 'noop', '{}' FROM generate_series(1, %s)",
+        (count,),
+    )
+    claim = {"now": None, "queues": ["default"], "limit": count, "worker": None}
+    assert len(db.execute(query("claim_jobs"), claim).fetchall()) == count
+    db.execute("SELECT pg_stat_force_next_flush()")
+    wait_until(lambda: stats(db)["n_dead_tup"] >= VACUUM_DEAD_ROWS, timeout=15)
+    wait_until(lambda: stats(db, "job_ready")["n_dead_tup"] >= READY_VACUUM_DEAD_ROWS, timeout=15)
+    with psycopg.connect(db_url, autocommit=True) as busy_with_jobs:
+        busy_with_jobs.execute("SELECT pg_advisory_lock(%s)", (jobs_task.lock_key,))
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await run_round(conn, jobs_task, app.clock)  # another leader holds it: nothing
+            await run_round(conn, ready_task, app.clock)
+        wait_until(lambda: stats(db, "job_ready")["vacuum_count"] == 1, timeout=15)
+        assert stats(db)["vacuum_count"] == 0
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await run_round(conn, jobs_task, app.clock)
+    wait_until(lambda: stats(db)["vacuum_count"] == 1, timeout=15)
+    assert stats(db, "job_ready")["vacuum_count"] == 1
