@@ -38,6 +38,17 @@ def make_dead_rows(db: Any, count: int) -> None:
     db.execute("SELECT pg_stat_force_next_flush()")
 
 
+def claim_into_dead_ready_rows(db: Any, count: int) -> None:
+    """`count` new jobs claimed: each claim leaves a dead row in job_ready."""
+    db.execute(
+        "INSERT INTO jobs (type, payload) SELECT 'noop', '{}' FROM generate_series(1, %s)",
+        (count,),
+    )
+    claim = {"now": None, "queues": ["default"], "limit": count, "worker": None}
+    assert len(db.execute(query("claim_jobs"), claim).fetchall()) == count
+    db.execute("SELECT pg_stat_force_next_flush()")
+
+
 def stats(db: Any, table: str = "jobs") -> dict[str, Any]:
     row = db.execute(VACUUM_STATS, (table,)).fetchone()
     assert row is not None
@@ -96,14 +107,7 @@ async def test_a_worker_that_does_not_own_jobs_leaves_vacuum_to_autovacuum(
 
 async def test_vacuums_job_ready_after_a_thousand_claims(app: App, db: Any, db_url: str) -> None:
     """Each claimed job leaves one dead row in job_ready; `jobs` is left alone."""
-    count = READY_VACUUM_DEAD_ROWS + 100
-    db.execute(
-        "INSERT INTO jobs (type, payload) SELECT 'noop', '{}' FROM generate_series(1, %s)",
-        (count,),
-    )
-    claim = {"now": None, "queues": ["default"], "limit": count, "worker": None}
-    assert len(db.execute(query("claim_jobs"), claim).fetchall()) == count
-    db.execute("SELECT pg_stat_force_next_flush()")
+    claim_into_dead_ready_rows(db, READY_VACUUM_DEAD_ROWS + 100)
     wait_until(lambda: stats(db, "job_ready")["n_dead_tup"] >= READY_VACUUM_DEAD_ROWS, timeout=15)
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         await run_round(conn, Vacuumer(), app.clock)
@@ -156,14 +160,7 @@ async def test_job_ready_is_vacuumed_while_a_pass_over_jobs_holds_its_own_leader
     # Both tables are due: the history has enough dead rows, and so has job_ready after
     # a thousand claims.
     make_dead_rows(db, VACUUM_DEAD_ROWS // 2 + 1000)
-    count = READY_VACUUM_DEAD_ROWS + 100
-    db.execute(
-        "INSERT INTO jobs (type, payload) SELECT 'noop', '{}' FROM generate_series(1, %s)",
-        (count,),
-    )
-    claim = {"now": None, "queues": ["default"], "limit": count, "worker": None}
-    assert len(db.execute(query("claim_jobs"), claim).fetchall()) == count
-    db.execute("SELECT pg_stat_force_next_flush()")
+    claim_into_dead_ready_rows(db, READY_VACUUM_DEAD_ROWS + 100)
     wait_until(lambda: stats(db)["n_dead_tup"] >= VACUUM_DEAD_ROWS, timeout=15)
     wait_until(lambda: stats(db, "job_ready")["n_dead_tup"] >= READY_VACUUM_DEAD_ROWS, timeout=15)
     with psycopg.connect(db_url, autocommit=True) as busy_with_jobs:
