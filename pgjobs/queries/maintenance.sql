@@ -199,8 +199,8 @@ VACUUM (SKIP_LOCKED, TRUNCATE false, PROCESS_TOAST false) jobs;
 -- the snapshot is stale, never claimed, and goes at the next sweep.
 -- The pending jobs are read once, queue by queue, from the (queue, status) index: the
 -- queues by a skip over that index (one probe per queue), then each queue's pending
--- range. However many finished jobs the table keeps and whatever its statistics say, a
--- sweep reads the pending jobs and the index's first page per queue, not the history.
+-- range. However many finished jobs the table keeps, a sweep reads the pending jobs and
+-- a few index pages per queue, not the history.
 WITH RECURSIVE queues AS (
     (SELECT j.queue FROM jobs j ORDER BY j.queue LIMIT 1)
     UNION ALL

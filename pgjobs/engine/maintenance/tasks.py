@@ -236,7 +236,8 @@ class Vacuumer:
         self.interval = interval
         self.pooled = pooled
         self.tables = frozenset(tables)
-        assert self.tables and self.tables <= set(VACUUMED_TABLES), tables
+        if not self.tables or not self.tables <= set(VACUUMED_TABLES):
+            raise ValueError(f"tables must be some of {VACUUMED_TABLES}, not {tables!r}")
         if name is not None:
             self.name = name
         if lock_key is not None:
@@ -294,7 +295,7 @@ def default_tasks(s: Settings) -> list[MaintenanceTask]:
         Pruner(60.0, s.clean_completed_after_ms, s.clean_failed_after_ms),
         DependencySweeper(s.stalled_interval_ms / 1000),
         CronTask(s),
-        Vacuumer(pooled=s.transaction_pooling, tables=["job_ready"]),
+        Vacuumer(pooled=s.transaction_pooling, tables=["job_ready"], name="vacuum-ready"),
         Vacuumer(
             pooled=s.transaction_pooling,
             tables=["jobs"],
