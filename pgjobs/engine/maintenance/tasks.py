@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -40,14 +41,27 @@ READY_VACUUM_DEAD_ROWS = 1_000
 VACUUM_DEAD_ROWS = 20_000
 VACUUM_LIVE_FRACTION = 0.1
 VACUUM_CHECK_INTERVAL = 0.5
-VACUUMED_TABLES = ("job_ready", "jobs")
-# The leader lock of the task that vacuums `jobs` alone (job_ready's keeps Vacuumer's).
-JOBS_VACUUM_LOCK_KEY = 7423510108
 VACUUM_NOT_OWNER_RECHECK = 600.0
 READY_SWEEP_INTERVAL = 60.0
 # How long a round's transaction may sit idle (see try_leader_lock): the longest a
 # leader cut off from the database keeps the others from taking over its task.
 LEADER_IDLE_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class VacuumTarget:
+    """One table the Vacuumer looks after: its statement, and the name and leader lock of
+    the task that vacuums it alone (Vacuumer.of)."""
+
+    statement: str
+    task_name: str
+    lock_key: int
+
+
+VACUUM_TARGETS = {
+    "job_ready": VacuumTarget("vacuum_ready", "vacuum-ready", 7423510106),
+    "jobs": VacuumTarget("vacuum_jobs", "vacuum-jobs", 7423510108),
+}
 
 
 class MaintenanceTask(Protocol):
@@ -214,8 +228,9 @@ class Vacuumer:
     A worker that read the statistics just before another's vacuum ended may vacuum
     again right after it; that costs one more pass, never correctness.
 
-    `tables` limits a Vacuumer to some of the two tables, each task with a `name` and
-    leader lock of its own. The workers run one per table (default_tasks): a pass over
+    `tables` limits a Vacuumer to some of the two tables; `Vacuumer.of(table)` makes the
+    task of one table, with its own name and leader lock (VACUUM_TARGETS). The workers
+    run one per table (default_tasks): a pass over
     `jobs` takes seconds on a large history (20 s at three million rows here), and
     claims slowed down while job_ready waited behind it; VACUUM's own snapshot holds
     back no other vacuum, so the two run side by side."""
@@ -229,19 +244,21 @@ class Vacuumer:
         interval: float = VACUUM_CHECK_INTERVAL,
         *,
         pooled: bool = False,
-        tables: Collection[str] = VACUUMED_TABLES,
-        name: str | None = None,
-        lock_key: int | None = None,
+        tables: Collection[str] = tuple(VACUUM_TARGETS),
     ) -> None:
         self.interval = interval
         self.pooled = pooled
         self.tables = frozenset(tables)
-        if not self.tables or not self.tables <= set(VACUUMED_TABLES):
-            raise ValueError(f"tables must be some of {VACUUMED_TABLES}, not {tables!r}")
-        if name is not None:
-            self.name = name
-        if lock_key is not None:
-            self.lock_key = lock_key
+        if not self.tables or not self.tables <= VACUUM_TARGETS.keys():
+            raise ValueError(f"tables must be some of {tuple(VACUUM_TARGETS)}, not {tables!r}")
+
+    @classmethod
+    def of(cls, table: str, *, pooled: bool = False) -> Vacuumer:
+        """The task that vacuums `table` alone, under its own name and leader lock."""
+        task = cls(pooled=pooled, tables=[table])
+        task.name = VACUUM_TARGETS[table].task_name
+        task.lock_key = VACUUM_TARGETS[table].lock_key
+        return task
 
     async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
         async with conn.cursor(row_factory=dict_row) as cur:
@@ -270,7 +287,7 @@ class Vacuumer:
             log.debug("not the owner of the job tables: leaving their vacuuming to autovacuum")
             return VACUUM_NOT_OWNER_RECHECK
         for row in due:
-            statement = "vacuum_ready" if row["ready"] else "vacuum_jobs"
+            statement = VACUUM_TARGETS[vacuumed_table(row)].statement
             await cur.execute(query(statement), prepare=False)
             log.debug("vacuumed %s (%d dead rows)", statement, row["dead"])
         return self.interval
@@ -295,13 +312,7 @@ def default_tasks(s: Settings) -> list[MaintenanceTask]:
         Pruner(60.0, s.clean_completed_after_ms, s.clean_failed_after_ms),
         DependencySweeper(s.stalled_interval_ms / 1000),
         CronTask(s),
-        Vacuumer(pooled=s.transaction_pooling, tables=["job_ready"], name="vacuum-ready"),
-        Vacuumer(
-            pooled=s.transaction_pooling,
-            tables=["jobs"],
-            name="vacuum-jobs",
-            lock_key=JOBS_VACUUM_LOCK_KEY,
-        ),
+        *(Vacuumer.of(table, pooled=s.transaction_pooling) for table in VACUUM_TARGETS),
         ReadySweeper(),
     ]
     return tasks
