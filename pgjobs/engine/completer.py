@@ -27,6 +27,7 @@ from pgjobs.queries import query
 from pgjobs.signals.events import JobEvent, Publisher, Route
 
 OutcomeKind = Literal["completed", "retry", "failed", "snooze", "cancelled", "release"]
+RunToken = tuple[UUID, int]  # (job id, attempt): what the finish statements fence on
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -136,15 +137,33 @@ class Completer:
         # Rows are locked in id order everywhere jobs are locked in bulk (creators lock
         # parents that way): the same order here keeps the two from deadlocking.
         batch.sort(key=_by_id)
+        batch = self._one_per_run(batch)
         self._writing = batch
         return batch
+
+    def _one_per_run(self, batch: Batch) -> Batch:
+        """`batch` with one outcome per run token. A run's end and a give-back of the
+        same run (see Worker._give_back_orphans) can meet in one batch: the run did
+        happen, so its outcome is kept. Outcomes of different runs of one job all stay;
+        the fence applies only the current run's."""
+        if len({(o.job_id, o.attempt) for o in batch}) == len(batch):
+            return batch
+        kept: dict[RunToken, Outcome] = {}
+        for outcome in batch:
+            token = (outcome.job_id, outcome.attempt)
+            other = kept.get(token)
+            if other is None or (other.kind == "release" and outcome.kind != "release"):
+                kept[token] = outcome
+        log.warning("dropped %d outcomes given twice for one run", len(batch) - len(kept))
+        self.stale += len(batch) - len(kept)
+        return Batch(kept.values())
 
     def _give_back(self, batch: Batch) -> None:
         """The write of `batch` failed: keep it for the next attempt."""
         self._writing = Batch()
         self._buffer[:0] = batch
 
-    async def _write(self, batch: Batch) -> set[UUID]:
+    async def _write(self, batch: Batch) -> set[RunToken]:
         logged = self._keep_logs and any(o.logs for o in batch)
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             try:
@@ -162,10 +181,10 @@ class Completer:
                 )
                 self._keep_logs = False
                 await cur.execute(query("finish_runs"), self.params(batch))
-            return {row["id"] for row in await cur.fetchall()}
+            return {(row["id"], row["attempt"]) for row in await cur.fetchall()}
 
-    async def _written(self, batch: Batch, applied: set[UUID]) -> None:
-        """`batch` was written (`applied` = the ids whose outcome was recorded)."""
+    async def _written(self, batch: Batch, applied: set[RunToken]) -> None:
+        """`batch` was written (`applied` = the runs whose outcome was recorded)."""
         self._account(batch, applied)
         if self._events is not None and batch.events == "redis":
             self._events.emit(_job_events(batch, applied))
@@ -217,12 +236,12 @@ class Completer:
             "outcomes": encode_outcomes(batch),
         }
 
-    def _account(self, batch: list[Outcome], applied: set[UUID]) -> None:
+    def _account(self, batch: list[Outcome], applied: set[RunToken]) -> None:
         self.recorded += len(applied)
         if len(applied) == len(batch):
             return
         for outcome in batch:
-            if outcome.job_id not in applied:
+            if (outcome.job_id, outcome.attempt) not in applied:
                 self.stale += 1
                 log.warning(
                     "stale run discarded id=%s attempt=%d outcome=%s (the job was rescued, "
@@ -296,11 +315,11 @@ def _by_id(outcome: Outcome) -> UUID:
     return outcome.job_id
 
 
-def _job_events(batch: list[Outcome], applied: set[UUID]) -> list[JobEvent]:
+def _job_events(batch: list[Outcome], applied: set[RunToken]) -> list[JobEvent]:
     out = []
     for o in batch:
         names = _EVENTS.get(o.kind)
-        if names is None or o.job_id not in applied:
+        if names is None or (o.job_id, o.attempt) not in applied:
             continue
         event, status = names
         if not status:

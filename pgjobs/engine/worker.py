@@ -37,7 +37,7 @@ from pgjobs._version import __version__
 from pgjobs.backoff import ReconnectDelay, keep_running
 from pgjobs.context import HandlerSpec, JobContext, JobHost
 from pgjobs.db import make_pool
-from pgjobs.engine.completer import Completer, Outcome
+from pgjobs.engine.completer import Completer, Outcome, RunToken
 from pgjobs.engine.executor import ClaimedJob, Execution, ThreadRunner
 from pgjobs.engine.maintenance.tasks import (
     Maintenance,
@@ -193,7 +193,9 @@ class Worker:
         self._with_maintenance = maintenance and not drain
         self._tasks = tasks
         self.processed = 0
-        self._running: dict[UUID, tuple[asyncio.Task[None], Execution]] = {}
+        # Keyed by run token, not job id: after an outage longer than the lease, this
+        # worker may claim again a job whose old run it is still running.
+        self._running: dict[RunToken, tuple[asyncio.Task[None], Execution]] = {}
         # Claimed jobs waiting for a slot (claimed ahead, see _claim_limit); they start
         # as soon as runs end, in claim order.
         self._ready: deque[ClaimedJob] = deque()
@@ -674,7 +676,7 @@ class Worker:
             job, self.app.handlers.get(job.type), ctx, self.settings, self._threads
         )
         task = asyncio.create_task(self._run(execution, handle), name=f"pgjobs-job-{job.id}")
-        self._running[job.id] = (task, execution)
+        self._running[job.id, job.attempts] = (task, execution)
 
     def _job_logger(self, job_type: str) -> logging.Logger:
         # logging.getLogger takes a lock on every call: once per type is enough.
@@ -694,7 +696,7 @@ class Worker:
             outcome = self._internal_error(job, exc)
         finally:
             handle.finish()
-            self._running.pop(job.id, None)
+            self._running.pop((job.id, job.attempts), None)
             self._timings.run.add(time.perf_counter() - started)
             self._start_ready()
         self._ended(execution, handle, outcome)
@@ -777,16 +779,16 @@ class Worker:
                 self._on_cancel(job_id)
 
     def _on_cancel(self, job_id: UUID) -> None:
-        running = self._running.get(job_id)
-        if running is None:
+        runs = [run for (running_id, _), run in self._running.items() if running_id == job_id]
+        if not runs:
             self._cancel_ready(job_id)
             return
-        task, execution = running
-        if not execution.cancel_requested:
-            log.info("cancelling running job id=%s", job_id)
-            execution.cancel_requested = True
-            execution.ctx.mark_cancelled()
-            task.cancel()
+        for task, execution in runs:
+            if not execution.cancel_requested:
+                log.info("cancelling running job id=%s", job_id)
+                execution.cancel_requested = True
+                execution.ctx.mark_cancelled()
+                task.cancel()
 
     def _cancel_ready(self, job_id: UUID) -> None:
         for job in self._ready:
@@ -913,7 +915,7 @@ class Worker:
 
     def _held(self) -> set[UUID]:
         """Jobs this worker claimed and has not finished running."""
-        return set(self._running) | {job.id for job in self._ready}
+        return {job_id for job_id, _ in self._running} | {job.id for job in self._ready}
 
     async def _deregister(self) -> None:
         if not self._registered:

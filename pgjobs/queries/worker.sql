@@ -113,7 +113,8 @@ SELECT EXISTS (
 -- name: finish_runs_steps
 -- Records the outcomes of many runs. Every row is fenced on the run token: a run that
 -- was rescued, cancelled or already recorded matches nothing, so its late outcome is
--- dropped and nothing is ever recorded twice. `finished` holds the rows that applied.
+-- dropped and nothing is ever recorded twice. `finished` holds the rows that applied;
+-- the statement returns their run tokens (id, attempt).
 --   completed  -> completed + a job_results row
 --   retry      -> delayed (or pending when the backoff is 0) + a job_failures row
 --   failed     -> failed for good + a job_failures row
@@ -170,19 +171,23 @@ finished AS (
     -- the whole batch (quadratic).
     WHERE j.id = ANY (ARRAY(SELECT id FROM input)) AND j.id = i.id
       AND j.status = i.held AND j.attempts = i.attempt
-    RETURNING j.id, j.queue, j.type, j.status, j.run_at, i.outcome
+    -- The applied input row comes back with the job: the records below are made from
+    -- it alone, never by joining the input again on the id, so one update yields at
+    -- most one record even if a batch ever carried two outcomes for a job.
+    RETURNING j.id, j.queue, j.type, j.status, j.run_at, i.outcome, i.attempt, i.result,
+              i.duration_ms, i.message, i.stack, i.kind, i.logs
 ),
 results AS (
     INSERT INTO job_results (job_id, result, duration_ms, completed_at, attempt)
-    SELECT i.id, i.result, i.duration_ms, c.now, i.attempt
-    FROM finished f JOIN input i ON i.id = f.id CROSS JOIN clock c
+    SELECT f.id, f.result, f.duration_ms, c.now, f.attempt
+    FROM finished f CROSS JOIN clock c
     WHERE f.outcome = 'completed'
 ),
 failures AS (
     INSERT INTO job_failures (job_id, attempt_number, error_message, error_stack, failed_at,
                               kind, worker_id)
-    SELECT i.id, i.attempt, i.message, i.stack, c.now, i.kind, %(worker)s
-    FROM finished f JOIN input i ON i.id = f.id CROSS JOIN clock c
+    SELECT f.id, f.attempt, f.message, f.stack, c.now, f.kind, %(worker)s
+    FROM finished f CROSS JOIN clock c
     WHERE f.outcome IN ('retry', 'failed')
 ),
 -- Jobs that finished for good settle the jobs waiting on them in this same
@@ -208,7 +213,7 @@ wake AS (
 
 -- name: finish_runs
 {{finish_runs_steps}}
-SELECT f.id, f.status, f.outcome
+SELECT f.id, f.attempt, f.status, f.outcome
 FROM finished f
 CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
 
@@ -219,14 +224,13 @@ CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
 {{finish_runs_steps}},
 logged AS (
     INSERT INTO job_logs (job_id, attempt, seq, at, level, message)
-    SELECT f.id, i.attempt, (l->>0)::int, to_timestamp((l->>1)::float8), l->>2, l->>3
+    SELECT f.id, f.attempt, (l->>0)::int, to_timestamp((l->>1)::float8), l->>2, l->>3
     FROM finished f
-    JOIN input i ON i.id = f.id
-    CROSS JOIN LATERAL jsonb_array_elements(i.logs) AS e(l)
-    WHERE jsonb_typeof(i.logs) = 'array'
+    CROSS JOIN LATERAL jsonb_array_elements(f.logs) AS e(l)
+    WHERE jsonb_typeof(f.logs) = 'array'
     ON CONFLICT DO NOTHING
 )
-SELECT f.id, f.status, f.outcome
+SELECT f.id, f.attempt, f.status, f.outcome
 FROM finished f
 CROSS JOIN LATERAL (SELECT count(*) FROM wake) w;
 

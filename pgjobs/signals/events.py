@@ -53,13 +53,6 @@ log = logging.getLogger("pgjobs.events")
 
 EVENT_NAMES = ("progress", "completed", "failed", "retrying", "stalled", "cancelled")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
-# finish_runs outcome -> event; snoozes and shutdown give-backs are not events.
-OUTCOME_EVENTS = {
-    "completed": "completed",
-    "failed": "failed",
-    "retry": "retrying",
-    "cancelled": "cancelled",
-}
 PUBLISH_BATCH = 500
 WATCH_S = 1.0  # how often workers look for event consumers
 NOTICE_S = 1.5  # how long a new consumer waits for workers to notice it
@@ -128,16 +121,6 @@ def decode_items(items: Any) -> list[JobEvent]:
             )
         except (TypeError, ValueError):
             log.debug("ignoring a malformed event %r", item)
-    return out
-
-
-def outcome_events(rows: Iterable[dict[str, Any]]) -> list[JobEvent]:
-    """Events of the rows finish_runs applied (id, queue, type, status, outcome)."""
-    out = []
-    for row in rows:
-        name = OUTCOME_EVENTS.get(row["outcome"])
-        if name is not None:
-            out.append(JobEvent(name, row["id"], row["queue"], row["type"], row["status"]))
     return out
 
 

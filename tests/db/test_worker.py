@@ -16,6 +16,9 @@ import pytest
 import pgjobs
 from pgjobs.app import App
 from pgjobs.backoff import retry_delay_ms
+from pgjobs.db import make_pool
+from pgjobs.engine.completer import Completer, Outcome
+from pgjobs.ids import uuid7
 from tests.conftest import make_settings
 from tests.helpers import wait_until_async
 
@@ -28,6 +31,21 @@ def rows(db: Any, sql: str, *params: Any) -> list[dict[str, Any]]:
 
 async def job_status(app: App, job_id: Any) -> str:
     return (await app.get(job_id)).status
+
+
+async def record(app: App, *outcomes: Outcome) -> Completer:
+    """Write `outcomes` in one batch with a completer of their own, as a worker would."""
+    pool = make_pool(app.settings.require_database_url(), "test")
+    await pool.open()
+    try:
+        completer = Completer(pool, app.clock, uuid7())
+        for outcome in outcomes:
+            completer.add(outcome)
+        completer.start()
+        await completer.close()
+    finally:
+        await pool.close()
+    return completer
 
 
 async def test_completed_job_records_result_and_duration(app: App, db: Any) -> None:
@@ -298,32 +316,114 @@ async def test_complete_in_commits_effects_and_completion_together(
 async def test_late_completion_of_a_rescued_run_is_rejected(app: App, db: Any) -> None:
     """Simulates a run whose worker lost its lease: the job was claimed again, and the
     old run's outcome (and in-transaction completion) must not be recorded."""
-    from pgjobs.db import make_pool
-    from pgjobs.engine.completer import Completer, Outcome
-    from pgjobs.ids import uuid7
-
     job = await app.create("fenced", {})
     db.execute(
         "UPDATE jobs SET status = 'active', attempts = 2, worker_id = %s WHERE id = %s",
         (uuid7(), job.id),
     )
-    pool = make_pool(app.settings.require_database_url(), "test")
-    await pool.open()
-    try:
-        completer = Completer(pool, app.clock, uuid7())
-        completer.start()
-        completer.add(Outcome(job.id, 1, "completed", result_json='"stale"', duration_ms=1))
-        await completer.close()
-        assert completer.stale == 1 and completer.recorded == 0
-        completer = Completer(pool, app.clock, uuid7())
-        completer.start()
-        completer.add(Outcome(job.id, 2, "completed", result_json='"fresh"', duration_ms=1))
-        await completer.close()
-        assert completer.recorded == 1
-    finally:
-        await pool.close()
+    stale = await record(app, Outcome(job.id, 1, "completed", result_json='"stale"'))
+    assert stale.stale == 1 and stale.recorded == 0
+    fresh = await record(app, Outcome(job.id, 2, "completed", result_json='"fresh"'))
+    assert fresh.recorded == 1
     done = await app.get(job.id)
     assert done.status == "completed" and [r.result for r in done.results] == ["fresh"]
+
+
+async def test_outcomes_of_two_runs_of_a_job_in_one_batch_record_only_the_current_run(
+    app: App, db: Any
+) -> None:
+    """A worker that lost its lease while the database was away keeps the outcomes it
+    could not write, and may meanwhile claim the job again and run it: one batch then
+    carries the stale run's outcome and the current one's. Only the current run is
+    recorded, once, and only it counts as applied (its events go out once)."""
+    job = await app.create("fenced", {})
+    db.execute(
+        "UPDATE jobs SET status = 'active', attempts = 2, worker_id = %s WHERE id = %s",
+        (uuid7(), job.id),
+    )
+    completer = await record(
+        app,
+        Outcome(job.id, 1, "completed", result_json='"stale"', duration_ms=1),
+        Outcome(job.id, 2, "completed", result_json='"fresh"', duration_ms=1),
+    )
+    assert (completer.recorded, completer.stale) == (1, 1)
+    done = await app.get(job.id)
+    assert done.status == "completed"
+    assert [(r.result, r.attempt) for r in done.results] == [("fresh", 2)]
+
+
+async def test_a_give_back_and_the_outcome_of_the_same_run_record_the_outcome(
+    app: App, db: Any
+) -> None:
+    """Two outcomes for one run in one batch (a give-back of a job the worker thought it
+    never received, and the run's own end) must not record the run twice; the run did
+    happen, so its outcome wins over the give-back."""
+    jobs = [await app.create("fenced", {"n": n}) for n in range(2)]
+    db.execute(
+        "UPDATE jobs SET status = 'active', attempts = 1, worker_id = %s WHERE id = ANY(%s)",
+        (uuid7(), [job.id for job in jobs]),
+    )
+    first, second = jobs
+    completer = await record(
+        app,
+        Outcome(first.id, 1, "release"),
+        Outcome(first.id, 1, "completed", result_json='"ran"', duration_ms=1),
+        Outcome(second.id, 1, "retry", message="boom", delay_ms=60_000),
+        Outcome(second.id, 1, "release"),
+    )
+    assert completer.recorded == 2
+    done, retried = [await app.get(job.id) for job in jobs]
+    assert done.status == "completed" and [r.result for r in done.results] == ["ran"]
+    assert retried.status == "delayed" and len(retried.failures) == 1
+
+
+async def test_a_job_claimed_again_while_its_old_run_goes_on_is_tracked_as_two_runs(
+    app: App, db: Any
+) -> None:
+    """After a database outage longer than the lease, the rescuer gives back the jobs of
+    every worker, and a worker may claim again a job whose old run it is still running.
+    Both runs hold a slot until they end; the old run's end must not make the worker
+    forget the new one (it would count a free slot too many, and later give the job
+    back as never received while it runs)."""
+    started = {1: asyncio.Event(), 2: asyncio.Event()}
+    gates = {1: asyncio.Event(), 2: asyncio.Event()}
+
+    @app.handler("twice")
+    async def twice(ctx: pgjobs.JobContext, payload: dict[str, Any]) -> dict[str, int]:
+        started[ctx.attempt].set()
+        await gates[ctx.attempt].wait()
+        return {"attempt": ctx.attempt}
+
+    async with app.worker(["default"], concurrency=4) as worker:
+        await worker.wait_listening()
+        job = await app.create("twice", {})
+        await asyncio.wait_for(started[1].wait(), 5)
+        # What the rescuer does to a job whose worker stopped heartbeating.
+        db.execute(
+            "UPDATE jobs SET status = 'pending', worker_id = NULL, "
+            "max_attempts = max_attempts + 1 WHERE id = %s",
+            (job.id,),
+        )
+        db.execute("SELECT pgjobs_notify_queues(ARRAY['default'])")
+        await asyncio.wait_for(started[2].wait(), 5)
+        assert worker.snapshot().running == 2
+        gates[1].set()
+
+        async def old_run_recorded() -> bool:
+            state = worker.snapshot()
+            return state.processed == 1 and state.unrecorded == 0
+
+        await wait_until_async(old_run_recorded, timeout=5)
+        assert worker.snapshot().running == 1
+        assert await job_status(app, job.id) == "active"
+        gates[2].set()
+
+        async def completed() -> bool:
+            return await job_status(app, job.id) == "completed"
+
+        await wait_until_async(completed, timeout=5)
+    done = await app.get(job.id)
+    assert [(r.result, r.attempt) for r in done.results] == [({"attempt": 2}, 2)]
 
 
 async def test_a_worker_keeps_nothing_per_job_once_outcomes_are_recorded(app: App, db: Any) -> None:

@@ -557,6 +557,38 @@ SELECT count(*) AS jobs,
 FROM per
 """
 
+# The whole history of the jobs counted as duplicated or missing: when an invariant
+# breaks, the report says which runs, effects, results and failures led there.
+OFFENDERS_SQL = """
+WITH bad AS (
+    SELECT c.job_id FROM chaos_jobs c LEFT JOIN jobs j ON j.id = c.job_id
+    WHERE c.run_at > %(after)s AND c.run_at <= %(until)s
+      AND ((SELECT count(*) FROM job_results r WHERE r.job_id = c.job_id) > 1
+           OR (SELECT count(*) FROM chaos_effects e WHERE e.job_id = c.job_id) > 1)
+    LIMIT 5
+)
+SELECT b.job_id, h.at, h.what
+FROM bad b CROSS JOIN LATERAL (
+    SELECT s.started_at AS at, format('start attempt=%%s pid=%%s', s.attempt, s.pid) AS what
+    FROM chaos_starts s WHERE s.job_id = b.job_id
+    UNION ALL
+    SELECT e.at, format('effect attempt=%%s pid=%%s', e.attempt, e.pid)
+    FROM chaos_effects e WHERE e.job_id = b.job_id
+    UNION ALL
+    SELECT r.completed_at, format('result attempt=%%s %%s', r.attempt, r.result)
+    FROM job_results r WHERE r.job_id = b.job_id
+    UNION ALL
+    SELECT f.failed_at, format('failure attempt=%%s kind=%%s worker=%%s: %%s',
+                               f.attempt_number, f.kind, f.worker_id, f.error_message)
+    FROM job_failures f WHERE f.job_id = b.job_id
+    UNION ALL
+    SELECT j.completed_at, format('now status=%%s attempts=%%s max_attempts=%%s',
+                                  j.status, j.attempts, j.max_attempts)
+    FROM jobs j WHERE j.id = b.job_id
+) h
+ORDER BY b.job_id, h.at NULLS LAST
+"""
+
 REASONS_SQL = """
 SELECT f.kind, count(*) AS n
 FROM job_failures f JOIN chaos_jobs c ON c.job_id = f.job_id
@@ -716,6 +748,11 @@ class Ledger:
             "early_starts",
         ):
             setattr(report, name, int(row[name]))
+        if report.duplicate_completed:
+            report.notes.extend(
+                f"duplicate {r['job_id']} {r['at']}: {r['what']}"
+                for r in self.query(OFFENDERS_SQL, bounds)
+            )
         for name in ("pickup_p50_ms", "pickup_p99_ms", "e2e_p50_ms", "e2e_p99_ms"):
             value = row[name]
             setattr(report, name, None if value is None else round(float(value), 1))
