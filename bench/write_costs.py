@@ -115,14 +115,18 @@ def variants() -> dict[str, Variant]:
     return found
 
 
+def run_once(url: str, count: int) -> float:
+    """One drain of `count` no-op jobs, in jobs per second."""
+    return float(asyncio.run(workloads.drain(url, count))["jobs_per_s"])
+
+
 def run(url: str, rounds: int, count: int) -> dict[str, list[float]]:
     chosen = variants()
     rates: dict[str, list[float]] = {name: [] for name in chosen}
     for number in range(1, rounds + 1):
         for name, variant in chosen.items():
             with variant(url):
-                result = asyncio.run(workloads.drain(url, count))
-            rates[name].append(float(result["jobs_per_s"]))
+                rates[name].append(run_once(url, count))
             print(f"  round {number}: {name:<36} {rates[name][-1]:>9,.0f} jobs/s", flush=True)
     return rates
 
