@@ -251,14 +251,16 @@ class Vacuumer:
         self.tables = frozenset(tables)
         if not self.tables or not self.tables <= VACUUM_TARGETS.keys():
             raise ValueError(f"tables must be some of {tuple(VACUUM_TARGETS)}, not {tables!r}")
+        if len(self.tables) == 1:
+            # A task of one table leads under that table's own name and lock, so the two
+            # tasks never wait for each other, however they were made.
+            [target] = [VACUUM_TARGETS[table] for table in self.tables]
+            self.name, self.lock_key = target.task_name, target.lock_key
 
     @classmethod
     def of(cls, table: str, *, pooled: bool = False) -> Vacuumer:
         """The task that vacuums `table` alone, under its own name and leader lock."""
-        task = cls(pooled=pooled, tables=[table])
-        task.name = VACUUM_TARGETS[table].task_name
-        task.lock_key = VACUUM_TARGETS[table].lock_key
-        return task
+        return cls(pooled=pooled, tables=[table])
 
     async def run(self, conn: psycopg.AsyncConnection[Any], clock: Clock) -> float:
         async with conn.cursor(row_factory=dict_row) as cur:
