@@ -47,8 +47,11 @@ PEERS = ("graphile-worker", "graphile-worker-q500", "bullmq", "pgqueuer")
 # graphile-worker's local queue: its docs' starting point (concurrency + 1), and the 500
 # of its performance page's fastest figures (bench/peers/graphile_worker.js).
 GRAPHILE_Q500 = {"BENCH_LOCAL_QUEUE_SIZE": "500"}
-# PostgreSQL's own limits (pgjobs/dev/limits.py): a column beside the queues, never a peer.
+# Limits (pgjobs/dev/limits.py), each a column beside the queues, never a peer: PostgreSQL's
+# own (single, latency), and pgjobs' claim and finish statements with no worker (drain).
 ALONE = "PostgreSQL alone"
+SQL_ALONE = "pgjobs SQL alone"
+LIMITS = (ALONE, SQL_ALONE)
 RUN_TIMEOUT = 900.0
 
 Result = dict[str, Any]
@@ -101,6 +104,13 @@ def alone_contender() -> Contender:
     paced like the latency workload, on a database with pgjobs' schema (same table)."""
     argv = [sys.executable, "-m", "pgjobs.dev.limits"]
     return Contender(ALONE, "postgres", argv, workloads=("latency", "single"))
+
+
+def sql_alone_contender() -> Contender:
+    """pgjobs' own claim and finish statements on 4 connections, 100 jobs a claim, with
+    no worker between them: the drain's bound from the server's side."""
+    argv = [sys.executable, "-m", "pgjobs.dev.limits"]
+    return Contender(SQL_ALONE, "postgres", argv, workloads=("drain",))
 
 
 def node_contender(name: str, script: str) -> Contender:
@@ -201,7 +211,7 @@ def prepare_stores(
     for contender in contenders:
         if contender.store == "redis":
             contender.target = redis_url
-        elif contender.name in ("pgjobs", ALONE):
+        elif contender.name in ("pgjobs", *LIMITS):
             contender.target = stack.enter_context(scratch_database(server))
         else:
             contender.target = stack.enter_context(empty_database(server, contender.name))
@@ -330,7 +340,7 @@ def summarize(
 
 
 def ratio_cell(row: Row, cells: dict[str, dict[str, float]]) -> str:
-    peers = {name: v["median"] for name, v in cells.items() if name not in ("pgjobs", ALONE)}
+    peers = {name: v["median"] for name, v in cells.items() if name not in ("pgjobs", *LIMITS)}
     if "pgjobs" not in cells or not peers:
         return "-"
     choose: Callable[..., str] = max if row.higher_is_better else min
@@ -341,7 +351,7 @@ def ratio_cell(row: Row, cells: dict[str, dict[str, float]]) -> str:
 def render(
     rows: Sequence[Row], summary: dict[str, dict[str, dict[str, float]]], names: Sequence[str]
 ) -> str:
-    header = ["workload", *names, "pgjobs / best peer", f"pgjobs / {ALONE}"]
+    header = ["workload", *names, "pgjobs / best peer", "pgjobs / limit"]
     body = []
     for row in rows:
         cells = summary[row.label]
@@ -350,7 +360,7 @@ def render(
                 row.label,
                 *(_cell(cells.get(name), row.higher_is_better) for name in names),
                 ratio_cell(row, cells),
-                alone_ratio_cell(cells),
+                limit_ratio_cell(cells),
             ]
         )
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
@@ -363,17 +373,20 @@ def render(
         "cells: median (min-max) over rounds. 'pgjobs / best peer': pgjobs median / best"
         " peer median; jobs/s: higher is better, so > 1 favours pgjobs; latency: lower is better,"
         " so < 1 favours pgjobs."
-        f" {ALONE}: the same table with no queue (pgjobs/dev/limits.py): single is its"
-        " one-row insert loop, latency two durable one-row commits paced alike; the"
-        " last column divides pgjobs' median by its median."
+        f" Limits (pgjobs/dev/limits.py), never peers: {ALONE}, the same table with no"
+        " queue: single is its one-row insert loop, latency two durable one-row commits"
+        f" paced alike; {SQL_ALONE}, pgjobs' claim and finish statements on 4"
+        " connections, 100 jobs a claim, with no worker: the drain's bound. 'pgjobs /"
+        " limit' divides pgjobs' median by the limit's median."
     )
     return "\n".join(lines)
 
 
-def alone_ratio_cell(cells: dict[str, dict[str, float]]) -> str:
-    if "pgjobs" not in cells or ALONE not in cells:
+def limit_ratio_cell(cells: dict[str, dict[str, float]]) -> str:
+    limit = next((name for name in LIMITS if name in cells), None)
+    if "pgjobs" not in cells or limit is None:
         return "-"
-    return f"{cells['pgjobs']['median'] / cells[ALONE]['median']:.2f}x"
+    return f"{cells['pgjobs']['median'] / cells[limit]['median']:.2f}x {limit}"
 
 
 def _cell(value: dict[str, float] | None, throughput: bool) -> str:
@@ -475,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         pgjobs_contender(),
         *(peer_contender(p) for p in args.peer_names),
         alone_contender(),
+        sql_alone_contender(),
     ]
     redis_url = args.redis_url if "bullmq" in args.peer_names else None
     server = server_url()

@@ -35,7 +35,6 @@ from pgjobs.clock import Clock
 from pgjobs.config import Settings
 from pgjobs.db import connect_kwargs, install_schema
 from pgjobs.dev import limits, workloads
-from pgjobs.engine.completer import Outcome, encode_outcomes
 from pgjobs.ids import uuid7
 from pgjobs.queries import query
 
@@ -134,6 +133,11 @@ async def bench_enqueue(url: str, sizes: Sizes, report: Report) -> None:
     raw = await bench_raw_inserts(url, sizes.single)
     report.add("raw SQL: one-row insert loop, jobs/s", raw)
     report.add("ratio: single create / raw SQL insert", round(single / raw, 3))
+    # The same loop on asyncio, where `create` runs: the driver's share of the gap.
+    raw_async = await limits.insert_loop_async(url, sizes.single)
+    report.add("raw SQL: the same loop on asyncio, jobs/s", raw_async["jobs_per_s"])
+    report.add("ratio: asyncio loop / raw SQL insert", round(raw_async["jobs_per_s"] / raw, 3))
+    report.add("ratio: single create / asyncio loop", round(single / raw_async["jobs_per_s"], 3))
 
 
 async def bench_raw_inserts(url: str, count: int) -> float:
@@ -274,13 +278,6 @@ percentile = workloads.percentile
 # ------------------------------------------------------------------ raw SQL
 
 
-def completed(claimed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Parameters of finish_runs recording every claimed run as completed."""
-    outcomes = [Outcome(r["id"], r["attempts"], "completed", "null", 0) for r in claimed]
-    # notify_events off, as a worker does while no one consumes events
-    return {"outcomes": encode_outcomes(outcomes), "notify_events": False}
-
-
 async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int) -> float:
     """The worker's claim and finish statements in two tight loops with no worker
     machinery, on two connections: one claims `batch` jobs at a time (holding at most
@@ -317,7 +314,7 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
                 continue
             rows = claimed[:]
             await (
-                await conn.execute(query("finish_runs"), {**claim, **completed(rows)})
+                await conn.execute(query("finish_runs"), {**claim, **limits.completed(rows)})
             ).fetchall()
             del claimed[: len(rows)]
             done += len(rows)
@@ -333,7 +330,7 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
             url, autocommit=True, row_factory=dict_row, **options
         ) as two,
     ):
-        await register_bench_worker(one, worker, batch)
+        await limits.register_bench_worker(one, worker, batch)
         began = time.perf_counter()
         await asyncio.gather(claimer(one), finisher(two))
         elapsed = time.perf_counter() - began
@@ -350,60 +347,12 @@ async def bench_raw_clients(
 ) -> float:
     """The machine's limit for the same two statements, pgbench-style: `clients`
     connections, each claiming `batch` jobs and recording them completed, in a loop,
-    with nothing else in between."""
+    with nothing else in between (dev/limits.py)."""
     reset(url)
     await app.create_many([app.build(NOOP, {}) for _ in range(sizes.raw)])
-    options = connect_kwargs("claim", generic_plans=True)
-    done = 0
-
-    async def client(conn: psycopg.AsyncConnection[Any]) -> None:
-        nonlocal done
-        worker = uuid7()
-        await register_bench_worker(conn, worker, batch)
-        claim = {"now": None, "queues": ["default"], "limit": batch, "worker": worker}
-        try:
-            while rows := await (await conn.execute(query("claim_jobs"), claim)).fetchall():
-                finish = {**claim, **completed(rows)}
-                await (await conn.execute(query("finish_runs"), finish)).fetchall()
-                done += len(rows)
-        finally:
-            await conn.execute(query("deregister_worker"), {"id": worker})
-
-    conns = [
-        await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row, **options)
-        for _ in range(clients)
-    ]
-    try:
-        began = time.perf_counter()
-        await asyncio.gather(*(client(conn) for conn in conns))
-        elapsed = time.perf_counter() - began
-    finally:
-        for conn in conns:
-            await conn.close()
-    rate = done / elapsed
+    rate = await limits.claim_finish_clients(url, batch, clients)
     report.add(f"raw SQL: {clients} clients claim+finish, batch {batch}, jobs/s", rate)
     return rate
-
-
-async def register_bench_worker(
-    conn: psycopg.AsyncConnection[Any], worker: uuid.UUID, concurrency: int
-) -> None:
-    await conn.execute(
-        query("heartbeat_worker"),
-        {
-            "now": None,
-            "id": worker,
-            "hostname": "bench",
-            "pid": os.getpid(),
-            "queues": ["default"],
-            "concurrency": concurrency,
-            "version": "bench",
-            "in_flight": 0,
-            "processed": 0,
-            "stopping": False,
-            "grace_ms": 60_000,
-        },
-    )
 
 
 # ------------------------------------------------------------------ table size, memory

@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from pgjobs.db import GENERIC_PLANS
-from pgjobs.dev.bench import completed
+from pgjobs.dev.limits import completed
 from pgjobs.queries import query
 from tests.conftest import create_database, database_url, drop_database
 

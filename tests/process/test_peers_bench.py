@@ -55,19 +55,21 @@ def test_pgjobs_alone_gives_the_table_and_the_record(tmp_path: Path) -> None:
     [written] = list(tmp_path.glob("peers-*.json"))
     record = json.loads(written.read_text())
 
-    alone = "PostgreSQL alone"
-    assert record["contenders"] == ["pgjobs", alone]
+    alone, sql_alone = "PostgreSQL alone", "pgjobs SQL alone"
+    assert record["contenders"] == ["pgjobs", alone, sql_alone]
     assert record["rounds"] == 2
     assert record["counts"] == {"drain": 200, "latency": 10, "bulk": 300, "single": 20}
     assert {"pgjobs", "pgjobs_commit", "postgresql"} <= record["versions"].keys()
     runs = [(s["round"], s["workload"], s["contender"]) for s in record["samples"]]
-    # PostgreSQL alone runs the two workloads it has a limit for, each after pgjobs.
+    # Each limit runs the workloads it has a limit for, each after pgjobs: PostgreSQL
+    # alone latency and single, pgjobs' SQL alone the drain.
+    limit_of = {"drain": sql_alone, "latency": alone, "single": alone}
     assert runs == [
         run
         for r in (1, 2)
         for w in ("drain", "latency", "bulk", "single")
         for run in (
-            [(r, w, "pgjobs"), (r, w, alone)] if w in ("latency", "single") else [(r, w, "pgjobs")]
+            [(r, w, "pgjobs"), (r, w, limit_of[w])] if w in limit_of else [(r, w, "pgjobs")]
         )
     ]
     labels = [
@@ -84,27 +86,32 @@ def test_pgjobs_alone_gives_the_table_and_the_record(tmp_path: Path) -> None:
         assert cell["n"] == 2
         assert 0 < cell["min"] <= cell["median"] <= cell["max"]
     assert set(record["summary"]["single 20 jobs/s"]) == {"pgjobs", alone}
-    assert alone not in record["summary"]["drain 200 c10 jobs/s"]
+    assert set(record["summary"]["drain 200 c10 jobs/s"]) == {"pgjobs", sql_alone}
+    assert set(record["summary"]["bulk 300 jobs/s"]) == {"pgjobs"}
 
     table = record["table"].splitlines()
     assert [cell.strip() for cell in table[0].split(" | ")] == [
         "workload",
         "pgjobs",
         alone,
+        sql_alone,
         "pgjobs / best peer",
-        f"pgjobs / {alone}",
+        "pgjobs / limit",
     ]
     body = {line.split(" | ")[0].strip(): line.split(" | ") for line in table[2:8]}
     assert list(body) == labels
-    assert all(cells[3].strip() == "-" for cells in body.values())  # no peer to compare
+    assert all(cells[4].strip() == "-" for cells in body.values())  # no peer to compare
     single = record["summary"]["single 20 jobs/s"]
     ratio = single["pgjobs"]["median"] / single[alone]["median"]
-    assert body["single 20 jobs/s"][4].strip() == f"{ratio:.2f}x"
-    assert body["drain 200 c10 jobs/s"][4].strip() == "-"
+    assert body["single 20 jobs/s"][5].strip() == f"{ratio:.2f}x {alone}"
+    drain = record["summary"]["drain 200 c10 jobs/s"]
+    ratio = drain["pgjobs"]["median"] / drain[sql_alone]["median"]
+    assert body["drain 200 c10 jobs/s"][5].strip() == f"{ratio:.2f}x {sql_alone}"
+    assert body["bulk 300 jobs/s"][5].strip() == "-"
     assert record["table"] in done.stdout
-    # Its scratch databases (pgjobs' and PostgreSQL alone's) are gone again; other tests
+    # Its scratch databases (pgjobs' and each limit's) are gone again; other tests
     # running meanwhile may have scratch databases of their own.
-    assert len(set(record["databases"])) == 2
+    assert len(set(record["databases"])) == 3
     assert not set(record["databases"]) & scratch_databases()
 
 
