@@ -85,8 +85,12 @@ function arrivals() {
 }
 
 // Paces `count` one-at-a-time jobs at LATENCY_RATE: `enqueue(k)` is timed from just
-// before the call to the handler's first line, which calls `ran(k)`.
+// before the call to the handler's first line, which calls `ran(k)`. One job (k = -1)
+// goes through first, untimed: the client's first connection and the worker's first
+// run are not the figure.
 async function paceLatency(count, enqueue, ranAt, arrived) {
+  await enqueue(-1);
+  await arrived.until(() => ranAt.has(-1), "the untimed first latency job");
   const millis = [];
   const interval = 1000 / LATENCY_RATE;
   for (let k = 0; k < count; k++) {

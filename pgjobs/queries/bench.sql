@@ -30,8 +30,9 @@ SELECT count(*) AS n, extract(epoch FROM max(completed_at) - min(started_at)) AS
 FROM jobs WHERE status = 'completed';
 
 -- name: bench_latencies
+-- The latency workload's timed jobs (payload k from 0; the untimed first one is -1).
 SELECT extract(epoch FROM started_at - created_at) * 1000 AS ms
-FROM jobs WHERE started_at IS NOT NULL;
+FROM jobs WHERE started_at IS NOT NULL AND (payload->>'k')::int >= 0;
 
 -- name: bench_insert_one
 -- The raw-SQL limit of a single create: a bare one-row insert (the same table, so the

@@ -9,7 +9,8 @@ import pytest
 
 from pgjobs.app import App
 from pgjobs.config import Settings
-from pgjobs.dev import bench
+from pgjobs.dev import bench, workloads
+from pgjobs.queries import query
 from tests.bench_scripts import run_bench_script
 
 
@@ -50,3 +51,20 @@ async def test_raw_sql_limit_leaves_no_worker_registered(settings: Settings) -> 
     assert rate > 0 and limit > 0
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM job_workers").fetchone() == (0,)
+
+
+@pytest.mark.anyio
+async def test_latency_workload_times_every_job_but_an_untimed_first(settings: Settings) -> None:
+    """The client's first connection and the worker's first run are not the figure: one
+    job goes through before the clock, and neither figure counts it."""
+    url = settings.require_database_url()
+    result = await workloads.latency(url, 5, rate=200.0)
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    with psycopg.connect(url) as conn:
+        keys = conn.execute(
+            "SELECT (payload->>'k')::int FROM jobs WHERE type = %s AND status = 'completed'",
+            (workloads.LATENCY,),
+        ).fetchall()
+        timed = conn.execute(query("bench_latencies")).fetchall()
+    assert sorted(k for (k,) in keys) == [-1, 0, 1, 2, 3, 4]
+    assert len(timed) == 5
