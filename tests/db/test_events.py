@@ -16,6 +16,7 @@ import pgjobs
 from pgjobs.app import App
 from pgjobs.config import Settings
 from pgjobs.errors import JobFailed, JobNotFound
+from pgjobs.queries import query
 from pgjobs.signals.events import JobEvent
 from tests.conftest import make_settings
 from tests.helpers import wait_until_async
@@ -207,6 +208,50 @@ async def test_redis_wakes_workers_that_cannot_listen(db_url: str) -> None:
     finally:
         await app.close()
     assert statistics.median(latencies) < 0.2, latencies
+
+
+async def test_an_idle_workers_first_statement_after_a_wake_up_is_the_claim(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle worker woken by a NOTIFY sends the claim first: no liveness ping, no
+    suspect check, no read before it, so the wake-up costs one round trip. Defaults but a
+    30 s poll, so that only the NOTIFY explains a prompt start."""
+    settings = make_settings(db_url, JOBS_POLL_INTERVAL="30000")
+    app = App(settings, builtin_types=False)
+    ran = asyncio.Event()
+
+    @app.handler("wake")
+    async def wake(ctx: pgjobs.JobContext, payload: Any) -> None:
+        ran.set()
+
+    # What the claiming loop sends, in order, once each statement has been answered.
+    claiming_loop: list[str] = []
+    execute = psycopg.AsyncCursor.execute
+
+    async def recorded(cur: psycopg.AsyncCursor[Any], statement: Any, *args: Any, **kw: Any) -> Any:
+        answered = await execute(cur, statement, *args, **kw)
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == "pgjobs-fetch":
+            claiming_loop.append(str(statement))
+        return answered
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", recorded)
+    try:
+        async with app.worker(["default"], concurrency=2) as worker:
+            await worker.wait_listening()
+
+            # The first claim (found nothing) is answered: the loop now waits for a wake-up.
+            async def first_claim_answered() -> bool:
+                return bool(claiming_loop)
+
+            await wait_until_async(first_claim_answered, message="the first claim")
+            assert set(claiming_loop) == {query("claim_jobs")}
+            claiming_loop.clear()
+            await app.create("wake", {})
+            await asyncio.wait_for(ran.wait(), 5)
+    finally:
+        await app.close()
+    assert claiming_loop[0] == query("claim_jobs")
 
 
 async def test_without_listen_or_redis_the_poll_runs_jobs(db_url: str) -> None:
