@@ -30,6 +30,7 @@ __all__ = [
     "ROOT",
     "Scratch",
     "WorkerProcesses",
+    "against_baseline",
     "git_commit",
     "scratch",
     "server_url",
@@ -140,6 +141,31 @@ def summary(samples: list[float]) -> dict[str, float]:
         "max_ms": round(ordered[-1], 1),
         "n": len(ordered),
     }
+
+
+@dataclass(frozen=True)
+class AgainstBaseline:
+    """Rates of interleaved rounds set against those of a baseline measured in the same
+    rounds: the ratio of each round's pair, so drift of the machine cancels."""
+
+    median: float
+    low: float
+    high: float
+    ratio: float  # the median of the per-round ratios
+    ratio_low: float
+    ratio_high: float
+
+
+def against_baseline(values: list[float], baseline: list[float]) -> AgainstBaseline:
+    ratios = [value / base for value, base in zip(values, baseline, strict=True)]
+    return AgainstBaseline(
+        statistics.median(values),
+        min(values),
+        max(values),
+        statistics.median(ratios),
+        min(ratios),
+        max(ratios),
+    )
 
 
 @asynccontextmanager

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,10 +34,8 @@ from typing import Any
 
 import psycopg
 
-from bench.common import ROOT, scratch, server_url, write
-from pgjobs.dev import workloads
-from pgjobs.ids import uuid7
-from pgjobs.queries import query
+from bench.common import ROOT, against_baseline, scratch, server_url, write
+from pgjobs.dev import limits, workloads
 
 LOOPS = ("insert, psycopg sync", "insert, psycopg asyncio", "App.create", "App.create_sync")
 
@@ -67,12 +64,10 @@ class Loops:
         return block / (time.perf_counter() - began)
 
     def _insert_sync(self, block: int) -> None:
-        for n in range(block):
-            self.sync.execute(query("bench_insert_one"), {"id": uuid7(), "n": n})
+        limits.insert_rows(self.sync, block)
 
     async def _insert_async(self, block: int) -> None:
-        for n in range(block):
-            await self.aio.execute(query("bench_insert_one"), {"id": uuid7(), "n": n})
+        await limits.insert_rows_async(self.aio, block)
 
     async def _create(self, block: int) -> None:
         for n in range(block):
@@ -107,18 +102,16 @@ def measure(url: str, rounds: int, block: int) -> dict[str, list[float]]:
 
 
 def summarize(rates: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
-    base = rates[LOOPS[0]]
-    return {
-        loop: {
-            "median_jobs_per_s": statistics.median(values),
-            "min_jobs_per_s": min(values),
-            "max_jobs_per_s": max(values),
-            "ratio_to_sync_insert": statistics.median(
-                value / sync for value, sync in zip(values, base, strict=True)
-            ),
+    table = {}
+    for loop, values in rates.items():
+        row = against_baseline(values, rates[LOOPS[0]])
+        table[loop] = {
+            "median_jobs_per_s": row.median,
+            "min_jobs_per_s": row.low,
+            "max_jobs_per_s": row.high,
+            "ratio_to_sync_insert": row.ratio,
         }
-        for loop, values in rates.items()
-    }
+    return table
 
 
 def main() -> None:

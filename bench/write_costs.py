@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -39,7 +38,7 @@ from pathlib import Path
 import psycopg
 
 import pgjobs.queries
-from bench.common import ROOT, scratch, server_url, write
+from bench.common import ROOT, against_baseline, scratch, server_url, write
 from pgjobs.dev import workloads
 
 HOT_INDEXES = ("idx_jobs_status", "idx_jobs_type", "idx_jobs_created", "jobs_payload_search_idx")
@@ -132,17 +131,16 @@ def run(url: str, rounds: int, count: int) -> dict[str, list[float]]:
 
 
 def table(rates: dict[str, list[float]]) -> list[dict[str, object]]:
-    base = rates["as shipped"]
     rows = []
     for name, values in rates.items():
-        ratios = [value / shipped for value, shipped in zip(values, base, strict=True)]
+        row = against_baseline(values, rates["as shipped"])
         rows.append(
             {
                 "variant": name,
-                "median_jobs_per_s": statistics.median(values),
-                "range": [min(values), max(values)],
-                "ratio_to_shipped": statistics.median(ratios),
-                "ratio_range": [min(ratios), max(ratios)],
+                "median_jobs_per_s": row.median,
+                "range": [row.low, row.high],
+                "ratio_to_shipped": row.ratio,
+                "ratio_range": [row.ratio_low, row.ratio_high],
             }
         )
     return rows

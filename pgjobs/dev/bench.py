@@ -33,7 +33,7 @@ from psycopg.rows import dict_row
 from pgjobs.app import App
 from pgjobs.clock import Clock
 from pgjobs.config import Settings
-from pgjobs.db import connect_kwargs, install_schema
+from pgjobs.db import install_schema
 from pgjobs.dev import limits, workloads
 from pgjobs.ids import uuid7
 from pgjobs.queries import query
@@ -114,12 +114,6 @@ def scratch_database(admin_url: str, *, keep: bool = False) -> Iterator[str]:
                         psycopg.sql.Identifier(name)
                     )
                 )
-
-
-def reset(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(query("bench_truncate"))
-        conn.execute(query("bench_vacuum"))
 
 
 # ------------------------------------------------------------------ enqueue
@@ -226,9 +220,8 @@ async def bench_drain_processes(
 ) -> float:
     """`pgjobs worker --processes N --concurrency C`, timed from the command's start
     (process start-up included) until every job is recorded done."""
-    reset(url)
-    await app.create_many([app.build(NOOP, {}) for _ in range(sizes.drain)])
-    workloads.analyze(url)
+    workloads.empty_tables(url)
+    await workloads.prefill(app, url, sizes.drain)
     threshold = workloads.done_poll_prepare_threshold(app)
     with psycopg.connect(
         url, autocommit=True, row_factory=dict_row, prepare_threshold=threshold
@@ -283,7 +276,7 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
     machinery, on two connections: one claims `batch` jobs at a time (holding at most
     twice that, as a worker claiming ahead does), the other records them as completed,
     at least `batch` per statement (all that were claimed since its last write)."""
-    reset(url)
+    workloads.empty_tables(url)
     await app.create_many([app.build(NOOP, {}) for _ in range(sizes.raw)])
     worker = uuid7()
     claim = {"now": None, "queues": ["default"], "limit": batch, "worker": worker}
@@ -320,16 +313,7 @@ async def bench_raw(app: App, url: str, sizes: Sizes, report: Report, batch: int
             done += len(rows)
             changed.set()
 
-    # The sessions a worker claims and finishes on: same options, same generic plans.
-    options = connect_kwargs("claim", generic_plans=True)
-    async with (
-        await psycopg.AsyncConnection.connect(
-            url, autocommit=True, row_factory=dict_row, **options
-        ) as one,
-        await psycopg.AsyncConnection.connect(
-            url, autocommit=True, row_factory=dict_row, **options
-        ) as two,
-    ):
+    async with await limits.worker_session(url) as one, await limits.worker_session(url) as two:
         await limits.register_bench_worker(one, worker, batch)
         began = time.perf_counter()
         await asyncio.gather(claimer(one), finisher(two))
@@ -348,7 +332,7 @@ async def bench_raw_clients(
     """The machine's limit for the same two statements, pgbench-style: `clients`
     connections, each claiming `batch` jobs and recording them completed, in a loop,
     with nothing else in between (dev/limits.py)."""
-    reset(url)
+    workloads.empty_tables(url)
     await app.create_many([app.build(NOOP, {}) for _ in range(sizes.raw)])
     rate = await limits.claim_finish_clients(url, batch, clients)
     report.add(f"raw SQL: {clients} clients claim+finish, batch {batch}, jobs/s", rate)
@@ -398,7 +382,7 @@ def rss_kib(pid: int) -> int:
 
 async def bench_memory(app: App, url: str, report: Report, total: int) -> None:
     """A worker's RSS across `total` processed jobs, fed in chunks."""
-    reset(url)
+    workloads.empty_tables(url)
     chunk = 50_000
     proc = start_workers(url, 10, 1)
     samples: list[int] = []

@@ -50,10 +50,21 @@ def single(database_url: str, count: int) -> Result:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(query("bench_truncate"))
         began = time.perf_counter()
-        for n in range(count):
-            conn.execute(query("bench_insert_one"), {"id": uuid7(), "n": n})
+        insert_rows(conn, count)
         elapsed = time.perf_counter() - began
     return {"jobs_per_s": count / elapsed, "seconds": elapsed}
+
+
+def insert_rows(conn: psycopg.Connection[Any], count: int) -> None:
+    """The loop PostgreSQL alone runs: `count` bare one-row inserts, autocommit."""
+    for n in range(count):
+        conn.execute(query("bench_insert_one"), {"id": uuid7(), "n": n})
+
+
+async def insert_rows_async(conn: psycopg.AsyncConnection[Any], count: int) -> None:
+    """`insert_rows` through psycopg's asyncio connection."""
+    for n in range(count):
+        await conn.execute(query("bench_insert_one"), {"id": uuid7(), "n": n})
 
 
 def single_async(database_url: str, count: int) -> Result:
@@ -66,8 +77,7 @@ async def insert_loop_async(database_url: str, count: int) -> Result:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(query("bench_truncate"))
         began = time.perf_counter()
-        for n in range(count):
-            await conn.execute(query("bench_insert_one"), {"id": uuid7(), "n": n})
+        await insert_rows_async(conn, count)
         elapsed = time.perf_counter() - began
     return {"jobs_per_s": count / elapsed, "seconds": elapsed}
 
@@ -104,14 +114,12 @@ def statements(database_url: str, count: int) -> Result:
 
 
 async def _statements(database_url: str, count: int) -> Result:
-    with psycopg.connect(database_url, autocommit=True, prepare_threshold=None) as conn:
-        conn.execute(query("bench_truncate"))
+    workloads.empty_tables(database_url)
     app = workloads.user_app(database_url)
     try:
-        await app.create_many([app.build(workloads.NOOP, {}) for _ in range(count)])
+        await workloads.prefill(app, database_url, count)
     finally:
         await app.close()
-    workloads.analyze(database_url)
     rate = await claim_finish_clients(database_url, STATEMENTS_BATCH, STATEMENTS_CLIENTS)
     return {"jobs_per_s": rate, "batch": STATEMENTS_BATCH, "clients": STATEMENTS_CLIENTS}
 
@@ -120,8 +128,7 @@ async def claim_finish_clients(url: str, batch: int, clients: int) -> float:
     """Jobs per second of `clients` connections, each claiming up to `batch` pending jobs
     with the worker's claim statement and recording them completed with its finish
     statement, in a loop with nothing else in between, until no job is left. The
-    sessions are the worker's: same options, same generic plans."""
-    options = connect_kwargs("claim", generic_plans=True)
+    sessions are the worker's (`worker_session`)."""
     done = 0
 
     async def client(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -138,10 +145,7 @@ async def claim_finish_clients(url: str, batch: int, clients: int) -> float:
             # Left registered, it would count as a started worker for what runs next.
             await conn.execute(query("deregister_worker"), {"id": worker})
 
-    conns = [
-        await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row, **options)
-        for _ in range(clients)
-    ]
+    conns = [await worker_session(url) for _ in range(clients)]
     try:
         began = time.perf_counter()
         await asyncio.gather(*(client(conn) for conn in conns))
@@ -150,6 +154,14 @@ async def claim_finish_clients(url: str, batch: int, clients: int) -> float:
         for conn in conns:
             await conn.close()
     return done / elapsed
+
+
+async def worker_session(url: str) -> psycopg.AsyncConnection[Any]:
+    """A connection like those a worker claims and finishes on: same options, same
+    generic plans, dict rows."""
+    return await psycopg.AsyncConnection.connect(
+        url, autocommit=True, row_factory=dict_row, **connect_kwargs("claim", generic_plans=True)
+    )
 
 
 def completed(claimed: list[dict[str, Any]]) -> dict[str, Any]:

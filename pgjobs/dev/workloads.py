@@ -54,7 +54,7 @@ def user_app(database_url: str) -> App:
 
 # The workloads' own connections prepare nothing, so they also run through a
 # transaction-mode PgBouncer (JOBS_POOL_MODE=transaction in the environment).
-def _truncate(database_url: str) -> None:
+def empty_tables(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True, prepare_threshold=None) as conn:
         conn.execute(query("bench_truncate"))
         conn.execute(query("bench_vacuum"))
@@ -72,6 +72,13 @@ def analyze(database_url: str) -> None:
         conn.execute(query("bench_analyze"))
 
 
+async def prefill(app: App, database_url: str, count: int) -> None:
+    """`count` queued no-op jobs, the table then analyzed (as autovacuum keeps a table in
+    use; the drains' plans should not depend on whether it came by)."""
+    await app.create_many([app.build(NOOP, {}) for _ in range(count)])
+    analyze(database_url)
+
+
 async def _unfinished(conn: psycopg.AsyncConnection[Any]) -> bool:
     """Whether a job is still pending or running."""
     row = await (await conn.execute(query("bench_any_unfinished"))).fetchone()
@@ -85,11 +92,10 @@ async def drain(
     `keep_table`: leave the jobs already there (finished ones, for a large-table run);
     the database-timestamp figure then covers them too and is left out."""
     if not keep_table:
-        _truncate(database_url)
+        empty_tables(database_url)
     app = user_app(database_url)
     try:
-        await app.create_many([app.build(NOOP, {}) for _ in range(count)])
-        analyze(database_url)
+        await prefill(app, database_url, count)
         async with await psycopg.AsyncConnection.connect(
             database_url,
             autocommit=True,
@@ -114,7 +120,7 @@ async def drain(
 async def latency(database_url: str, count: int, rate: float = LATENCY_RATE) -> Result:
     """Client clock before `create()` to the handler's first line, with an idle worker,
     `count` jobs created one at a time at `rate` per second."""
-    _truncate(database_url)
+    empty_tables(database_url)
     app = user_app(database_url)
     began: dict[int, float] = {}
     ran: dict[int, float] = {}
@@ -162,7 +168,7 @@ async def _wait_until(done: Callable[[], bool], changed: asyncio.Event, timeout:
 
 async def bulk(database_url: str, count: int) -> Result:
     """`create_many` of `count` jobs, building them inside the clock."""
-    _truncate(database_url)
+    empty_tables(database_url)
     app = user_app(database_url)
     try:
         await app.create(NOOP, {})  # the pool's first connection is not the figure
@@ -176,7 +182,7 @@ async def bulk(database_url: str, count: int) -> Result:
 
 async def single(database_url: str, count: int) -> Result:
     """`count` single creates, one after the other."""
-    _truncate(database_url)
+    empty_tables(database_url)
     app = user_app(database_url)
     try:
         await app.create(NOOP, {})
