@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -36,6 +36,7 @@ from psycopg import sql
 from bench.common import ROOT, git_commit, server_url, with_database, write
 from pgjobs._version import __version__ as pgjobs_version
 from pgjobs.dev.bench import scratch_database
+from pgjobs.dev.workloads import OneLineParser
 
 HERE = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache" / "bench-peers"
@@ -437,11 +438,6 @@ def _output(argv: list[str]) -> str:
 
 
 # ------------------------------------------------------------------ main
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -24,9 +24,7 @@ Run one as a command (prints one JSON object), as the peers harness does:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -201,9 +199,9 @@ LIMITS: dict[str, Callable[[str, int], Result]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = command_arguments("python -m pgjobs.dev.limits", LIMITS, argv)
-    json.dump(LIMITS[args.workload](args.database_url, args.count), sys.stdout)
-    print()
+    prog = "python -m pgjobs.dev.limits"
+    args = command_arguments(prog, LIMITS, argv)
+    workloads.emit(prog, lambda: LIMITS[args.workload](args.database_url, args.count))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg.rows import dict_row
@@ -211,27 +211,50 @@ WORKLOADS: dict[str, Callable[..., Coroutine[Any, Any, Result]]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments give one line naming the problem, and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def command_arguments(
     prog: str, workloads: Iterable[str], argv: list[str] | None
 ) -> argparse.Namespace:
     """The protocol every contender of the peers' benchmark speaks (bench/peers/run.py):
     a workload name, --database-url, --count and --concurrency."""
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = OneLineParser(prog=prog)
     parser.add_argument("workload", choices=sorted(workloads))
     parser.add_argument("--database-url", required=True, help="a database with the schema")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=10, help="drain only")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("count", "concurrency"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return args
+
+
+def emit(prog: str, measure: Callable[[], Result]) -> None:
+    """Print `measure`'s result as one JSON line. A database that cannot be reached is
+    one line on stderr and exit code 2, as bad arguments are."""
+    try:
+        result = measure()
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{prog}: error: {reason}", file=sys.stderr)
+        sys.exit(2)
+    json.dump(result, sys.stdout)
+    print()
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = command_arguments("python -m pgjobs.dev.workloads", WORKLOADS, argv)
+    prog = "python -m pgjobs.dev.workloads"
+    args = command_arguments(prog, WORKLOADS, argv)
     options: dict[str, Any] = {"count": args.count}
     if args.workload == "drain":
         options["concurrency"] = args.concurrency
-    result = asyncio.run(WORKLOADS[args.workload](args.database_url, **options))
-    json.dump(result, sys.stdout)
-    print()
+    emit(prog, lambda: asyncio.run(WORKLOADS[args.workload](args.database_url, **options)))
 
 
 if __name__ == "__main__":

@@ -121,3 +121,34 @@ def test_an_unknown_peer_is_named_on_one_line() -> None:
     assert done.stderr.strip().splitlines() == [
         "bin/bench --peers: error: --peers: unknown peer pgjobs, sidekiq"
     ]
+
+
+def run_contender(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_pgjobs_contenders_name_bad_arguments_and_a_missing_database_on_one_line() -> None:
+    """What the harness runs as pgjobs and as the limits: a count or concurrency under 1,
+    or a database that cannot be reached, is one line and exit code 2, no traceback."""
+    missing = ADMIN_URL.rsplit("/", 1)[0] + "/pgjobs_no_such_database"
+    for module in ("pgjobs.dev.workloads", "pgjobs.dev.limits"):
+        cases = {
+            ("drain", "--database-url", missing, "--count", "0"): "--count must be at least 1",
+            ("drain", "--database-url", missing, "--count", "5", "--concurrency", "-1"): (
+                "--concurrency must be at least 1"
+            ),
+            ("single", "--database-url", missing, "--count", "5"): "pgjobs_no_such_database",
+        }
+        for args, problem in cases.items():
+            done = run_contender(module, *args)
+            assert done.returncode == 2, (module, args, done.stderr)
+            [line] = done.stderr.strip().splitlines()
+            assert line.startswith(f"python -m {module}: error: ") and problem in line
+            assert done.stdout == ""
