@@ -10,7 +10,9 @@ timed by the client's wall clock. `pgjobs bench` reports them, and the peers har
 - bulk: `create_many` of `count` jobs, building each job (`App.build`) inside the clock.
 - single: `count` calls of `create()` one after the other on one connection.
 
-Run one as a command (prints one JSON object), as the peers harness does:
+Each workload empties the job tables of the database it is given: the peers harness
+gives it a scratch database. Run one as a command (prints one JSON object), as the peers
+harness does:
 `python -m pgjobs.dev.workloads drain --database-url URL --count 20000`.
 """
 
@@ -225,7 +227,11 @@ def command_arguments(
     a workload name, --database-url, --count and --concurrency."""
     parser = OneLineParser(prog=prog)
     parser.add_argument("workload", choices=sorted(workloads))
-    parser.add_argument("--database-url", required=True, help="a database with the schema")
+    parser.add_argument(
+        "--database-url",
+        required=True,
+        help="a scratch database with the schema: its job tables are emptied first",
+    )
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=10, help="drain only")
     args = parser.parse_args(argv)
